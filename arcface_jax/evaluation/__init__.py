@@ -1,0 +1,1 @@
+"""Evaluation: verification protocol, embedding extraction, IJB-B/C, identification."""
