@@ -1,0 +1,103 @@
+"""Training reports: a console line every N steps and TensorBoard event files.
+
+Per-step metrics stay on the device until a report is due, so the loop does not wait on the device
+every step; at report time they are fetched in one transfer and averaged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}:{minutes:02d}:{secs:02d}'
+
+
+class Reporter:
+  """Accumulates step metrics and writes console lines and TensorBoard scalars (process 0)."""
+
+  def __init__(self, workdir: str, *, total_steps: int, global_batch_size: int,
+               log_every: int, first_step: int = 0):
+    self.total_steps = total_steps
+    self.global_batch_size = global_batch_size
+    self.log_every = max(log_every, 1)
+    self._pending: list[Mapping[str, Any]] = []
+    self._window_start = time.perf_counter()
+    self._window_first_step = first_step
+    self._writer = None
+    if jax.process_index() == 0:
+      # Imported here: tensorboardX pulls in protobuf, which only process 0 needs.
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.last: dict[str, float] = {}
+
+  def restart_clock(self, step: int) -> None:
+    """Excludes compilation or evaluation time from the next images/s figure."""
+    self._window_start = time.perf_counter()
+    self._window_first_step = step
+
+  def add(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float] | None:
+    """Records one step's (device) metrics; returns the averaged report when one is due."""
+    self._pending.append(metrics)
+    if step % self.log_every and step != self.total_steps:
+      return None
+    return self.flush(step)
+
+  def flush(self, step: int) -> dict[str, float] | None:
+    if not self._pending:
+      return None
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    report = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    elapsed = time.perf_counter() - self._window_start
+    steps = step - self._window_first_step
+    images_per_s = steps * self.global_batch_size / elapsed if elapsed > 0 else 0.0
+    eta = (self.total_steps - step) * elapsed / steps if steps else 0.0
+    report['images_per_s'] = images_per_s
+    self.restart_clock(step)
+    self.last = report
+    extras = ' '.join(f'{k}={v:.4g}' for k, v in sorted(report.items())
+                      if k not in ('loss', 'learning_rate', 'images_per_s'))
+    logging.info('step %d/%d loss=%.4f lr=%.5f images/s=%.1f ETA %s %s', step,
+                 self.total_steps, report['loss'], report['learning_rate'], images_per_s,
+                 format_duration(eta), extras)
+    self.scalars(step, report, prefix='train/')
+    return report
+
+  def scalars(self, step: int, values: Mapping[str, float], prefix: str = '') -> None:
+    if self._writer is None:
+      return
+    for name, value in values.items():
+      self._writer.add_scalar(prefix + name, float(value), step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """The resolved config, as JSON (machine-readable) next to the run's outputs."""
+  path = os.path.join(workdir, 'config.json')
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return path
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} the --workdir of a training run?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
