@@ -1,0 +1,204 @@
+"""`train_and_evaluate(config, workdir)`: the training loop every entry point and test calls.
+
+One jitted step with donated state, the global batch sharded over the mesh's `data` axis, periodic
+asynchronous checkpoints, resume from the latest checkpoint of the workdir at the same data
+position, a clean save-and-exit on SIGTERM/SIGINT, and verification during training.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from arcface_jax import losses, models, optim, parallel, reporting
+from arcface_jax.checkpointing import Checkpointer, PreemptionFlag
+from arcface_jax.data import pipeline, sources
+from arcface_jax.evaluation import evaluators
+from arcface_jax.train_step import TrainState, create_train_state, make_embed_fn, make_train_step
+
+MODEL_DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A configuration value the trainer cannot run with; the message names it and the fix."""
+
+
+class TrainingDivergedError(RuntimeError):
+  """Too many consecutive non-finite steps; the last good state has been saved."""
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
+                    process_count: int = 1) -> None:
+  """Checks the values that would otherwise fail deep inside XLA or hours into a run."""
+  batch = config.train.batch_size
+  if batch <= 0 or batch % num_devices:
+    fit = max(num_devices, batch - batch % num_devices)
+    raise ConfigError(
+        f'config.train.batch_size={batch} must be a positive multiple of the {num_devices} '
+        f'devices in the mesh (the global batch is split evenly); try '
+        f'--config.train.batch_size={fit}')
+  if batch % process_count:
+    raise ConfigError(f'config.train.batch_size={batch} must divide evenly over the '
+                      f'{process_count} processes')
+  if config.model.dtype not in MODEL_DTYPES:
+    raise ConfigError(f'config.model.dtype={config.model.dtype!r}: expected one of {MODEL_DTYPES}')
+  if config.train.schedule not in optim.SCHEDULES:
+    raise ConfigError(f'config.train.schedule={config.train.schedule!r}: expected one of '
+                      f'{optim.SCHEDULES}')
+  if config.train.num_steps <= 0:
+    raise ConfigError(f'config.train.num_steps={config.train.num_steps} must be positive')
+  if config.model.name not in models.names():
+    raise ConfigError(f'config.model.name={config.model.name!r}: expected one of '
+                      f'{models.names()}')
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir and proves it is writable before any compute is spent."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror}); pass a --workdir '
+                      'you can write to') from None
+
+
+def build_model(config: ml_collections.ConfigDict):
+  return models.get(config.model.name, embedding_dim=config.model.embedding_dim,
+                    dropout=config.model.dropout, dtype=config.model.dtype)
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       mesh: jax.sharding.Mesh | None = None,
+                       step_callback: Callable[[int], None] | None = None) -> TrainState:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the state."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
+  prepare_workdir(workdir)
+  reporting.write_config(workdir, config)
+
+  source = sources.get_train_source(config.data)
+  num_classes = config.data.num_classes or source.num_classes
+  loader = pipeline.TrainLoader(
+      source, global_batch_size=config.train.batch_size, seed=config.seed,
+      image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
+      flip=config.data.flip, rotation_degrees=config.data.rotation_degrees,
+      color_jitter=config.data.color_jitter, low_resolution_prob=config.data.low_resolution_prob,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.data.num_workers, prefetch=config.data.prefetch)
+  logging.info('data: %d images, %d classes, %d steps per epoch', len(source), num_classes,
+               loader.steps_per_epoch)
+
+  model = build_model(config)
+  objective = losses.build_objective(config.loss, num_classes=num_classes,
+                                     embedding_dim=config.model.embedding_dim)
+  schedule = optim.make_schedule(config.train)
+  tx = optim.make_optimizer(config.train, schedule)
+  init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+
+  init_fn = functools.partial(create_train_state, model=model, objective=objective, tx=tx,
+                              image_size=config.data.image_size)
+  abstract_state = jax.eval_shape(init_fn, init_rng)
+  state_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  checkpointer = Checkpointer(workdir, save_every=config.train.checkpoint_every,
+                              keep=config.train.keep_checkpoints)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(_with_shardings(abstract_state, state_shardings))
+    logging.info('resumed from %s at step %d', workdir, int(state.step))
+  else:
+    state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+
+  train_step = jax.jit(
+      make_train_step(model, objective, tx, schedule, dropout_key),
+      in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+      out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=make_embed_fn(model),
+                                   workdir=workdir)
+  first_step = int(jax.device_get(state.step))
+  total = config.train.num_steps
+  reporter = reporting.Reporter(workdir, total_steps=total,
+                                global_batch_size=config.train.batch_size,
+                                log_every=config.train.log_every, first_step=first_step)
+  eval_every = config.eval.every_steps
+
+  def evaluate(step: int) -> None:
+    variables = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
+    results = evaluator.run(variables, step)
+    reporter.scalars(step, results, prefix='eval/')
+    reporter.restart_clock(step)
+
+  step = first_step
+  try:
+    with PreemptionFlag() as preempted:
+      batches = loader.iterate(first_step)
+      while step < total:
+        batch = parallel.global_batch(mesh, next(batches))
+        state, metrics = train_step(state, batch)
+        step += 1
+        if step == first_step + 1:
+          reporter.restart_clock(step)  # the first step's time is compilation
+          reporter.add(step, metrics)
+        elif reporter.add(step, metrics) is not None:
+          _check_divergence(state, config, checkpointer)
+        checkpointer.save(state)
+        if eval_every and step % eval_every == 0 and step != total:
+          evaluate(step)
+        if step_callback is not None:
+          step_callback(step)
+        if _stop_requested(preempted, step, config.train.log_every):
+          checkpointer.save(state, force=True)
+          checkpointer.wait()
+          logging.warning('preempted: saved a checkpoint at step %d in %s; start the same '
+                          'command again to resume', step, workdir)
+          return state
+      reporter.flush(step)
+      _check_divergence(state, config, checkpointer)
+      checkpointer.save(state, force=True)
+      evaluate(step)
+      if loader.bad_samples:
+        logging.warning('skipped %d unreadable samples, first keys: %s', loader.bad_samples,
+                        loader.bad_keys)
+  finally:
+    checkpointer.close()
+    reporter.close()
+  return state
+
+
+def _stop_requested(preempted: PreemptionFlag, step: int, every: int) -> bool:
+  """A signal on any host stops every host at the same step.
+
+  With many processes the flags are combined only every `every` steps: the all-gather is a host
+  synchronisation that would otherwise stall the asynchronous dispatch of every step.
+  """
+  if jax.process_count() == 1:
+    return preempted.is_set
+  if step % max(every, 1):
+    return False
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(jnp.asarray(preempted.is_set))
+  return bool(flags.any())
+
+
+def _check_divergence(state: TrainState, config: ml_collections.ConfigDict,
+                      checkpointer: Checkpointer) -> None:
+  consecutive = int(jax.device_get(state.consecutive_skips))
+  if consecutive > config.train.max_consecutive_bad_steps:
+    # The skipped steps were never applied, so the state is the last good one: keep it.
+    checkpointer.save(state, force=True)
+    checkpointer.wait()
+    raise TrainingDivergedError(
+        f'the loss or gradients were not finite for {consecutive} consecutive steps (up to step '
+        f'{int(jax.device_get(state.step))}); the last good state is saved. Lower '
+        f'config.train.learning_rate or check the data, then start again.')
