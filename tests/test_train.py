@@ -1,0 +1,195 @@
+"""The training spine: config checks, sharded step = single-device step, resume, preemption."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arcface_jax import losses, optim, parallel, trainer
+from arcface_jax.config_files import load_config
+from arcface_jax.data.errors import DatasetError
+from arcface_jax.train_step import create_train_state, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
+
+
+@pytest.fixture
+def tiny_config(tmp_path_factory):
+  config = load_config(TINY)
+  # One shared generated dataset for the whole module keeps the tests fast.
+  config.data.data_dir = str(tmp_path_factory.getbasetemp() / 'data')
+  return config
+
+
+# ------------------------------------------------------------------ configuration and bad input
+
+
+def test_unknown_override_is_one_clear_error():
+  result = subprocess.run(
+      [sys.executable, '-m', 'arcface_jax.train', '--config', TINY, '--workdir', '/tmp/unused',
+       '--config.train.bacth_size=8'], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert 'bacth_size' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_batch_not_divisible_by_devices(tiny_config):
+  tiny_config.train.batch_size = 12
+  with pytest.raises(trainer.ConfigError, match=r'batch_size=12.*8 devices'):
+    trainer.validate_config(tiny_config, num_devices=8)
+  trainer.validate_config(tiny_config, num_devices=4)  # 12 splits over 4
+
+
+def test_bad_values_name_the_key(tiny_config):
+  tiny_config.model.dtype = 'float16'
+  with pytest.raises(trainer.ConfigError, match='model.dtype'):
+    trainer.validate_config(tiny_config, num_devices=1)
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  with pytest.raises(trainer.ConfigError, match='not writable'):
+    trainer.prepare_workdir(str(blocker / 'run'))
+
+
+def test_missing_dataset_path(tiny_config, tmp_path):
+  tiny_config.data.source = 'recordio'
+  tiny_config.data.path = str(tmp_path / 'no_such_dataset')
+  with pytest.raises(DatasetError, match='no_such_dataset'):
+    trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+
+
+# ------------------------------------------------------------------ the step
+
+
+def _step_on_mesh(config, mesh, batch, num_steps=2):
+  model = trainer.build_model(config)
+  objective = losses.build_objective(config.loss, num_classes=10,
+                                     embedding_dim=config.model.embedding_dim)
+  schedule = optim.make_schedule(config.train)
+  tx = optim.make_optimizer(config.train, schedule)
+  init = jax.jit(lambda key: create_train_state(key, model, objective, tx,
+                                                config.data.image_size),
+                 out_shardings=parallel.replicated(mesh))
+  state = init(jax.random.PRNGKey(0))
+  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+  losses_seen = []
+  for _ in range(num_steps):
+    state, metrics = step(state, parallel.global_batch(mesh, batch))
+    losses_seen.append(float(metrics['loss']))
+  return state, losses_seen
+
+
+def _random_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  size, batch = config.data.image_size, config.train.batch_size
+  return {'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+          'label': rng.integers(0, 10, size=batch).astype(np.int32)}
+
+
+def test_sharded_step_equals_single_device(tiny_config):
+  assert jax.device_count() == 8
+  batch = _random_batch(tiny_config)
+  state8, loss8 = _step_on_mesh(tiny_config, parallel.make_mesh(8), batch)
+  state1, loss1 = _step_on_mesh(tiny_config, parallel.make_mesh(1), batch)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
+  flat8, flat1 = jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)
+  for a, b in zip(flat8, flat1):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(state8.batch_stats), jax.tree.leaves(state1.batch_stats)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_step_is_skipped_and_counted(tiny_config):
+  mesh = parallel.make_mesh(1)
+  good = _random_batch(tiny_config)
+  bad = dict(good, image=np.full_like(good['image'], np.nan))
+  state, _ = _step_on_mesh(tiny_config, mesh, good, num_steps=1)
+  model = trainer.build_model(tiny_config)
+  objective = losses.build_objective(tiny_config.loss, num_classes=10,
+                                     embedding_dim=tiny_config.model.embedding_dim)
+  schedule = optim.make_schedule(tiny_config.train)
+  tx = optim.make_optimizer(tiny_config.train, schedule)
+  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)))
+  before = jax.device_get(state)
+  after, metrics = step(state, parallel.global_batch(mesh, bad))
+  assert not np.isfinite(float(metrics['loss']))
+  assert int(after.step) == int(before.step) + 1
+  assert int(after.skipped_steps) == 1 and int(after.consecutive_skips) == 1
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(before.opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_divergence_stops_with_message_and_saves(tiny_config, tmp_path):
+  tiny_config.train.learning_rate = 1e30
+  tiny_config.train.schedule = 'step'
+  tiny_config.train.clip_grad_norm = 0.0
+  tiny_config.train.num_steps = 12
+  tiny_config.train.log_every = 1
+  tiny_config.train.max_consecutive_bad_steps = 1
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(trainer.TrainingDivergedError, match='not finite'):
+    trainer.train_and_evaluate(tiny_config, workdir, mesh=parallel.make_mesh(2))
+  assert os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+# ------------------------------------------------------------------ resume and preemption
+
+
+def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path):
+  tiny_config.train.num_steps = 6
+  tiny_config.train.checkpoint_every = 0  # only the preemption save and the final one
+  mesh = parallel.make_mesh(2)
+  full = trainer.train_and_evaluate(tiny_config, str(tmp_path / 'full'), mesh=mesh)
+  full = jax.device_get(full)
+
+  def preempt_at_3(step):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  workdir = str(tmp_path / 'interrupted')
+  stopped = trainer.train_and_evaluate(tiny_config, workdir, mesh=mesh,
+                                       step_callback=preempt_at_3)
+  assert int(stopped.step) == 3
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+  resumed = jax.device_get(trainer.train_and_evaluate(tiny_config, workdir, mesh=mesh))
+  assert int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(resumed.opt_state), jax.tree.leaves(full.opt_state)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_sigterm_on_the_command_line_saves_and_exits_cleanly(tmp_path, tiny_config):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, '-m', 'arcface_jax.train', '--config', TINY, '--workdir',
+             str(workdir), '--config.train.num_steps=100000', '--config.train.log_every=1',
+             f'--config.data.data_dir={tiny_config.data.data_dir}']
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+  deadline = time.time() + 240
+  seen = ''
+  for line in process.stdout:
+    seen += line
+    if 'step 3/' in line or time.time() > deadline:
+      break
+  process.send_signal(signal.SIGTERM)
+  rest, _ = process.communicate(timeout=120)
+  seen += rest
+  assert process.returncode == 0, seen[-3000:]
+  assert 'preempted: saved a checkpoint' in seen
+  steps = [int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit()]
+  assert steps and max(steps) >= 3
