@@ -36,12 +36,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     message = str(e)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    detail = _first_message(e) or str(e)
+    detail = (_first_message(e) or str(e)).replace('\n', ' ').rstrip('.')
     overrides = [a for a in argv[1:] if a.startswith('--config.')]
     message = (f'cannot apply the config overrides {overrides}: {detail}. Every key must exist '
                'in configs/base.py; check the spelling.')
-  except FileNotFoundError as e:
-    message = str(e)
+  except OSError as e:
+    message = ' '.join(str(e).split())
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 
@@ -55,7 +55,13 @@ def main(argv: Sequence[str]) -> None:
 
   distributed.initialize_if_launched()
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.train  # pylint: disable=pointless-statement  # loaded lazily: fail here, once
+  except OSError as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(2)
+  try:
+    trainer.train_and_evaluate(config, _WORKDIR.value)
   except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError,
           FileNotFoundError) as e:
     logging.error('%s', e)

@@ -93,7 +93,7 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
     metrics.update(
         loss=loss,
         learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
-        grad_norm_backbone=optax.global_norm(grads['backbone']),
+        grad_norm_backbone=optax.tree.norm(grads['backbone']),
         skipped=(~finite).astype(jnp.float32),
     )
     return new_state, metrics
