@@ -1,0 +1,1 @@
+"""Data: sources (RecordIO, folders, TFDS, synthetic), the input pipeline, alignment, `.bin` sets."""
