@@ -6,6 +6,7 @@ every step; at report time they are fetched in one transfer and averaged.
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 import time
 from typing import Any, Mapping
@@ -14,6 +15,25 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+
+
+_CHATTY_LIBRARIES = ('/orbax/', '/tensorstore/', '/tensorflow_datasets/', '/grain/')
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Keeps warnings from checkpoint/data libraries but drops their per-save INFO chatter."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.levelno >= logging_std.WARNING:
+      return True
+    return not any(part in record.pathname for part in _CHATTY_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter on absl's handler (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
 
 
 def format_duration(seconds: float) -> str:

@@ -84,6 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh: jax.sharding.Mesh | None = None,
                        step_callback: Callable[[int], None] | None = None) -> TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the state."""
+  reporting.quiet_library_logs()
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
   prepare_workdir(workdir)
