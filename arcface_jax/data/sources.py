@@ -30,11 +30,13 @@ def get_train_source(data_config: ml_collections.ConfigDict):
     from arcface_jax.data import synthetic
     return synthetic.load_synthetic(data_config.synthetic_variant, data_config.data_dir, 'train')
   if source == 'recordio':
+    path = _require_path(data_config)
     from arcface_jax.data.recordio import RecordDataset
-    return RecordDataset(_require_path(data_config))
+    return RecordDataset(path)
   if source == 'folder':
+    path = _require_path(data_config)
     from arcface_jax.data.folder import FolderDataset
-    return FolderDataset(_require_path(data_config), split='train',
+    return FolderDataset(path, split='train',
                          split_by=data_config.split_by, val_fraction=data_config.val_fraction,
                          test_fraction=data_config.test_fraction, seed=0)
   if source == 'tfds':

@@ -29,11 +29,17 @@ def contiguous_folds(num_pairs: int, nfolds: int) -> list[np.ndarray]:
 
 
 def _far_threshold(far_by_threshold: np.ndarray, far_target: float) -> float:
-  """The threshold whose false-accept rate is far_target, linearly interpolated."""
+  """The threshold whose false-accept rate is far_target, linearly interpolated.
+
+  Each distinct FAR value is represented by the largest threshold that reaches it (the most
+  permissive operating point with that FAR), so a plateau of FAR 0 does not pull the threshold to 0.
+  """
   if far_by_threshold.max() < far_target:
     return 0.0
-  far_unique, first = np.unique(far_by_threshold, return_index=True)
-  return float(np.interp(far_target, far_unique, THRESHOLDS[first]))
+  reversed_far = far_by_threshold[::-1]
+  far_unique, first_in_reversed = np.unique(reversed_far, return_index=True)
+  last = len(far_by_threshold) - 1 - first_in_reversed
+  return float(np.interp(far_target, far_unique, THRESHOLDS[last]))
 
 
 def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
