@@ -47,7 +47,8 @@ class CombinedMargin:
     return jnp.where(cos > threshold, value, fallback)
 
   def _fallback_drop(self) -> float:
-    # The paper-era fix for ArcFace: cos θ − m·sin m, continuous at θ = π − m.
+    # The paper-era fix for ArcFace: cos θ − m·sin m. It is monotone; note that it meets
+    # cos(θ + m) only approximately at θ = π − m (−cos m − m sin m against −1).
     if self.m1 == 1.0:
       return self.m2 * math.sin(self.m2)
     theta0 = min((math.pi - self.m2) / self.m1, math.pi)
