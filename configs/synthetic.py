@@ -20,14 +20,14 @@ def get_config(arg: str | None = None):
   config.loss.s = 32.0
   config.loss.m = 0.5
   config.train.batch_size = 128
-  config.train.num_steps = 800
+  config.train.num_steps = 600
   config.train.learning_rate = 0.1
   config.train.schedule = 'warmup_poly'
   config.train.warmup_steps = 100
   config.train.log_every = 100
-  config.train.checkpoint_every = 200
+  config.train.checkpoint_every = 150
   config.train.keep_checkpoints = 4  # the angle figures show the margin forming over these
-  config.eval.every_steps = 400
+  config.eval.every_steps = 300
   config.eval.synthetic_pairs = 1000
   if arg == 'tiny':
     config.data.synthetic_variant = 'tiny'
