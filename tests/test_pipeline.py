@@ -1,4 +1,5 @@
-"""The input pipeline: exact resume position, per-epoch shuffles, process slices, bad samples."""
+"""The input pipeline and source selection: exact resume, per-epoch shuffles and augmentation,
+process slices, resizing, bad samples, clear errors for unknown sources and missing paths."""
 import numpy as np
 import pytest
 
@@ -99,3 +100,112 @@ def test_unknown_source_and_missing_path_name_the_problem(tmp_path):
   config.source, config.path = 'folder', str(tmp_path / 'missing')
   with pytest.raises(DatasetError, match='missing'):
     sources.get_train_source(config)
+
+
+def test_bad_keys_are_listed_once_each():
+  loader = _loader(CountingSource(corrupt={3, 4, 17}))
+  _take(loader.iterate(0), 15)  # three epochs: every corrupt index is met three times
+  assert loader.bad_samples >= 9
+  assert sorted(loader.bad_keys) == ['sample-17', 'sample-3', 'sample-4']
+
+
+def test_a_broken_dataset_stops_with_one_error():
+  loader = _loader(CountingSource(n=80, corrupt=range(80)))
+  with pytest.raises(DatasetError, match='consecutive samples are unreadable'):
+    next(loader.iterate(0))
+
+
+def test_order_and_augmentation_are_functions_of_seed_and_step():
+  kw = dict(flip=True, rotation_degrees=15, color_jitter=0.3, low_resolution_prob=0.5)
+  a = _take(_loader(CountingSource(), **kw).iterate(3), 3)
+  b = [_loader(CountingSource(), **kw).batch(step) for step in (3, 4, 5)]
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['image'], y['image'])
+  other_seed = next(_loader(CountingSource(), seed=4, **kw).iterate(3))
+  assert not np.array_equal(a[0]['label'], other_seed['label'])
+
+
+def test_augmentation_is_redrawn_each_epoch():
+  class Gradient(CountingSource):
+    def __getitem__(self, i):
+      return np.tile(np.arange(8, dtype=np.uint8)[None, :, None], (8, 1, 3)), i
+
+  loader = _loader(Gradient(), flip=True, mean=0.0, std=1.0)
+  batches = _take(loader.iterate(0), 10)
+
+  def flipped_by_label(epoch_batches):
+    return {int(label): bool(image[0, 0, 0] == 7)
+            for b in epoch_batches for label, image in zip(b['label'], b['image'])}
+  first, second = flipped_by_label(batches[:5]), flipped_by_label(batches[5:])
+  assert 0.25 < np.mean(list(first.values())) < 0.75  # a fair coin per sample
+  assert any(first[k] != second[k] for k in first)  # (seed, epoch, index) seeds the draw
+
+
+def test_other_native_sizes_are_resized():
+  source = CountingSource(size=20)
+  batch = next(_loader(source, image_size=8, mean=0.0, std=1.0).iterate(0))
+  assert batch['image'].shape == (8, 8, 8, 3)
+  # A constant image stays constant through INTER_AREA.
+  np.testing.assert_array_equal(batch['image'][:, 3, 3, 0], batch['label'] % 251)
+  up = next(_loader(CountingSource(size=4), image_size=8).iterate(0))
+  assert up['image'].shape == (8, 8, 8, 3)
+
+
+def test_grey_images_become_rgb():
+  class Grey(CountingSource):
+    def __getitem__(self, i):
+      return np.full((8, 8), i, np.uint8), i
+  batch = next(_loader(Grey(), mean=0.0, std=1.0).iterate(0))
+  assert batch['image'].shape == (8, 8, 8, 3)
+  np.testing.assert_array_equal(batch['image'][:, 0, 0, 2], batch['label'])
+
+
+def test_uneven_process_split_is_refused():
+  with pytest.raises(ValueError, match='does not split'):
+    _loader(CountingSource(), global_batch_size=9, process_count=2)
+
+
+def test_synthetic_and_tfds_sources_by_config(tmp_path):
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(
+      source='synthetic', path='', data_dir=str(tmp_path), synthetic_variant='tiny',
+      num_classes=0, split_by='identity', val_fraction=0.0, test_fraction=0.0))
+  synthetic = sources.get_train_source(config)
+  assert (len(synthetic), synthetic.num_classes) == (128, 16)
+  image, label = synthetic[0]
+  assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and 0 <= label < 16
+  # The same data through the generic TFDS path.
+  config.source, config.path = 'tfds', 'synthetic_faces/tiny'
+  generic = sources.get_train_source(config)
+  assert (len(generic), generic.num_classes) == (128, 16)
+  np.testing.assert_array_equal(generic[7][0], synthetic[7][0])
+  batch = next(_loader(generic, image_size=16, global_batch_size=16).iterate(0))
+  assert batch['image'].shape == (16, 16, 16, 3)
+  config.path = 'synthetic_faces/demo'  # registered but not generated there: no download
+  with pytest.raises(DatasetError, match='not prepared.*tfds build'):
+    sources.get_train_source(config)
+  config.path = ''
+  with pytest.raises(DatasetError, match='config.data.path'):
+    sources.get_train_source(config)
+
+
+def test_recordio_without_path_names_the_setting():
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(source='recordio', path='', data_dir='data'))
+  with pytest.raises(DatasetError, match='config.data.path'):
+    sources.get_train_source(config)
+  config.path = '/nonexistent/ms1m'
+  with pytest.raises(DatasetError, match='/nonexistent/ms1m'):
+    sources.get_train_source(config)
+
+
+def test_augmentation_draws_are_uniform_and_keyed_by_seed_epoch_index():
+  from arcface_jax.data.pipeline import augmentation_draws
+  draws = augmentation_draws(0, 0, np.arange(20000))
+  assert draws.shape == (20000, 6) and 0 <= draws.min() and draws.max() < 1
+  np.testing.assert_allclose(draws.mean(0), 0.5, atol=0.01)
+  assert abs(np.corrcoef(draws[:, 0], draws[:, 1])[0, 1]) < 0.03
+  np.testing.assert_array_equal(augmentation_draws(0, 0, [5, 7]), draws[[5, 7]])
+  for other in (augmentation_draws(1, 0, [5]), augmentation_draws(0, 1, [5]),
+                augmentation_draws(-1, 0, [5])):
+    assert not np.allclose(other, draws[5])

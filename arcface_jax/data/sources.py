@@ -3,28 +3,109 @@
 `get_train_source(config.data)` picks by `config.data.source`: 'synthetic' (embedded, generated
 on first use), 'recordio' (train.rec + train.idx), 'folder' (a sub-folder per identity) or
 'tfds' (any TFDS dataset with `image` and `label` features, read through `tfds.data_source`).
+
+The protocol every source follows (and the input pipeline relies on): `len(src)`, `src[i]` →
+(image uint8 (H, W, 3) RGB, int label), `src.num_classes`; one unreadable sample raises
+`CorruptSampleError(key, reason)`, a dataset unusable as a whole raises `DatasetError`.
 """
 from __future__ import annotations
 
 import os
+from typing import Any, Protocol, Sequence
 
 import ml_collections
+import numpy as np
 
-from arcface_jax.data.errors import DatasetError
+from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
 SOURCES = ('synthetic', 'recordio', 'folder', 'tfds')
 
 
+class Source(Protocol):
+  """What the input pipeline needs from a dataset."""
+  num_classes: int
+
+  def __len__(self) -> int:
+    ...
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    ...
+
+
+class TfdsSource:
+  """The source protocol over a TFDS data_source whose records have `image` and `label`."""
+
+  def __init__(self, data_source: Sequence[dict[str, Any]], num_classes: int, name: str = 'tfds'):
+    self._source = data_source
+    self.num_classes = int(num_classes)
+    self._name = name
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    index = int(index)
+    try:
+      record = self._source[index]
+    except (IndexError, KeyError):
+      raise
+    except Exception as e:  # the decoder's own error types vary (PIL, cv2, protobuf)
+      raise CorruptSampleError(f'{self._name}[{index}]', f'{type(e).__name__}: {e}') from e
+    image = np.asarray(record['image'])
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+      raise CorruptSampleError(f'{self._name}[{index}]', f'image of shape {image.shape} is not '
+                               '(H, W, 3) or (H, W, 1)')
+    if image.shape[-1] == 1:  # grey datasets: the backbones expect three channels
+      image = np.repeat(image, 3, axis=-1)
+    return image, int(record['label'])
+
+
 def _require_path(data_config: ml_collections.ConfigDict) -> str:
   path = data_config.path
-  if not path or not os.path.exists(path):
+  if not path:
+    raise DatasetError(f'config.data.source={data_config.source!r} needs a dataset directory: '
+                       'set --config.data.path=/path/to/dataset')
+  if not os.path.exists(path):
     raise DatasetError(f'config.data.path={path!r} does not exist: point --config.data.path at '
                        f'the {data_config.source} dataset directory')
   return path
 
 
-def get_train_source(data_config: ml_collections.ConfigDict):
-  """The training split named by `data_config`."""
+def load_tfds(name: str, data_dir: str, split: str = 'train',
+              num_classes: int = 0) -> TfdsSource:
+  """A prepared TFDS dataset (array_record format) as a source; never downloads."""
+  import tensorflow_datasets as tfds
+  fix = (f'prepare it first with `tfds build {name} --data_dir={data_dir} '
+         '--file_format=array_record`, or set --config.data.data_dir to where it was built')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError and friends: the name itself is wrong
+    raise DatasetError(f'config.data.path={name!r} is not a known TFDS dataset '
+                       f'({type(e).__name__}); use a registered name such as '
+                       '"synthetic_faces/demo"') from None
+  if not builder.is_prepared():
+    raise DatasetError(f'TFDS dataset {name!r} is not prepared in {data_dir!r}: {fix}')
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise DatasetError(f'TFDS dataset {name!r} has features {sorted(features)}; the training '
+                       "source needs 'image' and 'label'")
+  if not num_classes:
+    num_classes = getattr(features['label'], 'num_classes', None) or 0
+  if not num_classes:
+    raise DatasetError(f'TFDS dataset {name!r}: its label feature does not say how many classes '
+                       'there are; set --config.data.num_classes')
+  try:
+    data_source = tfds.data_source(name, data_dir=data_dir, split=split, download=False)
+  except Exception as e:  # e.g. prepared as tfrecord, which data_source cannot read
+    raise DatasetError(f'TFDS dataset {name!r} split {split!r} cannot be opened for random '
+                       f'access ({type(e).__name__}: {e}); {fix}') from None
+  return TfdsSource(data_source, num_classes=num_classes, name=name)
+
+
+def get_train_source(data_config: ml_collections.ConfigDict) -> Source:
+  """The training split named by `data_config` (`config.data`)."""
   source = data_config.source
   if source == 'synthetic':
     from arcface_jax.data import synthetic
@@ -38,13 +119,12 @@ def get_train_source(data_config: ml_collections.ConfigDict):
     from arcface_jax.data.folder import FolderDataset
     return FolderDataset(path, split='train',
                          split_by=data_config.split_by, val_fraction=data_config.val_fraction,
-                         test_fraction=data_config.test_fraction, seed=0)
+                         test_fraction=data_config.test_fraction)
   if source == 'tfds':
-    import tensorflow_datasets as tfds
-    from arcface_jax.data.synthetic import TfdsSource
     if not data_config.path:
-      raise DatasetError('config.data.source=tfds needs the dataset name in config.data.path')
-    builder = tfds.builder(data_config.path, data_dir=data_config.data_dir)
-    num_classes = data_config.num_classes or builder.info.features['label'].num_classes
-    return TfdsSource(builder.as_data_source(split='train'), num_classes=num_classes)
-  raise DatasetError(f'config.data.source={source!r}: expected one of {SOURCES}')
+      raise DatasetError('config.data.source=tfds needs the dataset name: set '
+                         '--config.data.path=<tfds name>, e.g. synthetic_faces/demo')
+    return load_tfds(data_config.path, data_config.data_dir, 'train',
+                     num_classes=data_config.num_classes)
+  raise DatasetError(f'config.data.source={source!r} is not a known source; valid choices: '
+                     f'{", ".join(SOURCES)}')

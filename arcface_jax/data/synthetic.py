@@ -6,11 +6,14 @@ its images vary by affine jitter, lighting, noise and occlusion. The held-out `t
 disjoint from the `train` identities, so verification on them is open-set, as on LFW.
 
 It is a TFDS builder in array_record format (no TensorFlow), generated into `data_dir` on first
-use and read through `tfds.data_source`.
+use and read through `tfds.data_source`. Sizes (identities × images per identity, pixels):
+'demo' 500 × 20 train + 100 × 20 test at 32×32 (about 6 s to generate on one core), 'tiny'
+16 × 8 train + 12 × 8 test at 16×16 for tests. Labels are 0..N−1 within each split.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 
 import cv2
@@ -18,12 +21,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from arcface_jax.data.errors import DatasetError
+from arcface_jax.data.sources import TfdsSource
 
 NAME = 'synthetic_faces'
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
+  """Size of one builder configuration."""
   train_identities: int
   test_identities: int
   images_per_identity: int
@@ -117,15 +122,22 @@ def render_identity(identity_seed: int, count: int, size: int, image_seed: int) 
 
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   """TFDS builder of the synthetic identities ('demo' and 'tiny' configurations)."""
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release.',
+      '1.1.0': 'label is a ClassLabel (num_classes = training identities), so the dataset also '
+               'works as a generic `tfds` source.',
+  }
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name, description=str(v))
                      for name, v in VARIANTS.items()]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    size = VARIANTS[self.builder_config.name].image_size
+    variant = VARIANTS[self.builder_config.name]
+    size = variant.image_size
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
         'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
-        'label': tfds.features.Scalar(np.int64),
+        # Test labels (held-out identities) are numbered from 0 too, so they fit in this range.
+        'label': tfds.features.ClassLabel(num_classes=variant.train_identities),
     }), supervised_keys=('image', 'label'))
 
   def _split_generators(self, dl_manager):
@@ -141,66 +153,88 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                                variant.image_size, image_seed=0)
       for k, image in enumerate(images):
         # TFDS cannot encode numpy images without TensorFlow: hand it PNG bytes (RGB → BGR for
-        # OpenCV's encoder).
+        # OpenCV's encoder). PNG is lossless, so what is read back is what was rendered.
         png = cv2.imencode('.png', image[..., ::-1])[1].tobytes()
         yield f'{label:06d}_{k:03d}', {'image': png, 'label': label}
 
 
-class TfdsSource:
-  """Random access over a TFDS data_source with `image` and `label`: the source protocol."""
-
-  def __init__(self, data_source, num_classes: int):
-    self._source = data_source
-    self.num_classes = num_classes
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    record = self._source[int(index)]
-    return np.asarray(record['image']), int(record['label'])
-
-
 def _builder(variant: str, data_dir: str) -> SyntheticFaces:
+  """The prepared builder; the first caller generates it, concurrent callers wait for it."""
   if variant not in VARIANTS:
     raise DatasetError(f'unknown synthetic variant {variant!r}; valid: {sorted(VARIANTS)} '
                        '(config.data.synthetic_variant)')
-  builder = SyntheticFaces(data_dir=os.path.abspath(data_dir), config=variant)
-  # TFDS writes into an `incomplete.*` directory and renames it when done, so a reader never
-  # sees a half-written dataset.
-  builder.download_and_prepare(file_format='array_record')
+  data_dir = os.path.abspath(data_dir)
+  builder = SyntheticFaces(data_dir=data_dir, config=variant)
+  if builder.is_prepared():
+    return builder
+  os.makedirs(data_dir, exist_ok=True)
+  # TFDS writes into an `incomplete.*` directory and renames it when done, so no reader sees half
+  # a dataset; the lock stops two processes (e.g. the hosts of one job sharing a disk, or two
+  # test workers) from both generating and colliding on that rename.
+  lock_path = os.path.join(data_dir, f'.{NAME}_{variant}.lock')
+  with open(lock_path, 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      builder = SyntheticFaces(data_dir=data_dir, config=variant)
+      if not builder.is_prepared():
+        builder.download_and_prepare(file_format='array_record')
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return builder
 
 
 def load_synthetic(variant: str, data_dir: str, split: str) -> TfdsSource:
-  """The `train` or `test` split, generated on first use."""
-  builder = _builder(variant, data_dir)
+  """The `train` or `test` split of `variant` under `data_dir`, generated on first use."""
+  if split not in ('train', 'test'):
+    raise DatasetError(f'synthetic dataset split {split!r}: expected "train" or "test"')
+  _builder(variant, data_dir)
   info = VARIANTS[variant]
   classes = info.train_identities if split == 'train' else info.test_identities
-  return TfdsSource(builder.as_data_source(split=split), num_classes=classes)
+  data_source = tfds.data_source(f'{NAME}/{variant}', data_dir=os.path.abspath(data_dir),
+                                 split=split, download=False)
+  return TfdsSource(data_source, num_classes=classes, name=f'{NAME}/{variant}/{split}')
+
+
+def balanced_fold_labels(num_pairs: int, nfolds: int = 10) -> np.ndarray:
+  """issame (num_pairs,) with each contiguous fold half positive, half negative (LFW's layout).
+
+  Folds are numpy.array_split's (as the verification protocol cuts them); within a fold the
+  positives come first. A fold of odd size gets the extra pair positive and negative in turn, so
+  the whole list is balanced to within one pair.
+  """
+  issame = np.zeros(num_pairs, bool)
+  extra = 1
+  for fold in np.array_split(np.arange(num_pairs), min(nfolds, max(num_pairs, 1))):
+    positives = len(fold) // 2
+    if len(fold) % 2:
+      positives += extra
+      extra = 1 - extra
+    issame[fold[:positives]] = True
+  return issame
 
 
 def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int,
                                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 (2N, S, S, 3), issame (N,)) from held-out identities, LFW-style.
+  """(images uint8 (2N, S, S, 3), issame bool (N,)) from held-out identities, LFW-style.
 
-  Pairs alternate same/different, so each of 10 contiguous folds is balanced.
+  Pair i is (images[2i], images[2i + 1]). Deterministic in (variant, num_pairs, seed); each of 10
+  contiguous folds holds as many positive as negative pairs (`balanced_fold_labels`).
   """
+  if num_pairs < 1:
+    raise ValueError(f'num_pairs={num_pairs} must be positive')
   source = load_synthetic(variant, data_dir, 'test')
+  # The stored order is TFDS's (shuffled by key), so group indices by label first.
   labels = np.array([source[i][1] for i in range(len(source))])
-  by_label = {c: np.nonzero(labels == c)[0] for c in np.unique(labels)}
-  classes = sorted(by_label)
+  by_label = [np.nonzero(labels == c)[0] for c in range(source.num_classes)]
   rng = np.random.default_rng(seed)
-  pairs, issame = [], []
-  for k in range(num_pairs):
-    same = k % 2 == 0
+  issame = balanced_fold_labels(num_pairs)
+  pairs = np.empty((num_pairs, 2), np.int64)
+  for k, same in enumerate(issame):
     if same:
-      c = classes[rng.integers(len(classes))]
-      a, b = rng.choice(by_label[c], 2, replace=False)
+      members = by_label[rng.integers(len(by_label))]
+      pairs[k] = rng.choice(members, 2, replace=False)
     else:
-      c1, c2 = rng.choice(classes, 2, replace=False)
-      a, b = rng.choice(by_label[c1]), rng.choice(by_label[c2])
-    pairs += [a, b]
-    issame.append(same)
-  images = np.stack([source[i][0] for i in pairs])
-  return images, np.array(issame, bool)
+      c1, c2 = rng.choice(len(by_label), 2, replace=False)
+      pairs[k] = rng.choice(by_label[c1]), rng.choice(by_label[c2])
+  images = np.stack([source[int(i)][0] for i in pairs.reshape(-1)])
+  return images, issame
