@@ -58,9 +58,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, *, force: bool = False) -> bool:
-    """Saves when the policy says so (every `save_every` steps) or when forced."""
-    step = int(jax.device_get(state.step))
+  def save(self, state: TrainState, *, step: int | None = None, force: bool = False) -> bool:
+    """Saves when the policy says so (every `save_every` steps) or when forced.
+
+    Pass the host's `step` in the training loop: reading `state.step` would wait for the device
+    and stall the asynchronous dispatch of every step.
+    """
+    if step is None:
+      step = int(jax.device_get(state.step))
     if not force and (self._save_every <= 0 or step % self._save_every):
       return False
     if step in self.manager.all_steps():

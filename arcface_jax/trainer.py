@@ -153,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           reporter.add(step, metrics)
         elif reporter.add(step, metrics) is not None:
           _check_divergence(state, config, checkpointer)
-        checkpointer.save(state)
+        checkpointer.save(state, step=step)
         if eval_every and step % eval_every == 0 and step != total:
           evaluate(step)
         if step_callback is not None:
