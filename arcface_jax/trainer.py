@@ -125,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       make_train_step(model, objective, tx, schedule, dropout_key),
       in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  train_step = _compile_ahead(train_step, state, config, mesh)
   evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=make_embed_fn(model),
                                    workdir=workdir)
   first_step = int(jax.device_get(state.step))
@@ -175,6 +176,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer.close()
     reporter.close()
   return state
+
+
+def _compile_ahead(train_step, state: TrainState, config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh):
+  """Compiles the step before the first batch and logs its per-device memory.
+
+  An out-of-memory configuration then fails here, before any data is read, and the log says how
+  much each device needs.
+  """
+  size, batch = config.data.image_size, config.train.batch_size
+  sharding = parallel.batch_sharding(mesh)
+  batch_spec = {
+      'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=sharding),
+      'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)}
+  compiled = train_step.lower(state, batch_spec).compile()
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    mib = lambda n: n / 2**20
+    logging.info('compiled train step, per device: arguments %.1f MiB, outputs %.1f MiB, '
+                 'temporaries %.1f MiB', mib(memory.argument_size_in_bytes),
+                 mib(memory.output_size_in_bytes), mib(memory.temp_size_in_bytes))
+  return compiled
 
 
 def _stop_requested(preempted: PreemptionFlag, step: int, every: int) -> bool:
