@@ -5,6 +5,9 @@ channels, each opening with a stride-2 block; block = BN → conv3×3 → BN →
 → BN, plus a shortcut (identity, or conv1×1(stride) → BN), with no activation after the sum; head
 BN → dropout → FC(flatten → embedding) → BN with its scale fixed to 1. The variants are
 `functools.partial` aliases of one definition.
+
+Module call order equals the PyTorch reference's forward order (the shortcut after the main
+path), which is what `import_onnx` relies on to pair layers.
 """
 from __future__ import annotations
 
@@ -14,68 +17,61 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9
-
-
-class PReLU(nn.Module):
-  """Per-channel leaky slope learnt from 0.25, as in the reference."""
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    slope = self.param('slope', nn.initializers.constant(0.25), (x.shape[-1],), jnp.float32)
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+from arcface_jax.models.layers import PReLU, batch_norm, conv
 
 
 class IBasicBlock(nn.Module):
   features: int
   strides: int
   dtype: Any = jnp.float32
+  conv_fn: Any = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = norm()(x)
-    y = conv(self.features, (3, 3), padding=1)(y)
-    y = norm()(y)
+    c = functools.partial(conv, dtype=self.dtype, conv_fn=self.conv_fn)
+    y = batch_norm(train, self.dtype)(x)
+    y = c(self.features, 3, padding=1)(y)
+    y = batch_norm(train, self.dtype)(y)
     y = PReLU()(y)
-    y = conv(self.features, (3, 3), strides=self.strides, padding=1)(y)
-    y = norm()(y)
+    y = c(self.features, 3, strides=self.strides, padding=1)(y)
+    y = batch_norm(train, self.dtype)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = conv(self.features, (1, 1), strides=self.strides, padding=0)(x)
-      x = norm()(x)
+      x = c(self.features, 1, strides=self.strides)(x)
+      x = batch_norm(train, self.dtype)(x)
     return x + y
 
 
 class IResNet(nn.Module):
-  """Images (B, H, W, 3), normalised → un-normalised embeddings (B, embedding_dim) in float32."""
+  """Images (B, H, W, 3), normalised → un-normalised embeddings (B, embedding_dim) in float32.
+
+  H and W must be multiples of 16 (four stride-2 stages); the FC's input size follows the
+  final feature map (7×7 at 112×112).
+  """
   stage_sizes: Sequence[int]
   widths: Sequence[int] = (64, 128, 256, 512)
   stem_width: int = 64
   embedding_dim: int = 512
   dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # trunk compute dtype; parameters stay float32
+  conv_fn: Any = None  # replacement for lax.conv_general_dilated (see layers.conv)
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = images.astype(self.dtype)
-    x = nn.Conv(self.stem_width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype)(x)
+    x = conv(self.stem_width, 3, padding=1, dtype=self.dtype, conv_fn=self.conv_fn)(x)
+    x = batch_norm(train, self.dtype)(x)
     x = PReLU()(x)
     for width, blocks in zip(self.widths, self.stage_sizes):
       for i in range(blocks):
-        x = IBasicBlock(width, strides=2 if i == 0 else 1, dtype=self.dtype)(x, train)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype)(x)
+        x = IBasicBlock(width, strides=2 if i == 0 else 1, dtype=self.dtype,
+                        conv_fn=self.conv_fn)(x, train)
+    x = batch_norm(train, self.dtype)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.reshape(x.shape[0], -1)
-    # The embedding head runs in float32 whatever the trunk's dtype.
+    # The embedding head runs in float32 whatever the trunk's dtype (as the reference's fp16
+    # recipe does): the FC sums thousands of terms, and the loss sees these values directly.
     x = nn.Dense(self.embedding_dim, dtype=jnp.float32)(x.astype(jnp.float32))
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     use_scale=False, dtype=jnp.float32)(x)
+    x = batch_norm(train, jnp.float32, use_scale=False)(x)
     return x
 
 

@@ -1,0 +1,47 @@
+"""Layers shared by the backbones: PReLU and the batch-norm settings of the reference models.
+
+Batch norm follows the PyTorch reference trainer (eps 1e-5, running averages kept with weight
+0.9 on the old value, i.e. PyTorch's momentum 0.1), so statistics imported from its exports
+mean the same thing here.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
+class PReLU(nn.Module):
+  """Per-channel leaky slope learnt from 0.25 (PyTorch's `nn.PReLU(C)` default)."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    # The slope is a float32 parameter like every other; it is cast to the compute dtype.
+    slope = self.param('slope', nn.initializers.constant(0.25), (x.shape[-1],), jnp.float32)
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+def batch_norm(train: bool, dtype: Any = jnp.float32, **kwargs: Any) -> nn.BatchNorm:
+  """A BatchNorm in the reference's settings; `train` picks batch vs running statistics."""
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype, **kwargs)
+
+
+def conv(features: int, kernel: int, *, strides: int = 1, padding: int = 0, groups: int = 1,
+         dtype: Any = jnp.float32, conv_fn: Any = None, **kwargs: Any) -> nn.Conv:
+  """A bias-free square conv with PyTorch-style symmetric integer padding.
+
+  `conv_fn` replaces `lax.conv_general_dilated` (e.g. a formulation with a faster weight
+  gradient on CPU); None keeps XLA's own.
+  """
+  return nn.Conv(features, (kernel, kernel), strides=strides, padding=padding,
+                 feature_group_count=groups, use_bias=False, dtype=dtype,
+                 conv_general_dilated=conv_fn, **kwargs)
+
+
+dense_fp32 = functools.partial(nn.Dense, dtype=jnp.float32)

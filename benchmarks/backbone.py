@@ -1,0 +1,238 @@
+"""Backbone train-step throughput on CPU: IResNet-50 in JAX against the same network in PyTorch.
+
+    .venv/bin/python benchmarks/backbone.py [--arch iresnet50 --size 112 --batch 32 --steps 3
+                                             --runs 5] [--breakdown]
+
+One process builds both: the Flax model from `arcface_jax.models` and a PyTorch twin written
+below in the reference trainer's layout (NCHW, as PyTorch runs best), each trained by SGD with
+momentum on a fixed batch with the same loss (mean squared embedding: the backbone's cost, not
+a classifier's). Runs alternate between the two so that load from other processes falls on both;
+each run times `--steps` steps after a warm-up, and the medians over runs give the ratio
+JAX / PyTorch in images per second.
+
+`--breakdown` times every distinct convolution of the network on its own in both frameworks
+(forward, input gradient, weight gradient; batch and shapes as in the step), weighted by how
+often it occurs, to show which part of the backward pass makes the difference.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from arcface_jax import models  # noqa: E402
+
+STAGES = {'iresnet18': (2, 2, 2, 2), 'iresnet34': (3, 4, 6, 3), 'iresnet50': (3, 4, 14, 3),
+          'iresnet100': (3, 13, 30, 3)}
+
+
+def torch_iresnet(stages, size, emb=512):
+  """The reference IResNet in PyTorch (BN → conv → BN → PReLU → conv(stride) → BN + shortcut)."""
+  import torch
+  from torch import nn
+
+  class Block(nn.Module):
+
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                                nn.BatchNorm2d(cout), nn.PReLU(cout),
+                                nn.Conv2d(cout, cout, 3, stride, 1, bias=False),
+                                nn.BatchNorm2d(cout))
+      self.down = None
+      if stride != 1 or cin != cout:
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                  nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      return self.body(x) + (x if self.down is None else self.down(x))
+
+  layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)]
+  cin = 64
+  for width, n in zip((64, 128, 256, 512), stages):
+    for i in range(n):
+      layers.append(Block(cin, width, 2 if i == 0 else 1))
+      cin = width
+  layers += [nn.BatchNorm2d(512), nn.Flatten(), nn.Linear(512 * (size // 16) ** 2, emb),
+             nn.BatchNorm1d(emb)]
+  return torch.nn.Sequential(*layers)
+
+
+def jax_step_fn(arch, batch, size):
+  model = models.get(arch)
+  images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
+  tx = optax.sgd(0.01, momentum=0.9)
+  state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
+
+  @jax.jit
+  def step(state, images):
+    params, stats, opt = state
+
+    def loss_fn(params):
+      emb, new = model.apply({'params': params, 'batch_stats': stats}, images, train=True,
+                             mutable=['batch_stats'])
+      return jnp.mean(emb ** 2), new['batch_stats']
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return (optax.apply_updates(params, updates), stats, opt), loss
+
+  holder = [state]
+
+  def run(steps):
+    for _ in range(steps):
+      holder[0], loss = step(holder[0], images)
+    loss.block_until_ready()
+
+  return run
+
+
+def torch_step_fn(arch, batch, size, threads):
+  import torch
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  model = torch_iresnet(STAGES[arch], size).train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  images = torch.randn(batch, 3, size, size)
+
+  def run(steps):
+    for _ in range(steps):
+      opt.zero_grad(set_to_none=True)
+      loss = model(images).pow(2).mean()
+      loss.backward()
+      opt.step()
+
+  return run
+
+
+def timed(run, steps):
+  start = time.perf_counter()
+  run(steps)
+  return time.perf_counter() - start
+
+
+def compare(args):
+  batch = args.batch
+  contenders = {'pytorch': torch_step_fn(args.arch, batch, args.size, args.threads),
+                'jax': jax_step_fn(args.arch, batch, args.size)}
+  for name, run in contenders.items():  # compile / warm up
+    start = time.perf_counter()
+    run(1)
+    print(f'{name}: warm-up step {time.perf_counter() - start:.1f} s', flush=True)
+  rates = collections.defaultdict(list)
+  for r in range(args.runs):
+    for name, run in contenders.items():
+      rates[name].append(args.steps * batch / timed(run, args.steps))
+    print(f'run {r}: ' + ', '.join(f'{k} {v[-1]:.2f} img/s' for k, v in rates.items()),
+          flush=True)
+  medians = {k: statistics.median(v) for k, v in rates.items()}
+  print(f'\n{args.arch} {args.size}×{args.size} batch {batch} fp32 train step, median of '
+        f'{args.runs} runs × {args.steps} steps:')
+  for name, rate in medians.items():
+    print(f'  {name:18s} {rate:8.2f} images/s   ratio to PyTorch {rate / medians["pytorch"]:.2f}')
+
+
+def conv_shapes(arch, size):
+  """(count, (cin, cout, kernel, stride, input side)) for every conv of the IResNet."""
+  shapes = collections.Counter({(3, 64, 3, 1, size): 1})
+  cin, side = 64, size
+  for width, n in zip((64, 128, 256, 512), STAGES[arch]):
+    for i in range(n):
+      stride = 2 if i == 0 else 1
+      shapes[(cin, width, 3, 1, side)] += 1
+      shapes[(width, width, 3, stride, side)] += 1
+      if stride != 1 or cin != width:
+        shapes[(cin, width, 1, stride, side)] += 1
+      cin, side = width, side // stride
+  return shapes
+
+
+def median_time(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def breakdown(args):
+  import torch
+  torch.set_num_threads(args.threads)
+  totals = collections.defaultdict(float)
+  print(f'{"conv (cin→cout k s side)":28s} {"n":>3s}  ' + '  '.join(
+      f'{f"{fw} {p}":>13s}' for fw in ('jax', 'torch') for p in ('fwd', 'dx', 'dw')) + '   (ms)')
+  for (cin, cout, k, s, side), n in sorted(conv_shapes(args.arch, args.size).items(),
+                                           key=lambda kv: -kv[0][4]):
+    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, side, side, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.01
+    pad = ((k // 2, k // 2),) * 2
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (s, s), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    dy = jnp.ones(jax.eval_shape(conv, x, w).shape)
+    fns = {'jax fwd': jax.jit(conv),
+           'jax dx': jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]),
+           'jax dw': jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])}
+    row = {}
+    row['jax fwd'] = median_time(lambda: fns['jax fwd'](x, w).block_until_ready(), args.repeats)
+    for p in ('dx', 'dw'):
+      row[f'jax {p}'] = median_time(lambda: fns[f'jax {p}'](x, w, dy).block_until_ready(),
+                                    args.repeats)
+    tx = torch.randn(args.batch, cin, side, side)
+    tw = torch.randn(cout, cin, k, k) * 0.01
+    tdy = torch.ones(args.batch, cout, (side + s - 1) // s, (side + s - 1) // s)
+    grad = torch.nn.grad
+    with torch.no_grad():
+      row['torch fwd'] = median_time(lambda: torch.nn.functional.conv2d(tx, tw, None, s, k // 2),
+                                     args.repeats)
+      row['torch dx'] = median_time(lambda: grad.conv2d_input(tx.shape, tw, tdy, s, k // 2),
+                                    args.repeats)
+      row['torch dw'] = median_time(lambda: grad.conv2d_weight(tx, tw.shape, tdy, s, k // 2),
+                                    args.repeats)
+    for key, t in row.items():
+      totals[key] += n * t
+    print(f'{cin:4d}→{cout:<4d} {k}×{k} s{s} {side:4d}       {n:3d}  ' +
+          '  '.join(f'{row[f"{fw} {p}"] * 1e3:13.1f}' for fw in ('jax', 'torch')
+                    for p in ('fwd', 'dx', 'dw')), flush=True)
+  print(f'{"weighted total":28s} {"":3s}  ' + '  '.join(
+      f'{totals[f"{fw} {p}"] * 1e3:13.0f}' for fw in ('jax', 'torch') for p in ('fwd', 'dx', 'dw')))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--arch', default='iresnet50', choices=sorted(STAGES))
+  parser.add_argument('--size', type=int, default=112)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--runs', type=int, default=5)
+  parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--repeats', type=int, default=3, help='breakdown: timings per op')
+  parser.add_argument('--breakdown', action='store_true')
+  args = parser.parse_args()
+  cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+  model_name = next((l.split(':', 1)[1].strip() for l in cpu.splitlines()
+                     if l.startswith('Model name')), platform.processor())
+  import torch
+  print(f'{datetime.date.today()}  {model_name}, {os.cpu_count()} cores, jax {jax.__version__}, '
+        f'torch {torch.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}, '
+        f'load average {os.getloadavg()[0]:.1f}', flush=True)
+  breakdown(args) if args.breakdown else compare(args)
+
+
+if __name__ == '__main__':
+  main()
