@@ -24,7 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()
-  # Where training images come from: 'synthetic' (embedded, generated on first use), 'recordio'
+  # Where training images come from: 'synthetic' (embedded, generated on first use), 'digits'
+  # (scikit-learn's digits, the analysis toy), 'recordio'
   # (train.rec + train.idx directory), 'folder' (one sub-folder per identity), 'tfds' (any TFDS
   # data_source with `image` and `label` features).
   data.source = 'synthetic'

@@ -2,7 +2,8 @@
 
 `get_train_source(config.data)` picks by `config.data.source`: 'synthetic' (embedded, generated
 on first use), 'recordio' (train.rec + train.idx), 'folder' (a sub-folder per identity) or
-'tfds' (any TFDS dataset with `image` and `label` features, read through `tfds.data_source`).
+'tfds' (any TFDS dataset with `image` and `label` features, read through `tfds.data_source`);
+'digits' is scikit-learn's ten-class toy of the analysis figures (`data/digits.py`).
 
 The protocol every source follows (and the input pipeline relies on): `len(src)`, `src[i]` →
 (image uint8 (H, W, 3) RGB, int label), `src.num_classes`; one unreadable sample raises
@@ -18,7 +19,7 @@ import numpy as np
 
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
-SOURCES = ('synthetic', 'recordio', 'folder', 'tfds')
+SOURCES = ('synthetic', 'recordio', 'folder', 'tfds', 'digits')
 
 
 class Source(Protocol):
@@ -107,6 +108,9 @@ def load_tfds(name: str, data_dir: str, split: str = 'train',
 def get_train_source(data_config: ml_collections.ConfigDict) -> Source:
   """The training split named by `data_config` (`config.data`)."""
   source = data_config.source
+  if source == 'digits':  # scikit-learn's digits, the analysis toy (configs/toy.py)
+    from arcface_jax.data.digits import DigitsSource
+    return DigitsSource('train', data_config.image_size, data_config.num_classes or 10)
   if source == 'synthetic':
     from arcface_jax.data import synthetic
     return synthetic.load_synthetic(data_config.synthetic_variant, data_config.data_dir, 'train')

@@ -1,0 +1,81 @@
+"""Writing figures and the data behind them: the Agg backend, PNG, CSV and JSON files.
+
+Every analysis command writes a PNG together with the numbers it was drawn from, so a figure can
+be re-checked (and tested) without reading pixels.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+# Headless by default: the commands run on servers and in CI, where no display exists.
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+import numpy as np  # noqa: E402
+
+
+def ensure_dir(path: str) -> str:
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def save_figure(fig: 'plt.Figure', out_dir: str, name: str, dpi: int = 120) -> str:
+  """Saves `fig` as <out_dir>/<name>.png, closes it, returns the path."""
+  path = os.path.join(ensure_dir(out_dir), f'{name}.png')
+  fig.savefig(path, dpi=dpi, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def _plain(value: Any) -> Any:
+  """numpy scalars and arrays → Python numbers and lists (JSON has no NaN: those become None)."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _plain(value.tolist())
+  if isinstance(value, (np.floating, float)):
+    value = float(value)
+    return value if np.isfinite(value) else None
+  if isinstance(value, np.integer):
+    return int(value)
+  if isinstance(value, np.bool_):
+    return bool(value)
+  return value
+
+
+def write_json(data: Any, out_dir: str, name: str) -> str:
+  path = os.path.join(ensure_dir(out_dir), f'{name}.json')
+  with open(path, 'w') as f:
+    json.dump(_plain(data), f, indent=2)
+  return path
+
+
+def write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], out_dir: str,
+              name: str) -> str:
+  """A CSV with `header`; floats written with repr precision, NaN as an empty cell."""
+  path = os.path.join(ensure_dir(out_dir), f'{name}.csv')
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for row in rows:
+      writer.writerow(['' if isinstance(v, float) and not np.isfinite(v) else v
+                       for v in (_plain(v) for v in row)])
+  return path
+
+
+def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
+  """(header, rows of strings): what tests and the report read back."""
+  with open(path, newline='') as f:
+    rows = list(csv.reader(f))
+  return rows[0], rows[1:]
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
