@@ -7,6 +7,11 @@ Three launchers are recognised, in this order:
   TPU VMs:  more than one worker host (TPU_WORKER_HOSTNAMES lists several); JAX asks the TPU
             metadata for the rest.
 A single process (the common case, one host with one or more GPUs) initialises nothing.
+
+On the CPU backend a multi-process job also needs cross-process collectives (the model-parallel
+head all-gathers embeddings and reduces its softmax across every device): gloo is selected unless
+JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise. GPUs use NCCL and TPUs their ICI regardless.
+See launch/README.md for the launchers and their variables.
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ def initialize_if_launched() -> bool:
   kind = launcher_kind()
   if kind is None:
     return False
+  if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+    # Only read by the CPU client, and only before it starts: harmless on GPU/TPU hosts.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if kind == 'explicit':
     missing = [v for v in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID') if v not in os.environ]
     if missing:

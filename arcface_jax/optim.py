@@ -12,6 +12,8 @@ from typing import Any
 import ml_collections
 import optax
 
+from arcface_jax.parallel import lazy
+
 SCHEDULES = ('step', 'warmup_poly')
 
 
@@ -33,15 +35,29 @@ def make_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled weight decay over params {'backbone': ..., 'head': ...}."""
+                   schedule: optax.Schedule, *,
+                   lazy_head: bool = False) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay over params {'backbone': ..., 'head': ...}.
+
+  lazy_head (config.head.lazy_update with the model-parallel head): the head's centres get the
+  same SGD, but only on rows with a non-zero gradient — Partial FC's sampled centres — so
+  unsampled centres keep their value and momentum (parallel/lazy.py).
+  """
   parts = []
   if train_config.clip_grad_norm > 0:
     only_backbone = lambda params: {k: k == 'backbone' for k in params}
     parts.append(optax.masked(optax.clip_by_global_norm(float(train_config.clip_grad_norm)),
                               only_backbone))
+  dense = []
   if train_config.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(float(train_config.weight_decay)))
-  parts.append(optax.sgd(schedule, momentum=float(train_config.momentum) or None))
-  return optax.chain(*parts)
+    dense.append(optax.add_decayed_weights(float(train_config.weight_decay)))
+  dense.append(optax.sgd(schedule, momentum=float(train_config.momentum) or None))
+  if not lazy_head:
+    return optax.chain(*parts, *dense)
+  head = lazy.lazy_sgd(schedule, momentum=float(train_config.momentum),
+                       weight_decay=float(train_config.weight_decay))
+  split = optax.multi_transform({'dense': optax.chain(*dense), 'lazy': head},
+                                lambda params: {k: 'lazy' if k == 'head' else 'dense'
+                                                for k in params})
+  return optax.chain(*parts, split)
 

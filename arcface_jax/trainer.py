@@ -75,6 +75,20 @@ def build_model(config: ml_collections.ConfigDict):
                     dropout=config.model.dropout, dtype=config.model.dtype)
 
 
+def build_objective(config: ml_collections.ConfigDict, *, num_classes: int,
+                    mesh: jax.sharding.Mesh):
+  """The head: centres split over the mesh (config.head.model_parallel) or on every device."""
+  if config.head.model_parallel:
+    try:
+      return parallel.ModelParallelObjective(config.loss, config.head, num_classes=num_classes,
+                                             embedding_dim=config.model.embedding_dim,
+                                             mesh=mesh, seed=config.seed)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  return losses.build_objective(config.loss, num_classes=num_classes,
+                                embedding_dim=config.model.embedding_dim)
+
+
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
@@ -103,16 +117,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                loader.steps_per_epoch)
 
   model = build_model(config)
-  objective = losses.build_objective(config.loss, num_classes=num_classes,
-                                     embedding_dim=config.model.embedding_dim)
+  objective = build_objective(config, num_classes=num_classes, mesh=mesh)
   schedule = optim.make_schedule(config.train)
-  tx = optim.make_optimizer(config.train, schedule)
+  tx = optim.make_optimizer(config.train, schedule,
+                            lazy_head=config.head.model_parallel and config.head.lazy_update)
   init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
 
   init_fn = functools.partial(create_train_state, model=model, objective=objective, tx=tx,
                               image_size=config.data.image_size)
   abstract_state = jax.eval_shape(init_fn, init_rng)
-  state_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  if config.head.model_parallel:
+    # Class centres and their optimizer leaves split by class over `data`; the rest replicated.
+    state_shardings = parallel.state_shardings(abstract_state, mesh)
+  else:
+    state_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
   checkpointer = Checkpointer(workdir, save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
   if checkpointer.latest_step() is not None:
