@@ -7,12 +7,27 @@ from arcface_jax.evaluation import verification
 
 def _pairs_at_distances(distances):
   """Unit 2-d embeddings, pair i at squared-L2 distance distances[i] (angle from 2 - 2cos)."""
-  angles = np.arccos(1 - np.asarray(distances) / 2)
+  angles = np.arccos(1 - np.asarray(distances, np.float64) / 2)
   first = np.stack([np.ones_like(angles), np.zeros_like(angles)], 1)
   second = np.stack([np.cos(angles), np.sin(angles)], 1)
   out = np.empty((2 * len(angles), 2))
   out[0::2], out[1::2] = first, second
   return out
+
+
+def _brute_force(dist, issame, nfolds):
+  """The protocol written as plainly as possible: loops over folds and thresholds."""
+  folds = np.array_split(np.arange(len(dist)), nfolds)
+  accs, best_ts, tprs, fprs = [], [], [], []
+  for test in folds:
+    train = np.setdiff1d(np.arange(len(dist)), test)
+    train_acc = [np.mean((dist[train] < t) == issame[train]) for t in verification.THRESHOLDS]
+    best = verification.THRESHOLDS[int(np.argmax(train_acc))]
+    best_ts.append(best)
+    accs.append(np.mean((dist[test] < best) == issame[test]))
+    tprs.append([np.mean(dist[test][issame[test]] < t) for t in verification.THRESHOLDS])
+    fprs.append([np.mean(dist[test][~issame[test]] < t) for t in verification.THRESHOLDS])
+  return np.array(accs), np.array(best_ts), np.mean(tprs, 0), np.mean(fprs, 0)
 
 
 def test_separable_pairs_score_one_with_threshold_in_the_gap():
@@ -31,12 +46,66 @@ def test_fold_accuracies_known_by_hand():
   # gets the rest right misses it. Fold 0 holds pairs 0 and 1, so its accuracy is 1/2; the
   # others are perfect.
   issame = np.arange(20) % 2 == 0
-  distances = np.where(issame, 0.4, 1.6)
+  distances = np.where(issame, 0.405, 1.6)
   distances[0] = 3.9
   result = verification.evaluate(_pairs_at_distances(distances), issame, nfolds=10)
   np.testing.assert_allclose(result['fold_accuracies'], [0.5] + [1.0] * 9)
   assert result['accuracy'] == pytest.approx(0.95)
   assert result['std'] == pytest.approx(np.std([0.5] + [1.0] * 9))
+  # Every fold's best threshold is the first that accepts the 0.405 positives: 0.41.
+  np.testing.assert_allclose(result['best_thresholds'], 0.41)
+
+
+def test_a_hard_negative_costs_only_its_own_fold():
+  # 4 folds of 4 pairs. Positives at 0.305, negatives at 1.0, except one negative at 0.205 in
+  # fold 3. Folds 0-2 train on data containing it: any threshold accepting the positives accepts
+  # it too, and rejecting the 6 positives costs more, so the threshold is 0.31 (train 11/12).
+  # Fold 3 trains on clean data: 0.31 too. The 0.205 negative is misjudged only in fold 3: 3/4.
+  issame = np.array([True, False] * 8)
+  distances = np.where(issame, 0.305, 1.0)
+  distances[15] = 0.205
+  result = verification.evaluate(_pairs_at_distances(distances), issame, nfolds=4)
+  np.testing.assert_allclose(result['fold_accuracies'], [1, 1, 1, 0.75])
+  np.testing.assert_allclose(result['best_thresholds'], 0.31)
+
+
+def test_matches_a_brute_force_protocol_on_random_pairs():
+  rng = np.random.default_rng(0)
+  n = 203  # not a multiple of 10: uneven folds
+  issame = rng.uniform(size=n) < 0.5
+  emb = rng.normal(size=(2 * n, 8))
+  emb[1::2][issame] = emb[0::2][issame] + rng.normal(0, 0.8, size=(issame.sum(), 8))
+  result = verification.evaluate(emb, issame, nfolds=10)
+  accs, best_ts, tpr, fpr = _brute_force(verification.pair_distances(emb), issame, 10)
+  np.testing.assert_allclose(result['fold_accuracies'], accs)
+  np.testing.assert_allclose(result['best_thresholds'], best_ts)
+  np.testing.assert_allclose(result['tar'], tpr)
+  np.testing.assert_allclose(result['far'], fpr)
+  assert result['accuracy'] == pytest.approx(accs.mean())
+
+
+def test_tar_at_far_interpolates_between_plateaus():
+  # 2 folds of 20 pairs, identical in layout: negatives at 1.0005, 1.1005, ..., 1.9005, so the
+  # training FAR is 0.1 for thresholds in (1.0005, 1.1005] (most permissive grid point 1.100) and
+  # 0.2 up to 1.200. Positives: 0.5 x5, 1.05 x2, 1.12, 1.5 x2.
+  negatives = 1.0005 + 0.1 * np.arange(10)
+  positives = np.array([0.5] * 5 + [1.05] * 2 + [1.12] + [1.5] * 2)
+  fold = np.concatenate([positives, negatives])
+  distances = np.concatenate([fold, fold])
+  issame = np.concatenate([np.arange(20) < 10] * 2)
+  emb = _pairs_at_distances(distances)
+  at_01 = verification.evaluate(emb, issame, nfolds=2, far_target=0.1)
+  # Threshold 1.1: positives below it 7 of 10; negatives below it 1 of 10.
+  assert at_01['tar_at_far'] == pytest.approx(0.7) and at_01['tar_at_far_std'] == 0.0
+  assert at_01['far_achieved'] == pytest.approx(0.1)
+  # Target 0.15 lies half-way between the plateaus: threshold 1.15 also accepts 1.12.
+  at_015 = verification.evaluate(emb, issame, nfolds=2, far_target=0.15)
+  assert at_015['tar_at_far'] == pytest.approx(0.8)
+  assert at_015['far_achieved'] == pytest.approx(0.2)
+  # Target 0 maps to the most permissive threshold with no false accept on the training fold,
+  # 1.000, not to 0: the five 0.5 positives are accepted.
+  at_0 = verification.evaluate(emb, issame, nfolds=2, far_target=0.0)
+  assert at_0['tar_at_far'] == pytest.approx(0.5) and at_0['far_achieved'] == 0.0
 
 
 def test_folds_are_contiguous_and_uneven_like_kfold():
@@ -51,7 +120,9 @@ def test_roc_arrays_are_monotone_and_bounded():
   emb = _pairs_at_distances(np.clip(np.where(issame, 0.8, 1.4) + rng.normal(0, 0.3, 300),
                                     0, 4))
   result = verification.evaluate(emb, issame)
-  assert np.all(np.diff(result['tpr']) >= 0) and np.all(np.diff(result['fpr']) >= 0)
+  assert np.all(np.diff(result['tar']) >= 0) and np.all(np.diff(result['far']) >= 0)
+  assert result['tar'][0] == 0.0 and result['far'][0] == 0.0
+  assert result['tar'][-1] == 1.0 and result['far'][-1] == 1.0
   assert 0.7 < result['accuracy'] < 1.0
 
 
@@ -60,3 +131,92 @@ def test_bad_shapes_are_refused():
     verification.evaluate(np.zeros((5, 3)), np.zeros(2, bool))
   with pytest.raises(ValueError, match='issame'):
     verification.evaluate(np.ones((6, 3)), np.zeros(2, bool))
+  with pytest.raises(ValueError, match='nfolds'):
+    verification.evaluate(np.ones((6, 3)), np.zeros(3, bool), nfolds=10)
+
+
+# ------------------------------------------------------------------ the evaluate command
+
+
+@pytest.fixture(scope='module')
+def toy_run(tmp_path_factory):
+  """configs/toy.py:arcface,tiny (6 steps on digits, 16x16) and a .bin of held-out digit pairs."""
+  import cv2
+  from arcface_jax import trainer
+  from arcface_jax.config_files import load_config
+  from arcface_jax.data import digits, verification_bin
+  import os
+  root = tmp_path_factory.mktemp('evaluate')
+  toy = os.path.join(os.path.dirname(__file__), os.pardir, 'configs', 'toy.py')
+  workdir = str(root / 'run')
+  trainer.train_and_evaluate(load_config(f'{toy}:arcface,tiny'), workdir)
+  images, issame = digits.digits_verification_pairs(40, num_classes=8)
+  encoded = [cv2.imencode('.png', im[..., ::-1])[1].tobytes() for im in images]
+  verification_bin.write_bin(str(root / 'digits.bin'), encoded, issame)
+  return workdir, str(root / 'digits.bin'), images, issame
+
+
+def test_evaluate_run_matches_the_library_on_the_checkpoint(toy_run):
+  import json
+  from arcface_jax import evaluate
+  from arcface_jax.evaluation.extract import extract_embeddings
+  from arcface_jax.inference import load_embedder
+  workdir, bin_path, images, issame = toy_run
+  results = evaluate.evaluate_run(workdir, step=4, bins=[bin_path])
+  with open(results['path']) as f:
+    written = json.load(f)
+  assert written['step'] == 4 and results['path'].endswith('eval/step_4.json')
+  entry = written['verification']['digits']
+  embedder = load_embedder(workdir, 4)
+  emb, xnorm = extract_embeddings(embedder.apply, images, batch_size=64, mean=embedder.mean,
+                                  std=embedder.std, mesh=embedder.mesh)
+  expected = verification.evaluate(emb, issame)
+  assert entry['accuracy'] == pytest.approx(expected['accuracy'])
+  assert entry['std'] == pytest.approx(expected['std'])
+  assert entry['xnorm'] == pytest.approx(xnorm, rel=1e-5) and entry['pairs'] == 40
+
+
+def test_evaluate_command_logs_the_reference_format(toy_run):
+  import re
+  import subprocess
+  import sys
+  workdir, bin_path, _, _ = toy_run
+  result = subprocess.run(
+      [sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir, '--bins', bin_path,
+       bin_path], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert re.search(r'\[digits\]\[6\] Accuracy-Flip: \d\.\d{5}\+-\d\.\d{5}', result.stderr)
+  assert re.search(r'\[digits\]\[6\] XNorm: \d', result.stderr)
+  missing = subprocess.run(
+      [sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir, '--bins', 'nope.bin'],
+      capture_output=True, text=True, timeout=120)
+  assert missing.returncode == 2 and 'nope.bin' in missing.stderr
+
+
+def test_evaluate_run_identifies_gallery_and_probe_folders(toy_run, tmp_path):
+  import cv2
+  from arcface_jax import evaluate
+  from arcface_jax.data import digits
+  workdir, _, _, _ = toy_run
+  source = digits.DigitsSource('test', 16, 8)
+  counts = {}
+  for i in range(len(source)):
+    image, label = source[i]
+    seen = counts.setdefault(label, 0)
+    counts[label] += 1
+    # Gallery: two of digits 0-5; probes: the next two of every digit (6 and 7 are non-mated).
+    if seen < 2 and label < 6:
+      folder = tmp_path / 'gallery' / str(label)
+    elif 2 <= seen < 4:
+      folder = tmp_path / 'probe' / str(label)
+    else:
+      continue
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / f'{i}.png'), image[..., ::-1])
+  results = evaluate.evaluate_run(workdir, bins=[], gallery=str(tmp_path / 'gallery'),
+                                  probe=str(tmp_path / 'probe'))
+  ident = results['identification']
+  assert (ident['num_identities'], ident['num_mated'], ident['num_nonmated']) == (6, 12, 4)
+  assert 0.0 <= ident['rank1'] <= ident['rank5'] <= 1.0
+  assert set(ident['dir_at_far']) == {'0.001', '0.01', '0.1'}
+  assert results['verification'] == {}

@@ -1,0 +1,170 @@
+"""Evaluates a training run's checkpoint: verification sets, IJB-B/C 1:1, 1:N identification.
+
+  python -m arcface_jax.evaluate --workdir runs/ms1m [--step 180000] \
+      [--bins data/lfw.bin data/cfp_fp.bin ...] [--ijb data/IJBC --ijb_target IJBC] \
+      [--gallery faces/gallery --probe faces/probe] [--batch_size 256]
+
+Without --bins, the sets the run's config evaluates during training (config.eval) are used.
+`--bins` takes paths or names looked up in config.eval.bin_dir (lfw → <bin_dir>/lfw.bin). Each
+verification set is logged as the reference does (`[lfw][step] Accuracy-Flip: 0.99817+-0.00229`,
+plus XNorm); every result goes to <workdir>/eval/step_<N>.json, and IJB scores, the TAR@FAR table
+and the ROC figure to <workdir>/eval/step_<N>/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+from absl import app, logging
+from absl.flags import argparse_flags
+
+
+def _verification(embedder: Any, bins: Sequence[str] | None, batch_size: int,
+                  nfolds: int) -> dict[str, dict[str, float]]:
+  from arcface_jax.data.verification_bin import load_bin
+  from arcface_jax.evaluation import evaluators, verification
+  from arcface_jax.evaluation.extract import extract_embeddings
+
+  config, size = embedder.config, embedder.image_size
+  if bins is None:
+    sets = evaluators.load_sets(config)
+  else:
+    sets = []
+    for entry in bins:
+      path = evaluators.resolve_bin(entry, config.eval.bin_dir)
+      images, issame = load_bin(path, image_size=(size, size))
+      sets.append((os.path.splitext(os.path.basename(path))[0], images, issame))
+  results = {}
+  for name, images, issame in sets:
+    embeddings, xnorm = extract_embeddings(embedder.apply, images, batch_size=batch_size,
+                                           mean=embedder.mean, std=embedder.std,
+                                           mesh=embedder.mesh)
+    scores = verification.evaluate(embeddings, issame, nfolds=nfolds)
+    logging.info('[%s][%d] XNorm: %f', name, embedder.step, xnorm)
+    logging.info('[%s][%d] Accuracy-Flip: %1.5f+-%1.5f', name, embedder.step, scores['accuracy'],
+                 scores['std'])
+    logging.info('[%s][%d] TAR@FAR=%g: %1.5f+-%1.5f (threshold %.2f)', name, embedder.step,
+                 scores['far_target'], scores['tar_at_far'], scores['tar_at_far_std'],
+                 scores['threshold'])
+    results[name] = {'accuracy': scores['accuracy'], 'std': scores['std'],
+                     'threshold': scores['threshold'], 'tar_at_far': scores['tar_at_far'],
+                     'tar_at_far_std': scores['tar_at_far_std'],
+                     'far_target': scores['far_target'], 'xnorm': xnorm,
+                     'pairs': int(len(issame))}
+  return results
+
+
+def evaluate_embedder(embedder: Any, *, bins: Sequence[str] | None = None,
+                      ijb_dir: str | None = None, ijb_target: str = 'IJBC',
+                      gallery: str | None = None, probe: str | None = None,
+                      batch_size: int | None = None, out_dir: str | None = None
+                      ) -> dict[str, Any]:
+  """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder)."""
+  from arcface_jax.evaluation import identification, ijb
+  from arcface_jax.evaluation.extract import extract_embeddings
+
+  config = embedder.config
+  batch_size = batch_size or config.eval.batch_size
+
+  def embed(images: np.ndarray) -> np.ndarray:
+    return extract_embeddings(embedder.apply, images, batch_size=batch_size, mean=embedder.mean,
+                              std=embedder.std, mesh=embedder.mesh)[0]
+
+  results: dict[str, Any] = {'step': int(embedder.step)}
+  results['verification'] = _verification(embedder, bins, batch_size, config.eval.nfolds)
+  if ijb_dir:
+    ijb_out = os.path.join(out_dir, 'ijb') if out_dir else None
+    outcome = ijb.evaluate_ijb(embed, ijb_dir, ijb_target, out_dir=ijb_out,
+                               image_size=embedder.image_size, label=f'step {embedder.step}')
+    for line in ijb.format_table(outcome['tar_at_far'], outcome['target']).splitlines():
+      logging.info('[%s][%d] %s', outcome['target'], embedder.step, line)
+    outcome['tar_at_far'] = {f'{k:g}': v for k, v in outcome['tar_at_far'].items()}
+    results['ijb'] = outcome
+  if gallery or probe:
+    if not (gallery and probe):
+      raise ValueError('identification needs both --gallery and --probe')
+    size = embedder.image_size
+    gallery_images, gallery_labels = identification.read_identity_folder(gallery, size)
+    probe_images, probe_labels = identification.read_identity_folder(probe, size)
+    outcome = identification.evaluate_identification(
+        embed(gallery_images), gallery_labels, embed(probe_images), probe_labels)
+    logging.info('[identification][%d] rank-1 %.5f rank-5 %.5f (%d mated, %d non-mated probes, '
+                 '%d identities)', embedder.step, outcome['rank1'], outcome['rank5'],
+                 outcome['num_mated'], outcome['num_nonmated'], outcome['num_identities'])
+    for far, entry in outcome.get('dir_at_far', {}).items():
+      logging.info('[identification][%d] DIR@FAR=%g: %.5f', embedder.step, far, entry['dir'])
+    if 'dir_at_far' in outcome:
+      outcome['dir_at_far'] = {f'{k:g}': v for k, v in outcome['dir_at_far'].items()}
+    results['identification'] = outcome
+  return results
+
+
+def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
+  """Loads `workdir`'s checkpoint (latest or `step`), evaluates it and writes the JSON results."""
+  from arcface_jax import reporting
+  from arcface_jax.evaluation import evaluators
+
+  # Every named input is checked before the model is restored, so a typo costs no restore.
+  bins = kwargs.get('bins')
+  if bins is not None:
+    bin_dir = reporting.read_config(workdir).eval.bin_dir
+    kwargs['bins'] = [evaluators.resolve_bin(entry, bin_dir) for entry in bins]
+  for flag in ('ijb_dir', 'gallery', 'probe'):
+    if kwargs.get(flag) and not os.path.isdir(kwargs[flag]):
+      raise FileNotFoundError(f'--{flag.replace("_dir", "")} {kwargs[flag]} is not a directory')
+
+  import jax
+  from arcface_jax.inference import load_embedder
+
+  embedder = load_embedder(workdir, step)
+  out_dir = os.path.join(workdir, 'eval', f'step_{embedder.step}')
+  results = evaluate_embedder(embedder, out_dir=out_dir, **kwargs)
+  path = os.path.join(workdir, 'eval', f'step_{embedder.step}.json')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(results, f, indent=2)
+    logging.info('results written to %s', path)
+  results['path'] = path
+  return results
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  # argparse (with absl's logging flags) rather than absl flags: --bins takes several paths.
+  parser = argparse_flags.ArgumentParser(
+      description='Evaluate a training run\'s checkpoint.',
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument('--workdir', required=True, help='the training run directory')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default latest)')
+  parser.add_argument('--bins', nargs='+', default=None,
+                      help='verification .bin paths or names (default: config.eval of the run)')
+  parser.add_argument('--ijb', default=None, help='IJB-B/C root (meta/, loose_crop/)')
+  parser.add_argument('--ijb_target', default='IJBC', choices=('IJBB', 'IJBC'))
+  parser.add_argument('--gallery', default=None, help='gallery folder, one sub-folder per id')
+  parser.add_argument('--probe', default=None, help='probe folder, one sub-folder per identity')
+  parser.add_argument('--batch_size', type=int, default=None,
+                      help='images per batch (default config.eval.batch_size)')
+  return parser.parse_args(argv[1:])
+
+
+def main(args: argparse.Namespace) -> None:
+  from arcface_jax import distributed
+  from arcface_jax.data.errors import DatasetError
+
+  distributed.initialize_if_launched()
+  try:
+    evaluate_run(args.workdir, args.step, bins=args.bins, ijb_dir=args.ijb,
+                 ijb_target=args.ijb_target, gallery=args.gallery, probe=args.probe,
+                 batch_size=args.batch_size)
+  except (DatasetError, FileNotFoundError, ValueError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_args)
