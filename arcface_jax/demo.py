@@ -48,17 +48,12 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _write_figures(workdir: str) -> None:
-  """The logit-curve figure and the run's angle histograms (the analysis package)."""
-  try:
-    from analysis import angles, logit_curves
-  except ImportError as e:  # analysis is optional for training; say so rather than fail the demo
-    logging.warning('figures skipped: %s', e)
-    return
+  """The logit-curve figure and the run's angle histograms at each kept checkpoint."""
+  from analysis import angles, logit_curves
   out = os.path.join(workdir, 'figures')
   logit_curves.write(out)
-  angles.write_for_run(workdir, out)
+  angles.write_for_run(workdir, out, max_samples=1000, num_pairs=500)
   print(f'figures written to {out}')
-
 
 if __name__ == '__main__':
   app.run(main)
