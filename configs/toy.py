@@ -31,6 +31,8 @@ SCALE = 16.0
 
 def get_config(arg: str | None = None):
   name, *options = (arg or 'arcface').split(',')
+  if name in ('3d', 'tiny'):  # options alone: the default loss
+    name, options = 'arcface', [name] + options
   if name not in LOSSES:
     raise ValueError(f'configs/toy.py: unknown loss {name!r}; use one of {sorted(LOSSES)}, '
                      'optionally followed by ,3d and/or ,tiny')
