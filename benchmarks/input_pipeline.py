@@ -4,8 +4,7 @@
       [--batches=24] [--workers=0,1,2] [--runs=3]
 
 Packs synthetic 112×112 faces as JPEG (quality 90) into a RecordIO directory (train.rec/.idx, read
-by `arcface_jax.data.recordio.RecordDataset`), or, if that module is missing, keeps the JPEG bytes
-in memory; the output says which. Then, side by side in one run:
+by `arcface_jax.data.recordio.RecordDataset`). Then, side by side in one run:
 
 - a plain PIL decode loop (`Image.open(...).convert('RGB')` → numpy), the naive baseline;
 - a plain OpenCV decode loop (what the sources use);
@@ -34,7 +33,6 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from arcface_jax.data import synthetic  # noqa: E402
-from arcface_jax.data.errors import CorruptSampleError  # noqa: E402
 from arcface_jax.data.pipeline import TrainLoader  # noqa: E402
 
 _TICKS = os.sysconf('SC_CLK_TCK')
@@ -60,23 +58,6 @@ def cpu_seconds() -> float:
   return total
 
 
-class MemoryJpegSource:
-  """Fallback source: JPEG bytes in memory, decoded with OpenCV like the RecordIO reader."""
-
-  def __init__(self, jpegs: list[bytes], labels: np.ndarray):
-    self.jpegs, self.labels = jpegs, labels
-    self.num_classes = int(labels.max()) + 1
-
-  def __len__(self) -> int:
-    return len(self.jpegs)
-
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    image = cv2.imdecode(np.frombuffer(self.jpegs[index], np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-      raise CorruptSampleError(index, 'does not decode')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), int(self.labels[index])
-
-
 def make_jpegs(num_images: int, size: int) -> tuple[list[bytes], np.ndarray]:
   per_identity = 16
   jpegs, labels = [], []
@@ -90,18 +71,10 @@ def make_jpegs(num_images: int, size: int) -> tuple[list[bytes], np.ndarray]:
 
 
 def make_source(jpegs: list[bytes], labels: np.ndarray, directory: str):
-  """(source, description): RecordIO on disk when the reader exists, else in memory."""
-  try:
-    from arcface_jax.data import recordio
-  except ImportError:
-    return MemoryJpegSource(jpegs, labels), 'in-memory JPEG bytes (no arcface_jax.data.recordio)'
-  with recordio.RecordWriter(os.path.join(directory, 'train.rec'),
-                             os.path.join(directory, 'train.idx')) as writer:
-    for key, (data, label) in enumerate(zip(jpegs, labels)):
-      writer.write(key, recordio.pack_payload(float(label), data))
-  side = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR).shape[0]
-  with open(os.path.join(directory, 'property'), 'w') as f:
-    f.write(f'{int(labels.max()) + 1},{side},{side}')
+  """(source, description): the JPEGs packed as an im2rec-style RecordIO on local disk."""
+  from arcface_jax.data import recordio
+  recordio.write_records(directory, zip(labels.tolist(), jpegs), header=False,
+                         num_classes=int(labels.max()) + 1)
   size_mb = os.path.getsize(os.path.join(directory, 'train.rec')) / 2**20
   return recordio.RecordDataset(directory), f'RecordIO on local disk ({size_mb:.0f} MB)'
 

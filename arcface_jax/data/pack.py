@@ -1,90 +1,94 @@
 """Packs a folder-per-identity tree into MS1M-style RecordIO (train.rec, train.idx, property).
 
-  python -m arcface_jax.data.pack IMAGE_DIR OUT_DIR [--no_header]
+  python -m arcface_jax.data.pack IMAGE_DIR OUT_DIR [--no-header] [--check]
 
-Identities are the sub-folders, labelled 0.. in sorted name order; images keep their original
-encoded bytes (no re-encoding loss). The default layout has the header record and per-identity
-ranges that MS1M/Glint360K files have; --no_header writes im2rec-style files (every key an image).
+Identities are the sub-folders, labelled 0.. in sorted name order (empty ones get no label);
+images keep their original encoded bytes (no re-encoding loss). The default layout has the header
+record and per-identity ranges that MS1M/Glint360K files have; --no-header writes im2rec-style
+files (every key an image). Files whose first bytes are not JPEG/PNG/BMP are skipped and counted;
+--check also decodes every image (slower) and skips those that fail.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
-import cv2
-import numpy as np
-from absl import app, flags
+from absl import app, logging
+from absl.flags import argparse_flags
 
-from arcface_jax.data.errors import DatasetError
-from arcface_jax.data.recordio import RecordWriter, pack_payload
+from arcface_jax.data import recordio
+from arcface_jax.data.decode import decode_image, looks_like_image
+from arcface_jax.data.errors import CorruptSampleError, DatasetError
+from arcface_jax.data.folder import IMAGE_EXTENSIONS, list_identities, scan_identities
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
-
-
-def list_identities(root: str) -> list[tuple[str, list[str]]]:
-  """[(identity name, sorted image paths)] for every non-empty sub-folder, sorted by name."""
-  if not os.path.isdir(root):
-    raise DatasetError(f'{root} is not a directory of identity folders')
-  identities = []
-  for name in sorted(os.listdir(root)):
-    folder = os.path.join(root, name)
-    if not os.path.isdir(folder):
-      continue
-    images = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                    if f.lower().endswith(IMAGE_EXTENSIONS))
-    if images:
-      identities.append((name, images))
-  if not identities:
-    raise DatasetError(f'{root} has no identity sub-folders with images '
-                       f'({", ".join(IMAGE_EXTENSIONS)})')
-  return identities
+__all__ = ['IMAGE_EXTENSIONS', 'list_identities', 'pack_folder', 'PackResult']
 
 
-def pack_folder(image_dir: str, out_dir: str, *, header: bool = True) -> int:
-  """Writes the RecordIO files; returns the number of images packed."""
-  identities = list_identities(image_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  first_image = cv2.imread(identities[0][1][0])
-  height, width = first_image.shape[:2] if first_image is not None else (112, 112)
-  num_images = sum(len(images) for _, images in identities)
-  with RecordWriter(os.path.join(out_dir, 'train.rec'),
-                    os.path.join(out_dir, 'train.idx')) as writer:
-    key = 1 if header else 0
-    if header:
-      end = num_images + 1
-      writer.write(0, pack_payload([end, end + len(identities)], b''))
-    ranges = []
-    for label, (_, images) in enumerate(identities):
-      start = key
-      for path in images:
-        with open(path, 'rb') as f:
-          writer.write(key, pack_payload(float(label), f.read(), key))
-        key += 1
-      ranges.append((start, key))
-    if header:
-      for start, stop in ranges:
-        writer.write(key, pack_payload([start, stop], b'', key))
-        key += 1
-  with open(os.path.join(out_dir, 'property'), 'w') as f:
-    f.write(f'{len(identities)},{height},{width}\n')
-  return num_images
+@dataclasses.dataclass(frozen=True)
+class PackResult:
+  """What `pack_folder` wrote and passed over."""
+  num_images: int
+  num_classes: int
+  skipped: list[str]  # non-image entries and files that failed the checks
 
 
-_NO_HEADER = flags.DEFINE_boolean('no_header', False, 'Write im2rec-style files without the '
-                                  'header record and identity ranges.')
+def pack_folder(image_dir: str, out_dir: str, *, header: bool = True,
+                check: bool = False) -> PackResult:
+  """Writes out_dir/train.rec, train.idx and property; DatasetError if nothing can be packed."""
+  scan = scan_identities(image_dir)
+  skipped = list(scan.skipped_files)
 
+  def samples() -> Iterator[tuple[int, bytes]]:
+    yielded = False
+    for label, (_, paths) in enumerate(scan.identities):
+      for path in paths:
+        try:
+          with open(path, 'rb') as f:
+            data = f.read()
+          if not looks_like_image(data[:16]):
+            raise CorruptSampleError(path, 'not a JPEG, PNG or BMP file')
+          if check or not yielded:  # the first image also sets the size in `property`
+            decode_image(data, path)
+        except (OSError, CorruptSampleError) as e:
+          logging.warning('skipping %s: %s', path, getattr(e, 'reason', e))
+          skipped.append(path)
+          continue
+        yielded = True
+        yield label, data
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) != 3:
-    raise app.UsageError('usage: python -m arcface_jax.data.pack IMAGE_DIR OUT_DIR')
   try:
-    count = pack_folder(argv[1], argv[2], header=not _NO_HEADER.value)
+    count = recordio.write_records(out_dir, samples(), header=header,
+                                   num_classes=len(scan.identities))
+  except ValueError as e:  # e.g. every file was skipped
+    raise DatasetError(f'{image_dir}: {e}') from None
+  return PackResult(count, len(scan.identities), skipped)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse_flags.ArgumentParser(
+      prog='python -m arcface_jax.data.pack',
+      description='Pack IMAGE_DIR/<identity>/<image> into OUT_DIR/train.rec, train.idx, property.')
+  parser.add_argument('image_dir')
+  parser.add_argument('out_dir')
+  parser.add_argument('--no-header', '--no_header', dest='no_header', action='store_true',
+                      help='write im2rec-style files without the header and identity records')
+  parser.add_argument('--check', action='store_true',
+                      help='decode every image and skip those that fail (slower)')
+  return parser.parse_args(argv[1:])
+
+
+def main(args: argparse.Namespace) -> None:
+  try:
+    result = pack_folder(args.image_dir, args.out_dir, header=not args.no_header,
+                         check=args.check)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'packed {count} images into {argv[2]}')
+  print(f'packed {result.num_images} images of {result.num_classes} identities into {args.out_dir}'
+        + (f' (skipped {len(result.skipped)} non-image files)' if result.skipped else ''))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse)

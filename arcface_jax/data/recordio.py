@@ -7,41 +7,54 @@ the magic removed; the reader puts it back. The payload is an `<IfQQ` header (fl
 id2); flag n > 0 means n float32 labels follow; then the image bytes.
 
 The face layout (MS1M, Glint360K, WebFace) has record 0 as a header whose labels are [N+1, N+K+1),
-images at keys 1..N and identity ranges at N+1..N+K; im2rec-style files have no header and every
-key is an image.
+images at keys 1..N and identity ranges [start, end) at N+1..N+K; im2rec-style files have no
+header and every key is an image. A `property` file `num_classes,height,width` may sit beside.
+
+Reads are `os.pread` on a descriptor opened lazily in each process, so one dataset object serves
+many threads, and pickles (without the descriptor) into grain's worker processes.
 """
 from __future__ import annotations
 
+import array
 import os
 import struct
+import threading
 from typing import Iterable
 
-import cv2
 import numpy as np
 from absl import logging
 
+from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack('<I', MAGIC)
+_CHUNK_HEAD = struct.Struct('<II')
 _HEADER = struct.Struct('<IfQQ')
 _LENGTH_MASK = (1 << 29) - 1
+# One pread usually fetches a whole record (its extent is known from the next offset); records
+# longer than this are read in a second call rather than trusting a huge extent.
+_FIRST_READ = 1 << 20
+_OPEN_LOCK = threading.Lock()
 
 
 def pack_payload(label: float | Iterable[float], image_bytes: bytes, key: int = 0) -> bytes:
-  """Header + (labels) + image bytes, as im2rec writes them."""
+  """Header + (labels) + image bytes, as im2rec writes them.
+
+  A scalar label goes in the header (flag 0); a sequence of n labels sets flag n and follows it.
+  """
   if np.ndim(label) == 0:
-    return _HEADER.pack(0, float(label), key, 0) + image_bytes
-  labels = np.asarray(label, np.float32)
-  return _HEADER.pack(len(labels), 0.0, key, 0) + labels.tobytes() + image_bytes
+    return _HEADER.pack(0, float(label), key, 0) + bytes(image_bytes)
+  labels = np.asarray(label, np.float32).reshape(-1)
+  return _HEADER.pack(len(labels), 0.0, key, 0) + labels.tobytes() + bytes(image_bytes)
 
 
-def unpack_payload(payload: bytes) -> tuple[np.ndarray | float, bytes]:
-  """(label: a float, or the float32 labels when flag > 0, image bytes)."""
+def unpack_payload(payload: bytes | memoryview) -> tuple[np.ndarray | float, memoryview]:
+  """(label: a float, or the float32 labels when flag > 0, image bytes). ValueError if short."""
   if len(payload) < _HEADER.size:
     raise ValueError(f'payload of {len(payload)} bytes is shorter than the 24-byte header')
   flag, label, _, _ = _HEADER.unpack_from(payload)
-  body = payload[_HEADER.size:]
+  body = memoryview(payload)[_HEADER.size:]
   if flag > 0:
     if len(body) < 4 * flag:
       raise ValueError(f'header announces {flag} labels but the payload is too short')
@@ -49,8 +62,8 @@ def unpack_payload(payload: bytes) -> tuple[np.ndarray | float, bytes]:
   return label, body
 
 
-def _chunks(payload: bytes) -> list[tuple[int, bytes]]:
-  """Splits a payload at 4-byte-aligned occurrences of the magic (which are dropped)."""
+def split_payload(payload: bytes) -> list[tuple[int, bytes]]:
+  """[(cflag, part)]: the payload cut at 4-byte-aligned occurrences of the magic (dropped)."""
   parts, start = [], 0
   position = payload.find(_MAGIC_BYTES)
   while position != -1:
@@ -67,21 +80,38 @@ def _chunks(payload: bytes) -> list[tuple[int, bytes]]:
 
 
 class RecordWriter:
-  """Writes train.rec and train.idx; `write(key, payload)` appends one record."""
+  """Writes `rec_path` and `idx_path`; `write(key, payload)` appends one record.
+
+  The index is written sorted by key on `close`, so a header record written last (its counts are
+  known only at the end) still comes first in the .idx, and an interrupted run leaves no index
+  that would pass for a complete dataset.
+  """
 
   def __init__(self, rec_path: str, idx_path: str):
     self._rec = open(rec_path, 'wb')
-    self._idx = open(idx_path, 'w')
+    self._idx_path = idx_path
+    self._keys = array.array('q')
+    self._offsets = array.array('q')
 
   def write(self, key: int, payload: bytes) -> None:
-    self._idx.write(f'{key}\t{self._rec.tell()}\n')
-    for cflag, part in _chunks(payload):
-      self._rec.write(_MAGIC_BYTES + struct.pack('<I', (cflag << 29) | len(part)) + part)
+    self._keys.append(int(key))
+    self._offsets.append(self._rec.tell())
+    for cflag, part in split_payload(bytes(payload)):
+      if len(part) > _LENGTH_MASK:
+        raise ValueError(f'record {key}: a part of {len(part)} bytes exceeds the 2^29 limit')
+      self._rec.write(_CHUNK_HEAD.pack(MAGIC, (cflag << 29) | len(part)) + part)
       self._rec.write(b'\0' * (-len(part) % 4))
 
   def close(self) -> None:
+    if self._rec.closed:
+      return
     self._rec.close()
-    self._idx.close()
+    keys, offsets = np.asarray(self._keys), np.asarray(self._offsets)
+    if len(np.unique(keys)) != len(keys):
+      raise ValueError(f'{self._idx_path}: duplicate record keys')
+    order = np.argsort(keys, kind='stable')
+    with open(self._idx_path, 'w') as f:
+      f.writelines(f'{k}\t{o}\n' for k, o in zip(keys[order].tolist(), offsets[order].tolist()))
 
   def __enter__(self) -> 'RecordWriter':
     return self
@@ -90,110 +120,334 @@ class RecordWriter:
     self.close()
 
 
-def decode_image(data: bytes, key: object) -> np.ndarray:
-  """JPEG/PNG bytes → RGB uint8 (OpenCV decodes about twice as fast as PIL on small JPEGs)."""
-  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-  if image is None:
-    raise CorruptSampleError(key, 'image bytes do not decode')
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def write_property(directory: str, num_classes: int, height: int, width: int) -> None:
+  """The `property` file insightface's tools read: `num_classes,height,width`."""
+  with open(os.path.join(directory, 'property'), 'w') as f:
+    f.write(f'{num_classes},{height},{width}\n')
+
+
+def write_records(out_dir: str, samples: Iterable[tuple[int, bytes]], *, header: bool = True,
+                  num_classes: int | None = None, image_size: tuple[int, int] | None = None,
+                  name: str = 'train') -> int:
+  """Writes out_dir/{name}.rec, {name}.idx and property from (label, encoded image) pairs.
+
+  With `header` (the face layout), labels must arrive grouped in non-decreasing order so that each
+  identity is one contiguous key range. `num_classes` defaults to max label + 1 and `image_size`
+  (height, width) to the first image's. Returns the number of images written.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  ranges: list[tuple[int, int, int]] = []  # (label, first key, one past the last key)
+  key = 1 if header else 0
+  first_key = key
+  max_label = -1
+  with RecordWriter(os.path.join(out_dir, name + '.rec'),
+                    os.path.join(out_dir, name + '.idx')) as writer:
+    for label, image_bytes in samples:
+      label = int(label)
+      if label < 0:
+        raise ValueError(f'record {key}: negative label {label}')
+      if header and ranges and label < ranges[-1][0]:
+        raise ValueError(f'record {key}: label {label} after {ranges[-1][0]}; the face layout '
+                         'needs samples grouped by label in increasing order')
+      if image_size is None:
+        height, width = decode_image(image_bytes, key).shape[:2]
+        image_size = (height, width)
+      if not ranges or ranges[-1][0] != label:
+        ranges.append((label, key, key))
+      writer.write(key, pack_payload(float(label), image_bytes, key))
+      key += 1
+      ranges[-1] = (ranges[-1][0], ranges[-1][1], key)
+      max_label = max(max_label, label)
+    num_images = key - first_key
+    if num_images == 0:
+      raise ValueError(f'no samples to write into {out_dir}')
+    num_classes = max_label + 1 if num_classes is None else int(num_classes)
+    if max_label >= num_classes:
+      raise ValueError(f'label {max_label} does not fit num_classes={num_classes}')
+    if header:
+      # One identity record per class; a class with no images gets an empty range.
+      by_label = {label: (start, stop) for label, start, stop in ranges}
+      identity_start = key
+      for label in range(num_classes):
+        start, stop = by_label.get(label, (key, key))
+        writer.write(key, pack_payload([start, stop], b'', key))
+        key += 1
+      writer.write(0, pack_payload([identity_start, key], b'', 0))
+  write_property(out_dir, num_classes, *image_size)
+  return num_images
+
+
+def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(keys, offsets) int64 from a `key<TAB>offset` file; DatasetError naming a bad line."""
+  try:
+    with open(idx_path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise DatasetError(f'{idx_path} cannot be read ({e.strerror}); check its permissions') from None
+  tokens = data.split()
+  try:
+    # Fast path (MS1M's index has millions of lines): numpy parses the tokens in C.
+    if len(tokens) % 2:
+      raise ValueError
+    pairs = np.array(tokens).astype(np.int64).reshape(-1, 2)
+  except ValueError:
+    for line_number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
+      fields = line.split()
+      if fields and (len(fields) != 2 or not all(x.isdigit() for x in fields)):
+        raise DatasetError(f'{idx_path}:{line_number}: expected "key<TAB>offset", got '
+                           f'{line.strip()[:60]!r}; is this a RecordIO index?') from None
+    raise DatasetError(f'{idx_path}: not a RecordIO index') from None
+  if len(pairs) == 0:
+    raise DatasetError(f'{idx_path} lists no records; re-create it with '
+                       'python -m arcface_jax.data.pack')
+  if len(np.unique(pairs[:, 0])) != len(pairs):
+    raise DatasetError(f'{idx_path} lists a key twice; the index is damaged, re-create it')
+  return pairs[:, 0], pairs[:, 1]
 
 
 class RecordDataset:
-  """Random access to the images of a RecordIO directory: `ds[i] → (RGB uint8 HWC, label)`."""
+  """Random access to the images of a RecordIO directory: `ds[i] → (RGB uint8 HWC, label)`.
 
-  def __init__(self, directory: str, rec_name: str = 'train'):
-    self.rec_path = os.path.join(directory, rec_name + '.rec')
-    idx_path = os.path.join(directory, rec_name + '.idx')
+  Attributes: `num_classes`; `keys` (record key of each image, int64); `has_header` (face layout);
+  `image_size` ((height, width) from the property file, or None). `raw(i)` gives the encoded
+  bytes and label without decoding. Bad records raise `CorruptSampleError`.
+  """
+
+  def __init__(self, directory: str, name: str = 'train'):
+    self.directory = directory
+    self.rec_path = os.path.join(directory, name + '.rec')
+    idx_path = os.path.join(directory, name + '.idx')
     for path in (self.rec_path, idx_path):
       if not os.path.isfile(path):
-        raise DatasetError(f'{path} not found: a RecordIO dataset needs {rec_name}.rec and '
-                           f'{rec_name}.idx (pack a folder with python -m arcface_jax.data.pack)')
-    self._offsets = self._read_index(idx_path)
+        raise DatasetError(f'{path} not found: a RecordIO dataset needs {name}.rec and '
+                           f'{name}.idx (pack a folder with python -m arcface_jax.data.pack)')
     self._fd: int | None = None
     self._pid = -1
-    labels, _ = self._read_record(min(self._offsets))
-    first = min(self._offsets)
-    if isinstance(labels, np.ndarray) and len(labels) >= 2 and first == 0:
-      end = int(labels[0])  # face layout: images are keys 1 .. N, identities N+1 .. N+K
-      self.keys = [k for k in range(1, end) if k in self._offsets]
-      num_identities = int(labels[1]) - int(labels[0])
+    try:
+      file_size = os.path.getsize(self.rec_path)
+      self._file()
+    except OSError as e:
+      raise DatasetError(f'{self.rec_path} cannot be opened ({e.strerror}); check that it '
+                         'exists and is readable') from None
+    all_keys, all_offsets = read_index(idx_path)
+    # Each record's extent ends where the next one (in file order) starts, so one pread reads it.
+    file_order = np.unique(np.append(all_offsets, file_size))
+    all_ends = file_order[np.minimum(np.searchsorted(file_order, all_offsets, 'right'),
+                                     len(file_order) - 1)]
+    order = np.argsort(all_keys)
+    all_keys, all_offsets, all_ends = all_keys[order], all_offsets[order], all_ends[order]
+    # Probe the records at the start, middle and end of the file: if none parses, the pair is not
+    # RecordIO (or the .idx belongs to another .rec); one damaged record is a bad sample only.
+    by_offset = np.argsort(all_offsets)
+    probes = sorted({int(by_offset[0]), int(by_offset[len(by_offset) // 2]), int(by_offset[-1])})
+    errors = []
+    for position in probes:
+      try:
+        self._read_payload(int(all_offsets[position]), int(all_ends[position]),
+                           int(all_keys[position]))
+      except CorruptSampleError as e:
+        errors.append(f'record {e.key}: {e.reason}')
+    if len(errors) == len(probes):
+      raise DatasetError(f'{self.rec_path} is not a RecordIO file matching {idx_path} '
+                         f'({errors[0]}); re-copy or re-pack the dataset')
+    # The header, when there is one, is key 0 (our writer puts it at the end of the file).
+    read = {}
+    if all_keys[0] == 0:
+      try:
+        read[0] = self._read_payload(int(all_offsets[0]), int(all_ends[0]), 0)
+      except CorruptSampleError as e:
+        # Key 0 is the header of the face layout or an im2rec image; unreadable, it cannot tell
+        # which, so every key counts as an image (identity records then fail as bad samples).
+        logging.warning('%s: record 0 is unreadable (%s); reading every record as an image. If '
+                        'this is a face-layout file its header is damaged: re-copy it',
+                        self.rec_path, e.reason)
+    self.has_header = 0 in read and _is_header(*read[0])
+    identities = None
+    if self.has_header:
+      identity_start, identity_end = (int(x) for x in read[0][0][:2])
+      images = (all_keys >= 1) & (all_keys < identity_start)
+      identities = identity_end - identity_start
+      if images.sum() != identity_start - 1:
+        logging.warning('%s: header announces %d images, the index lists %d', idx_path,
+                        identity_start - 1, images.sum())
+      self._identity_keys = np.arange(identity_start, identity_end)
     else:
-      self.keys = sorted(self._offsets)
-      num_identities = None
-    self.num_classes = self._read_property(directory) or num_identities or self._scan_classes()
+      images = np.ones(len(all_keys), bool)
+      self._identity_keys = np.zeros(0, np.int64)
+    # Arrays, not dicts: MS1M's 5.8M entries pickle into every grain worker.
+    self._other = (all_keys[~images], all_offsets[~images], all_ends[~images])
+    self.keys = all_keys[images]
+    self._offsets, self._ends = all_offsets[images], all_ends[images]
+    if len(self.keys) == 0:
+      raise DatasetError(f'{idx_path} lists no image records')
+    past_end = int((self._offsets >= file_size).sum())
+    if past_end == len(self.keys):
+      raise DatasetError(f'{self.rec_path} ({file_size} bytes) ends before every image record '
+                         f'in {idx_path}; the file is truncated, re-copy it')
+    if past_end:
+      logging.warning('%s is truncated: %d of %d image records lie past its end and will be '
+                      'skipped as corrupt', self.rec_path, past_end, len(self.keys))
 
-  @staticmethod
-  def _read_index(idx_path: str) -> dict[int, int]:
-    offsets = {}
-    with open(idx_path) as f:
-      for line_number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          key, offset = line.split('\t')
-          offsets[int(key)] = int(offset)
-        except ValueError:
-          raise DatasetError(f'{idx_path}:{line_number}: expected "key<TAB>offset", got '
-                             f'{line.strip()[:60]!r}') from None
-    if not offsets:
-      raise DatasetError(f'{idx_path} lists no records')
-    return offsets
+    self.image_size = None
+    num_classes = self._read_property(directory)
+    if num_classes is not None and identities is not None and num_classes != identities:
+      logging.warning('%s/property says %d classes, the header record %d; using the property',
+                      directory, num_classes, identities)
+    self.num_classes = num_classes or identities or self._scan_classes()
 
-  @staticmethod
-  def _read_property(directory: str) -> int | None:
+  def _read_property(self, directory: str) -> int | None:
     path = os.path.join(directory, 'property')
     if not os.path.isfile(path):
       return None
     with open(path) as f:
-      return int(f.read().strip().split(',')[0])
+      text = f.read().strip()
+    try:
+      fields = [int(x) for x in text.split(',')]
+      if len(fields) not in (1, 3) or min(fields) < 1:
+        raise ValueError
+    except ValueError:
+      raise DatasetError(f'{path} holds {text[:60]!r}; expected "num_classes,height,width" '
+                         '(e.g. 85742,112,112); fix or delete it') from None
+    if len(fields) == 3:
+      self.image_size = (fields[1], fields[2])
+    return fields[0]
 
   def _scan_classes(self) -> int:
-    logging.info('%s has no property file: scanning labels for the class count', self.rec_path)
-    return int(max(float(np.ravel(self._read_record(self._offsets[k])[0])[0])
-                   for k in self.keys)) + 1
+    """max label + 1 over every image record (an im2rec file without a property file)."""
+    logging.info('%s has no property file: scanning %d labels for the class count',
+                 self.rec_path, len(self.keys))
+    largest = -1
+    for i in range(len(self.keys)):
+      try:
+        label, _ = self.read_payload(i)
+        largest = max(largest, self._label(label, int(self.keys[i])))
+      except CorruptSampleError:
+        continue  # counted when the pipeline meets it; the class count is what matters here
+    if largest < 0:
+      raise DatasetError(f'{self.rec_path}: no record has a readable non-negative label')
+    return largest + 1
 
-  def __getstate__(self):
+  def __getstate__(self) -> dict:
     state = dict(self.__dict__)
     state['_fd'], state['_pid'] = None, -1  # each process opens its own descriptor
     return state
 
+  def __del__(self) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Closes this process's descriptor (reads reopen it)."""
+    if getattr(self, '_fd', None) is not None and self._pid == os.getpid():
+      os.close(self._fd)
+    self._fd = None
+
   def _file(self) -> int:
     if self._fd is None or self._pid != os.getpid():
-      self._fd = os.open(self.rec_path, os.O_RDONLY)
-      self._pid = os.getpid()
+      with _OPEN_LOCK:  # reader threads of a fresh process would otherwise each open one
+        if self._fd is not None and self._pid != os.getpid():
+          # A forked child's copy of the parent's descriptor: close it and open its own.
+          os.close(self._fd)
+          self._fd = None
+        if self._fd is None:
+          self._fd = os.open(self.rec_path, os.O_RDONLY)
+          self._pid = os.getpid()
     return self._fd
 
-  def _read_record(self, offset: int, key: object = None) -> tuple[np.ndarray | float, bytes]:
-    """pread-based (thread-safe) read of the record starting at `offset`."""
+  def _read_payload(self, offset: int, end: int, key: object) -> tuple[np.ndarray | float,
+                                                                        memoryview]:
+    """(label, image bytes) of the record at `offset`, parts rejoined with the magic."""
     fd = self._file()
-    parts = []
+    try:
+      buffer = os.pread(fd, max(8, min(end - offset, _FIRST_READ)), offset)
+    except OSError as e:
+      raise CorruptSampleError(key, f'read failed at byte {offset}: {e.strerror}') from None
+    parts, position = [], 0
     while True:
-      head = os.pread(fd, 8, offset)
-      if len(head) < 8:
-        raise CorruptSampleError(key, f'record truncated at byte {offset} of {self.rec_path}')
-      magic, lrec = struct.unpack('<II', head)
+      stop = position + 8
+      if stop > len(buffer):
+        buffer += os.pread(fd, stop - len(buffer), offset + len(buffer))
+        if stop > len(buffer):
+          raise CorruptSampleError(key, f'record truncated at byte {offset + len(buffer)} '
+                                   f'of {self.rec_path}')
+      magic, lrec = _CHUNK_HEAD.unpack_from(buffer, position)
       if magic != MAGIC:
-        raise CorruptSampleError(key, f'wrong magic {magic:#x} at byte {offset}')
+        raise CorruptSampleError(key, f'wrong magic {magic:#010x} at byte {offset + position}')
       cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-      data = os.pread(fd, length, offset + 8)
-      if len(data) < length:
-        raise CorruptSampleError(key, f'record truncated at byte {offset} of {self.rec_path}')
-      parts.append(data)
-      offset += 8 + length + (-length % 4)
+      if (cflag in (0, 1)) != (not parts) or cflag > 3:
+        raise CorruptSampleError(key, f'chunk flag {cflag} out of sequence at byte '
+                                 f'{offset + position}')
+      start, stop = stop, stop + length
+      if stop > len(buffer):
+        buffer += os.pread(fd, stop - len(buffer), offset + len(buffer))
+        if stop > len(buffer):
+          raise CorruptSampleError(key, f'record truncated at byte {offset + len(buffer)} '
+                                   f'of {self.rec_path}')
+      parts.append(memoryview(buffer)[start:stop])
+      position = stop + (-length % 4)
       if cflag in (0, 3):
         break
+    payload = parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)
     try:
-      return unpack_payload(_MAGIC_BYTES.join(parts))
+      return unpack_payload(payload)
     except ValueError as e:
       raise CorruptSampleError(key, str(e)) from None
+
+  def read_payload(self, index: int) -> tuple[np.ndarray | float, memoryview]:
+    """(raw label: a float or the float32 labels, encoded image bytes) of image `index`."""
+    return self._read_payload(int(self._offsets[index]), int(self._ends[index]),
+                              int(self.keys[index]))
+
+  def read_record(self, key: int) -> tuple[np.ndarray | float, bytes]:
+    """(raw label, payload body) of any record by key (header and identity records included)."""
+    for keys, offsets, ends in ((self.keys, self._offsets, self._ends), self._other):
+      position = int(np.searchsorted(keys, key))
+      if position < len(keys) and keys[position] == key:
+        label, body = self._read_payload(int(offsets[position]), int(ends[position]), key)
+        return label, bytes(body)
+    raise KeyError(f'{self.rec_path} has no record {key}')
+
+  def identity_ranges(self) -> np.ndarray:
+    """(K, 2) int64 [start, end) image-key ranges of the face layout's identity records."""
+    if not self.has_header:
+      raise ValueError(f'{self.rec_path} has no header record, hence no identity records')
+    return np.array([np.ravel(self.read_record(int(k))[0])[:2] for k in self._identity_keys],
+                    np.int64).reshape(-1, 2)
+
+  @staticmethod
+  def _label(label: np.ndarray | float, key: object) -> int:
+    value = float(np.ravel(label)[0]) if np.ndim(label) else float(label)
+    if not np.isfinite(value) or value != int(value) or value < 0:
+      raise CorruptSampleError(key, f'label {value} is not a non-negative integer')
+    return int(value)
+
+  def _checked(self, index: int) -> tuple[memoryview, int, int]:
+    """(image bytes, label, key) of image `index`, the label checked against num_classes."""
+    index = int(index)
+    if not -len(self.keys) <= index < len(self.keys):
+      raise IndexError(f'index {index} out of range for {len(self.keys)} images')
+    key = int(self.keys[index])
+    label, body = self.read_payload(index)
+    label = self._label(label, key)
+    if label >= self.num_classes:
+      raise CorruptSampleError(key, f'label {label} outside [0, {self.num_classes})')
+    return body, label, key
+
+  def raw(self, index: int) -> tuple[bytes, int]:
+    """(encoded image bytes, label) of image `index`, checked but not decoded."""
+    body, label, _ = self._checked(index)
+    return bytes(body), label
 
   def __len__(self) -> int:
     return len(self.keys)
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    key = self.keys[index]
-    label, image_bytes = self._read_record(self._offsets[key], key)
-    label = int(np.ravel(label)[0])
-    if not 0 <= label < self.num_classes:
-      raise CorruptSampleError(key, f'label {label} outside [0, {self.num_classes})')
-    return decode_image(image_bytes, key), label
+    body, label, key = self._checked(index)
+    return decode_image(body, key), label
+
+
+def _is_header(label: np.ndarray | float, body: memoryview) -> bool:
+  """Record 0 of the face layout: no image, labels [N+1, N+K+1) with N, K ≥ 0 integers."""
+  if np.ndim(label) == 0 or len(label) < 2 or len(body):
+    return False
+  start, end = float(label[0]), float(label[1])
+  return start == int(start) and end == int(end) and 1 <= start <= end

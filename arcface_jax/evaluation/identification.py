@@ -103,7 +103,7 @@ def evaluate_identification(gallery_embeddings: np.ndarray, gallery_labels: Sequ
 def read_identity_folder(root: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 RGB (M, S, S, 3), identity names (M,)) from a folder of identity folders."""
   from arcface_jax.data.errors import DatasetError
-  from arcface_jax.data.pack import list_identities
+  from arcface_jax.data.folder import list_identities
   from arcface_jax.data.verification_bin import decode_image
 
   images, labels = [], []
