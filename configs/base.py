@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.split_by = 'identity'  # 'identity' (open-set) or 'image' (closed-set)
   data.val_fraction = 0.0
   data.test_fraction = 0.0
+  data.split_seed = 0  # which identities/images are held out (independent of config.seed)
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
@@ -107,6 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ev = ml_collections.ConfigDict()
   ev.every_steps = 2_000  # 0 = only at the end
   ev.synthetic_pairs = 0  # held-out pairs of the synthetic dataset (0 = none)
+  ev.val_pairs = 0  # pairs from the 'val' split of a folder / TFDS dataset (0 = none)
   ev.bins = ()  # verification sets: names (lfw, cfp_fp, agedb_30, ...) or .bin paths
   ev.bin_dir = 'data'  # where names in `bins` are looked up as <name>.bin
   ev.batch_size = 256

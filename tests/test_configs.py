@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import jax
@@ -40,19 +41,28 @@ def test_locked_config_rejects_new_keys():
     config.train.bacth_size = 3
 
 
-def _tiny_recordio(tmp_path) -> str:
-  """A 4-identity packed RecordIO of random 16×16 images, for recipes that read train.rec."""
+def _tiny_folder(tmp_path) -> str:
+  """8 identity folders of 4 random 16×16 PNGs each, plus what real trees hold: a truncated
+  JPEG (read, fails to decode, skipped and counted), a text file and an empty folder (indexed out)."""
   import cv2
-  from arcface_jax.data import pack
   root = tmp_path / 'faces'
   rng = np.random.default_rng(0)
-  for identity in range(4):
+  for identity in range(8):
     folder = root / f'id{identity}'
     folder.mkdir(parents=True)
     for k in range(4):
       cv2.imwrite(str(folder / f'{k}.png'), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+  (root / 'id0' / 'truncated.jpg').write_bytes(b'\xff\xd8\xff\xe0' + bytes(40))
+  (root / 'id1' / 'notes.txt').write_text('not an image')
+  (root / 'zz_empty').mkdir()
+  return str(root)
+
+
+def _tiny_recordio(tmp_path) -> str:
+  """The tiny folder tree packed as RecordIO, for recipes that read train.rec."""
+  from arcface_jax.data import pack
   out = tmp_path / 'rec'
-  pack.pack_folder(str(root), str(out))
+  pack.pack_folder(_tiny_folder(tmp_path), str(out))
   return str(out)
 
 
@@ -60,8 +70,10 @@ def _tiny_recordio(tmp_path) -> str:
 def test_recipe_trains_a_few_steps_in_its_tiny_variant(recipe, tmp_path):
   config = load_config(recipe + ':tiny')
   config.data.data_dir = str(tmp_path / 'data')
-  if config.data.source in ('recordio',):
+  if config.data.source == 'recordio':
     config.data.path = _tiny_recordio(tmp_path)
+  if config.data.source == 'folder':
+    config.data.path = _tiny_folder(tmp_path)
   config.eval.synthetic_pairs = 0
   config.eval.bins = ()
   config.train.num_steps = 2
@@ -69,3 +81,6 @@ def test_recipe_trains_a_few_steps_in_its_tiny_variant(recipe, tmp_path):
   state = trainer.train_and_evaluate(config, str(tmp_path / 'run'), mesh=mesh)
   assert int(state.step) == 2
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  if config.eval.val_pairs:  # the held-out split was turned into pairs and scored at the end
+    with open(tmp_path / 'run' / 'best.json') as f:
+      assert 0.0 <= json.load(f)['val']['accuracy'] <= 1.0

@@ -129,14 +129,6 @@ def test_pairs_are_deterministic_and_balanced_per_fold(data_dir):
   assert not np.array_equal(images, other)
 
 
-@pytest.mark.parametrize('num_pairs', [10, 55, 1000, 1001])
-def test_balanced_fold_labels(num_pairs):
-  issame = synthetic.balanced_fold_labels(num_pairs)
-  assert abs(2 * int(issame.sum()) - num_pairs) <= 1
-  for fold in np.array_split(issame, 10):
-    assert abs(2 * int(fold.sum()) - len(fold)) <= 1
-
-
 def test_unknown_variant_and_split_are_clear_errors(data_dir):
   with pytest.raises(DatasetError, match="'huge'.*demo"):
     synthetic.load_synthetic('huge', data_dir, 'train')

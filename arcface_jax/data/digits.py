@@ -91,19 +91,6 @@ def digits_verification_pairs(num_pairs: int, image_size: int = 16, seed: int = 
 
   Each of 10 contiguous folds is half positive, half negative, as the synthetic pairs are.
   """
-  if num_pairs < 1:
-    raise ValueError(f'num_pairs={num_pairs} must be positive')
-  from arcface_jax.data.synthetic import balanced_fold_labels
+  from arcface_jax.data.pairs import verification_pairs
   source = DigitsSource('test', image_size, num_classes)
-  by_label = [np.nonzero(source.labels == c)[0] for c in range(num_classes)]
-  rng = np.random.default_rng(seed)
-  issame = balanced_fold_labels(num_pairs)
-  pairs = np.empty((num_pairs, 2), np.int64)
-  for k, same in enumerate(issame):
-    if same:
-      pairs[k] = rng.choice(by_label[rng.integers(num_classes)], 2, replace=False)
-    else:
-      c1, c2 = rng.choice(num_classes, 2, replace=False)
-      pairs[k] = rng.choice(by_label[c1]), rng.choice(by_label[c2])
-  images = np.stack([source[int(i)][0] for i in pairs.reshape(-1)])
-  return images, issame
+  return verification_pairs(source, source.labels, num_pairs, seed)

@@ -107,7 +107,24 @@ def load_tfds(name: str, data_dir: str, split: str = 'train',
 
 def get_train_source(data_config: ml_collections.ConfigDict) -> Source:
   """The training split named by `data_config` (`config.data`)."""
+  return get_source(data_config, 'train')
+
+
+def get_source(data_config: ml_collections.ConfigDict, split: str = 'train') -> Source:
+  """Split `split` of the dataset named by `data_config`.
+
+  Only folder trees (split by `data_config.split_by` and the fractions) and TFDS datasets have
+  splits other than 'train'; RecordIO files hold one, and the synthetic and digits sources keep
+  their held-out data for their own verification pairs.
+  """
   source = data_config.source
+  if source not in SOURCES:
+    raise DatasetError(f'config.data.source={source!r} is not a known source; valid choices: '
+                       f'{", ".join(SOURCES)}')
+  if split != 'train' and source not in ('folder', 'tfds'):
+    raise DatasetError(f'config.data.source={source!r} has no {split!r} split; held-out splits '
+                       'come from folder trees (config.data.val_fraction / test_fraction) or '
+                       'TFDS datasets')
   if source == 'digits':  # scikit-learn's digits, the analysis toy (configs/toy.py)
     from arcface_jax.data.digits import DigitsSource
     return DigitsSource('train', data_config.image_size, data_config.num_classes or 10)
@@ -121,14 +138,20 @@ def get_train_source(data_config: ml_collections.ConfigDict) -> Source:
   if source == 'folder':
     path = _require_path(data_config)
     from arcface_jax.data.folder import FolderDataset
-    return FolderDataset(path, split='train',
-                         split_by=data_config.split_by, val_fraction=data_config.val_fraction,
-                         test_fraction=data_config.test_fraction)
-  if source == 'tfds':
-    if not data_config.path:
-      raise DatasetError('config.data.source=tfds needs the dataset name: set '
-                         '--config.data.path=<tfds name>, e.g. synthetic_faces/demo')
-    return load_tfds(data_config.path, data_config.data_dir, 'train',
-                     num_classes=data_config.num_classes)
-  raise DatasetError(f'config.data.source={source!r} is not a known source; valid choices: '
-                     f'{", ".join(SOURCES)}')
+    return FolderDataset(path, split=split, split_by=data_config.split_by,
+                         val_fraction=data_config.val_fraction,
+                         test_fraction=data_config.test_fraction, seed=data_config.split_seed)
+  if not data_config.path:
+    raise DatasetError('config.data.source=tfds needs the dataset name: set '
+                       '--config.data.path=<tfds name>, e.g. synthetic_faces/demo')
+  # A val/test split has its own class count (open-set splits relabel 0..K−1): read it.
+  return load_tfds(data_config.path, data_config.data_dir, split,
+                   num_classes=data_config.num_classes if split == 'train' else 0)
+
+
+def source_labels(source: Source) -> np.ndarray:
+  """Every label of `source` in index order: its `labels` array if it has one, else read."""
+  labels = getattr(source, 'labels', None)
+  if labels is not None:
+    return np.asarray(labels)
+  return np.array([source[i][1] for i in range(len(source))], np.int64)

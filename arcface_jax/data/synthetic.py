@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from arcface_jax.data.errors import DatasetError
+from arcface_jax.data.pairs import verification_pairs
 from arcface_jax.data.sources import TfdsSource
 
 NAME = 'synthetic_faces'
@@ -195,24 +196,6 @@ def load_synthetic(variant: str, data_dir: str, split: str) -> TfdsSource:
   return TfdsSource(data_source, num_classes=classes, name=f'{NAME}/{variant}/{split}')
 
 
-def balanced_fold_labels(num_pairs: int, nfolds: int = 10) -> np.ndarray:
-  """issame (num_pairs,) with each contiguous fold half positive, half negative (LFW's layout).
-
-  Folds are numpy.array_split's (as the verification protocol cuts them); within a fold the
-  positives come first. A fold of odd size gets the extra pair positive and negative in turn, so
-  the whole list is balanced to within one pair.
-  """
-  issame = np.zeros(num_pairs, bool)
-  extra = 1
-  for fold in np.array_split(np.arange(num_pairs), min(nfolds, max(num_pairs, 1))):
-    positives = len(fold) // 2
-    if len(fold) % 2:
-      positives += extra
-      extra = 1 - extra
-    issame[fold[:positives]] = True
-  return issame
-
-
 def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int,
                                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, S, S, 3), issame bool (N,)) from held-out identities, LFW-style.
@@ -220,21 +203,7 @@ def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int,
   Pair i is (images[2i], images[2i + 1]). Deterministic in (variant, num_pairs, seed); each of 10
   contiguous folds holds as many positive as negative pairs (`balanced_fold_labels`).
   """
-  if num_pairs < 1:
-    raise ValueError(f'num_pairs={num_pairs} must be positive')
   source = load_synthetic(variant, data_dir, 'test')
-  # The stored order is TFDS's (shuffled by key), so group indices by label first.
+  # The stored order is TFDS's (shuffled by key); the labels are read once to group the pairs.
   labels = np.array([source[i][1] for i in range(len(source))])
-  by_label = [np.nonzero(labels == c)[0] for c in range(source.num_classes)]
-  rng = np.random.default_rng(seed)
-  issame = balanced_fold_labels(num_pairs)
-  pairs = np.empty((num_pairs, 2), np.int64)
-  for k, same in enumerate(issame):
-    if same:
-      members = by_label[rng.integers(len(by_label))]
-      pairs[k] = rng.choice(members, 2, replace=False)
-    else:
-      c1, c2 = rng.choice(len(by_label), 2, replace=False)
-      pairs[k] = rng.choice(by_label[c1]), rng.choice(by_label[c2])
-  images = np.stack([source[int(i)][0] for i in pairs.reshape(-1)])
-  return images, issame
+  return verification_pairs(source, labels, num_pairs, seed)

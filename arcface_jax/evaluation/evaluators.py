@@ -1,9 +1,9 @@
 """Verification during training, chosen by `config.eval`.
 
-Each named set is loaded once (held-out synthetic pairs, or `.bin` files by name or path), embedded
-with flip-sum across the mesh, scored with the 10-fold protocol, logged in the reference format
-`[lfw][step] Accuracy-Flip: 0.99817+-0.00229`, and tracked: the backbone variables of the best step
-per set are kept under `workdir/best/<set>/`.
+Each named set is loaded once (held-out synthetic pairs, pairs from the val split of a folder or
+TFDS dataset, or `.bin` files by name or path), embedded with flip-sum across the mesh, scored with
+the 10-fold protocol, logged in the reference format `[lfw][step] Accuracy-Flip: 0.99817+-0.00229`,
+and tracked: the backbone variables of the best step per set are kept under `workdir/best/<set>/`.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from arcface_jax.evaluation import verification
 from arcface_jax.evaluation.extract import extract_embeddings
 
 SYNTHETIC_SET = 'synthetic_heldout'
+VAL_SET = 'val'  # pairs from the val split of the training dataset
 
 
 def resolve_bin(name_or_path: str, bin_dir: str) -> str:
@@ -47,6 +48,13 @@ def load_sets(config: ml_collections.ConfigDict) -> list[tuple[str, np.ndarray, 
       images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
                          for im in images])
     sets.append((SYNTHETIC_SET, images, issame))
+  if config.eval.val_pairs:
+    from arcface_jax.data import pairs, sources
+    source = sources.get_source(config.data, 'val')
+    images, issame = pairs.verification_pairs(source, sources.source_labels(source),
+                                              config.eval.val_pairs, seed=config.data.split_seed,
+                                              image_size=size)
+    sets.append((VAL_SET, images, issame))
   for entry in config.eval.bins:
     from arcface_jax.data.verification_bin import load_bin
     path = resolve_bin(entry, config.eval.bin_dir)
