@@ -112,9 +112,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       flip=config.data.flip, rotation_degrees=config.data.rotation_degrees,
       color_jitter=config.data.color_jitter, low_resolution_prob=config.data.low_resolution_prob,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.data.num_workers, prefetch=config.data.prefetch)
-  logging.info('data: %d images, %d classes, %d steps per epoch', len(source), num_classes,
-               loader.steps_per_epoch)
+      num_workers=config.data.num_workers, prefetch=config.data.prefetch,
+      images_per_identity=config.data.images_per_identity,
+      labels=sources.source_labels(source) if config.data.images_per_identity else None)
+  per_identity = config.data.images_per_identity
+  logging.info('data: %d images, %d classes, %d steps per epoch%s', len(source), num_classes,
+               loader.steps_per_epoch, f', batches of {config.train.batch_size // per_identity} '
+               f'identities × {per_identity} images' if per_identity else '')
 
   model = build_model(config)
   objective = build_objective(config, num_classes=num_classes, mesh=mesh)

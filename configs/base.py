@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.std = 127.5
   data.num_workers = 0  # grain worker processes (0 = threads in this process)
   data.prefetch = 2  # batches prepared ahead of the device
+  # K > 0: batches of P identities x K images each (triplet / intra / inter need positives)
+  data.images_per_identity = 0
   # Folder datasets: deterministic stratified splits.
   data.split_by = 'identity'  # 'identity' (open-set) or 'image' (closed-set)
   data.val_fraction = 0.0

@@ -4,7 +4,8 @@ One recipe, one argument per row of the table: softmax, norm_softmax, sphereface
 SphereFace 1.35: combined m1=1.35), cosface (0.35), arcface (0.5, the default), cm1 (1, 0.3, 0.2),
 cm2 (0.9, 0.4, 0.15), triplet (angular margin 0.35), arcface_intra, arcface_inter,
 arcface_intra_inter, arcface_triplet. s = 64, batch 512, SGD lr 0.1 divided by 10 at 20K and 28K,
-32K steps; evaluated on lfw, cfp_fp and agedb_30 (.bin files next to the data). Append `,tiny` to
+32K steps; evaluated on lfw, cfp_fp and agedb_30 (.bin files next to the data). The triplet rows
+draw batches of 128 identities × 4 images so every anchor has positives. Append `,tiny` to
 any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
 
   python -m arcface_jax.train --config configs/casia.py:cosface --workdir runs/casia_cosface
@@ -31,6 +32,8 @@ VARIANTS = {
     'arcface_intra_inter': dict(name='arcface', m=0.5, intra_weight=1.0, inter_weight=1.0),
     'arcface_triplet': dict(name='arcface', m=0.5, triplet_weight=1.0, triplet_margin=0.35),
 }
+# Rows whose loss needs positives in every batch: P identities × K images (FaceNet-style batches).
+IMAGES_PER_IDENTITY = {'triplet': 4, 'arcface_triplet': 4}
 
 
 def get_config(arg: str | None = None):
@@ -51,6 +54,7 @@ def get_config(arg: str | None = None):
   config.loss.s = 64.0
   for key, value in VARIANTS[variant].items():
     setattr(config.loss, key, value)
+  config.data.images_per_identity = IMAGES_PER_IDENTITY.get(variant, 0)
   config.train.batch_size = 512
   config.train.learning_rate = 0.1
   config.train.schedule = 'step'

@@ -84,3 +84,14 @@ def test_recipe_trains_a_few_steps_in_its_tiny_variant(recipe, tmp_path):
   if config.eval.val_pairs:  # the held-out split was turned into pairs and scored at the end
     with open(tmp_path / 'run' / 'best.json') as f:
       assert 0.0 <= json.load(f)['val']['accuracy'] <= 1.0
+
+
+def test_identity_balanced_triplet_row_trains_from_recordio(tmp_path):
+  config = load_config(os.path.join(REPO, 'configs', 'casia.py') + ':triplet,tiny')
+  assert config.data.images_per_identity == 4
+  config.data.path = _tiny_recordio(tmp_path)
+  config.data.data_dir = str(tmp_path / 'data')
+  config.train.num_steps = 2
+  state = trainer.train_and_evaluate(config, str(tmp_path / 'run'), mesh=parallel.make_mesh(2))
+  assert int(state.step) == 2
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

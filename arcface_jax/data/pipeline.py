@@ -1,7 +1,8 @@
 """The training input pipeline (grain): every batch is a pure function of (seed, step).
 
-Global step s lies in epoch e = s // steps_per_epoch. Epoch e has its own seeded permutation of the
-dataset (numpy, seeded by (seed, e)); step s takes the next global_batch_size entries of it (the
+Global step s lies in epoch e = s // steps_per_epoch. Epoch e has its own seeded order of the
+dataset (`sampling.py`: a permutation, or identity-balanced P×K blocks, seeded by (seed, e)); step s
+takes the next global_batch_size entries of it (the
 remainder at the epoch's end is dropped) and this process keeps rows
 [process_index · B_local, (process_index + 1) · B_local) of them. Augmentation draws are seeded by
 (seed, e, sample index). Nothing depends on what was read before, so `iterate(k)` yields exactly
@@ -28,6 +29,7 @@ import numpy as np
 from absl import logging
 
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
+from arcface_jax.data.sampling import IdentityBalancedOrder, UniformOrder
 
 _MAX_SUBSTITUTIONS = 64  # this many unreadable samples in a row means the dataset is broken
 _KEYS_KEPT = 10
@@ -63,12 +65,14 @@ class _BatchMaker:
   current epoch's permutation, so any copy on any thread computes the same batch.
   """
 
-  def __init__(self, source, *, num_samples: int, global_batch: int, local_batch: int,
-               process_index: int, steps_per_epoch: int, seed: int, image_size: int,
+  def __init__(self, source, *, order: UniformOrder | IdentityBalancedOrder, global_batch: int,
+               local_batch: int, process_index: int, steps_per_epoch: int, seed: int,
+               image_size: int,
                mean: float, std: float, flip: bool, rotation_degrees: float,
                color_jitter: float, low_resolution_prob: float):
     self.source = source
-    self.num_samples = num_samples
+    self.order = order
+    self.num_samples = order.length  # entries per epoch (identity top-ups included)
     self.global_batch, self.local_batch = global_batch, local_batch
     self.process_index = process_index
     self.steps_per_epoch = steps_per_epoch
@@ -82,7 +86,7 @@ class _BatchMaker:
   def permutation(self, epoch: int) -> np.ndarray:
     cached = self._perm  # one read: reader threads may replace it concurrently
     if cached is None or cached[0] != epoch:
-      cached = (epoch, np.random.default_rng((self.seed, epoch)).permutation(self.num_samples))
+      cached = (epoch, self.order(epoch))
       self._perm = cached
     return cached[1]
 
@@ -180,6 +184,9 @@ class TrainLoader:
     mean, std: normalisation (x - mean) / std.
     flip, rotation_degrees, color_jitter, low_resolution_prob: augmentation.
     process_index, process_count: this host's slice of the global batch.
+    images_per_identity: K > 0 makes every batch P identities × K images (`sampling.py`); needs
+      `labels`, and a global batch that is a multiple of K. 0 = uniform shuffle.
+    labels: every sample's label in source order, for identity-balanced batches.
     num_workers: grain worker processes (0 = reader threads in this process).
     prefetch: batches prepared ahead of the consumer.
   """
@@ -188,13 +195,23 @@ class TrainLoader:
                mean: float = 127.5, std: float = 127.5, flip: bool = True,
                rotation_degrees: float = 0.0, color_jitter: float = 0.0,
                low_resolution_prob: float = 0.0, process_index: int = 0, process_count: int = 1,
-               num_workers: int = 0, prefetch: int = 2):
+               num_workers: int = 0, prefetch: int = 2, images_per_identity: int = 0,
+               labels: np.ndarray | None = None):
     if global_batch_size <= 0 or global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} does not split over {process_count} '
                        'processes')
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} outside [0, {process_count})')
-    num_samples = len(source)
+    if images_per_identity > 0:
+      if global_batch_size % images_per_identity:
+        raise ValueError(f'global batch {global_batch_size} is not a multiple of '
+                         f'config.data.images_per_identity={images_per_identity}')
+      if labels is None or len(labels) != len(source):
+        raise ValueError('identity-balanced batches need `labels`, one per sample of the source')
+      order = IdentityBalancedOrder(labels, images_per_identity, seed)
+    else:
+      order = UniformOrder(len(source), seed)
+    num_samples = order.length
     if num_samples < global_batch_size:
       raise DatasetError(f'the dataset has {num_samples} samples, fewer than one global batch '
                          f'of {global_batch_size}; lower config.train.batch_size')
@@ -204,7 +221,7 @@ class TrainLoader:
     self.num_workers = num_workers
     self.prefetch = max(1, prefetch)
     self._make = _BatchMaker(
-        source, num_samples=num_samples, global_batch=global_batch_size,
+        source, order=order, global_batch=global_batch_size,
         local_batch=self.local_batch, process_index=process_index,
         steps_per_epoch=self.steps_per_epoch, seed=seed, image_size=image_size, mean=mean,
         std=std, flip=flip, rotation_degrees=rotation_degrees, color_jitter=color_jitter,

@@ -316,16 +316,43 @@ class RecordDataset:
     """max label + 1 over every image record (an im2rec file without a property file)."""
     logging.info('%s has no property file: scanning %d labels for the class count',
                  self.rec_path, len(self.keys))
-    largest = -1
-    for i in range(len(self.keys)):
-      try:
-        label, _ = self.read_payload(i)
-        largest = max(largest, self._label(label, int(self.keys[i])))
-      except CorruptSampleError:
-        continue  # counted when the pipeline meets it; the class count is what matters here
+    largest = int(self._labels_from_records().max())
     if largest < 0:
       raise DatasetError(f'{self.rec_path}: no record has a readable non-negative label')
     return largest + 1
+
+  @property
+  def labels(self) -> np.ndarray:
+    """int32 label of every image, −1 where unreadable; no image is decoded. The face layout's
+    identity records give them in one read per identity, other files one read per image."""
+    if getattr(self, '_labels', None) is None:
+      labels = None
+      if self.has_header:
+        try:
+          labels = self._labels_from_ranges()
+        except CorruptSampleError as e:
+          logging.warning('%s: identity record %s unreadable (%s); reading every image label',
+                          self.rec_path, e.key, e.reason)
+      self._labels = self._labels_from_records() if labels is None else labels
+    return self._labels
+
+  def _labels_from_ranges(self) -> np.ndarray:
+    labels = np.full(len(self.keys), -1, np.int32)
+    ranges = self.identity_ranges()
+    first = np.searchsorted(self.keys, ranges[:, 0])
+    last = np.searchsorted(self.keys, ranges[:, 1])
+    for label, (start, stop) in enumerate(zip(first.tolist(), last.tolist())):
+      labels[start:stop] = label
+    return labels
+
+  def _labels_from_records(self) -> np.ndarray:
+    labels = np.full(len(self.keys), -1, np.int32)
+    for i in range(len(self.keys)):
+      try:
+        labels[i] = self._label(self.read_payload(i)[0], int(self.keys[i]))
+      except CorruptSampleError:
+        continue  # counted when the pipeline meets it
+    return labels
 
   def __getstate__(self) -> dict:
     state = dict(self.__dict__)
