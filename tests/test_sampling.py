@@ -112,7 +112,7 @@ def test_recordio_labels_without_decoding(tmp_path, header):
   np.testing.assert_array_equal(ds.labels, [0, 0, 0, 1, 2, 2, 2, 2])
 
 
-def test_recordio_unreadable_record_gets_label_minus_one(tmp_path):
+def test_recordio_unreadable_record_gets_label_minus_one(tmp_path, caplog):
   root = tmp_path / 'faces'
   for identity in range(2):
     (root / f'p{identity}').mkdir(parents=True)
@@ -128,3 +128,4 @@ def test_recordio_unreadable_record_gets_label_minus_one(tmp_path):
   with pytest.raises(CorruptSampleError, match='wrong magic'):
     ds[2]
   np.testing.assert_array_equal(ds.labels, [0, 0, -1, 1])
+  assert "1 of 4 image records have no readable label" in caplog.text

@@ -334,6 +334,11 @@ class RecordDataset:
           logging.warning('%s: identity record %s unreadable (%s); reading every image label',
                           self.rec_path, e.key, e.reason)
       self._labels = self._labels_from_records() if labels is None else labels
+      unreadable = int((self._labels < 0).sum())
+      if unreadable:
+        logging.warning('%s: %d of %d image records have no readable label (e.g. keys %s)',
+                        self.rec_path, unreadable, len(self.keys),
+                        self.keys[self._labels < 0][:5].tolist())
     return self._labels
 
   def _labels_from_ranges(self) -> np.ndarray:
