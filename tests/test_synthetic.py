@@ -134,3 +134,14 @@ def test_unknown_variant_and_split_are_clear_errors(data_dir):
     synthetic.load_synthetic('huge', data_dir, 'train')
   with pytest.raises(DatasetError, match="'validation'"):
     synthetic.load_synthetic('tiny', data_dir, 'validation')
+
+
+def test_opencv_decoding_of_stored_pngs_matches_tfds_own(data_dir):
+  source = synthetic.load_synthetic('tiny', data_dir, 'test')
+  assert source._encoded  # TFDS's decoding is skipped; OpenCV decodes the PNG bytes
+  plain = tfds.data_source(f'{synthetic.NAME}/tiny', data_dir=os.path.abspath(data_dir),
+                           split='test', download=False)
+  images, labels = _all(source)
+  np.testing.assert_array_equal(images, np.stack([plain[i]['image'] for i in range(len(plain))]))
+  np.testing.assert_array_equal(labels, [plain[i]['label'] for i in range(len(plain))])
+  np.testing.assert_array_equal(source.labels, labels)

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from arcface_jax.data.errors import DatasetError
 from arcface_jax.data.pairs import verification_pairs
-from arcface_jax.data.sources import TfdsSource
+from arcface_jax.data.sources import TfdsSource, open_tfds
 
 NAME = 'synthetic_faces'
 
@@ -188,12 +188,11 @@ def load_synthetic(variant: str, data_dir: str, split: str) -> TfdsSource:
   """The `train` or `test` split of `variant` under `data_dir`, generated on first use."""
   if split not in ('train', 'test'):
     raise DatasetError(f'synthetic dataset split {split!r}: expected "train" or "test"')
-  _builder(variant, data_dir)
+  builder = _builder(variant, data_dir)
   info = VARIANTS[variant]
   classes = info.train_identities if split == 'train' else info.test_identities
-  data_source = tfds.data_source(f'{NAME}/{variant}', data_dir=os.path.abspath(data_dir),
-                                 split=split, download=False)
-  return TfdsSource(data_source, num_classes=classes, name=f'{NAME}/{variant}/{split}')
+  return open_tfds(f'{NAME}/{variant}', os.path.abspath(data_dir), split, classes,
+                   builder.info.features['image'])
 
 
 def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int,
@@ -204,6 +203,5 @@ def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int,
   contiguous folds holds as many positive as negative pairs (`balanced_fold_labels`).
   """
   source = load_synthetic(variant, data_dir, 'test')
-  # The stored order is TFDS's (shuffled by key); the labels are read once to group the pairs.
-  labels = np.array([source[i][1] for i in range(len(source))])
-  return verification_pairs(source, labels, num_pairs, seed)
+  # The stored order is TFDS's (shuffled by key), so the pairs are grouped by the read labels.
+  return verification_pairs(source, source.labels, num_pairs, seed)
