@@ -27,3 +27,65 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   config = module['get_config'](arg or None)
   config.lock()
   return config
+
+
+def recipe_options(recipe_file: str, arg: str | None, allowed: set[str]) -> set[str]:
+  """The comma-separated options of `recipe.py:a,b`; ValueError naming the recipe if unknown."""
+  options = {option for option in (arg or '').split(',') if option}
+  unknown = options - allowed
+  if unknown:
+    raise ValueError(f'configs/{os.path.basename(recipe_file)}: unknown option(s) '
+                     f'{sorted(unknown)}; valid: {", ".join(sorted(allowed))}')
+  return options
+
+
+def apply_reference_recipe(config: ml_collections.ConfigDict, *, num_images: int,
+                           num_classes: int, batch_size: int = 1024, epochs: int = 20) -> None:
+  """The current reference trainer's large-scale schedule (REFERENCE §7), shared by the recipes.
+
+  RecordIO data with the class count known up front, 112-px crops, 512-d embeddings, bf16 trunk,
+  model-parallel centres, SGD momentum 0.9 and weight decay 5e-4, lr 0.1 per 1024 images scaled
+  linearly with `batch_size`, polynomial decay to 0 over `epochs` epochs, backbone clip 5, and
+  LFW/CFP-FP/AgeDB evaluation every 2,000 steps from the .bin files next to the data. The caller
+  sets the dataset path, backbone, loss and sample rate.
+  """
+  config.data.source = 'recordio'
+  config.data.num_classes = num_classes
+  config.data.image_size = 112
+  config.model.embedding_dim = 512
+  config.model.dtype = 'bfloat16'
+  config.loss.s = 64.0
+  config.head.model_parallel = True
+  config.train.batch_size = batch_size
+  config.train.learning_rate = 0.1 * batch_size / 1024
+  config.train.schedule = 'warmup_poly'
+  config.train.warmup_steps = 0
+  config.train.num_steps = epochs * (num_images // batch_size)
+  config.train.weight_decay = 5e-4
+  config.train.momentum = 0.9
+  config.train.clip_grad_norm = 5.0
+  config.train.checkpoint_every = 2_000
+  config.eval.every_steps = 2_000
+  config.eval.bins = ('lfw', 'cfp_fp', 'agedb_30')
+  config.eval.bin_dir = config.data.get_ref('path')  # follows --config.data.path
+
+
+def shrink_to_smoke_test(config: ml_collections.ConfigDict) -> None:
+  """The `:tiny` variant of a recipe: the same code paths in a few seconds on a CPU.
+
+  16-px images, IResNet-tiny with 32-d fp32 embeddings, batch 16, 3 steps logged each, no
+  periodic checkpoints or evaluation, no .bin sets; the class count is read from the (small)
+  dataset and a step schedule decays at step 2. The recipe's learning rate is kept.
+  """
+  config.data.num_classes = 0
+  config.data.image_size = 16
+  config.model.name = 'iresnet_tiny'
+  config.model.embedding_dim = 32
+  config.model.dtype = 'float32'
+  config.train.batch_size = 16
+  config.train.num_steps = 3
+  config.train.lr_boundaries = (2,)
+  config.train.log_every = 1
+  config.train.checkpoint_every = 0
+  config.eval.every_steps = 0
+  config.eval.bins = ()

@@ -15,7 +15,7 @@ any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
   python -m arcface_jax.train --config configs/casia.py:cm2,tiny --workdir /tmp/casia_smoke \
       --config.data.path=PATH_TO_A_SMALL_PACKED_RECORDIO
 """
-from arcface_jax.config_files import load_base
+from arcface_jax.config_files import load_base, shrink_to_smoke_test
 
 # Row of the table -> loss settings (everything else is the paper's default for the name).
 VARIANTS = {
@@ -64,14 +64,5 @@ def get_config(arg: str | None = None):
   config.eval.bins = ('lfw', 'cfp_fp', 'agedb_30')
   config.eval.bin_dir = config.data.get_ref('path')  # follows --config.data.path
   if tiny:
-    config.data.image_size = 16
-    config.model.name = 'iresnet_tiny'
-    config.model.embedding_dim = 32
-    config.train.batch_size = 16
-    config.train.num_steps = 3
-    config.train.lr_boundaries = (2,)
-    config.train.log_every = 1
-    config.train.checkpoint_every = 0
-    config.eval.every_steps = 0
-    config.eval.bins = ()
+    shrink_to_smoke_test(config)
   return config

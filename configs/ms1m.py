@@ -14,10 +14,11 @@ RecordIO) from data.path. Commands:
 With more devices, scale the batch and learning rate together (the reference scales lr linearly
 with the global batch: 0.1 at 1024).
 """
-from arcface_jax.config_files import load_base
+from arcface_jax.config_files import load_base, recipe_options, shrink_to_smoke_test
 
 
 def get_config(arg: str | None = None):
+  options = recipe_options(__file__, arg, {'poly', 'tiny'})
   config = load_base(__file__)
   config.data.source = 'recordio'
   config.data.path = 'data/faces_emore'
@@ -38,23 +39,9 @@ def get_config(arg: str | None = None):
   config.eval.every_steps = 2_000
   config.eval.bins = ('lfw', 'cfp_fp', 'agedb_30')
   config.eval.bin_dir = config.data.get_ref('path')  # follows --config.data.path
-  variants = (arg or '').split(',')
-  if 'poly' in variants:
+  if 'poly' in options:
     config.train.schedule = 'warmup_poly'
     config.train.warmup_steps = 2_000
-  if 'tiny' in variants:
-    config.data.image_size = 16
-    config.model.name = 'iresnet_tiny'
-    config.model.embedding_dim = 32
-    config.model.dtype = 'float32'
-    config.train.batch_size = 16
-    config.train.num_steps = 3
-    config.train.lr_boundaries = (2,)
-    config.train.log_every = 1
-    config.train.checkpoint_every = 0
-    config.eval.every_steps = 0
-    config.eval.bins = ()
-  unknown = set(variants) - {'', 'poly', 'tiny'}
-  if unknown:
-    raise ValueError(f'configs/ms1m.py: unknown variant(s) {sorted(unknown)}; use poly and/or tiny')
+  if 'tiny' in options:
+    shrink_to_smoke_test(config)
   return config
