@@ -1,4 +1,4 @@
-"""The ArcFace paper's loss comparison on CASIA-WebFace with ResNet-50 (its table of LFW/CFP-FP/AgeDB).
+"""The ArcFace paper's loss comparison on CASIA-WebFace with ResNet-50 (LFW/CFP-FP/AgeDB table).
 
 One recipe, one argument per row of the table: softmax, norm_softmax, sphereface (the paper's
 SphereFace 1.35: combined m1=1.35), cosface (0.35), arcface (0.5, the default), cm1 (1, 0.3, 0.2),

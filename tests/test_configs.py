@@ -42,8 +42,8 @@ def test_locked_config_rejects_new_keys():
 
 
 def _tiny_folder(tmp_path) -> str:
-  """8 identity folders of 4 random 16×16 PNGs each, plus what real trees hold: a truncated
-  JPEG (read, fails to decode, skipped and counted), a text file and an empty folder (indexed out)."""
+  """8 identity folders of 4 random 16×16 PNGs each, plus what real trees hold: a truncated JPEG
+  (read, fails to decode, skipped and counted), a text file and an empty folder (passed over)."""
   import cv2
   root = tmp_path / 'faces'
   rng = np.random.default_rng(0)

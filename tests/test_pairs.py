@@ -1,4 +1,4 @@
-"""Verification pairs from held-out splits: balanced folds, right labels, corrupt images left out."""
+"""Verification pairs from held-out splits: balanced folds, right labels, corrupt images dropped."""
 import os
 
 import cv2
