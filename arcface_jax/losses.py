@@ -212,14 +212,15 @@ class Objective:
   triplet_margin: float = 0.35
   center_weight: float = 0.0
   center_alpha: float = 0.5
+  init_std: float = 0.01  # centres ~ N(0, init_std²), the reference trainer's 0.01
 
   def init(self, rng: jax.Array) -> tuple[dict, dict]:
-    """(head_params, head_state): centres ~ N(0, 0.01²) (C, D), a zero bias for softmax, and the
-    centre-loss centres (zeros, as Wen et al.) as state when center_weight > 0."""
+    """(head_params, head_state): centres ~ N(0, init_std²) (C, D), a zero bias for softmax, and
+    the centre-loss centres (zeros, as Wen et al.) as state when center_weight > 0."""
     params: dict[str, jax.Array] = {}
     if self.name != 'triplet':
-      params['weight'] = 0.01 * jax.random.normal(rng, (self.num_classes, self.embedding_dim),
-                                                  jnp.float32)
+      params['weight'] = self.init_std * jax.random.normal(
+          rng, (self.num_classes, self.embedding_dim), jnp.float32)
     if self.name == 'softmax':
       params['bias'] = jnp.zeros((self.num_classes,), jnp.float32)
     state = {}
@@ -282,8 +283,10 @@ class Objective:
     return loss, metrics
 
 
-def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int) -> Objective:
-  """The objective of a `config.loss` section (None placeholders resolved to paper defaults)."""
+def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int,
+                    init_std: float = 0.01) -> Objective:
+  """The objective of a `config.loss` section (None placeholders resolved to paper defaults);
+  `init_std` is `config.head.init_std`."""
   name = loss_config.name
   if name not in NAMES:
     raise ValueError(f'unknown loss.name {name!r}; valid names: {sorted(NAMES)}')
@@ -297,4 +300,4 @@ def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int) -
       triplet_weight=float(loss_config.triplet_weight),
       triplet_margin=float(loss_config.triplet_margin),
       center_weight=float(loss_config.center_weight),
-      center_alpha=float(loss_config.center_alpha))
+      center_alpha=float(loss_config.center_alpha), init_std=float(init_std))

@@ -86,7 +86,8 @@ def build_objective(config: ml_collections.ConfigDict, *, num_classes: int,
     except ValueError as e:
       raise ConfigError(str(e)) from None
   return losses.build_objective(config.loss, num_classes=num_classes,
-                                embedding_dim=config.model.embedding_dim)
+                                embedding_dim=config.model.embedding_dim,
+                                init_std=config.head.init_std)
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -34,7 +34,8 @@ def bare_step_seconds(config, mesh, batches, steps: int) -> float:
   num_classes = config.data.num_classes or source.num_classes
   model = trainer.build_model(config)
   objective = losses.build_objective(config.loss, num_classes=num_classes,
-                                     embedding_dim=config.model.embedding_dim)
+                                     embedding_dim=config.model.embedding_dim,
+                                     init_std=config.head.init_std)
   schedule = optim.make_schedule(config.train)
   tx = optim.make_optimizer(config.train, schedule)
   state = jax.jit(lambda k: create_train_state(k, model, objective, tx, config.data.image_size),

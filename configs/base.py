@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   head.sample_rate = 1.0  # Partial FC: fraction of each device's centres used per step
   head.chunk = 0  # classes per chunk of the online softmax (0 = unchunked)
   head.lazy_update = False  # optimizer touches only the sampled centres
+  # Class centres ~ N(0, init_std²): the reference's 0.01. Normalised losses see only directions,
+  # but a centre's gradient scales with 1/‖w‖, so tiny norms turn the first steps into jumps.
+  head.init_std = 0.01
 
   # ---------------------------------------------------------------- training
   config.train = train = ml_collections.ConfigDict()

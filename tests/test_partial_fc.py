@@ -204,3 +204,20 @@ def test_checkpoint_written_on_8_devices_restores_split_on_4(mesh, tmp_path):
   assert {s.data.shape for s in weight.addressable_shards} == {(32, 4)}
   trace = restored.opt_state[-1].inner_states['lazy'].inner_state.trace['head']['weight']
   assert trace.sharding.spec == P('data') and np.asarray(trace).any()
+
+
+@pytest.mark.parametrize('init_std', [0.01, 0.5])
+def test_centre_init_follows_config_and_matches_the_single_device_head(init_std, mesh):
+  from arcface_jax import losses
+  config = load_base(os.path.join(REPO, 'configs', 'base.py'))
+  config.head.init_std = init_std
+  sharded = parallel.ModelParallelObjective(config.loss, config.head, num_classes=1000,
+                                            embedding_dim=16, mesh=mesh)
+  single = losses.build_objective(config.loss, num_classes=1000, embedding_dim=16,
+                                  init_std=init_std)
+  weight = np.asarray(sharded.init(jax.random.key(4))[0]['weight'])
+  expected = np.asarray(single.init(jax.random.key(4))[0]['weight'])
+  assert weight.shape[0] == sharded.num_padded_classes > 1000
+  np.testing.assert_array_equal(weight[:1000], expected)
+  assert not weight[1000:].any()  # padding rows stay zero
+  assert abs(expected.std() / init_std - 1) < 0.02  # 16,000 draws: std within 2%

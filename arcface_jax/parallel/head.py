@@ -99,6 +99,7 @@ class ModelParallelObjective:
     set_('sample_rate', float(head_config.sample_rate))
     set_('chunk', int(head_config.chunk))
     set_('seed', int(seed))
+    set_('init_std', float(head_config.init_std))
     if not 0.0 < self.sample_rate <= 1.0:
       raise ValueError(f'config.head.sample_rate={self.sample_rate} must be in (0, 1]')
     if self.chunk < 0:
@@ -109,8 +110,10 @@ class ModelParallelObjective:
     return padded_num_classes(self.num_classes, self.mesh.shape[DATA_AXIS])
 
   def init(self, rng: jax.Array) -> tuple[dict, dict]:
-    """Centres ~ N(0, 0.01²) for the C real classes (as losses.Objective), zero padding rows."""
-    weight = 0.01 * jax.random.normal(rng, (self.num_classes, self.embedding_dim), jnp.float32)
+    """Centres ~ N(0, init_std²) for the C real classes (as losses.Objective), zero padding
+    rows."""
+    weight = self.init_std * jax.random.normal(rng, (self.num_classes, self.embedding_dim),
+                                               jnp.float32)
     weight = jnp.pad(weight, ((0, self.num_padded_classes - self.num_classes), (0, 0)))
     return {'weight': weight}, {}
 
