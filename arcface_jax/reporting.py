@@ -106,12 +106,46 @@ class Reporter:
       self._writer.close()
 
 
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+  """'key: old → new' for every leaf that differs between two config dicts (JSON form)."""
+  old_flat, new_flat = _flatten(old), _flatten(new)
+  return [f'{key}: {old_flat.get(key, "(absent)")!r} → {new_flat.get(key, "(absent)")!r}'
+          for key in sorted(set(old_flat) | set(new_flat))
+          if old_flat.get(key) != new_flat.get(key)]
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """The resolved config, as JSON (machine-readable) next to the run's outputs."""
+  """The resolved config, as JSON (machine-readable) next to the run's outputs.
+
+  When the workdir already holds a run whose config differs, the differences are logged: the
+  run resumes from checkpoints trained with the old values (longer training is a legitimate
+  change; a new loss or initialisation usually wants a fresh --workdir).
+  """
   path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
   if jax.process_index() == 0:
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          changes = config_changes(json.load(f), json.loads(text))
+      except (OSError, ValueError):
+        changes = ['(the previous config.json is unreadable)']
+      if changes:
+        logging.warning('%s: this run\'s config differs from the one saved there (%d keys: %s); '
+                        'checkpoints in it were trained with the old values; use a new --workdir '
+                        'to start afresh', path, len(changes), '; '.join(changes[:10]))
     with open(path, 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      f.write(text)
   return path
 
 
