@@ -64,10 +64,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   """uint8 (N, H, W, 3) → (N, size, size, 3), as the input pipeline resizes."""
   if images.shape[1] == size and images.shape[2] == size:
     return images
-  import cv2
-  shrink = images.shape[1] > size
-  interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-  return np.stack([cv2.resize(im, (size, size), interpolation=interpolation) for im in images])
+  from arcface_jax.data.decode import resize
+  return np.stack([resize(image, (size, size)) for image in images])
 
 
 class Run:

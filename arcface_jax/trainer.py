@@ -107,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   source = sources.get_train_source(config.data)
   num_classes = config.data.num_classes or source.num_classes
+  per_identity = config.data.images_per_identity
   loader = pipeline.TrainLoader(
       source, global_batch_size=config.train.batch_size, seed=config.seed,
       image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
@@ -114,9 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       color_jitter=config.data.color_jitter, low_resolution_prob=config.data.low_resolution_prob,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_workers=config.data.num_workers, prefetch=config.data.prefetch,
-      images_per_identity=config.data.images_per_identity,
-      labels=sources.source_labels(source) if config.data.images_per_identity else None)
-  per_identity = config.data.images_per_identity
+      images_per_identity=per_identity,
+      labels=sources.source_labels(source) if per_identity else None)
   logging.info('data: %d images, %d classes, %d steps per epoch%s', len(source), num_classes,
                loader.steps_per_epoch, f', batches of {config.train.batch_size // per_identity} '
                f'identities × {per_identity} images' if per_identity else '')

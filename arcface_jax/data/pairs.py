@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 
+from arcface_jax.data.decode import resize
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
 _LOGGED_EXAMPLES = 5
@@ -64,14 +64,6 @@ def sample_pair_indices(labels: np.ndarray, num_pairs: int,
   return pairs, issame
 
 
-def _fit(image: np.ndarray, size: int | None) -> np.ndarray:
-  if size is None or image.shape[:2] == (size, size):
-    return image
-  shrink = image.shape[0] > size or image.shape[1] > size
-  return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else
-                    cv2.INTER_LINEAR)
-
-
 def verification_pairs(source: Sequence, labels: np.ndarray, num_pairs: int, seed: int = 0,
                        image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, S, S, 3), issame (N,)) from `source[i] → (image, label)`.
@@ -91,7 +83,8 @@ def verification_pairs(source: Sequence, labels: np.ndarray, num_pairs: int, see
     images, failed = {}, []
     for index in np.unique(pairs).tolist():
       try:
-        images[index] = _fit(np.asarray(source[index][0]), image_size)
+        image = np.asarray(source[index][0])
+        images[index] = image if image_size is None else resize(image, (image_size, image_size))
       except CorruptSampleError as e:
         failed.append(index)
         bad.append(f'{e.key} ({e.reason})')

@@ -1,9 +1,9 @@
 """The training input pipeline (grain): every batch is a pure function of (seed, step).
 
 Global step s lies in epoch e = s // steps_per_epoch. Epoch e has its own seeded order of the
-dataset (`sampling.py`: a permutation, or identity-balanced P×K blocks, seeded by (seed, e)); step s
-takes the next global_batch_size entries of it (the
-remainder at the epoch's end is dropped) and this process keeps rows
+dataset (`sampling.py`: a permutation, or identity-balanced P×K blocks, seeded by (seed, e)); step
+s takes the next global_batch_size entries of it (the remainder at the epoch's end is dropped)
+and this process keeps rows
 [process_index · B_local, (process_index + 1) · B_local) of them. Augmentation draws are seeded by
 (seed, e, sample index). Nothing depends on what was read before, so `iterate(k)` yields exactly
 the batches k, k+1, ... of an uninterrupted `iterate(0)`: the checkpoint stores only the step.
@@ -28,6 +28,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from arcface_jax.data.decode import resize
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.sampling import IdentityBalancedOrder, UniformOrder
 
@@ -67,8 +68,7 @@ class _BatchMaker:
 
   def __init__(self, source, *, order: UniformOrder | IdentityBalancedOrder, global_batch: int,
                local_batch: int, process_index: int, steps_per_epoch: int, seed: int,
-               image_size: int,
-               mean: float, std: float, flip: bool, rotation_degrees: float,
+               image_size: int, mean: float, std: float, flip: bool, rotation_degrees: float,
                color_jitter: float, low_resolution_prob: float):
     self.source = source
     self.order = order
@@ -136,10 +136,7 @@ class _BatchMaker:
       image = image[..., None]
     if image.shape[-1] == 1:
       image = np.repeat(image, 3, axis=-1)
-    if image.shape[0] != size or image.shape[1] != size:
-      shrink = image.shape[0] > size or image.shape[1] > size
-      image = cv2.resize(image, (size, size),
-                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    image = resize(image, (size, size))
     if self.flip and draws[0] < 0.5:
       image = cv2.flip(image, 1)  # SIMD; a numpy [:, ::-1] copy costs ~20x more
     if self.rotation > 0:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, Sequence
 import ml_collections
 import numpy as np
 
+from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
 SOURCES = ('synthetic', 'recordio', 'folder', 'tfds', 'digits')
@@ -70,7 +71,6 @@ class TfdsSource:
     except Exception as e:  # the decoder's own error types vary (PIL, cv2, protobuf)
       raise CorruptSampleError(key, f'{type(e).__name__}: {e}') from e
     if self._encoded:
-      from arcface_jax.data.decode import decode_image
       return decode_image(record['image'], key), int(record['label'])
     image = np.asarray(record['image'])
     if image.ndim == 2:

@@ -195,13 +195,14 @@ def load_synthetic(variant: str, data_dir: str, split: str) -> TfdsSource:
                    builder.info.features['image'])
 
 
-def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int,
-                                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_verification_pairs(variant: str, data_dir: str, num_pairs: int, seed: int = 0,
+                                 image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, S, S, 3), issame bool (N,)) from held-out identities, LFW-style.
 
   Pair i is (images[2i], images[2i + 1]). Deterministic in (variant, num_pairs, seed); each of 10
-  contiguous folds holds as many positive as negative pairs (`balanced_fold_labels`).
+  contiguous folds holds as many positive as negative pairs (`balanced_fold_labels`). Images are
+  resized to `image_size` when given.
   """
   source = load_synthetic(variant, data_dir, 'test')
   # The stored order is TFDS's (shuffled by key), so the pairs are grouped by the read labels.
-  return verification_pairs(source, source.labels, num_pairs, seed)
+  return verification_pairs(source, source.labels, num_pairs, seed, image_size)

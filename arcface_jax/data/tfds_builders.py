@@ -24,7 +24,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 from absl import app, logging
@@ -47,9 +47,22 @@ def _features(num_classes: int) -> tfds.features.FeaturesDict:
   })
 
 
-def _report_skipped(source: str, skipped: list[str]) -> None:
+def _examples(dataset: FolderDataset | RecordDataset, keys: Sequence[Any], origin: str,
+              identity: Callable[[int], str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+  """(key, example) for every image of `dataset` (`raw(i)` → (bytes, label)) that reads and
+  starts like a JPEG/PNG/BMP; the others are skipped, counted and logged."""
+  skipped = []
+  for index, key in enumerate(keys):
+    try:
+      data, label = dataset.raw(index)
+      if not looks_like_image(data[:16]):
+        raise CorruptSampleError(key, 'not a JPEG, PNG or BMP image')
+    except CorruptSampleError as e:
+      skipped.append(f'{key} ({e.reason})')
+      continue
+    yield key, {'image': data, 'label': label, 'identity': identity(label)}
   if skipped:
-    logging.warning('%s: skipped %d unreadable samples while converting (e.g. %s)', source,
+    logging.warning('%s: skipped %d unreadable samples while converting (e.g. %s)', origin,
                     len(skipped), skipped[:_LOGGED_EXAMPLES])
 
 
@@ -82,18 +95,8 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(ds) for split, ds in self._splits.items()}
 
   def _generate_examples(self, ds: FolderDataset) -> Iterator[tuple[str, dict[str, Any]]]:
-    skipped = []
-    for index, path in enumerate(ds.paths):
-      try:
-        data, label = ds.raw(index)
-        if not looks_like_image(data[:16]):
-          raise CorruptSampleError(path, 'not a JPEG, PNG or BMP file')
-      except CorruptSampleError:
-        skipped.append(path)
-        continue
-      yield os.path.relpath(path, self._root), {'image': data, 'label': label,
-                                                'identity': ds.identities[label]}
-    _report_skipped(self._root, skipped)
+    keys = [os.path.relpath(path, self._root) for path in ds.paths]
+    return _examples(ds, keys, self._root, ds.identities.__getitem__)
 
 
 class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -115,17 +118,7 @@ class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {'train': self._generate_examples()}
 
   def _generate_examples(self) -> Iterator[tuple[int, dict[str, Any]]]:
-    skipped = []
-    for index, key in enumerate(self._records.keys.tolist()):
-      try:
-        data, label = self._records.raw(index)
-        if not looks_like_image(data[:16]):
-          raise CorruptSampleError(key, 'not a JPEG, PNG or BMP payload')
-      except CorruptSampleError as e:
-        skipped.append(f'record {key} ({e.reason})')
-        continue
-      yield key, {'image': data, 'label': label, 'identity': str(label)}
-    _report_skipped(self._records.rec_path, skipped)
+    return _examples(self._records, self._records.keys.tolist(), self._records.rec_path, str)
 
 
 def _prepare(builder: tfds.core.GeneratorBasedBuilder) -> str:

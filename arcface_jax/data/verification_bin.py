@@ -26,10 +26,10 @@ import pickle
 import sys
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
-from arcface_jax.data.errors import DatasetError
+from arcface_jax.data import decode
+from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
 
 class UnsafePickleError(DatasetError):
@@ -138,15 +138,11 @@ def _validate(path: str, content: Any) -> tuple[list[bytes], np.ndarray]:
 
 def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray | None:
   """RGB uint8 (H, W, 3) from encoded bytes, resized to size=(H, W); None if undecodable."""
-  bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-  if bgr is None:
+  try:
+    rgb = decode.decode_image(data)
+  except CorruptSampleError:
     return None
-  rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; the models expect RGB
-  if size is not None and rgb.shape[:2] != tuple(size):
-    shrink = rgb.shape[0] > size[0] or rgb.shape[1] > size[1]
-    rgb = cv2.resize(rgb, (size[1], size[0]),
-                     interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-  return rgb
+  return rgb if size is None else decode.resize(rgb, size)
 
 
 def load_bin(path: str, image_size: int | tuple[int, int] = (112, 112)

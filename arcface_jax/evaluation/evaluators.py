@@ -42,11 +42,8 @@ def load_sets(config: ml_collections.ConfigDict) -> list[tuple[str, np.ndarray, 
   if config.eval.synthetic_pairs:
     from arcface_jax.data import synthetic
     images, issame = synthetic.synthetic_verification_pairs(
-        config.data.synthetic_variant, config.data.data_dir, config.eval.synthetic_pairs)
-    if images.shape[1] != size:
-      import cv2
-      images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
-                         for im in images])
+        config.data.synthetic_variant, config.data.data_dir, config.eval.synthetic_pairs,
+        image_size=size)
     sets.append((SYNTHETIC_SET, images, issame))
   if config.eval.val_pairs:
     from arcface_jax.data import pairs, sources
