@@ -26,6 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arcface_jax import model_info
+from arcface_jax.model_info import ModelInfo
+
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
 
@@ -43,11 +46,13 @@ def export_embedder(model: nn.Module, variables: Any, image_size: int, *,
 
 
 def save(path: str, model: nn.Module, variables: Any, image_size: int, *,
-         platforms: Sequence[str] = DEFAULT_PLATFORMS) -> int:
-  """Writes the serialised export to `path`; returns its size in bytes."""
+         platforms: Sequence[str] = DEFAULT_PLATFORMS, info: ModelInfo | None = None) -> int:
+  """Writes the serialised export to `path` (and `info` to `<path>.json`); returns its size."""
   data = export_embedder(model, variables, image_size, platforms=platforms).serialize()
   with open(path, 'wb') as f:
     f.write(data)
+  if info is not None:
+    model_info.write(model_info.sidecar_path(path), info)
   return len(data)
 
 
@@ -71,11 +76,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     embedder = inference.load_embedder(args.workdir, args.step)
     from arcface_jax.trainer import build_model
     model, variables, size = build_model(embedder.config), embedder.variables, embedder.image_size
+    info = model_info.from_config(embedder.config, variables)
   else:
     from arcface_jax.models import import_onnx
     model, variables, meta = import_onnx.load(args.imported)
     size = meta['image_size']
-  n = save(args.out, model, variables, size, platforms=args.platforms.split(','))
+    # insightface's recognition models take RGB normalised as (x - 127.5) / 127.5.
+    info = ModelInfo(model_name=meta['arch'], embedding_dim=int(meta['embedding_dim']),
+                     image_size=int(size), mean=127.5, std=127.5,
+                     fingerprint=model_info.fingerprint(variables))
+  n = save(args.out, model, variables, size, platforms=args.platforms.split(','), info=info)
   print(f'wrote {args.out} ({n / 2**20:.1f} MiB): float32 (B, {size}, {size}, 3) → embeddings')
 
 
