@@ -8,7 +8,8 @@ distance of a pair (0..4), and a pair is accepted as "same" when distance < thre
   threshold with the best accuracy on the other nine folds (the smallest on ties) scores the
   held-out fold. Reported: mean and std of the fold accuracies, mean of the chosen thresholds.
 * TAR@FAR (the reference's "VAL"): on each fold the threshold whose false-accept rate on the other
-  nine folds equals the target, interpolated on a 0.001 grid, scores the held-out fold's positives.
+  nine folds equals the target, interpolated on a 0.001 grid exactly as the reference's
+  `interp1d(kind='slinear')` does (see `_far_threshold`), scores the held-out fold's positives.
 * ROC: true/false accept rates at every threshold of the 0.01 grid, each the mean over the held-out
   folds (as the reference averages them).
 
@@ -50,19 +51,35 @@ def _accepted_counts(dist: np.ndarray, folds: list[np.ndarray], thresholds: np.n
 
 def _far_threshold(far_by_threshold: np.ndarray, thresholds: np.ndarray,
                    far_target: float) -> float:
-  """The threshold whose false-accept rate is far_target, linearly interpolated.
+  """The reference's TAR@FAR threshold: `interp1d(far, thresholds, kind='slinear')(far_target)`.
 
-  FAR is a step function of the threshold, so many thresholds share one FAR value. Each distinct
-  value is represented by the largest threshold that reaches it (the most permissive operating
-  point with that FAR, which is also where the reference's interpolation lands), so a plateau of
-  FAR 0 does not pull the threshold to 0. Below the target everywhere: threshold 0 (the reference).
+  The reference (insightface's verification `calculate_val`) interpolates with scipy's
+  first-order spline, which scipy ≤ 1.8 built on knots (x0, x0, x1, …, x_last, x_last) without
+  rejecting repeated x (current scipy raises on them); this is that evaluation, in closed form.
+  FAR is a step function of the threshold, so thresholds form plateaus of equal FAR. The spline's
+  interval is the last knot x_j ≤ far_target (j capped at len − 2), so:
+  * a target between two plateaus interpolates from the LARGEST threshold of the lower plateau
+    to the SMALLEST threshold of the upper one;
+  * a target equal to a plateau's FAR gives that plateau's largest threshold;
+  * a target equal to the top plateau's FAR, held by two or more thresholds, falls in a
+    zero-width interval, which the B-spline evaluates to 0 (threshold 0: nothing accepted);
+  * a target above every FAR: threshold 0 (the reference's `else` branch).
+  `far_by_threshold` must be non-decreasing in the threshold (it is: a larger threshold accepts
+  more), so the reference's stable sort leaves the order as is.
   """
-  if far_by_threshold.max() < far_target:
+  far = np.asarray(far_by_threshold, np.float64)
+  if far.max() < far_target:
     return 0.0
-  reversed_far = far_by_threshold[::-1]
-  far_unique, first_in_reversed = np.unique(reversed_far, return_index=True)
-  last = len(far_by_threshold) - 1 - first_in_reversed
-  return float(np.interp(far_target, far_unique, thresholds[last]))
+  if far_target < far[0]:
+    raise ValueError(f'far_target={far_target} lies below the smallest FAR {far[0]}')
+  j = min(int(np.searchsorted(far, far_target, side='right')) - 1, len(far) - 2)
+  lo, hi = far[j], far[j + 1]
+  if hi == lo:
+    return 0.0
+  # De Boor's recursion for degree 1, in the reference's order of operations.
+  w = 1.0 / (hi - lo)
+  return float(thresholds[j] * (w * (hi - far_target))
+               + thresholds[j + 1] * (w * (far_target - lo)))
 
 
 def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
@@ -71,7 +88,8 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
 
   Returns a dict: `accuracy` (mean of the fold accuracies), `std`, `fold_accuracies` (nfolds,),
   `threshold` (mean best threshold), `best_thresholds` (nfolds,), `tar_at_far` (mean over folds,
-  at `far_target`), `tar_at_far_std`, `far_achieved` (mean held-out FAR at those thresholds),
+  at `far_target`), `tar_at_far_std`, `tar_at_far_thresholds` (nfolds,: each fold's threshold,
+  chosen on the other folds), `far_achieved` (mean held-out FAR at those thresholds),
   `far_target`, and the ROC: `thresholds` (T,), `tar` and `far` (T,) (aliases `tpr`, `fpr`).
   """
   issame = np.asarray(issame, bool)
@@ -101,10 +119,13 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
   # TAR at the FAR target: threshold from the training folds' FAR, scored on the held-out fold.
   fp_fine = _accepted_counts(neg_dist, folds, FAR_THRESHOLDS)  # (F, T_fine)
   train_neg = fold_neg.sum() - fold_neg
-  tars, fars = [], []
+  if far_target < 0:
+    raise ValueError(f'far_target={far_target} must be >= 0')
+  tars, fars, far_thresholds = [], [], []
   for k, test in enumerate(folds):
     far_train = (fp_fine.sum(0) - fp_fine[k]) / max(train_neg[k], 1)
     threshold = _far_threshold(far_train, FAR_THRESHOLDS, far_target)
+    far_thresholds.append(threshold)
     accepted = dist[test] < threshold
     same = issame[test]
     tars.append(accepted[same].mean() if same.any() else 0.0)
@@ -117,6 +138,7 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
       'best_thresholds': THRESHOLDS[best],
       'tar_at_far': float(np.mean(tars)),
       'tar_at_far_std': float(np.std(tars)),
+      'tar_at_far_thresholds': np.array(far_thresholds),
       'far_achieved': float(np.mean(fars)),
       'far_target': float(far_target),
       'thresholds': THRESHOLDS,
