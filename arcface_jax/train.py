@@ -8,6 +8,7 @@ saves a checkpoint and exits cleanly.
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Sequence
 
@@ -29,12 +30,21 @@ def _first_message(error: BaseException) -> str:
   return ''
 
 
+def _without_traceback(message: str) -> str:
+  """ml_collections pastes a recipe's whole traceback into the flag error; keep its last line,
+  the recipe's own message (e.g. `configs/synthetic.py: unknown variant 'huge'; ...`)."""
+  if 'Traceback (most recent call last)' not in message:
+    return message
+  last = [line for line in message.splitlines() if line.strip()][-1]
+  return re.sub(r'^\w+(Error|Exception): ', '', last.strip())
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad config or override is one line naming it instead of a traceback."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    message = str(e)
+    message = _without_traceback(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     detail = (_first_message(e) or str(e)).replace('\n', ' ').rstrip('.')
     overrides = [a for a in argv[1:] if a.startswith('--config.')]

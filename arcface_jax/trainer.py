@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from arcface_jax import losses, models, optim, parallel, reporting
+from arcface_jax import config_checks, losses, models, optim, parallel, reporting
 from arcface_jax.checkpointing import Checkpointer, PreemptionFlag
 from arcface_jax.data import pipeline, sources
 from arcface_jax.evaluation import evaluators
@@ -24,8 +24,7 @@ from arcface_jax.train_step import TrainState, create_train_state, make_embed_fn
 MODEL_DTYPES = ('float32', 'bfloat16')
 
 
-class ConfigError(ValueError):
-  """A configuration value the trainer cannot run with; the message names it and the fix."""
+ConfigError = config_checks.ConfigError  # callers catch trainer.ConfigError
 
 
 class TrainingDivergedError(RuntimeError):
@@ -55,6 +54,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   if config.model.name not in models.names():
     raise ConfigError(f'config.model.name={config.model.name!r}: expected one of '
                       f'{models.names()}')
+  config_checks.check_config(config)
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -106,6 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   reporting.write_config(workdir, config)
 
   source = sources.get_train_source(config.data)
+  config_checks.check_dataset(config, source)
   num_classes = config.data.num_classes or source.num_classes
   per_identity = config.data.images_per_identity
   loader = pipeline.TrainLoader(
