@@ -2,13 +2,18 @@
 
   python -m arcface_jax.evaluate --workdir runs/ms1m [--step 180000] \
       [--bins data/lfw.bin data/cfp_fp.bin ...] [--ijb data/IJBC --ijb_target IJBC] \
-      [--gallery faces/gallery --probe faces/probe] [--batch_size 256]
+      [--gallery faces/gallery --probe faces/probe] [--test] [--batch_size 256]
 
-Without --bins, the sets the run's config evaluates during training (config.eval) are used.
+With no evaluation named, the verification sets the run's config evaluates during training
+(config.eval) are used; naming any (--bins, --ijb, --gallery/--probe, --test) runs only those.
+`--test` is closed-set accuracy on the run's test split (folder runs with data.split_by=image and
+data.test_fraction > 0): top-1 of the classifier head and of the nearest class centre.
 `--bins` takes paths or names looked up in config.eval.bin_dir (lfw → <bin_dir>/lfw.bin). Each
 verification set is logged as the reference does (`[lfw][step] Accuracy-Flip: 0.99817+-0.00229`,
-plus XNorm); every result goes to <workdir>/eval/step_<N>.json, and IJB scores, the TAR@FAR table
-and the ROC figure to <workdir>/eval/step_<N>/.
+plus XNorm); every result goes to <workdir>/eval/step_<N>.json, merged into what earlier runs of
+the command wrote there (a verification set replaces only its own entry), and IJB scores, the
+TAR@FAR table and the ROC figure to <workdir>/eval/step_<N>/. Test accuracy also goes to
+TensorBoard (<workdir>/tensorboard, `test/...`).
 """
 from __future__ import annotations
 
@@ -60,22 +65,28 @@ def _verification(embedder: Any, bins: Sequence[str] | None, batch_size: int,
 
 def evaluate_embedder(embedder: Any, *, bins: Sequence[str] | None = None,
                       ijb_dir: str | None = None, ijb_target: str = 'IJBC',
-                      gallery: str | None = None, probe: str | None = None,
-                      batch_size: int | None = None, out_dir: str | None = None
-                      ) -> dict[str, Any]:
-  """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder)."""
-  from arcface_jax.evaluation import identification, ijb
+                      gallery: str | None = None, probe: str | None = None, test: bool = False,
+                      workdir: str | None = None, batch_size: int | None = None,
+                      out_dir: str | None = None) -> dict[str, Any]:
+  """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder).
+
+  The config's verification sets run only when no evaluation is named (no bins, IJB, gallery or
+  test): asking for one thing does not pay for the others. `test` needs the run's `workdir` (the
+  classifier head is read from its checkpoint).
+  """
+  from arcface_jax.evaluation import closed_set, identification, ijb
   from arcface_jax.evaluation.extract import extract_embeddings
 
   config = embedder.config
   batch_size = batch_size or config.eval.batch_size
 
-  def embed(images: np.ndarray) -> np.ndarray:
+  def embed(images: np.ndarray, flip: bool = True) -> np.ndarray:
     return extract_embeddings(embedder.apply, images, batch_size=batch_size, mean=embedder.mean,
-                              std=embedder.std, mesh=embedder.mesh)[0]
+                              std=embedder.std, flip=flip, mesh=embedder.mesh)[0]
 
   results: dict[str, Any] = {'step': int(embedder.step)}
-  results['verification'] = _verification(embedder, bins, batch_size, config.eval.nfolds)
+  if bins is not None or not (ijb_dir or gallery or probe or test):
+    results['verification'] = _verification(embedder, bins, batch_size, config.eval.nfolds)
   if ijb_dir:
     ijb_out = os.path.join(out_dir, 'ijb') if out_dir else None
     outcome = ijb.evaluate_ijb(embed, ijb_dir, ijb_target, out_dir=ijb_out,
@@ -100,7 +111,58 @@ def evaluate_embedder(embedder: Any, *, bins: Sequence[str] | None = None,
     if 'dir_at_far' in outcome:
       outcome['dir_at_far'] = {f'{k:g}': v for k, v in outcome['dir_at_far'].items()}
     results['identification'] = outcome
+  if test:
+    if workdir is None:
+      raise ValueError('--test reads the classifier head from a training run: pass its --workdir')
+    outcome = closed_set.evaluate_test_split(lambda images: embed(images, flip=False), config,
+                                             workdir, embedder.step)
+    logging.info('[test][%d] top-1 classifier head %s, nearest class centre %.5f (%d photos, %d '
+                 'classes)', embedder.step,
+                 f'{outcome["head_top1"]:.5f}' if 'head_top1' in outcome else 'n/a (no head)',
+                 outcome['nearest_centre_top1'], outcome['images'], outcome['classes'])
+    results['test'] = outcome
   return results
+
+
+def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+  """`new` written over `previous`: verification sets merged by name, other sections replaced."""
+  merged = dict(previous)
+  for key, value in new.items():
+    if key == 'verification' and isinstance(previous.get(key), dict):
+      merged[key] = {**previous[key], **value}
+    else:
+      merged[key] = value
+  return merged
+
+
+def _write_results(path: str, results: dict[str, Any]) -> dict[str, Any]:
+  """Merges `results` into the JSON at `path` (if any) and writes it atomically; returns it."""
+  previous: dict[str, Any] = {}
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        previous = json.load(f)
+    except (OSError, ValueError) as e:
+      logging.warning('%s is unreadable (%s); it is kept as %s.bad and a new one is written',
+                      path, e, path)
+      os.replace(path, path + '.bad')
+  merged = merge_results(previous, results)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(merged, f, indent=2)
+  os.replace(path + '.tmp', path)
+  return merged
+
+
+def _write_test_scalars(workdir: str, step: int, outcome: dict[str, Any]) -> None:
+  from tensorboardX import SummaryWriter
+  writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  try:
+    for key in ('head_top1', 'nearest_centre_top1'):
+      if key in outcome:
+        writer.add_scalar(f'test/{key}', float(outcome[key]), step)
+  finally:
+    writer.close()
 
 
 def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -117,18 +179,24 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
     if kwargs.get(flag) and not os.path.isdir(kwargs[flag]):
       raise FileNotFoundError(f'--{flag.replace("_dir", "")} {kwargs[flag]} is not a directory')
 
+  if kwargs.get('test'):
+    from arcface_jax.evaluation import closed_set
+    closed_set.require_test_split(reporting.read_config(workdir))
+
   import jax
   from arcface_jax.inference import load_embedder
 
   embedder = load_embedder(workdir, step)
   out_dir = os.path.join(workdir, 'eval', f'step_{embedder.step}')
-  results = evaluate_embedder(embedder, out_dir=out_dir, **kwargs)
+  results = evaluate_embedder(embedder, out_dir=out_dir, workdir=workdir, **kwargs)
   path = os.path.join(workdir, 'eval', f'step_{embedder.step}.json')
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(results, f, indent=2)
-    logging.info('results written to %s', path)
+    merged = _write_results(path, results)
+    kept = sorted(set(merged) - set(results) - {'step'})
+    logging.info('results written to %s%s', path,
+                 f' (earlier results kept: {", ".join(kept)})' if kept else '')
+    if 'test' in results:
+      _write_test_scalars(workdir, embedder.step, results['test'])
   results['path'] = path
   return results
 
@@ -146,6 +214,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--ijb_target', default='IJBC', choices=('IJBB', 'IJBC'))
   parser.add_argument('--gallery', default=None, help='gallery folder, one sub-folder per id')
   parser.add_argument('--probe', default=None, help='probe folder, one sub-folder per identity')
+  parser.add_argument('--test', action='store_true',
+                      help='closed-set top-1 accuracy (classifier head, nearest class centre) on '
+                      'the run\'s test split (folder runs with data.split_by=image, '
+                      'data.test_fraction > 0)')
   parser.add_argument('--batch_size', type=int, default=None,
                       help='images per batch (default config.eval.batch_size)')
   return parser.parse_args(argv[1:])
@@ -159,7 +231,7 @@ def main(args: argparse.Namespace) -> None:
   try:
     evaluate_run(args.workdir, args.step, bins=args.bins, ijb_dir=args.ijb,
                  ijb_target=args.ijb_target, gallery=args.gallery, probe=args.probe,
-                 batch_size=args.batch_size)
+                 test=args.test, batch_size=args.batch_size)
   except (DatasetError, FileNotFoundError, ValueError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -123,3 +123,35 @@ def test_too_few_identities_for_the_fractions(tmp_path):
   _tree(tmp_path, [2, 2])
   with pytest.raises(DatasetError, match='2 identities cannot be split'):
     folder.FolderDataset(str(tmp_path), val_fraction=0.3, test_fraction=0.3)
+
+
+def test_non_square_photos_are_centre_cropped_not_stretched(tmp_path, caplog):
+  # A wide and a tall photo whose centred square holds a known pattern and whose borders are red.
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b').mkdir()
+  rng = np.random.default_rng(0)
+  centre = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+  wide = np.zeros((6, 11, 3), np.uint8)
+  wide[..., 0] = 255
+  wide[:, 2:8] = centre  # 5 extra columns: 2 cut on the left, 3 on the right
+  tall = np.zeros((9, 6, 3), np.uint8)
+  tall[..., 0] = 255
+  tall[1:7] = centre  # 3 extra rows: 1 cut at the top, 2 at the bottom
+  cv2.imwrite(str(tmp_path / 'a' / 'wide.png'), wide[..., ::-1])
+  cv2.imwrite(str(tmp_path / 'b' / 'tall.png'), tall[..., ::-1])
+  ds = folder.FolderDataset(str(tmp_path), split='all')
+  with caplog.at_level('WARNING'):
+    for i in range(len(ds)):
+      image, _ = ds[i]
+      np.testing.assert_array_equal(image, centre)
+  assert caplog.text.count('centre-cropped to a square') == 1  # logged once per tree
+  assert 'not stretched' in caplog.text
+
+
+def test_center_crop_square_keeps_squares_and_the_centre():
+  from arcface_jax.data.decode import center_crop_square
+  square = np.arange(16).reshape(4, 4)
+  assert center_crop_square(square) is square
+  np.testing.assert_array_equal(center_crop_square(np.arange(12).reshape(2, 6)),
+                                [[2, 3], [8, 9]])
+  np.testing.assert_array_equal(center_crop_square(np.arange(12).reshape(6, 2)), [[4, 5], [6, 7]])

@@ -209,3 +209,17 @@ def test_augmentation_draws_are_uniform_and_keyed_by_seed_epoch_index():
   for other in (augmentation_draws(1, 0, [5]), augmentation_draws(0, 1, [5]),
                 augmentation_draws(-1, 0, [5])):
     assert not np.allclose(other, draws[5])
+
+
+def test_non_square_images_are_centre_cropped_before_resizing():
+  # E.g. a RecordIO packed from raw photos: a 16x8 image whose centred 8x8 square is a constant
+  # and whose side columns are 0. Stretching would mix the zeros in; cropping keeps the constant.
+  class Wide(CountingSource):
+    def __getitem__(self, i):
+      image = np.zeros((8, 16, 3), np.uint8)
+      image[:, 4:12] = 100 + i % 100
+      return image, i
+  batch = next(_loader(Wide(), image_size=4, mean=0.0, std=1.0).iterate(0))
+  assert batch['image'].shape == (8, 4, 4, 3)
+  np.testing.assert_array_equal(batch['image'], np.broadcast_to(
+      (100 + batch['label'] % 100)[:, None, None, None], batch['image'].shape))

@@ -48,6 +48,23 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                     interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def center_crop_square(image: np.ndarray) -> np.ndarray:
+  """The largest centred square of `image` (H, W, ...): rows or columns cut equally from both
+  sides (the odd one from the bottom / right); a square image is returned as is.
+
+  Cropping rather than padding or stretching: face crops, aligned or detected, are centred on the
+  face, so the cut borders are background or hair, while stretching would change the face's
+  proportions the model learns and padding would spend pixels on a border it never sees in
+  aligned crops.
+  """
+  height, width = image.shape[:2]
+  if height == width:
+    return image
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  return image[top:top + side, left:left + side]
+
+
 def encode_image(image: np.ndarray, extension: str = '.png', quality: int = 95) -> bytes:
   """RGB uint8 (H, W, 3) → encoded bytes (PNG lossless by default, or '.jpg' at `quality`)."""
   image = np.asarray(image)

@@ -6,6 +6,7 @@ Identities are sorted by folder name. Files that are not images by extension, ne
 hidden entries are skipped when indexing, as are identity folders left with no image; both are
 counted (`skipped_files`, `empty_identities`) and logged once. A file that has an image extension
 but does not decode raises `CorruptSampleError` when read, for the pipeline to skip and count.
+Non-square photos are centre-cropped to a square when read (logged once per tree), not stretched.
 
 Splits are deterministic in `seed` and stable as a dataset grows: each identity (or image) is
 ranked by a hash of the seed and its name, not by a shuffled position, so adding one identity
@@ -26,7 +27,7 @@ import os
 import numpy as np
 from absl import logging
 
-from arcface_jax.data.decode import decode_image
+from arcface_jax.data.decode import center_crop_square, decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -193,5 +194,24 @@ class FolderDataset:
       raise CorruptSampleError(path, f'cannot be read ({e.strerror})') from None
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    """(RGB uint8 (S, S, 3), label): a non-square photo is centre-cropped to a square (see
+    `decode.center_crop_square`), never stretched; the first one is logged."""
     data, label = self.raw(int(index))
-    return decode_image(data, self.paths[int(index)]), label
+    image = decode_image(data, self.paths[int(index)])
+    if image.shape[0] != image.shape[1]:
+      _log_first_crop(self.root, self.paths[int(index)], image.shape)
+      image = center_crop_square(image)
+    return image, label
+
+
+_cropped_roots: set[str] = set()
+
+
+def _log_first_crop(root: str, path: str, shape: tuple[int, ...]) -> None:
+  """One line per folder tree and process: the first non-square photo and what is done to it."""
+  if root in _cropped_roots:
+    return
+  _cropped_roots.add(root)
+  logging.warning('%s holds non-square photos (e.g. %s, %dx%d): they are centre-cropped to a square '
+               '(not stretched) before resizing; align raw photos to 112x112 first for best '
+               'results', root, path, shape[1], shape[0])

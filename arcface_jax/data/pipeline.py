@@ -28,7 +28,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from arcface_jax.data.decode import resize
+from arcface_jax.data.decode import center_crop_square, resize
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.sampling import IdentityBalancedOrder, UniformOrder
 
@@ -136,6 +136,11 @@ class _BatchMaker:
       image = image[..., None]
     if image.shape[-1] == 1:
       image = np.repeat(image, 3, axis=-1)
+    if image.shape[0] != image.shape[1]:  # e.g. a packed folder of raw photos: crop, not stretch
+      logging.log_first_n(logging.WARNING, 'non-square training image (%dx%d): centre-cropped to a '
+                          'square before resizing, not stretched', 1, image.shape[1],
+                          image.shape[0])
+      image = center_crop_square(image)
     image = resize(image, (size, size))
     if self.flip and draws[0] < 0.5:
       image = cv2.flip(image, 1)  # SIMD; a numpy [:, ::-1] copy costs ~20x more
@@ -177,7 +182,8 @@ class TrainLoader:
     source: random access, `len(source)`, `source[i] -> (RGB uint8 HWC, int label)`.
     global_batch_size: batch over all processes; each process gets its own B_local slice.
     seed: with the step, determines everything (order, augmentation).
-    image_size: output side S; other native sizes are resized (INTER_AREA down, LINEAR up).
+    image_size: output side S; other native sizes are resized (INTER_AREA down, LINEAR up), a
+      non-square image first centre-cropped to a square (decode.center_crop_square).
     mean, std: normalisation (x - mean) / std.
     flip, rotation_degrees, color_jitter, low_resolution_prob: augmentation.
     process_index, process_count: this host's slice of the global batch.
