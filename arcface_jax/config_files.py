@@ -29,12 +29,20 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
+class RecipeOptionError(ValueError):
+  """An option after `recipe.py:` the recipe does not have; the message names the valid ones.
+
+  Entry points turn it into one line and exit 2 (ml_collections' flag parser shows only its
+  message too, see arcface_jax.train)."""
+
+
 def recipe_options(recipe_file: str, arg: str | None, allowed: set[str]) -> set[str]:
-  """The comma-separated options of `recipe.py:a,b`; ValueError naming the recipe if unknown."""
+  """The comma-separated options of `recipe.py:a,b`; RecipeOptionError naming the recipe if
+  unknown."""
   options = {option for option in (arg or '').split(',') if option}
   unknown = options - allowed
   if unknown:
-    raise ValueError(f'configs/{os.path.basename(recipe_file)}: unknown option(s) '
+    raise RecipeOptionError(f'configs/{os.path.basename(recipe_file)}: unknown option(s) '
                      f'{sorted(unknown)}; valid: {", ".join(sorted(allowed))}')
   return options
 

@@ -7,6 +7,7 @@ the line `held-out verification accuracy: A ± S (N pairs)`.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 import jax
@@ -17,16 +18,28 @@ _CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py', 'Recipe to train
 _FIGURES = flags.DEFINE_boolean('figures', True, 'Write the analysis figures after training.')
 
 
+def _usage_error(error: BaseException) -> None:
+  logging.error('%s', error)
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   from arcface_jax import trainer
-  from arcface_jax.config_files import load_config
+  from arcface_jax.config_files import RecipeOptionError, load_config
   from arcface_jax.evaluation import evaluators
   from arcface_jax.train_step import make_embed_fn
 
-  config = load_config(_CONFIG.value)
+  from arcface_jax.data.errors import DatasetError
+
   workdir = _WORKDIR.value
-  state = trainer.train_and_evaluate(config, workdir)
+  # A bad recipe option, config value or dataset: one line and exit 2, as arcface_jax.train.
+  try:
+    config = load_config(_CONFIG.value)
+    state = trainer.train_and_evaluate(config, workdir)
+  except (RecipeOptionError, trainer.ConfigError, DatasetError, FileNotFoundError) as e:
+    _usage_error(e)
 
   mesh = trainer.parallel.make_mesh()
   model = trainer.build_model(config)

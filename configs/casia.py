@@ -15,7 +15,7 @@ any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
   python -m arcface_jax.train --config configs/casia.py:cm2,tiny --workdir /tmp/casia_smoke \
       --config.data.path=PATH_TO_A_SMALL_PACKED_RECORDIO
 """
-from arcface_jax.config_files import load_base, shrink_to_smoke_test
+from arcface_jax.config_files import RecipeOptionError, load_base, shrink_to_smoke_test
 
 # Row of the table -> loss settings (everything else is the paper's default for the name).
 VARIANTS = {
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
   tiny = 'tiny' in parts
   rows = [p for p in parts if p != 'tiny']
   if len(rows) > 1 or any(r not in VARIANTS for r in rows):
-    raise ValueError(f'configs/casia.py: unknown variant {arg!r}; use one of {sorted(VARIANTS)}, '
+    raise RecipeOptionError(f'configs/casia.py: unknown variant {arg!r}; use one of {sorted(VARIANTS)}, '
                      'optionally with ,tiny')
   variant = rows[0] if rows else 'arcface'
 

@@ -17,12 +17,12 @@ mild colour jitter because personal datasets are small. Commands:
 
 Steps: 20,000 of batch 128 is about 40 epochs of 64,000 photos; scale `train.num_steps` with yours.
 """
-from arcface_jax.config_files import load_base, shrink_to_smoke_test
+from arcface_jax.config_files import RecipeOptionError, load_base, shrink_to_smoke_test
 
 
 def get_config(arg: str | None = None):
   if arg not in (None, '', 'tiny'):
-    raise ValueError(f'configs/folder.py: unknown variant {arg!r}; use no argument or :tiny')
+    raise RecipeOptionError(f'configs/folder.py: unknown variant {arg!r}; use no argument or :tiny')
   config = load_base(__file__)
   config.data.source = 'folder'
   config.data.path = ''  # required: --config.data.path=/path/to/faces

@@ -13,7 +13,7 @@ Losses: softmax, norm_softmax, sphereface (A-softmax m=4), sphereface135 (combin
 cosface, arcface, cm1, cm2, with the paper's margins and a scale of 16 (64 saturates the
 softmax of an 8-class, 2-d problem at once).
 """
-from arcface_jax.config_files import load_base
+from arcface_jax.config_files import RecipeOptionError, load_base
 
 # toy name → (loss.name, margin fields); None fields keep the paper's defaults.
 LOSSES = {
@@ -34,11 +34,11 @@ def get_config(arg: str | None = None):
   if name in ('3d', 'tiny'):  # options alone: the default loss
     name, options = 'arcface', [name] + options
   if name not in LOSSES:
-    raise ValueError(f'configs/toy.py: unknown loss {name!r}; use one of {sorted(LOSSES)}, '
+    raise RecipeOptionError(f'configs/toy.py: unknown loss {name!r}; use one of {sorted(LOSSES)}, '
                      'optionally followed by ,3d and/or ,tiny')
   unknown = set(options) - {'3d', 'tiny'}
   if unknown:
-    raise ValueError(f'configs/toy.py: unknown options {sorted(unknown)}; valid: 3d, tiny')
+    raise RecipeOptionError(f'configs/toy.py: unknown options {sorted(unknown)}; valid: 3d, tiny')
   config = load_base(__file__)
   config.data.source = 'digits'
   config.data.image_size = 16

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from arcface_jax import config_checks, margins, models, trainer
-from arcface_jax.config_files import load_config
+from arcface_jax.config_files import RecipeOptionError, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
@@ -46,6 +46,14 @@ def test_cli_refuses_arcface_margin_4():
   # m = 4 rad: the fallback cos θ − m·sin m adds 3.03 to the target logit, loss 0, nothing learnt.
   _one_clear_error(_run_train('--config', TINY, '--config.loss.m=4'),
                    'config.loss.m=4.0', '[0, π/2)')
+
+
+@pytest.mark.parametrize('recipe', sorted(
+    name for name in os.listdir(os.path.join(REPO, 'configs'))
+    if name.endswith('.py') and name not in ('base.py', '__init__.py')))
+def test_every_recipe_names_an_unknown_option(recipe):
+  with pytest.raises(RecipeOptionError, match=f'configs/{recipe}: unknown .*huge'):
+    load_config(os.path.join(REPO, 'configs', f'{recipe}:huge'))
 
 
 @pytest.fixture
