@@ -1,7 +1,9 @@
 """Training reports: a console line every N steps and TensorBoard event files.
 
 Per-step metrics stay on the device until a report is due, so the loop does not wait on the device
-every step; at report time they are fetched in one transfer and averaged.
+every step; at report time they are fetched in one transfer and averaged. Event records are
+written and flushed on the calling thread: a failed write (disk full) is then one exception at the
+report that caused it, not a traceback from a background writer thread followed by more.
 """
 from __future__ import annotations
 
@@ -57,8 +59,10 @@ class Reporter:
     self._writer = None
     if jax.process_index() == 0:
       # Imported here: tensorboardX pulls in protobuf, which only process 0 needs.
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      from tensorboardX.event_file_writer import EventsWriter
+      logdir = os.path.join(workdir, 'tensorboard')
+      os.makedirs(logdir, exist_ok=True)
+      self._writer = EventsWriter(os.path.join(logdir, 'events'))
     self.last: dict[str, float] = {}
 
   def restart_clock(self, step: int) -> None:
@@ -97,13 +101,19 @@ class Reporter:
   def scalars(self, step: int, values: Mapping[str, float], prefix: str = '') -> None:
     if self._writer is None:
       return
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.summary import scalar
+    writer, self._writer = self._writer, None  # after a failed write, write nothing more
     for name, value in values.items():
-      self._writer.add_scalar(prefix + name, float(value), step)
-    self._writer.flush()
+      writer.write_event(Event(wall_time=time.time(), step=int(step),
+                               summary=scalar(prefix + name, float(value))))
+    writer.flush()
+    self._writer = writer
 
   def close(self) -> None:
     if self._writer is not None:
-      self._writer.close()
+      writer, self._writer = self._writer, None
+      writer.close()
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""Stopping a diverging run without saving the state that diverged.
+
+A step with a non-finite loss or gradients is skipped in the step itself (`train_step`); here the
+loop stops when too many are skipped in a row, or when the state has blown up while the loss
+stayed finite (`state_health`), and says what to do. Only sound states are ever checkpointed, so
+the newest checkpoint is where the next start safely resumes.
+"""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from arcface_jax import state_health
+from arcface_jax.checkpointing import Checkpointer, UnsoundStateError
+from arcface_jax.train_step import TrainState
+
+
+class TrainingDivergedError(RuntimeError):
+  """Non-finite steps in a row, or a blown-up state; only earlier, sound states are saved."""
+
+
+class DivergenceCheck:
+  """Stops a diverging run, saves only sound states, and says whether to blame the checkpoint.
+
+  A skipped step's loss and gradients do not depend on the learning rate of that step, so when
+  every step since a resume was non-finite, the restored state is the cause, not the learning
+  rate. Nothing is saved on divergence: the state then is the one that keeps failing.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, checkpointer: Checkpointer,
+               first_step: int):
+    self.config, self.checkpointer, self.first_step = config, checkpointer, first_step
+
+  def check(self, state: TrainState, step: int) -> None:
+    consecutive = int(jax.device_get(state.consecutive_skips))
+    if consecutive > self.config.train.max_consecutive_bad_steps:
+      raise self._error(step, consecutive=consecutive)
+    problems = state_health.train_state_problems(state)
+    if problems:
+      raise self._error(step, problems=problems)
+
+  def save(self, state: TrainState, step: int, *, force: bool = False) -> None:
+    try:
+      self.checkpointer.save(state, step=step, force=force)
+    except UnsoundStateError as e:
+      raise self._error(step, problems=e.problems) from None
+
+  def _error(self, step: int, *, consecutive: int = 0,
+             problems: list[str] | None = None) -> TrainingDivergedError:
+    self.checkpointer.wait()
+    newest = self.checkpointer.latest_step()
+    if consecutive and self.first_step > 0 and consecutive >= step - self.first_step:
+      return TrainingDivergedError(
+          f'every step since resuming from checkpoint step {self.first_step} ({consecutive} '
+          'steps) had a non-finite loss or gradients: the restored state itself is the cause, '
+          'not config.train.learning_rate (a step\'s loss and gradients do not depend on it). '
+          f'Move {self.checkpointer.step_dir(self.first_step)} out of the checkpoints folder to '
+          'resume from the one before it, or start afresh with a new --workdir.')
+    if consecutive:
+      what = (f'the loss or gradients were not finite for {consecutive} consecutive steps (up '
+              f'to step {step})')
+    else:
+      what = f'the state blew up by step {step} ({"; ".join(problems or [])})'
+    kept = (f'the newest sound checkpoint is step {newest}, where the next start resumes'
+            if newest is not None else 'no checkpoint was saved, so the next start begins afresh')
+    return TrainingDivergedError(
+        f'{what}; nothing later is saved: {kept}. Lower config.train.learning_rate (now '
+        f'{self.config.train.learning_rate:g}) or check the data, then start again.')
