@@ -128,7 +128,7 @@ class Checkpointer:
       raise UnsoundStateError(step, problems)
     items = _split(state)
     args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
-    with self._write_errors(f'the checkpoint of step {step}'):
+    with self._write_errors('a checkpoint'):  # the error may be the previous (async) save's
       self._finish_sums()
       saved = self.manager.save(step, args=args, force=True)
     if saved and jax.process_index() == 0:
@@ -162,7 +162,7 @@ class Checkpointer:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except  # orbax wraps the OSError variously
-      if write_errors.os_error_in(e) is None:
+      if write_errors.failed_write(e) is None:
         raise
       self._failed = True  # later saves would fail alike, and close() must not report it again
       raise write_errors.describe(e, what, kept=self.kept_message()) from None

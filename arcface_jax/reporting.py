@@ -10,32 +10,63 @@ from __future__ import annotations
 import json
 import logging as logging_std
 import os
+import sys
 import time
-from typing import Any, Mapping
+import traceback as traceback_std
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
+from arcface_jax import write_errors
+
 
 _CHATTY_LIBRARIES = ('/orbax/', '/tensorstore/', '/tensorflow_datasets/', '/grain/')
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Keeps warnings from checkpoint/data libraries but drops their per-save INFO chatter."""
+  """Keeps warnings from checkpoint/data libraries but drops their per-save INFO chatter.
+
+  Their errors about a failed write (an OS error code in the text: disk full) are dropped too:
+  each background writer logs its own traceback, and the trainer reports the failure once.
+  """
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    if record.levelno >= logging_std.WARNING:
+    if not any(part in record.pathname for part in _CHATTY_LIBRARIES):
       return True
-    return not any(part in record.pathname for part in _CHATTY_LIBRARIES)
+    if record.levelno >= logging_std.ERROR:
+      error = record.exc_info[1] if record.exc_info else None
+      return (write_errors.failed_write(error) is None
+              and 'os_error_code=' not in record.getMessage())
+    return record.levelno >= logging_std.WARNING
+
+
+def _is_late_callback_on_closed_loop(unraisable: Any) -> bool:
+  """When one write of an asynchronous checkpoint fails, orbax closes its event loop and the
+  other writes' completion callbacks find it closed: harmless, and reported by the trainer."""
+  error = unraisable.exc_value
+  frames = traceback_std.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  return (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+          and any(f.name == 'call_soon_threadsafe' for f in frames))
+
+
+def _quiet_unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+  def hook(unraisable: Any) -> None:
+    if not _is_late_callback_on_closed_loop(unraisable):
+      previous(unraisable)
+  hook.quiets_closed_loops = True
+  return hook
 
 
 def quiet_library_logs() -> None:
-  """Installs the filter on absl's handler (idempotent)."""
+  """Installs the filter on absl's handler (idempotent), and quiets orbax's closed-loop noise."""
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
+  if not getattr(sys.unraisablehook, 'quiets_closed_loops', False):
+    sys.unraisablehook = _quiet_unraisable_hook(sys.unraisablehook)
 
 
 def format_duration(seconds: float) -> str:

@@ -107,6 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with workdir_lock.hold(workdir):  # one training process per workdir
     try:
       return _train(config, workdir, mesh, step_callback)
+    except write_errors.WorkdirWriteError:
+      raise
     except Exception as e:  # pylint: disable=broad-except  # a failed write, wherever it surfaced
       if not write_errors.is_out_of_space(e):
         raise

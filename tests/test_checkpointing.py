@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from arcface_jax import checkpoint_integrity, parallel, trainer, workdir_lock
+from arcface_jax import checkpoint_integrity, parallel, trainer, workdir_lock, write_errors
 from arcface_jax.checkpointing import CheckpointError, Checkpointer, restore_model_variables
 from arcface_jax.config_files import load_config
 from arcface_jax.inference import abstract_model_variables
@@ -258,3 +258,102 @@ def test_lock_recorded_by_another_host_is_not_taken_over(tmp_path):
     f.write('{"pid": 4242, "host": "elsewhere", "started": "yesterday"}')
   with pytest.raises(workdir_lock.WorkdirLockedError, match='pid 4242 on host elsewhere.*delete'):
     workdir_lock.WorkdirLock(workdir).acquire()
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A real 16 MiB filesystem (tmpfs) that fills up; skipped where mounting is not allowed."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount)],
+                          capture_output=True, text=True)
+  if result.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here (needs root): {result.stderr.strip()}')
+  try:
+    yield str(mount)
+  finally:
+    subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+def _fill(mount, leave_bytes):
+  """Fills the filesystem up to `leave_bytes` of free space with one file; returns its path."""
+  filler = os.path.join(mount, 'filler')
+  free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+  with open(filler, 'wb') as f:
+    f.truncate(0)
+    chunk = b'\0' * (1 << 16)
+    for _ in range(max(free - leave_bytes, 0) // len(chunk)):
+      f.write(chunk)
+  return filler
+
+
+def _tree_bytes(path):
+  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path)
+             for n in names)
+
+
+def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_checkpoint(
+    trained, small_disk, capfd):
+  config, source, final = trained
+  workdir = os.path.join(small_disk, 'run')
+  shutil.copytree(source, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))  # resume at 2: step 4 is saved again
+  # Room for the run's logs, not for another checkpoint.
+  filler = _fill(small_disk, _tree_bytes(os.path.join(source, 'checkpoints', '4')) // 3)
+  capfd.readouterr()
+  with pytest.raises(write_errors.WorkdirWriteError) as error:
+    trainer.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(1))
+  message = str(error.value)
+  assert 'the disk is full' in message and 'free some space' in message, message
+  assert 'newest: step 2' in message
+  # One error: no traceback from the checkpoint library's background writers.
+  assert 'Traceback' not in capfd.readouterr().err
+  assert checkpoint_integrity.verify(os.path.join(workdir, 'checkpoints', '2')) is None
+  # After freeing space the same command resumes from step 2 and writes step 4 again.
+  os.remove(filler)
+  state = jax.device_get(trainer.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(1)))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(final.params)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_disk_full_while_writing_tensorboard_is_one_error(small_disk, capfd):
+  from arcface_jax import reporting
+  workdir = os.path.join(small_disk, 'run')
+  reporter = reporting.Reporter(workdir, total_steps=10, global_batch_size=8, log_every=1)
+  reporter.scalars(1, {'loss': 1.0})
+  _fill(small_disk, 0)
+  with pytest.raises(OSError) as error:
+    for step in range(2, 2000):  # until the event file's buffer reaches the full disk
+      reporter.scalars(step, {f'metric_{i}': float(i) for i in range(50)})
+  assert write_errors.is_out_of_space(error.value)
+  reporter.close()  # writes nothing more, raises nothing more
+  assert 'Traceback' not in capfd.readouterr().err  # no background writer thread reported it
+
+
+def test_checkpoint_holding_a_blown_up_state_is_set_aside(run_copy, caplog):
+  """As an older version saved on divergence: finite, but batch-norm variances of 1e25."""
+  from arcface_jax import checkpointing
+  import orbax.checkpoint as ocp
+  _, workdir, final = run_copy
+  checkpointer = Checkpointer(workdir)
+  state = checkpointer.restore(_abstract(final), 4)
+  blown = state.replace(batch_stats=jax.tree.map(lambda x: x * 1e25 + 1e25, state.batch_stats))
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
+  checkpointer.manager.reload()
+  items = checkpointing._split(blown)  # written past the health check, as the old code did
+  checkpointer.manager.save(4, args=ocp.args.Composite(
+      **{k: ocp.args.StandardSave(v) for k, v in items.items()}), force=True)
+  checkpointer.close()
+  with pytest.raises(checkpointing.UnsoundStateError, match='batch_stats'):
+    Checkpointer(workdir).save(blown, step=6, force=True)  # today's saves refuse it
+  with caplog.at_level(logging.WARNING):
+    checkpointer = Checkpointer(workdir)
+    restored = checkpointer.restore_latest(_abstract(final))
+    checkpointer.close()
+  assert int(restored.step) == 2
+  assert 'checkpoint step 4' in caplog.text and 'diverged' in caplog.text
+  assert os.path.isdir(os.path.join(workdir, 'damaged_checkpoints', '4-unsound'))
