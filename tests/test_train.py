@@ -196,7 +196,7 @@ def test_divergence_right_after_a_resume_blames_the_checkpoint(tiny_config, tmp_
   trainer.train_and_evaluate(config, workdir, mesh=mesh)
   # A state every forward pass of which overflows, though finite and within the health bounds.
   state = _saved_states(workdir)[2]
-  poisoned = jax.device_put(state.replace(params={
+  poisoned = jax.device_put(state.replace(step=np.asarray(3, np.int32), params={
       'backbone': jax.tree.map(lambda x: np.full_like(x, 9e9), state.params['backbone']),
       'head': state.params['head']}))
   assert state_health.train_state_problems(poisoned) == []
