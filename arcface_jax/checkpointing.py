@@ -213,10 +213,14 @@ class Checkpointer:
             return state
           damage = Damage('unsound', 'it holds a diverged state, which would fail again at '
                           'once: ' + '; '.join(problems))
-      _report_and_set_aside(self.workdir, step, damage, move=True)
-      _sync(f'checkpoint-set-aside-{step}')
-      self.manager.reload()
+      self.set_aside(step, damage)
     return None
+
+  def set_aside(self, step: int, damage: Damage) -> None:
+    """Moves a finished step out of the checkpoints (see `checkpoint_integrity.set_aside`)."""
+    _report_and_set_aside(self.workdir, step, damage, move=True)
+    _sync(f'checkpoint-set-aside-{step}')
+    self.manager.reload()
 
   def wait(self) -> None:
     with self._write_errors('a checkpoint'):

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from arcface_jax import state_health
+from arcface_jax.checkpoint_integrity import Damage
 from arcface_jax.checkpointing import Checkpointer, UnsoundStateError
 from arcface_jax.train_step import TrainState
 
@@ -48,21 +49,34 @@ class DivergenceCheck:
   def _error(self, step: int, *, consecutive: int = 0,
              problems: list[str] | None = None) -> TrainingDivergedError:
     self.checkpointer.wait()
+    if consecutive:
+      self._set_aside_failing(first_bad=step - consecutive + 1, last_bad=step)
     newest = self.checkpointer.latest_step()
+    resumes = (f'the next start resumes from step {newest}' if newest is not None
+               else 'the next start begins afresh')
     if consecutive and self.first_step > 0 and consecutive >= step - self.first_step:
       return TrainingDivergedError(
           f'every step since resuming from checkpoint step {self.first_step} ({consecutive} '
           'steps) had a non-finite loss or gradients: the restored state itself is the cause, '
           'not config.train.learning_rate (a step\'s loss and gradients do not depend on it). '
-          f'Move {self.checkpointer.step_dir(self.first_step)} out of the checkpoints folder to '
-          'resume from the one before it, or start afresh with a new --workdir.')
+          f'That checkpoint is set aside; {resumes}.')
     if consecutive:
       what = (f'the loss or gradients were not finite for {consecutive} consecutive steps (up '
               f'to step {step})')
     else:
       what = f'the state blew up by step {step} ({"; ".join(problems or [])})'
     kept = (f'the newest sound checkpoint is step {newest}, where the next start resumes'
-            if newest is not None else 'no checkpoint was saved, so the next start begins afresh')
+            if newest is not None else 'no sound checkpoint is left, so the next start begins '
+            'afresh')
     return TrainingDivergedError(
         f'{what}; nothing later is saved: {kept}. Lower config.train.learning_rate (now '
         f'{self.config.train.learning_rate:g}) or check the data, then start again.')
+
+  def _set_aside_failing(self, first_bad: int, last_bad: int) -> None:
+    """The checkpoint of step S is the state step S + 1 starts from: those from `first_bad - 1`
+    on gave only non-finite steps, so resuming from them would fail again at once."""
+    for saved in sorted(self.checkpointer.manager.all_steps()):
+      if saved >= first_bad - 1:
+        self.checkpointer.set_aside(saved, Damage(
+            'diverged', f'training from it gave a non-finite loss or gradients at every step '
+            f'from {first_bad} to {last_bad}'))

@@ -29,7 +29,7 @@ def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(name, tmp_p
   config.train.batch_size = 8
   config.train.num_steps = 1
   config.train.checkpoint_every = 1
-  config.eval.synthetic_pairs = 8
+  config.eval.synthetic_pairs = 20
   config.eval.batch_size = 16
   workdir = str(tmp_path / 'run')
   mesh = parallel.make_mesh(1)

@@ -207,9 +207,11 @@ def test_divergence_right_after_a_resume_blames_the_checkpoint(tiny_config, tmp_
   with pytest.raises(trainer.TrainingDivergedError) as error:
     trainer.train_and_evaluate(config, workdir, mesh=mesh)
   message = str(error.value)
-  assert 'resuming from checkpoint step 3' in message
+  assert 'resuming from checkpoint step 3' in message and 'set aside' in message
   assert 'restored state itself is the cause, not config.train.learning_rate' in message
   assert 'Lower config.train.learning_rate' not in message
+  assert 'next start resumes from step 2' in message
+  assert os.path.isdir(os.path.join(workdir, 'damaged_checkpoints', '3-diverged'))
 
 
 # ------------------------------------------------------------------ resume and preemption
