@@ -1,9 +1,11 @@
-"""Stopping a diverging run without saving the state that diverged.
+"""Stopping a diverging run without saving, or resuming from, the state that diverged.
 
-A step with a non-finite loss or gradients is skipped in the step itself (`train_step`); here the
-loop stops when too many are skipped in a row, or when the state has blown up while the loss
-stayed finite (`state_health`), and says what to do. Only sound states are ever checkpointed, so
-the newest checkpoint is where the next start safely resumes.
+A step with a non-finite loss, gradients or batch statistics is skipped in the step itself
+(`train_step`); here the loop stops when too many are skipped in a row, or when the state has blown
+up while the loss stayed finite (`state_health`), and says what to do. Only sound states are
+checkpointed, and a checkpoint is only known good once the step after it was finite: on
+divergence the checkpoints the failing steps started from are set aside, so the next start resumes
+from one that trained.
 """
 from __future__ import annotations
 
@@ -57,12 +59,13 @@ class DivergenceCheck:
     if consecutive and self.first_step > 0 and consecutive >= step - self.first_step:
       return TrainingDivergedError(
           f'every step since resuming from checkpoint step {self.first_step} ({consecutive} '
-          'steps) had a non-finite loss or gradients: the restored state itself is the cause, '
-          'not config.train.learning_rate (a step\'s loss and gradients do not depend on it). '
+          'steps) had a non-finite loss, gradients or batch statistics: the restored state itself is '
+          'the cause, not config.train.learning_rate (a step\'s forward and backward pass do '
+          'not depend on it). '
           f'That checkpoint is set aside; {resumes}.')
     if consecutive:
-      what = (f'the loss or gradients were not finite for {consecutive} consecutive steps (up '
-              f'to step {step})')
+      what = (f'the loss, gradients or batch statistics were not finite for {consecutive} '
+              f'consecutive steps (up to step {step})')
     else:
       what = f'the state blew up by step {step} ({"; ".join(problems or [])})'
     kept = (f'the newest sound checkpoint is step {newest}, where the next start resumes'
@@ -78,5 +81,5 @@ class DivergenceCheck:
     for saved in sorted(self.checkpointer.manager.all_steps()):
       if saved >= first_bad - 1:
         self.checkpointer.set_aside(saved, Damage(
-            'diverged', f'training from it gave a non-finite loss or gradients at every step '
+            'diverged', f'training from it gave non-finite values at every step '
             f'from {first_bad} to {last_bad}'))

@@ -140,8 +140,7 @@ def test_keep_checkpoints_below_one_is_refused(tiny_config):
 
 
 def _diverging(config, learning_rate):
-  config.train.learning_rate = learning_rate
-  config.train.schedule = 'step'
+  config.train.learning_rate = learning_rate  # reached after the recipe's 2 warm-up steps
   config.train.clip_grad_norm = 0.0
   config.train.num_steps = 12
   config.train.log_every = 1
@@ -166,7 +165,8 @@ def _saved_states(workdir):
 def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tiny_config,
                                                                              tmp_path):
   from arcface_jax import state_health
-  # lr=1e6: the loss stays finite for three steps while the batch-norm variances reach ~1e25.
+  # lr=1e6 after a warm-up from 0: the loss stays finite while the batch-norm statistics blow
+  # up; the states the failing steps started from must not be what the next start resumes.
   config = _diverging(tiny_config, 1e6)
   workdir = str(tmp_path / 'run')
   mesh = parallel.make_mesh(1)
@@ -177,6 +177,8 @@ def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tin
   newest = int(message.split('newest sound checkpoint is step ')[1].split(',')[0])
   saved = _saved_states(workdir)
   assert saved and max(saved) == newest
+  assert any(name.endswith('-diverged')
+             for name in os.listdir(os.path.join(workdir, 'damaged_checkpoints')))
   for step, state in saved.items():
     assert state_health.train_state_problems(state) == [], step
   # The next start resumes from that sound state; with a sane learning rate it trains on.
