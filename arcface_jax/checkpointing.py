@@ -5,25 +5,64 @@ A checkpoint has two items so that evaluation reads only what it needs:
   train: the class centres, objective state, optimizer state and step counters.
 The data iterator's position is the step itself: the input pipeline's order is a pure function of
 (seed, step), so restoring the step restores the position exactly.
+
+Only sound states are saved (finite, nothing blown up: `state_health`), each finished step gets
+a checksum file, and a restore takes the newest step that verifies, reads and is sound, setting
+damaged ones aside (`checkpoint_integrity`). A failed write (disk full) is one
+`WorkdirWriteError`; the earlier checkpoints stay as they are.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
+from arcface_jax import checkpoint_integrity as integrity
+from arcface_jax import state_health, workdir_lock, write_errors
+from arcface_jax.checkpoint_integrity import Damage
 from arcface_jax.train_step import TrainState
 
 MODEL_ITEM = 'model'
 TRAIN_ITEM = 'train'
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used or written; the message names the step and what to do."""
+
+
+class UnsoundStateError(CheckpointError):
+  """A state that is not finite or has blown up was not saved."""
+
+  def __init__(self, step: int, problems: list[str]):
+    super().__init__(f'the state at step {step} was not saved: {"; ".join(problems)}')
+    self.step = step
+    self.problems = problems
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def _first_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return (lines[0] if lines else type(error).__name__)[:300]
+
+
+# What a damaged checkpoint makes orbax/tensorstore raise on restore.
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def _split(state: TrainState) -> dict[str, Any]:
@@ -44,72 +83,248 @@ def _join(items: dict[str, Any]) -> TrainState:
 
 
 class Checkpointer:
-  """Thin policy layer over orbax's CheckpointManager for TrainState."""
+  """Policy over orbax's CheckpointManager for TrainState: when to save, what to trust."""
 
   def __init__(self, workdir: str, *, save_every: int = 0, keep: int = 3,
                asynchronous: bool = True):
+    if keep < 1:
+      raise ValueError(f'keep={keep}: at least one checkpoint must be kept')
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=max(save_every, 1),
-        enable_async_checkpointing=asynchronous, create=True)
+        enable_async_checkpointing=asynchronous, create=True, cleanup_tmp_directories=True)
+    self.workdir = workdir
+    self.directory = checkpoint_dir(workdir)
     self._save_every = save_every
-    self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=(MODEL_ITEM, TRAIN_ITEM))
+    self._sums_thread: threading.Thread | None = None
+    self._sums_error: BaseException | None = None
+    self._failed = False
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def due(self, step: int) -> bool:
+    return self._save_every > 0 and step % self._save_every == 0
 
   def save(self, state: TrainState, *, step: int | None = None, force: bool = False) -> bool:
     """Saves when the policy says so (every `save_every` steps) or when forced.
 
     Pass the host's `step` in the training loop: reading `state.step` would wait for the device
-    and stall the asynchronous dispatch of every step.
+    and stall the asynchronous dispatch of every step. A state that is not sound is not saved:
+    UnsoundStateError. A failed write (disk full) raises WorkdirWriteError.
     """
     if step is None:
       step = int(jax.device_get(state.step))
-    if not force and (self._save_every <= 0 or step % self._save_every):
+    if not force and not self.due(step):
       return False
-    if step in self.manager.all_steps():
+    if self._failed or step in self.manager.all_steps():
       return False
+    problems = state_health.train_state_problems(state)
+    if problems:
+      raise UnsoundStateError(step, problems)
     items = _split(state)
     args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
-    return self.manager.save(step, args=args, force=True)
+    with self._write_errors('a checkpoint'):  # the error may be the previous (async) save's
+      self._finish_sums()
+      saved = self.manager.save(step, args=args, force=True)
+    if saved and jax.process_index() == 0:
+      self._sums_thread = threading.Thread(target=self._write_sums_when_final, args=(step,),
+                                           name=f'checksums-{step}', daemon=True)
+      self._sums_thread.start()
+    return saved
+
+  def _write_sums_when_final(self, step: int) -> None:
+    """Checksums once orbax has finalised `step` (its directory renamed into place)."""
+    try:
+      while self.manager.is_saving_in_progress():
+        time.sleep(0.05)
+      if os.path.isdir(self.step_dir(step)):  # absent when the save failed
+        integrity.write_sums(self.step_dir(step))
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised on the main thread
+      if os.path.isdir(self.step_dir(step)):
+        self._sums_error = e
+
+  def _finish_sums(self) -> None:
+    if self._sums_thread is not None:
+      self._sums_thread.join()
+      self._sums_thread = None
+    if self._sums_error is not None:
+      error, self._sums_error = self._sums_error, None
+      raise error
+
+  @contextlib.contextmanager
+  def _write_errors(self, what: str) -> Iterator[None]:
+    """A failed write (disk full) becomes one WorkdirWriteError; later saves are skipped."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # orbax wraps the OSError variously
+      if write_errors.failed_write(e) is None:
+        raise
+      self._failed = True  # later saves would fail alike, and close() must not report it again
+      raise write_errors.describe(e, what, kept=self.kept_message()) from None
+
+  def kept_message(self) -> str:
+    return kept_message(self.workdir)
 
   def restore(self, abstract_state: TrainState, step: int | None = None) -> TrainState:
-    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs).
+    """Restores `step` (latest by default) onto the shardings carried by `abstract_state`.
 
     Because the target carries shardings, a checkpoint written on one device count restores onto
-    another.
+    another. No integrity checks: `restore_latest` is the careful entry point.
     """
     step = self.latest_step() if step is None else step
     items = _split(abstract_state)
     args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in items.items()})
     return _join(self.manager.restore(step, args=args))
 
+  def restore_latest(self, abstract_state: TrainState) -> TrainState | None:
+    """The newest checkpoint that is intact, readable and sound, or None when there is none.
+
+    Each one that fails is set aside (`checkpoint_integrity.set_aside`) with a warning naming
+    the step and the damage. An intact checkpoint that does not fit `abstract_state` (the config
+    changed) is a CheckpointError: setting it aside would only hide the mistake.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      step_dir = self.step_dir(step)
+      damage = integrity.verify(step_dir)
+      if damage is None:
+        verified = integrity.has_sums(step_dir)
+        if not verified:
+          logging.warning('checkpoint step %d has no %s (the process stopped before it was '
+                          'written, or an older version saved it): restoring it unverified',
+                          step, integrity.SUMS_FILE)
+        try:
+          state = self.restore(abstract_state, step)
+        except _READ_ERRORS as e:
+          if verified:
+            raise CheckpointError(
+                f'checkpoint step {step} in {self.directory} is intact but does not fit this '
+                f'run\'s config ({_first_line(e)}). Resume with the config it was trained with '
+                f'({os.path.join(self.workdir, "config.json")}) or use a new --workdir.'
+            ) from None
+          damage = Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
+        else:
+          problems = state_health.train_state_problems(state)
+          if not problems:
+            return state
+          damage = Damage('unsound', 'it holds a diverged state, which would fail again at '
+                          'once: ' + '; '.join(problems))
+      self.set_aside(step, damage)
+    return None
+
+  def set_aside(self, step: int, damage: Damage) -> None:
+    """Moves a finished step out of the checkpoints (see `checkpoint_integrity.set_aside`)."""
+    _report_and_set_aside(self.workdir, step, damage, move=True)
+    _sync(f'checkpoint-set-aside-{step}')
+    self.manager.reload()
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._write_errors('a checkpoint'):
+      self.manager.wait_until_finished()
+      self._finish_sums()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save and its checksums; after a failed write, only cleans up."""
+    if self._failed:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except  # the failure was already reported
+        pass
+      return
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+def kept_message(workdir: str) -> str:
+  """What survives a failed write: the finished checkpoints of `workdir`."""
+  directory = checkpoint_dir(workdir)
+  steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit()) \
+      if os.path.isdir(directory) else []
+  if not steps:
+    return 'No checkpoint had been saved yet.'
+  return (f'The finished checkpoints in {directory} are kept (newest: step {steps[-1]}); an '
+          'unfinished one is removed on the next start.')
+
+
+def _report_and_set_aside(workdir: str, step: int, damage: Damage, *, move: bool) -> None:
+  """Warns about a damaged step and moves it aside (process 0 only), or says why it stays."""
+  step_dir = os.path.join(checkpoint_dir(workdir), str(step))
+  if move and jax.process_index() == 0:
+    try:
+      target = integrity.set_aside(workdir, step_dir, step, damage)
+      where = f'moved it to {target}'
+    except OSError as e:
+      where = f'could not move it aside ({e.strerror}); it is skipped'
+  elif move:
+    where = 'process 0 moves it aside'
+  else:
+    where = 'left in place while a training process holds the workdir'
+  logging.warning('checkpoint step %d in %s is damaged (%s); %s and falling back to the newest '
+                  'earlier checkpoint', step, checkpoint_dir(workdir), damage, where)
 
 
 def restore_model_variables(workdir: str, abstract_variables: Any,
                             step: int | None = None) -> tuple[Any, int]:
-  """Only the backbone variables of a checkpoint (latest by default), and the step they are from."""
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM))
+  """Only the backbone variables of a checkpoint (latest by default), and the step they are from.
+
+  The latest step that verifies, reads and holds finite, bounded values is used; damaged ones
+  are skipped with a warning and moved aside unless a training process holds the workdir. A
+  given `step` that is damaged is an error. A backbone without batch norm restores with an empty
+  'batch_stats', as it was saved.
+  """
+  abstract = dict(abstract_variables)
+  abstract.setdefault('batch_stats', {})
+  directory = checkpoint_dir(workdir)
+  manager = ocp.CheckpointManager(directory, item_names=(MODEL_ITEM, TRAIN_ITEM))
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}: train first, or '
-                              'pass the --workdir of a run that saved one')
-    if step not in manager.all_steps():
-      raise FileNotFoundError(f'no checkpoint for step {step} in {checkpoint_dir(workdir)}; '
-                              f'available steps: {list(manager.all_steps())}')
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{MODEL_ITEM: ocp.args.StandardRestore(abstract_variables)}))
-    return restored[MODEL_ITEM], step
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {directory}: train first, or pass the '
+                              '--workdir of a run that saved one')
+    if step is not None and step not in steps:
+      raise FileNotFoundError(f'no checkpoint for step {step} in {directory}; available '
+                              f'steps: {sorted(steps)}')
+    for candidate in ([step] if step is not None else steps):
+      variables, damage = _read_model_item(manager, directory, candidate, abstract)
+      if damage is None:
+        return variables, candidate
+      if step is not None:
+        raise CheckpointError(f'checkpoint step {step} in {directory} is damaged ({damage}); '
+                              f'choose another step ({sorted(steps)}) or leave --step out to '
+                              'use the newest intact one')
+      holder = workdir_lock.live_holder(workdir)
+      _report_and_set_aside(workdir, candidate, damage, move=holder is None)
+    raise CheckpointError(f'no intact checkpoint in {directory}: every one is damaged (see the '
+                          'warnings above)')
   finally:
     manager.close()
+
+
+def _read_model_item(manager: ocp.CheckpointManager, directory: str, step: int,
+                     abstract: Any) -> tuple[Any, Damage | None]:
+  step_dir = os.path.join(directory, str(step))
+  damage = integrity.verify(step_dir, items=(MODEL_ITEM,))
+  if damage is not None:
+    return None, damage
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{MODEL_ITEM: ocp.args.StandardRestore(abstract)}))
+  except _READ_ERRORS as e:
+    if integrity.has_sums(step_dir):
+      raise CheckpointError(f'checkpoint step {step} in {directory} is intact but its backbone '
+                            f'does not fit the run\'s config.json ({_first_line(e)})') from None
+    return None, Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
+  variables = restored[MODEL_ITEM]
+  problems = state_health.model_variables_problems(variables)
+  if problems:
+    return None, Damage('unsound', 'its backbone holds a diverged state: ' + '; '.join(problems))
+  return variables, None
 
 
 class PreemptionFlag:

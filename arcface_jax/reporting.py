@@ -1,39 +1,72 @@
 """Training reports: a console line every N steps and TensorBoard event files.
 
 Per-step metrics stay on the device until a report is due, so the loop does not wait on the device
-every step; at report time they are fetched in one transfer and averaged.
+every step; at report time they are fetched in one transfer and averaged. Event records are
+written and flushed on the calling thread: a failed write (disk full) is then one exception at the
+report that caused it, not a traceback from a background writer thread followed by more.
 """
 from __future__ import annotations
 
 import json
 import logging as logging_std
 import os
+import sys
 import time
-from typing import Any, Mapping
+import traceback as traceback_std
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
+from arcface_jax import write_errors
+
 
 _CHATTY_LIBRARIES = ('/orbax/', '/tensorstore/', '/tensorflow_datasets/', '/grain/')
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Keeps warnings from checkpoint/data libraries but drops their per-save INFO chatter."""
+  """Keeps warnings from checkpoint/data libraries but drops their per-save INFO chatter.
+
+  Their errors about a failed write (an OS error code in the text: disk full) are dropped too:
+  each background writer logs its own traceback, and the trainer reports the failure once.
+  """
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    if record.levelno >= logging_std.WARNING:
+    if not any(part in record.pathname for part in _CHATTY_LIBRARIES):
       return True
-    return not any(part in record.pathname for part in _CHATTY_LIBRARIES)
+    if record.levelno >= logging_std.ERROR:
+      error = record.exc_info[1] if record.exc_info else None
+      return (write_errors.failed_write(error) is None
+              and 'os_error_code=' not in record.getMessage())
+    return record.levelno >= logging_std.WARNING
+
+
+def _is_late_callback_on_closed_loop(unraisable: Any) -> bool:
+  """When one write of an asynchronous checkpoint fails, orbax closes its event loop and the
+  other writes' completion callbacks find it closed: harmless, and reported by the trainer."""
+  error = unraisable.exc_value
+  frames = traceback_std.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  return (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+          and any(f.name == 'call_soon_threadsafe' for f in frames))
+
+
+def _quiet_unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+  def hook(unraisable: Any) -> None:
+    if not _is_late_callback_on_closed_loop(unraisable):
+      previous(unraisable)
+  hook.quiets_closed_loops = True
+  return hook
 
 
 def quiet_library_logs() -> None:
-  """Installs the filter on absl's handler (idempotent)."""
+  """Installs the filter on absl's handler (idempotent), and quiets orbax's closed-loop noise."""
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
+  if not getattr(sys.unraisablehook, 'quiets_closed_loops', False):
+    sys.unraisablehook = _quiet_unraisable_hook(sys.unraisablehook)
 
 
 def format_duration(seconds: float) -> str:
@@ -57,8 +90,10 @@ class Reporter:
     self._writer = None
     if jax.process_index() == 0:
       # Imported here: tensorboardX pulls in protobuf, which only process 0 needs.
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      from tensorboardX.event_file_writer import EventsWriter
+      logdir = os.path.join(workdir, 'tensorboard')
+      os.makedirs(logdir, exist_ok=True)
+      self._writer = EventsWriter(os.path.join(logdir, 'events'))
     self.last: dict[str, float] = {}
 
   def restart_clock(self, step: int) -> None:
@@ -97,13 +132,19 @@ class Reporter:
   def scalars(self, step: int, values: Mapping[str, float], prefix: str = '') -> None:
     if self._writer is None:
       return
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.summary import scalar
+    writer, self._writer = self._writer, None  # after a failed write, write nothing more
     for name, value in values.items():
-      self._writer.add_scalar(prefix + name, float(value), step)
-    self._writer.flush()
+      writer.write_event(Event(wall_time=time.time(), step=int(step),
+                               summary=scalar(prefix + name, float(value))))
+    writer.flush()
+    self._writer = writer
 
   def close(self) -> None:
     if self._writer is not None:
-      self._writer.close()
+      writer, self._writer = self._writer, None
+      writer.close()
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

@@ -61,7 +61,10 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
   from arcface_jax import distributed, trainer
+  from arcface_jax.checkpointing import CheckpointError
   from arcface_jax.data.errors import DatasetError
+  from arcface_jax.workdir_lock import WorkdirLockedError
+  from arcface_jax.write_errors import WorkdirWriteError
 
   distributed.initialize_if_launched()
   try:
@@ -72,8 +75,8 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(2)
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
-  except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError,
-          FileNotFoundError) as e:
+  except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError, FileNotFoundError,
+          CheckpointError, WorkdirLockedError, WorkdirWriteError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

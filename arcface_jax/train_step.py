@@ -1,9 +1,9 @@
 """The train state and the one jitted train step.
 
 Parameters are a dict {'backbone': ..., 'head': ...}: the backbone maps images to embeddings, the
-head (class centres, and a bias for plain softmax) belongs to the objective. A step whose loss or
-gradients are not finite is skipped: the state keeps its old values, the step counter still moves
-on (so the data order is unchanged) and the skip is counted.
+head (class centres, and a bias for plain softmax) belongs to the objective. A step whose loss,
+gradients or batch statistics are not finite is skipped: the state keeps its old values, the step
+counter still moves on (so the data order is unchanged) and the skip is counted.
 """
 from __future__ import annotations
 
@@ -78,7 +78,10 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    # The forward pass's batch statistics too: a loss on normalised embeddings can stay finite
+    # while the running variances overflow. (Not the updated parameters: whether the update
+    # overflows depends on the learning rate, which the caller's health checks blame instead.)
+    finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(batch_stats)
     keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(
         step=state.step + 1,

@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from arcface_jax import config_checks, losses, models, optim, parallel, reporting
-from arcface_jax.checkpointing import Checkpointer, PreemptionFlag
+from arcface_jax import (config_checks, losses, models, optim, parallel, reporting, workdir_lock,
+                         write_errors)
+from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
 from arcface_jax.data import pipeline, sources
+from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
 from arcface_jax.evaluation import evaluators
 from arcface_jax.train_step import TrainState, create_train_state, make_embed_fn, make_train_step
 
@@ -25,10 +27,6 @@ MODEL_DTYPES = ('float32', 'bfloat16')
 
 
 ConfigError = config_checks.ConfigError  # callers catch trainer.ConfigError
-
-
-class TrainingDivergedError(RuntimeError):
-  """Too many consecutive non-finite steps; the last good state has been saved."""
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
@@ -54,6 +52,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   if config.model.name not in models.names():
     raise ConfigError(f'config.model.name={config.model.name!r}: expected one of '
                       f'{models.names()}')
+  if config.train.keep_checkpoints < 1:
+    raise ConfigError(f'config.train.keep_checkpoints={config.train.keep_checkpoints} must be at '
+                      'least 1 (the newest checkpoints kept; with none a run could not resume); '
+                      'try --config.train.keep_checkpoints=3')
   config_checks.check_config(config)
 
 
@@ -103,6 +105,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
   prepare_workdir(workdir)
+  with workdir_lock.hold(workdir):  # one training process per workdir
+    try:
+      return _train(config, workdir, mesh, step_callback)
+    except write_errors.WorkdirWriteError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # a failed write, wherever it surfaced
+      if not write_errors.is_out_of_space(e):
+        raise
+      raise write_errors.describe(e, f'into {workdir}',
+                                  kept=kept_message(workdir)) from None
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+           step_callback: Callable[[int], None] | None) -> TrainState:
   reporting.write_config(workdir, config)
 
   source = sources.get_train_source(config.data)
@@ -139,8 +155,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
   checkpointer = Checkpointer(workdir, save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(_with_shardings(abstract_state, state_shardings))
+  state = checkpointer.restore_latest(_with_shardings(abstract_state, state_shardings))
+  if state is not None:
     logging.info('resumed from %s at step %d', workdir, int(state.step))
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
@@ -154,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    workdir=workdir)
   first_step = int(jax.device_get(state.step))
   total = config.train.num_steps
+  divergence = DivergenceCheck(config, checkpointer, first_step)
   reporter = reporting.Reporter(workdir, total_steps=total,
                                 global_batch_size=config.train.batch_size,
                                 log_every=config.train.log_every, first_step=first_step)
@@ -177,21 +194,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           reporter.restart_clock(step)  # the first step's time is compilation
           reporter.add(step, metrics)
         elif reporter.add(step, metrics) is not None:
-          _check_divergence(state, config, checkpointer)
-        checkpointer.save(state, step=step)
+          divergence.check(state, step)
+        divergence.save(state, step)
         if eval_every and step % eval_every == 0 and step != total:
           evaluate(step)
         if step_callback is not None:
           step_callback(step)
         if _stop_requested(preempted, step, config.train.log_every):
-          checkpointer.save(state, force=True)
+          divergence.save(state, step, force=True)
           checkpointer.wait()
           logging.warning('preempted: saved a checkpoint at step %d in %s; start the same '
                           'command again to resume', step, workdir)
           return state
       reporter.flush(step)
-      _check_divergence(state, config, checkpointer)
-      checkpointer.save(state, force=True)
+      divergence.check(state, step)
+      divergence.save(state, step, force=True)
       evaluate(step)
       if loader.bad_samples:
         logging.warning('skipped %d unreadable samples, first keys: %s', loader.bad_samples,
@@ -237,16 +254,3 @@ def _stop_requested(preempted: PreemptionFlag, step: int, every: int) -> bool:
   from jax.experimental import multihost_utils
   flags = multihost_utils.process_allgather(jnp.asarray(preempted.is_set))
   return bool(flags.any())
-
-
-def _check_divergence(state: TrainState, config: ml_collections.ConfigDict,
-                      checkpointer: Checkpointer) -> None:
-  consecutive = int(jax.device_get(state.consecutive_skips))
-  if consecutive > config.train.max_consecutive_bad_steps:
-    # The skipped steps were never applied, so the state is the last good one: keep it.
-    checkpointer.save(state, force=True)
-    checkpointer.wait()
-    raise TrainingDivergedError(
-        f'the loss or gradients were not finite for {consecutive} consecutive steps (up to step '
-        f'{int(jax.device_get(state.step))}); the last good state is saved. Lower '
-        f'config.train.learning_rate or check the data, then start again.')

@@ -133,17 +133,87 @@ def test_non_finite_step_is_skipped_and_counted(tiny_config):
     np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def test_divergence_stops_with_message_and_saves(tiny_config, tmp_path):
-  tiny_config.train.learning_rate = 1e30
-  tiny_config.train.schedule = 'step'
-  tiny_config.train.clip_grad_norm = 0.0
-  tiny_config.train.num_steps = 12
-  tiny_config.train.log_every = 1
-  tiny_config.train.max_consecutive_bad_steps = 1
+def test_keep_checkpoints_below_one_is_refused(tiny_config):
+  tiny_config.train.keep_checkpoints = 0
+  with pytest.raises(trainer.ConfigError, match=r'train.keep_checkpoints=0 must be at least 1'):
+    trainer.validate_config(tiny_config, num_devices=1)
+
+
+def _diverging(config, learning_rate):
+  config.train.learning_rate = learning_rate  # reached after the recipe's 2 warm-up steps
+  config.train.clip_grad_norm = 0.0
+  config.train.num_steps = 12
+  config.train.log_every = 1
+  config.train.checkpoint_every = 1
+  config.train.max_consecutive_bad_steps = 1
+  return config
+
+
+def _saved_states(workdir):
+  """Every checkpoint of `workdir` as host arrays (restored without a target)."""
+  import orbax.checkpoint as ocp
+  from arcface_jax import checkpointing
+  checkpointer = checkpointing.Checkpointer(workdir)
+  try:
+    return {step: checkpointing._join(checkpointer.manager.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore() for item in ('model', 'train')})))
+            for step in checkpointer.manager.all_steps()}
+  finally:
+    checkpointer.close()
+
+
+def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tiny_config,
+                                                                             tmp_path):
+  from arcface_jax import state_health
+  # lr=1e6 after a warm-up from 0: the loss stays finite while the batch-norm statistics blow
+  # up; the states the failing steps started from must not be what the next start resumes.
+  config = _diverging(tiny_config, 1e6)
   workdir = str(tmp_path / 'run')
-  with pytest.raises(trainer.TrainingDivergedError, match='not finite'):
-    trainer.train_and_evaluate(tiny_config, workdir, mesh=parallel.make_mesh(2))
-  assert os.listdir(os.path.join(workdir, 'checkpoints'))
+  mesh = parallel.make_mesh(1)
+  with pytest.raises(trainer.TrainingDivergedError) as error:
+    trainer.train_and_evaluate(config, workdir, mesh=mesh)
+  message = str(error.value)
+  assert 'Lower config.train.learning_rate (now 1e+06)' in message
+  newest = int(message.split('newest sound checkpoint is step ')[1].split(',')[0])
+  saved = _saved_states(workdir)
+  assert saved and max(saved) == newest
+  assert any(name.endswith('-diverged')
+             for name in os.listdir(os.path.join(workdir, 'damaged_checkpoints')))
+  for step, state in saved.items():
+    assert state_health.train_state_problems(state) == [], step
+  # The next start resumes from that sound state; with a sane learning rate it trains on.
+  config.train.learning_rate = 1e-3
+  config.train.num_steps = newest + 2
+  state = trainer.train_and_evaluate(config, workdir, mesh=mesh)
+  assert int(state.step) == newest + 2
+
+
+def test_divergence_right_after_a_resume_blames_the_checkpoint(tiny_config, tmp_path):
+  from arcface_jax import state_health
+  from arcface_jax.checkpointing import Checkpointer
+  config = _diverging(tiny_config, tiny_config.train.learning_rate)
+  config.train.num_steps = 2
+  workdir = str(tmp_path / 'run')
+  mesh = parallel.make_mesh(1)
+  trainer.train_and_evaluate(config, workdir, mesh=mesh)
+  # A state every forward pass of which overflows, though finite and within the health bounds.
+  state = _saved_states(workdir)[2]
+  poisoned = jax.device_put(state.replace(step=np.asarray(3, np.int32), params={
+      'backbone': jax.tree.map(lambda x: np.full_like(x, 9e9), state.params['backbone']),
+      'head': state.params['head']}))
+  assert state_health.train_state_problems(poisoned) == []
+  checkpointer = Checkpointer(workdir)
+  checkpointer.save(poisoned, step=3, force=True)
+  checkpointer.close()
+  config.train.num_steps = 8
+  with pytest.raises(trainer.TrainingDivergedError) as error:
+    trainer.train_and_evaluate(config, workdir, mesh=mesh)
+  message = str(error.value)
+  assert 'resuming from checkpoint step 3' in message and 'set aside' in message
+  assert 'restored state itself is the cause, not config.train.learning_rate' in message
+  assert 'Lower config.train.learning_rate' not in message
+  assert 'next start resumes from step 2' in message
+  assert os.path.isdir(os.path.join(workdir, 'damaged_checkpoints', '3-diverged'))
 
 
 # ------------------------------------------------------------------ resume and preemption
