@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from arcface_jax.margins.adaptive import (AdaFaceMargin, BoundMargin, CurricularFaceMargin,
                                           ElasticFaceMargin, MagFaceMargin, RowMargin,
                                           subcenter_cos)
@@ -182,8 +185,22 @@ def _as_int(m: float) -> int | float:
   return int(m) if float(m).is_integer() else m
 
 
-__all__ = ['AdaFaceMargin', 'BoundMargin', 'CombinedMargin', 'CurricularFaceMargin',
-           'ElasticFaceMargin', 'MagFaceMargin', 'Margin', 'RowMargin', 'SphereFaceMargin',
+def add_loss_terms(margin: Any, margin_state: dict, norms: jax.Array, loss: jax.Array,
+                   metrics: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """MagFace's λ_g · mean g(a) added to the loss; the feature norm and margin state as metrics."""
+  metrics = dict(metrics)
+  metrics['feature_norm'] = jnp.mean(jax.lax.stop_gradient(norms))
+  if hasattr(margin, 'regularizer'):
+    term = margin.regularizer(norms)
+    metrics['magface_regularizer'] = term
+    loss = loss + term
+  for key, value in margin_state.items():
+    metrics[f'margin_{key}'] = value
+  return loss, metrics
+
+
+__all__ = ['add_loss_terms', 'AdaFaceMargin', 'BoundMargin', 'CombinedMargin',
+           'CurricularFaceMargin', 'ElasticFaceMargin', 'MagFaceMargin', 'Margin', 'RowMargin', 'SphereFaceMargin',
            'Stateless', 'PAPER_DEFAULTS', 'DEFAULT_SCALE', 'DEFAULT_SUBCENTERS', 'as_compute_dtype',
            'chebyshev', 'from_config', 'gather_target', 'get', 'names', 'replace_target',
            'safe_arccos', 'safe_sin_from_cos', 'straight_through_target', 'subcenter_cos',
