@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from arcface_jax import margins
 
@@ -222,6 +223,7 @@ class Objective:
   center_alpha: float = 0.5
   init_std: float = 0.01  # centres ~ N(0, init_std²), the reference trainer's 0.01
   subcenters: int = 1  # K > 1: centres (C, K, D), each class's cos θ the max over its K
+  init_centres: str | None = None  # a (C, D) .npy the centres start from (config.head)
 
   def init(self, rng: jax.Array) -> tuple[dict, dict]:
     """(head_params, head_state): centres ~ N(0, init_std²) (C, D) or (C, K, D), a zero bias for
@@ -232,6 +234,8 @@ class Objective:
       shape = (self.num_classes,) + ((self.subcenters,) if self.subcenters > 1 else ()) + (
           self.embedding_dim,)
       params['weight'] = self.init_std * jax.random.normal(rng, shape, jnp.float32)
+      if self.init_centres:
+        params['weight'] = jnp.asarray(initial_centres(self.init_centres, shape))
     if self.name == 'softmax':
       params['bias'] = jnp.zeros((self.num_classes,), jnp.float32)
     state = {}
@@ -312,10 +316,23 @@ class Objective:
     return loss, margin_state, metrics
 
 
+def initial_centres(path: str, shape: tuple[int, ...]) -> np.ndarray:
+  """The centres in the .npy at `path` (config.head.init_centres), checked against `shape`."""
+  try:
+    centres = np.load(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'config.head.init_centres={path!r}: cannot read it as a .npy ({e})') from None
+  if centres.shape != tuple(shape):
+    raise ValueError(f'config.head.init_centres={path!r} holds {centres.shape}, the head needs '
+                     f'{tuple(shape)} (classes, [sub-centres,] embedding_dim)')
+  return centres.astype(np.float32)
+
+
 def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int,
-                    init_std: float = 0.01, subcenters: int | None = None) -> Objective:
+                    init_std: float = 0.01, subcenters: int | None = None,
+                    init_centres: str | None = None) -> Objective:
   """The objective of a `config.loss` section (None placeholders resolved to paper defaults);
-  `init_std` is `config.head.init_std`, `subcenters` `config.head.subcenters`."""
+  `init_std`, `subcenters` and `init_centres` are those of `config.head`."""
   name = loss_config.name
   if name not in NAMES:
     raise ValueError(f'unknown loss.name {name!r}; valid names: {sorted(NAMES)}')
@@ -334,7 +351,8 @@ def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int,
       triplet_weight=float(loss_config.triplet_weight),
       triplet_margin=float(loss_config.triplet_margin),
       center_weight=float(loss_config.center_weight),
-      center_alpha=float(loss_config.center_alpha), init_std=float(init_std), subcenters=k)
+      center_alpha=float(loss_config.center_alpha), init_std=float(init_std), subcenters=k,
+      init_centres=init_centres or None)
 
 
 def from_config(config: Any, *, num_classes: int, mesh: Any = None) -> Any:
@@ -348,4 +366,5 @@ def from_config(config: Any, *, num_classes: int, mesh: Any = None) -> Any:
         mesh=parallel.make_mesh() if mesh is None else mesh, seed=config.seed)
   return build_objective(config.loss, num_classes=num_classes,
                          embedding_dim=config.model.embedding_dim,
-                         init_std=config.head.init_std, subcenters=config.head.get('subcenters'))
+                         init_std=config.head.init_std, subcenters=config.head.get('subcenters'),
+                         init_centres=config.head.get('init_centres'))

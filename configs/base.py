@@ -106,6 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Sub-centres per class, centres stored (C, K, D) when K > 1; None = 3 for loss.name='subcenter',
   # else 1. After `python -m arcface_jax.subcenter_clean` continue with K = 1.
   head.subcenters = config_dict.placeholder(int)
+  # A (C, D) .npy to start the centres from (subcenter_clean's dominant_centres.npy); None: random.
+  head.init_centres = config_dict.placeholder(str)
 
   # ---------------------------------------------------------------- training
   config.train = train = ml_collections.ConfigDict()

@@ -91,6 +91,7 @@ class ModelParallelObjective:
   seed: int = 0
   subcenters: int = 1
   init_std: float = 0.01
+  init_centres: str | None = None
 
   def __init__(self, loss_config: Any, head_config: Any, *, num_classes: int,
                embedding_dim: int, mesh: Mesh, seed: int = 0):
@@ -107,6 +108,7 @@ class ModelParallelObjective:
     set_('seed', int(seed))
     set_('init_std', float(head_config.init_std))
     set_('subcenters', margins.subcenters_for(loss_config.name, head_config.get('subcenters')))
+    set_('init_centres', head_config.get('init_centres') or None)
     if not 0.0 < self.sample_rate <= 1.0:
       raise ValueError(f'config.head.sample_rate={self.sample_rate} must be in (0, 1]')
     if self.chunk < 0:
@@ -125,6 +127,9 @@ class ModelParallelObjective:
     sub = (self.subcenters,) if self.subcenters > 1 else ()
     weight = self.init_std * jax.random.normal(rng, (self.num_classes,) + sub +
                                                (self.embedding_dim,), jnp.float32)
+    if self.init_centres:
+      from arcface_jax.losses import initial_centres  # same layer; losses imports parallel lazily
+      weight = jnp.asarray(initial_centres(self.init_centres, weight.shape))
     pad = ((0, self.num_padded_classes - self.num_classes),) + ((0, 0),) * (weight.ndim - 1)
     margin_state = self.margin.init_state()
     return {'weight': jnp.pad(weight, pad)}, ({'margin': margin_state} if margin_state else {})
