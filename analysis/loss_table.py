@@ -117,9 +117,10 @@ def markdown(rows: list[dict[str, Any]], config_spec: str, steps: int) -> str:
   lines = [f'# Loss comparison: `{config_spec}`, {steps} steps, up to '
            f'{max(r["seeds"] for r in rows)} seed(s)', '',
            f'Verification on {rows[0]["pairs"]} held-out pairs ({rows[0]["set"]}), 10-fold '
-           'protocol; mean ± std over seeds. Training time: wall-clock of the whole run, compilation '
-           'included. Made by `python -m analysis.loss_table`.', '',
-           '| loss | config.loss | paper | accuracy (%) | TAR@FAR=1e-3 (%) | seeds | training time (s) |',
+           'protocol; mean ± std over seeds. Training time: wall-clock of the whole run, '
+           'compilation included. Made by `python -m analysis.loss_table`.', '',
+           '| loss | config.loss | paper | accuracy (%) | TAR@FAR=1e-3 (%) | seeds '
+           '| training time (s) |',
            '|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f'| {r["loss"]} | {config_names(r)} | {r["paper"]} | '

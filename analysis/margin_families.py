@@ -69,7 +69,8 @@ def curve(key: str, value: float, theta: np.ndarray) -> np.ndarray:
 
 
 def compute(num: int = 361) -> dict[str, Any]:
-  """{'theta_deg', 'families': {key: {label, param, members: [{value, label, f, boundary_deg}]}}}."""
+  """{'theta_deg', 'families': {key: {label, param, members: [{value, label, f,
+  boundary_deg}]}}}."""
   theta_deg = np.linspace(0.0, 180.0, num)
   theta = np.deg2rad(theta_deg)
   out = {}

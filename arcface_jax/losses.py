@@ -3,8 +3,8 @@
 `from_config(config, num_classes=, mesh=)` returns the head the trainer calls, dense
 (`build_objective(config.loss, ...)`, an `Objective`) or model-parallel with Partial FC
 (`parallel.ModelParallelObjective`, config.head.model_parallel); both offer
-`init(rng) -> (head_params, head_state)` and
-`__call__(head_params, head_state, embeddings, labels, step, rng=None) -> (loss, head_state, metrics)`
+`init(rng) -> (head_params, head_state)` and `__call__(head_params, head_state, embeddings,
+labels, step, rng=None) -> (loss, head_state, metrics)`
 with embeddings un-normalised (the backbone's output: MagFace and AdaFace read their norms),
 rng the step's key (ElasticFace's draws) and the margin's state (CurricularFace t, AdaFace norm
 statistics) in head_state['margin'], updated over the whole global batch.

@@ -72,8 +72,8 @@ def test_loss_table_summary_and_files(tmp_path):
   assert rows[0]['tar_at_far'] == pytest.approx(0.4) and rows[0]['seconds'] == pytest.approx(10.5)
   path = loss_table.write_table(results, 'configs/toy.py:3d', 400, 2, str(tmp_path))
   text = open(path).read()
-  assert '| arcface | name=arcface | ArcFace, Deng et al., CVPR 2019 | 85.00 ± 5.00 | 40.00 ± 10.00 |' \
-      in text
+  row = '| arcface | name=arcface | ArcFace, Deng et al., CVPR 2019 | 85.00 ± 5.00 | 40.00 ± 10.00 |'
+  assert row in text
   assert os.path.getsize(os.path.join(tmp_path, 'loss_table.png')) > 10_000
   with pytest.raises(SystemExit):
     loss_table.main(['--config', 'configs/nothing.py', '--seeds', '1'])

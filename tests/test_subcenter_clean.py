@@ -31,7 +31,8 @@ def test_clean_matches_a_brute_force():
     counts = [np.sum((labels == c) & (got['nearest'] == k)) for k in range(3)]
     assert got['dominant'][c] == int(np.argmax(counts))
   for i in range(60):
-    angle = np.degrees(np.arccos(unit(emb[i]) @ unit(centres[labels[i], got['dominant'][labels[i]]])))
+    dominant = centres[labels[i], got['dominant'][labels[i]]]
+    angle = np.degrees(np.arccos(unit(emb[i]) @ unit(dominant)))
     assert got['angle'][i] == pytest.approx(angle, abs=1e-6)
     assert got['flagged'][i] == (angle > 40.0)
   assert 0 < got['flagged'].sum() < 60

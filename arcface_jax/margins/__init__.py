@@ -200,7 +200,8 @@ def add_loss_terms(margin: Any, margin_state: dict, norms: jax.Array, loss: jax.
 
 
 __all__ = ['add_loss_terms', 'AdaFaceMargin', 'BoundMargin', 'CombinedMargin',
-           'CurricularFaceMargin', 'ElasticFaceMargin', 'MagFaceMargin', 'Margin', 'RowMargin', 'SphereFaceMargin',
+           'CurricularFaceMargin', 'ElasticFaceMargin', 'MagFaceMargin', 'Margin', 'RowMargin',
+           'SphereFaceMargin',
            'Stateless', 'PAPER_DEFAULTS', 'DEFAULT_SCALE', 'DEFAULT_SUBCENTERS', 'as_compute_dtype',
            'chebyshev', 'from_config', 'gather_target', 'get', 'names', 'replace_target',
            'safe_arccos', 'safe_sin_from_cos', 'straight_through_target', 'subcenter_cos',
