@@ -16,7 +16,8 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from analysis import angles, compare, decision_margins, embeddings, logit_curves, output
+from analysis import (angles, compare, decision_margins, embeddings, logit_curves,
+                      margin_families, output)
 
 LOSS_FIELDS = ('name', 's', 'm', 'm1', 'm2', 'm3', 'easy_margin', 'straight_through')
 _STYLE = """
@@ -86,6 +87,10 @@ def write_report(workdirs: Sequence[str], out_dir: str, *, title: str = 'arcface
       figure_section('Decision margins', decision_margins.write(out_dir), out_dir,
                      'Two classes in the (θ1, θ2) plane: class 1 wins where f(θ1) > cos θ2, '
                      'class 2 where f(θ2) > cos θ1, grey = margin; and the margin width.'),
+      figure_section('Margins that move', margin_families.write(out_dir), out_dir,
+                     'MagFace (feature norm), AdaFace (standardised norm), ElasticFace (drawn '
+                     'margin) and CurricularFace (hard negatives by t): a family of target '
+                     'curves and decision boundaries each.'),
   ]
   if workdirs:
     compared = compare.write(workdirs, out_dir)

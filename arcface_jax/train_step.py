@@ -62,6 +62,8 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     labels = batch['label']
     dropout_rng = jax.random.fold_in(dropout_key, state.step)
+    # The step's key for the objective (ElasticFace's margin draws), apart from dropout's.
+    head_rng = jax.random.fold_in(dropout_rng, 0x6D617267)
 
     def loss_fn(params):
       embeddings, new_model_state = model.apply(
@@ -70,7 +72,7 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
       # Margins and softmax run in fp32 whatever the trunk's dtype.
       embeddings = embeddings.astype(jnp.float32)
       loss, new_head_state, metrics = objective(params['head'], state.head_state, embeddings,
-                                                labels, state.step)
+                                                labels, state.step, rng=head_rng)
       return loss, (new_model_state.get('batch_stats', {}), new_head_state, metrics)
 
     (loss, (batch_stats, head_state, metrics)), grads = jax.value_and_grad(

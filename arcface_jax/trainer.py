@@ -79,17 +79,12 @@ def build_model(config: ml_collections.ConfigDict):
 
 def build_objective(config: ml_collections.ConfigDict, *, num_classes: int,
                     mesh: jax.sharding.Mesh):
-  """The head: centres split over the mesh (config.head.model_parallel) or on every device."""
-  if config.head.model_parallel:
-    try:
-      return parallel.ModelParallelObjective(config.loss, config.head, num_classes=num_classes,
-                                             embedding_dim=config.model.embedding_dim,
-                                             mesh=mesh, seed=config.seed)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
-  return losses.build_objective(config.loss, num_classes=num_classes,
-                                embedding_dim=config.model.embedding_dim,
-                                init_std=config.head.init_std)
+  """The head (losses.from_config): centres split over the mesh (config.head.model_parallel) or
+  on every device."""
+  try:
+    return losses.from_config(config, num_classes=num_classes, mesh=mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -59,20 +59,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- loss
   config.loss = loss = ml_collections.ConfigDict()
-  # softmax | norm_softmax | sphereface | cosface | arcface | combined
+  # softmax | norm_softmax | sphereface | cosface | arcface | combined | triplet | subcenter |
+  # curricularface | magface | adaface | elasticface_arc | elasticface_cos
   loss.name = 'arcface'
   loss.s = config_dict.placeholder(float)  # scale; None = paper default (64)
   loss.m = config_dict.placeholder(float)  # margin; None = paper default for loss.name
   loss.m1 = config_dict.placeholder(float)  # combined margin cos(m1*theta + m2) - m3
   loss.m2 = config_dict.placeholder(float)
   loss.m3 = config_dict.placeholder(float)
-  loss.easy_margin = False  # ArcFace/combined: apply the margin only where cos(theta) > 0
+  # Apply the angular margin only where cos(theta) > 0; None = the loss's default (False; True for
+  # magface, as its official code).
+  loss.easy_margin = config_dict.placeholder(bool)
   loss.straight_through = False  # margin changes the value, not the gradient
   # SphereFace (A-softmax) softmax blend: lambda = max(min, base * (1 + gamma * step) ** -power)
   loss.sphereface_lambda_base = 1000.0
   loss.sphereface_lambda_gamma = 0.12
   loss.sphereface_lambda_power = 1.0
   loss.sphereface_lambda_min = 5.0
+  # Later margins (None = the paper's default; see arcface_jax.margins).
+  loss.momentum = config_dict.placeholder(float)  # curricularface t, adaface norm statistics: 0.99
+  loss.h = config_dict.placeholder(float)  # adaface: 0.333
+  loss.l_a = config_dict.placeholder(float)  # magface norm bounds [l_a, u_a]: 10, 110
+  loss.u_a = config_dict.placeholder(float)
+  loss.l_m = config_dict.placeholder(float)  # magface margin bounds [l_m, u_m]: 0.45, 0.8
+  loss.u_m = config_dict.placeholder(float)
+  loss.lambda_g = config_dict.placeholder(float)  # magface regulariser weight: 35
+  loss.sigma = config_dict.placeholder(float)  # elasticface_*: 0.05 (plus: 0.0175 arc, 0.02 cos)
+  loss.plus = config_dict.placeholder(bool)  # elasticface_*: sort the margins by difficulty
   # Auxiliary objectives added to the margin softmax, by weight (0 = off).
   loss.intra_weight = 0.0
   loss.inter_weight = 0.0
@@ -90,6 +103,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Class centres ~ N(0, init_std²): the reference's 0.01. Normalised losses see only directions,
   # but a centre's gradient scales with 1/‖w‖, so tiny norms turn the first steps into jumps.
   head.init_std = 0.01
+  # Sub-centres per class, centres stored (C, K, D) when K > 1; None = 3 for loss.name='subcenter',
+  # else 1. After `python -m arcface_jax.subcenter_clean` continue with K = 1.
+  head.subcenters = config_dict.placeholder(int)
+  # A (C, D) .npy to start the centres from (subcenter_clean's dominant_centres.npy); None: random.
+  head.init_centres = config_dict.placeholder(str)
 
   # ---------------------------------------------------------------- training
   config.train = train = ml_collections.ConfigDict()

@@ -32,8 +32,13 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 def _logits(x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array, margin: Any
             ) -> tuple[jax.Array, jax.Array]:
-  """(cos (B, S), scaled logits with the margin on the targets and −inf on invalid columns)."""
-  cos = x_n @ l2_normalize(w).T
+  """(cos (B, S), scaled logits with the margin on the targets and −inf on invalid columns).
+
+  Sub-centre centres w (S, K, D) give each column the max cosine over its K sub-centres."""
+  if w.ndim == 3:
+    cos = jnp.max(jnp.einsum('bd,skd->bsk', x_n, l2_normalize(w)), axis=-1)
+  else:
+    cos = x_n @ l2_normalize(w).T
   logits = margin(cos, labels)
   return cos, jnp.where(valid[None, :], logits, -jnp.inf)
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from arcface_jax import margins
-from arcface_jax.parallel import softmax
+from arcface_jax.parallel import chunked, softmax
 from arcface_jax.parallel.mesh import DATA_AXIS, replicated
 
 PAD_MULTIPLE = 128
@@ -73,10 +73,14 @@ def _head_weight(abstract_state: Any) -> Any:
 class ModelParallelObjective:
   """Margin softmax over centres split across `mesh`, with Partial FC and chunking options.
 
-  loss_config: config.loss (a margin loss: norm_softmax, cosface, arcface, combined; no auxiliary
-  terms). head_config: config.head (sample_rate, chunk; model_parallel and lazy_update are read
-  by the trainer and optimizer). Metrics: loss, softmax_loss, theta_target_deg, cos_target,
+  loss_config: config.loss (a margin loss: every margin but sphereface; no auxiliary terms).
+  head_config: config.head (sample_rate, chunk, subcenters; model_parallel and lazy_update are
+  read by the trainer and optimizer). Metrics: loss, softmax_loss, theta_target_deg, cos_target,
   cos_hardest_negative (the last over the centres used in the step), and sample_rate.
+
+  Margins with state or per-row parameters are prepared here, outside the per-device body, from
+  the global batch: the target cosines (a (B, D) gather of the target centres), the embeddings'
+  norms and the step's key `rng`; the new state is the same on every device.
   """
   margin: Any
   num_classes: int
@@ -85,6 +89,9 @@ class ModelParallelObjective:
   sample_rate: float = 1.0
   chunk: int = 0
   seed: int = 0
+  subcenters: int = 1
+  init_std: float = 0.01
+  init_centres: str | None = None
 
   def __init__(self, loss_config: Any, head_config: Any, *, num_classes: int,
                embedding_dim: int, mesh: Mesh, seed: int = 0):
@@ -100,10 +107,15 @@ class ModelParallelObjective:
     set_('chunk', int(head_config.chunk))
     set_('seed', int(seed))
     set_('init_std', float(head_config.init_std))
+    set_('subcenters', margins.subcenters_for(loss_config.name, head_config.get('subcenters')))
+    set_('init_centres', head_config.get('init_centres') or None)
     if not 0.0 < self.sample_rate <= 1.0:
       raise ValueError(f'config.head.sample_rate={self.sample_rate} must be in (0, 1]')
     if self.chunk < 0:
       raise ValueError(f'config.head.chunk={self.chunk} must be >= 0 (0 = unchunked)')
+    if self.chunk and not isinstance(margin, margins.Stateless):
+      raise ValueError(f'loss.name={loss_config.name!r} has per-row margin parameters and does '
+                       f'not run chunked: set config.head.chunk=0 (got {self.chunk})')
 
   @property
   def num_padded_classes(self) -> int:
@@ -112,21 +124,52 @@ class ModelParallelObjective:
   def init(self, rng: jax.Array) -> tuple[dict, dict]:
     """Centres ~ N(0, init_std²) for the C real classes (as losses.Objective), zero padding
     rows."""
-    weight = self.init_std * jax.random.normal(rng, (self.num_classes, self.embedding_dim),
-                                               jnp.float32)
-    weight = jnp.pad(weight, ((0, self.num_padded_classes - self.num_classes), (0, 0)))
-    return {'weight': weight}, {}
+    sub = (self.subcenters,) if self.subcenters > 1 else ()
+    weight = self.init_std * jax.random.normal(rng, (self.num_classes,) + sub +
+                                               (self.embedding_dim,), jnp.float32)
+    if self.init_centres:
+      from arcface_jax.losses import initial_centres  # same layer; losses imports parallel lazily
+      weight = jnp.asarray(initial_centres(self.init_centres, weight.shape))
+    pad = ((0, self.num_padded_classes - self.num_classes),) + ((0, 0),) * (weight.ndim - 1)
+    margin_state = self.margin.init_state()
+    return {'weight': jnp.pad(weight, pad)}, ({'margin': margin_state} if margin_state else {})
 
   def __call__(self, head_params: dict, head_state: dict, embeddings: jax.Array,
-               labels: jax.Array, step: jax.Array) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
+               labels: jax.Array, step: jax.Array, rng: jax.Array | None = None
+               ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
     key = jax.random.fold_in(jax.random.key(self.seed), step)
+    embeddings = margins.as_compute_dtype(embeddings)
+    labels = labels.astype(jnp.int32)
+    rows, margin_state = {}, dict(head_state.get('margin', {}))
+    norms = jnp.sqrt(jnp.maximum(jnp.sum(embeddings * embeddings, axis=-1), 1e-12))
+    if not isinstance(self.margin, margins.Stateless):
+      target_cos = _global_target_cos(head_params['weight'], embeddings, labels)
+      rows, margin_state = self.margin.prepare(target_cos, labels >= 0, state=margin_state,
+                                               norms=norms, rng=rng)
     out = softmax.margin_softmax(
-        head_params['weight'], margins.as_compute_dtype(embeddings), labels, margin=self.margin,
+        head_params['weight'], embeddings, labels, margin=self.margin,
         mesh=self.mesh, num_classes=self.num_classes, sample_rate=self.sample_rate, key=key,
-        chunk=self.chunk)
-    metrics = dict(out.metrics, loss=out.loss, softmax_loss=out.loss,
+        chunk=self.chunk, margin_rows=rows)
+    metrics = dict(out.metrics, softmax_loss=out.loss,
                    sample_rate=jnp.asarray(self.sample_rate, jnp.float32))
-    return out.loss, head_state, metrics
+    loss = out.loss
+    if not isinstance(self.margin, margins.Stateless):
+      loss, metrics = margins.add_loss_terms(self.margin, margin_state, norms, loss, metrics)
+    new_state = dict(head_state)
+    if margin_state:
+      new_state['margin'] = margin_state
+    metrics['loss'] = loss
+    return loss, new_state, metrics
+
+
+def _global_target_cos(weight: jax.Array, embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+  """cos θ_y of every row of the global batch (no gradient): the B target centres gathered from
+  the split matrix (XLA moves B rows, not the matrix), the max over sub-centres when K > 1."""
+  x_n = chunked.l2_normalize(jax.lax.stop_gradient(embeddings))
+  w_t = chunked.l2_normalize(jax.lax.stop_gradient(weight)[labels])
+  if w_t.ndim == 3:
+    return jnp.max(jnp.einsum('bd,bkd->bk', x_n, w_t), axis=-1)
+  return jnp.sum(x_n * w_t, axis=-1)
 
 
 def _check_loss_config(loss_config: Any) -> None:

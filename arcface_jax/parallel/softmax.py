@@ -16,6 +16,11 @@ of W; padded columns are masked to −inf, so they never enter the softmax and g
 `margin_softmax_loss` pads a plain (C, D) matrix itself; the trainer's head stores the padded
 matrix (head.py) so that no step copies it.
 
+Margins with per-row parameters (CurricularFace's t and threshold, MagFace's and AdaFace's
+norm-dependent margins, ElasticFace's draws) get them from the caller as `margin_rows`, computed
+once over the global batch (head.py), and every device binds them (`margin.bind(rows)`), so the
+result never depends on how the batch or the classes are split.
+
 SphereFace's A-softmax scales each row by its feature norm and anneals a blend with the training
 step; it is not offered here (a clear ValueError) — train it with head.model_parallel=False, or
 use its real-valued variant `combined` m1=1.35, which works.
@@ -55,8 +60,10 @@ def check_margin(margin: Any) -> None:
     raise ValueError(f'{margin!r} is not a margin from arcface_jax.margins')
 
 
-def _device_loss(w_local, x_local, y_local, key, *, margin, num_classes, num_sample, chunk, axis):
+def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, num_sample, chunk,
+                 axis):
   """The per-device body run by shard_map (see the module docstring for the steps)."""
+  margin = margin.bind(rows) if rows else margin
   x = jax.lax.all_gather(x_local, axis, tiled=True)
   y = jax.lax.all_gather(y_local, axis, tiled=True)
   num_local = w_local.shape[0]
@@ -105,17 +112,21 @@ def _device_loss(w_local, x_local, y_local, key, *, margin, num_classes, num_sam
 def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, *, margin: Any,
                    mesh: Mesh, num_classes: int | None = None, sample_rate: float = 1.0,
                    key: jax.Array | None = None, chunk: int = 0,
-                   axis: str = DATA_AXIS) -> MarginSoftmaxOutput:
+                   axis: str = DATA_AXIS, margin_rows: dict[str, jax.Array] | None = None
+                   ) -> MarginSoftmaxOutput:
   """The model-parallel margin softmax on an already padded centre matrix.
 
   weight: (C_pad, D) with C_pad a multiple of the mesh size; rows ≥ num_classes are padding.
   embeddings (B, D), labels (B,) in [0, num_classes): the global batch, B a multiple of the mesh
   size. sample_rate < 1 needs `key` (fold the step into it for a fresh draw each step).
   chunk > 0: columns per block of the online softmax (bounded memory, recomputed backward).
+  margin_rows: the margin's per-row parameters over the global batch (`margin.prepare`), bound on
+  every device; not with chunk > 0 (the chunked backward differentiates the centres and features
+  only).
   """
   check_margin(margin)
   num_devices = mesh.shape[axis]
-  num_padded, _ = weight.shape
+  num_padded = weight.shape[0]
   num_classes = num_padded if num_classes is None else int(num_classes)
   if num_padded % num_devices or not 0 < num_classes <= num_padded:
     raise ValueError(f'weight has {num_padded} rows: it must be padded to a multiple of the '
@@ -132,11 +143,16 @@ def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, 
   elif not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)
 
+  rows = dict(margin_rows or {})
+  if rows and chunk:
+    raise ValueError('a margin with per-row parameters (curricularface, magface, adaface, '
+                     'elasticface_*) does not run chunked: set head.chunk=0')
   body = functools.partial(_device_loss, margin=margin, num_classes=num_classes,
                            num_sample=num_sample, chunk=int(chunk), axis=axis)
-  run = jax.shard_map(body, mesh=mesh, in_specs=(P(axis, None), P(axis, None), P(axis), P()),
+  run = jax.shard_map(body, mesh=mesh,
+                      in_specs=(P(axis), P(axis, None), P(axis), P(), P()),
                       out_specs=(P(), P(), P(axis)))
-  loss, metrics, sampled = run(weight, embeddings, labels.astype(jnp.int32), key)
+  loss, metrics, sampled = run(weight, embeddings, labels.astype(jnp.int32), key, rows)
   return MarginSoftmaxOutput(loss, metrics, sampled)
 
 

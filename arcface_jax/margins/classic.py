@@ -1,4 +1,5 @@
-"""Margins: the target logit of every loss in the ArcFace comparison, as functions of cos θ.
+"""The ArcFace paper's margins (wave 1): the target logit as a function of cos θ, and the helpers
+every margin shares.
 
 A margin `mg` maps cosines (B, C) and integer labels (B,) to scaled logits (B, C): the target
 column gets the margin's curve, every other column stays s·cos θ_j, and a row whose label is −1 (a
@@ -14,7 +15,8 @@ is the same curve, unscaled, as a function of the angle; analysis figures draw i
 The paper's "SphereFace 1.35" row is the real-valued multiplicative margin inside the combined
 form: `get('combined', m1=1.35, m2=0, m3=0)`. Plain softmax (an unnormalised FC layer with a bias)
 is not a margin but a head option: `losses.build_objective` handles loss.name='softmax', and
-`get('softmax')` raises a ValueError saying so.
+`get('softmax')` raises a ValueError saying so. These margins are stateless: `init_state()` is {}
+and `apply(cos, labels, state=..)` is `mg(cos, labels)` (see arcface_jax.margins for the protocol).
 
 Numerics: everything is computed in float32 (float64 inputs stay float64); the margin curves are
 evaluated on the gathered target cosines only (B values, not B×C), and never through an arccos
@@ -29,8 +31,6 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from arcface_jax import margin_ranges
-from arcface_jax.margin_ranges import MarginRangeError  # noqa: F401  (margins.MarginRangeError)
 
 # Floor on sin²θ in derivatives only: d sinθ / d cosθ = −cosθ / sinθ and d arccos = −1 / sinθ are
 # infinite at cos θ = ±1; flooring sin²θ at 1e-10 caps them at 1e5 while values stay exact.
@@ -38,13 +38,31 @@ _SIN2_FLOOR = 1e-10
 
 
 class Margin(Protocol):
-  """What every margin offers (see the module docstring)."""
+  """What every margin offers (the protocol is described in arcface_jax.margins)."""
   scale: float
+  uses_norms: bool
+  needs_rng: bool
 
   def __call__(self, cos: jax.Array, labels: jax.Array) -> jax.Array:
     ...
 
   def target_logit(self, theta: jax.Array) -> jax.Array:
+    ...
+
+  def init_state(self) -> dict[str, jax.Array]:
+    ...
+
+  def prepare(self, target_cos: jax.Array, valid: jax.Array, *, state: dict,
+              norms: jax.Array | None = None, rng: jax.Array | None = None
+              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    ...
+
+  def bind(self, rows: dict[str, jax.Array]) -> Any:
+    ...
+
+  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
+            norms: jax.Array | None = None, rng: jax.Array | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     ...
 
 
@@ -99,8 +117,34 @@ def straight_through_target(cos: jax.Array, target: jax.Array) -> jax.Array:
   return cos + jax.lax.stop_gradient(target - cos)
 
 
+class Stateless:
+  """The state protocol of a margin that needs no state, feature norms or randomness.
+
+  `prepare` returns no per-row parameters, `bind` the margin itself (so the model-parallel head
+  applies it unchanged), and `apply` is `mg(cos, labels)` with the state passed through.
+  """
+  uses_norms = False
+  needs_rng = False
+
+  def init_state(self) -> dict[str, jax.Array]:
+    return {}
+
+  def prepare(self, target_cos: jax.Array, valid: jax.Array, *, state: dict,
+              norms: jax.Array | None = None, rng: jax.Array | None = None
+              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    return {}, dict(state)
+
+  def bind(self, rows: dict[str, jax.Array]) -> Any:
+    return self
+
+  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
+            norms: jax.Array | None = None, rng: jax.Array | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    return self(cos, labels), dict(state)
+
+
 @dataclasses.dataclass(frozen=True)
-class CombinedMargin:
+class CombinedMargin(Stateless):
   """Target logit s·(cos(m1·θ + m2) − m3): NormSoftmax, CosFace, ArcFace and CM1/CM2/SphereFace-1.35.
 
   Past θ0 = (π − m2)/m1, cos(m1·θ + m2) would rise again and reward a larger angle. By default the
@@ -167,7 +211,7 @@ def chebyshev(cos: jax.Array, m: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class SphereFaceMargin:
+class SphereFaceMargin(Stateless):
   """A-softmax (SphereFace, Liu et al. 2017): ψ(θ) = (−1)^k cos(mθ) − 2k for θ ∈ [kπ/m, (k+1)π/m].
 
   The original multiplies every logit by the feature norm ||x|| instead of a fixed scale, and blends
@@ -182,6 +226,7 @@ class SphereFaceMargin:
   lambda_power: float = 1.0
   lambda_min: float = 5.0
   uses_feature_norm = True  # callers pass ||x|| (B,) as `norms`
+  uses_norms = True
 
   def __post_init__(self):
     if self.m != int(self.m) or self.m < 1:
@@ -219,90 +264,9 @@ class SphereFaceMargin:
       return self.scale * logits
     return as_compute_dtype(norms)[:, None] * logits
 
-
-# Paper defaults per name; `m` is the name's single margin (None: the name has no single margin).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    'norm_softmax': dict(m1=1.0, m2=0.0, m3=0.0),
-    'cosface': dict(m1=1.0, m2=0.0, m3=0.35),
-    'arcface': dict(m1=1.0, m2=0.5, m3=0.0),
-    'combined': dict(m1=1.0, m2=0.3, m3=0.2),  # CM1
-    'sphereface': dict(m=4),
-}
-_SINGLE_MARGIN = {'cosface': 'm3', 'arcface': 'm2'}
-DEFAULT_SCALE = 64.0
-
-
-def names() -> list[str]:
-  """Valid margin names for `get`."""
-  return sorted(PAPER_DEFAULTS)
-
-
-def get(name: str, *, s: float | None = None, m: float | None = None, m1: float | None = None,
-        m2: float | None = None, m3: float | None = None, easy_margin: bool = False,
-        straight_through: bool = False, **sphereface_params: float) -> Margin:
-  """The margin called `name` with the paper's defaults, overridden by any non-None argument.
-
-  s: scale (64; for sphereface the scale used when no feature norms are passed, default 1).
-  m: the single margin of cosface (m3), arcface (m2) and sphereface (integer m).
-  m1, m2, m3: the combined form's margins (also accepted for norm_softmax/cosface/arcface).
-  sphereface_params: lambda_base, lambda_gamma, lambda_power, lambda_min (sphereface only).
-  A value outside its valid range raises `MarginRangeError` naming the argument (margin_ranges).
-  """
-  if name == 'softmax':
-    raise ValueError("'softmax' is not a margin: plain softmax (unnormalised FC with bias) is a "
-                     "head option, built by losses.build_objective for loss.name='softmax'")
-  if name not in PAPER_DEFAULTS:
-    raise ValueError(f'unknown margin {name!r}; valid names: {names()} (and softmax, a head '
-                     'option of losses.build_objective)')
-  if name == 'sphereface':
-    if any(v is not None for v in (m1, m2, m3)) or easy_margin or straight_through:
-      raise ValueError('sphereface (A-softmax) takes m (integer), s and lambda_*; for the '
-                       'real-valued SphereFace 1.35 use combined with m1=1.35')
-    params = dict(sphereface_params)
-    if m is not None:
-      params['m'] = m
-    if s is not None:
-      params['scale'] = s
-    margin_ranges.check_sphereface(params)
-    return SphereFaceMargin(**params)
-  if sphereface_params:
-    raise ValueError(f'{sorted(sphereface_params)} only apply to sphereface, not {name!r}')
-  params = dict(PAPER_DEFAULTS[name])
-  explicit = {'m1': m1, 'm2': m2, 'm3': m3}
-  given_as = {}  # errors name the argument the caller used: arcface's m, not m2
-  if m is not None:
-    key = _SINGLE_MARGIN.get(name)
-    if key is None:
-      raise ValueError(f'margin {name!r} has no single margin m; set m1/m2/m3')
-    params[key] = m
-    if explicit[key] is None:
-      given_as[key] = 'm'
-  for key, value in explicit.items():
-    if value is not None:
-      params[key] = value
-  scale = DEFAULT_SCALE if s is None else s
-  margin_ranges.check_scale(name, scale)
-  margin_ranges.check_combined(name, params['m1'], params['m2'], params['m3'], given_as)
-  return CombinedMargin(scale=scale, easy_margin=easy_margin,
-                        straight_through=straight_through, **params)
-
-
-def from_config(loss_config: Any) -> Margin:
-  """The margin of a `config.loss` section; None placeholders become the paper's defaults."""
-  extra = {}
-  if loss_config.name == 'sphereface':
-    extra = dict(lambda_base=loss_config.sphereface_lambda_base,
-                 lambda_gamma=loss_config.sphereface_lambda_gamma,
-                 lambda_power=loss_config.sphereface_lambda_power,
-                 lambda_min=loss_config.sphereface_lambda_min)
-    m = loss_config.m
-    return get('sphereface', s=loss_config.s, m=None if m is None else _as_int(m), **extra)
-  return get(loss_config.name, s=loss_config.s, m=loss_config.m, m1=loss_config.m1,
-             m2=loss_config.m2, m3=loss_config.m3, easy_margin=loss_config.easy_margin,
-             straight_through=loss_config.straight_through)
-
-
-def _as_int(m: float) -> int | float:
-  # loss.m is a float field; 4.0 means the integer A-softmax margin 4, 1.35 is rejected by
-  # SphereFaceMargin with a message pointing at combined m1=1.35.
-  return int(m) if float(m).is_integer() else m
+  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
+            norms: jax.Array | None = None, rng: jax.Array | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`mg(cos, labels, norms=norms)` without the softmax blend (λ needs the step: the objective
+    calls `mg(..., lam=mg.lambda_at(step))` itself)."""
+    return self(cos, labels, norms=norms), dict(state)
