@@ -162,6 +162,6 @@ def max_difference(path: str, model: nn.Module, variables: Any, image_size: int,
   session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
   got = session.run(None, {INPUT: pixels.transpose(0, 3, 1, 2)})[0]
   normalised = (pixels - np.reshape(mean, (-1,))) / np.reshape(std, (-1,))
-  expected = float32_model(model).apply(variables, jnp.asarray(normalised, jnp.float32),
-                                        train=False)
+  apply = jax.jit(lambda v, x: float32_model(model).apply(v, x, train=False))
+  expected = apply(variables, jnp.asarray(normalised, jnp.float32))
   return float(np.max(np.abs(got - np.asarray(expected))))
