@@ -14,7 +14,10 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned in the `compare` extra: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q -e '.[test,compare,analysis]'
+	$(PY) -m pip install -q -e '.[test,compare,analysis,export]'
+	# insightface (a `compare` reference) without its opencv-python, which would clash with our
+	# opencv-python-headless; the compare extra brings what its import needs.
+	$(PY) -m pip install -q --no-deps insightface==2.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,25 +1,32 @@
-"""Serialise a trained backbone for inference without this codebase: StableHLO via `jax.export`.
+"""Serialise a trained backbone for inference without this codebase: StableHLO or ONNX.
 
-The exported function maps float32 images (B, S, S, 3), normalised as in training, to float32
-embeddings (B, D) in eval mode (running batch-norm statistics, no dropout); the weights are
-constants inside the artifact and the batch size is symbolic. Reading it back needs only JAX:
+StableHLO (`--format stablehlo`, the default; `jax.export`): the exported function maps float32
+images (B, S, S, 3), normalised as in training, to float32 embeddings (B, D) in eval mode
+(running batch-norm statistics, no dropout); the weights are constants inside the artifact and
+the batch size is symbolic. Reading it back needs only JAX:
 
     import jax
     with open('backbone.jax_export', 'rb') as f:
       embed = jax.export.deserialize(bytearray(f.read())).call
     embeddings = embed(images)
 
+ONNX (`--format onnx`, `arcface_jax.onnx_export`): one self-contained file in insightface's
+recognition-model interface: float32 RGB pixels (B, 3, S, S) with values 0–255, normalised
+inside the graph, to (B, D); for onnxruntime, insightface's `model_zoo.get_model` (which needs
+S ≥ 112 and a multiple of 16; the command warns otherwise) or any ONNX runtime.
+
+Both write the model's `ModelInfo` beside the file (`<out>.json`).
+
 Commands:
     python -m arcface_jax.export --workdir runs/ms1m --out backbone.jax_export
+    python -m arcface_jax.export --workdir runs/ms1m --format onnx --out model.onnx
     python -m arcface_jax.export --imported DIR --out backbone.jax_export   # from import_onnx
-
-ONNX export: not offered. The converters from JAX to ONNX either go through TensorFlow
-(jax2tf + tf2onnx, a TensorFlow dependency this project avoids) or target Flax NNX (jax2onnx);
-published ONNX models are read with `arcface_jax.models.import_onnx` instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -30,6 +37,7 @@ from arcface_jax import model_info
 from arcface_jax.model_info import ModelInfo
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
+FORMATS = ('stablehlo', 'onnx')
 
 
 def export_embedder(model: nn.Module, variables: Any, image_size: int, *,
@@ -62,15 +70,40 @@ def load(path: str) -> Callable[[jax.Array], jax.Array]:
     return jax.export.deserialize(bytearray(f.read())).call
 
 
+def _usage_error(message: str) -> None:
+  print(f'arcface_jax.export: error: {message}', file=sys.stderr)
+  raise SystemExit(2)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+  """Bad input is one line and exit status 2, before anything slow starts."""
+  if args.format not in FORMATS:
+    _usage_error(f'unknown --format {args.format!r}; choose one of {", ".join(FORMATS)}')
+  if args.workdir and not os.path.isdir(args.workdir):
+    _usage_error(f'--workdir {args.workdir}: no such directory (a training run\'s workdir)')
+  if args.imported and not os.path.isfile(os.path.join(args.imported, 'model.json')):
+    _usage_error(f'--imported {args.imported}: no model.json there; write the directory with '
+                 '`python -m arcface_jax.models.import_onnx`')
+  if args.format == 'onnx':
+    try:
+      import onnx  # noqa: F401
+    except ImportError:
+      _usage_error("--format onnx needs the onnx package: pip install 'arcface_jax[export]'")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description='Export a backbone as serialised StableHLO.')
+  parser = argparse.ArgumentParser(description='Export a backbone as StableHLO or ONNX.')
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='a training run (its latest checkpoint)')
   source.add_argument('--imported', help='a directory written by models.import_onnx')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default latest)')
+  parser.add_argument('--format', default='stablehlo',
+                      help='stablehlo (default: jax.export) or onnx (insightface\'s interface)')
   parser.add_argument('--out', required=True)
-  parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS))
+  parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
+                      help='StableHLO only: the platforms to lower for')
   args = parser.parse_args(argv)
+  _check_arguments(args)
   if args.workdir:
     from arcface_jax import inference  # the training stack, only for this source
     embedder = inference.load_embedder(args.workdir, args.step)
@@ -85,8 +118,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = ModelInfo(model_name=meta['arch'], embedding_dim=int(meta['embedding_dim']),
                      image_size=int(size), mean=127.5, std=127.5,
                      fingerprint=model_info.fingerprint(variables))
+  if args.format == 'onnx':
+    _export_onnx(args.out, model, variables, int(size), info)
+    return
   n = save(args.out, model, variables, size, platforms=args.platforms.split(','), info=info)
   print(f'wrote {args.out} ({n / 2**20:.1f} MiB): float32 (B, {size}, {size}, 3) → embeddings')
+
+
+def _export_onnx(path: str, model: nn.Module, variables: Any, size: int, info: ModelInfo) -> None:
+  from arcface_jax import onnx_export
+  print(f'tracing {info.model_name} and writing ONNX (opset {onnx_export.OPSET})...', flush=True)
+  n = onnx_export.save(path, model, variables, size, mean=info.mean, std=info.std, info=info)
+  print(f'wrote {path} ({n / 2**20:.1f} MiB): float32 RGB pixels 0-255 (B, 3, {size}, {size}) '
+        f'→ (B, {info.embedding_dim}) embeddings; normalised inside as (x - {info.mean}) / '
+        f'{info.std}; info in {model_info.sidecar_path(path)}')
+  try:
+    import onnxruntime  # noqa: F401  (the `export` extra)
+  except ImportError:
+    print('onnxruntime is not installed: the file was not run here')
+  else:
+    diff = onnx_export.max_difference(path, model, variables, size, mean=info.mean, std=info.std)
+    print(f'checked with onnxruntime: max |JAX - ONNX| = {diff:.2g} on 3 random images')
+  reason = onnx_export.insightface_routing(size)
+  if reason:
+    print(f'warning: {reason}', file=sys.stderr)
 
 
 if __name__ == '__main__':

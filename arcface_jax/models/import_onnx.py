@@ -12,7 +12,9 @@ sides when they disagree. Order rather than parameter names is used because expo
 naming: a training-mode export keeps the PyTorch names ("layer1.0.conv1.weight"), while an
 eval-mode export with constant folding fuses each BatchNorm into the Conv before it and renames
 everything. A fused Conv is recognised by its bias (the reference's convs have none) and the
-Flax BatchNorm it swallowed becomes an exact identity plus that bias.
+Flax BatchNorm it swallowed becomes an exact identity plus that bias; a Flax conv with a bias of
+its own takes the bias instead. Files written by `arcface_jax.onnx_export` read back the same way
+(their batch norms are folded into convs, or BatchNormalization nodes where no conv precedes).
 
 Layout changes: conv kernels OIHW → HWIO; PReLU slopes (C, 1, 1) → (C,); FC weights (out, in) →
 (in, out) with the input re-ordered from PyTorch's channel-major flatten (C, H, W) to the
@@ -150,13 +152,22 @@ def flax_layers(model: nn.Module, image_size: int) -> tuple[list[FlaxLayer], Any
             else None)
     if kind is not None:
       calls.append(FlaxLayer(kind, tuple(module.path), shape,
-                             last_map[0] if kind == 'dense' else None))
+                             _pooled_map(last_map[0], shape[-1]) if kind == 'dense' else None))
     return out
 
   with nn.intercept_methods(record):
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                  jnp.zeros((1, image_size, image_size, 3))))
   return calls, abstract
+
+
+def _pooled_map(last_map: tuple[int, ...], features: int) -> tuple[int, ...]:
+  """The (H, W, C) map a dense layer flattens: the last module's output, or that output after a
+  square pooling (a max-pool between the last conv and the flatten is a function, not a module)."""
+  if len(last_map) != 3 or int(np.prod(last_map)) == features or features % last_map[2]:
+    return last_map
+  side = int(round((features // last_map[2]) ** 0.5))
+  return (side, side, last_map[2]) if side * side * last_map[2] == features else last_map
 
 
 def _set(tree: dict, path: Sequence[str], name: str, value: np.ndarray, like: Any) -> None:
@@ -208,7 +219,11 @@ def convert(onnx_model: Any, arch: str, *, image_size: int | None = None,
     a = layer.arrays
     if call.kind == 'conv':
       _set(params, call.path, 'kernel', a['kernel'].transpose(2, 3, 1, 0), p_like['kernel'])
-      pending_bias = a.get('bias')
+      if 'bias' in p_like:  # a conv with its own bias (no batch norm folded into it)
+        bias = a.get('bias', np.zeros(p_like['bias'].shape, np.float32))
+        _set(params, call.path, 'bias', bias, p_like['bias'])
+      else:
+        pending_bias = a.get('bias')
     elif call.kind == 'prelu':
       _set(params, call.path, 'slope', a['slope'], p_like['slope'])
     elif call.kind == 'bn':
