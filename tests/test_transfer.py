@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 
@@ -309,3 +310,65 @@ def test_init_from_onnx_file_and_import_directory(onnx_file, tmp_path):
   config.model.init_from = onnx_file
   with pytest.raises(init_from.InitFromError, match='is not a mobilefacenet'):
     init_from.load_backbone(config, _abstract(config))
+
+
+# ------------------------------------------------------------------ the fine-tuning recipe
+
+FINETUNE = os.path.join(REPO, 'configs', 'finetune.py')
+
+
+def _folder_tree(root, identities, images, size=16):
+  import cv2
+  rng = np.random.default_rng(0)
+  for i in range(identities):
+    folder = root / f'person{i:02d}'
+    folder.mkdir(parents=True)
+    for k in range(images):
+      cv2.imwrite(str(folder / f'{k:03d}.png'), rng.integers(0, 255, (size, size, 3), np.uint8))
+  return str(root)
+
+
+def test_finetune_split_is_stratified_90_10_then_88_12(tmp_path):
+  from arcface_jax.data.folder import FolderDataset
+  config = load_config(FINETUNE)
+  root = _folder_tree(tmp_path / 'faces', identities=10, images=50, size=4)
+  splits = {s: FolderDataset(root, s, split_by=config.data.split_by,
+                             val_fraction=config.data.val_fraction,
+                             test_fraction=config.data.test_fraction,
+                             seed=config.data.split_seed) for s in ('train', 'val', 'test')}
+  for split in splits.values():
+    assert split.num_classes == 10  # closed set: every person in every split's label space
+  test_per_person = np.bincount(splits['test'].labels, minlength=10)
+  assert (test_per_person == 5).all()  # 10% of each person's 50 photos
+  val_per_person = np.bincount(splits['val'].labels, minlength=10)
+  # 12% of the remaining 45 = 5.4 per person: 5 or 6 each, 54 expected in all.
+  assert set(val_per_person) <= {5, 6} and 50 <= val_per_person.sum() <= 60
+  assert len(splits['train']) + val_per_person.sum() + 50 == 500
+  paths = [set(s.paths) for s in splits.values()]
+  assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+
+
+def test_finetune_recipe_starts_from_a_model_trained_here(pretrained, tmp_path):
+  source, variables = pretrained
+  config = load_config(FINETUNE + ':tiny')
+  config.data.path = _folder_tree(tmp_path / 'faces', identities=6, images=8)
+  config.model.init_from = source
+  config.train.num_steps = 2
+  assert config.data.flip and config.data.rotation_degrees == 10.0
+  state = trainer.train_and_evaluate(config, str(tmp_path / 'run'), mesh=parallel.make_mesh(2))
+  assert state.params['head']['weight'].shape[0] == 6
+  tuned = _leaves_by_path(state.params['backbone'])
+  start = _leaves_by_path(variables['params'])
+  fresh = _leaves_by_path(jax.device_get(_abstract_init(config)))
+  kernel = 'IBasicBlock_0/Conv_0/kernel'
+  assert (np.linalg.norm(tuned[kernel] - start[kernel])
+          < 0.1 * np.linalg.norm(fresh[kernel] - start[kernel]))
+  with open(tmp_path / 'run' / 'best.json') as f:
+    assert 0.0 <= json.load(f)['val']['accuracy'] <= 1.0
+
+
+def _abstract_init(config):
+  model = trainer.build_model(config)
+  size = config.data.image_size
+  return model.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, size, size, 3)),
+                    train=False)['params']
