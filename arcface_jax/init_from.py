@@ -6,7 +6,8 @@ What `init_from` may name (checked in this order):
   directory ($XDG_CACHE_HOME/arcface_jax, else ~/.cache/arcface_jax) and checked; a file whose
   checksum differs is deleted and the run stops naming both checksums;
 - a training workdir: the backbone of its latest checkpoint (its config.json says the model);
-- a directory written by `python -m arcface_jax.models.import_onnx` (variables.msgpack + model.json);
+- a directory written by `python -m arcface_jax.models.import_onnx` (variables.msgpack,
+  model.json);
 - an `.onnx` file in insightface's layout (a published model, or `arcface_jax.export --format
   onnx` output), converted by `arcface_jax.models.import_onnx` as config.model.name.
 A `.jax_export` file cannot be a starting point: its weights are constants folded into a compiled
@@ -141,9 +142,13 @@ def _from_onnx(path: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   return variables
 
 
-def _from_imported(directory: str) -> dict[str, Any]:
+def _from_imported(directory: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   from arcface_jax.models import import_onnx
-  _, variables, _ = import_onnx.load(directory)
+  _, variables, meta = import_onnx.load(directory)
+  if meta['arch'] != config.model.name:
+    raise InitFromError(f'config.model.init_from={directory!r} holds a {meta["arch"]!r} model, '
+                        f'but config.model.name={config.model.name!r}; set '
+                        f'--config.model.name={meta["arch"]}')
   return variables
 
 
@@ -179,21 +184,21 @@ def load_backbone(config: ml_collections.ConfigDict, abstract: dict[str, Any]) -
   kind, path = resolve(spec, config.model.init_from_sha256)
   if kind == 'workdir':
     return _from_workdir(path, abstract)
-  variables = _from_onnx(path, config) if kind == 'onnx' else _from_imported(path)
+  variables = (_from_onnx(path, config) if kind == 'onnx'
+               else _from_imported(path, config))
   variables = {k: variables.get(k, {}) for k in ('params', 'batch_stats')}
   check_compatible(abstract, variables, spec)
   return variables
 
 
-def _shapes(tree: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_display(optim.path_string(p)): tuple(np.shape(leaf)) for p, leaf in flat}
-
-
-def _display(path: str) -> str:
-  # Parameters as the freeze expressions see them (backbone/...); statistics under batch_stats/.
-  kind, _, rest = path.partition('/')
-  return f'backbone/{rest}' if kind == 'params' else path
+def _shapes(variables: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+  """'/'-joined path → shape; parameters first (as freeze expressions see them, backbone/...),
+  then statistics (batch_stats/...)."""
+  shapes = {}
+  for kind, prefix in (('params', 'backbone'), ('batch_stats', 'batch_stats')):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables.get(kind, {}))[0]:
+      shapes[f'{prefix}/{optim.path_string(path)}'] = tuple(np.shape(leaf))
+  return shapes
 
 
 def check_compatible(expected: dict[str, Any], found: dict[str, Any], source: str) -> None:

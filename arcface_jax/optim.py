@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from arcface_jax.parallel import lazy
@@ -131,9 +132,10 @@ def group_labels(train_config: ml_collections.ConfigDict, paths: list[str]) -> l
     for expression in expressions:
       if expression not in used:
         # A multiplier shadowed by an earlier one for every path it matches also lands here.
+        shadowed = ' not frozen or matched by an earlier expression' if key != 'freeze' else ''
         raise PatternError(
-            f'config.train.{key}: {expression!r} matches no parameter (paths look like '
-            f'{paths[0]!r}, {paths[-1]!r}; they start with backbone/ or head/)')
+            f'config.train.{key}: {expression!r} matches no parameter{shadowed} (paths look '
+            f'like {paths[0]!r}, {paths[-1]!r}; they start with backbone/ or head/)')
   return labels
 
 
@@ -192,8 +194,11 @@ def set_hyperparams(opt_state: Any, train_config: ml_collections.ConfigDict) -> 
   if not isinstance(opt_state, RuntimeHyperparamsState):
     raise TypeError('set_hyperparams needs the state of make_optimizer()')
   old = opt_state.hyperparams
+  wanted = {k: np.float32(train_config[k]) for k in HYPERPARAMS}
+  if all(np.asarray(jax.device_get(old[k])) == wanted[k] for k in HYPERPARAMS):
+    return opt_state  # unchanged: keep the state bit for bit
   put = lambda value, like: jax.device_put(jnp.asarray(value, jnp.float32), like.sharding)
-  hyper = {k: put(float(train_config[k]), old[k]) for k in HYPERPARAMS}
+  hyper = {k: put(wanted[k], old[k]) for k in HYPERPARAMS}
   rate = make_schedule(train_config)(int(jax.device_get(opt_state.count)))
   return opt_state._replace(hyperparams=hyper, learning_rate=put(rate, opt_state.learning_rate))
 

@@ -338,8 +338,12 @@ def _heatmap(workdir: str, records: list[dict], keys: list[str], tag: str,
 
 
 def _log_hparams(workdir: str, records: list[dict], tag: str) -> None:
+  import shutil
+
   from tensorboardX import SummaryWriter
-  with SummaryWriter(os.path.join(workdir, 'tensorboard')) as writer:
+  logdir = os.path.join(workdir, 'tensorboard')
+  shutil.rmtree(logdir, ignore_errors=True)  # written afresh with every cell on each start
+  with SummaryWriter(logdir) as writer:
     for r in records:
       hparams = {k: v for k, v in r['values'].items()}
       writer.add_hparams(hparams, {f'hparam/{tag}': r['metric']}, name=r['name'])

@@ -112,7 +112,7 @@ def test_lr_multiplier_scales_the_update(tiny_config):
     ('freeze', ('^backbone/NoSuchLayer',), "'\\^backbone/NoSuchLayer' matches no parameter"),
     ('freeze', ('([',), 'not a valid regular expression'),
     ('lr_multipliers', ('^head/',), 'is not REGEX=FACTOR'),
-    ('lr_multipliers', ('^nothing/=2',), "'\\^nothing/' matches no parameter"),
+    ('lr_multipliers', ('^nothing/=2',), "'\\^nothing/' matches no parameter not frozen"),
 ])
 def test_bad_patterns_are_one_config_error(tiny_config, tmp_path, key, value, message):
   tiny_config.train[key] = value
@@ -212,8 +212,8 @@ def test_init_from_architecture_mismatch_names_the_first_parameter(tiny_config, 
   tiny_config.model.init_from = pretrained[0]
   tiny_config.model.embedding_dim = 48
   with pytest.raises(trainer.ConfigError,
-                     match=r'backbone/Dense_0/kernel: this model expects shape \(\d+, 48\), the '
-                           r'source has \(\d+, 32\)'):
+                     match=r'backbone/\S+: this model expects shape \((\d+, )?48\), the '
+                           r'source has \((\d+, )?32\)'):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'), mesh=parallel.make_mesh(1))
 
 
