@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from arcface_jax import optim
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -97,13 +99,20 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
     metrics = dict(metrics)
     metrics.update(
         loss=loss,
-        learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+        learning_rate=_applied_rate(state.opt_state, schedule, state.step),
         grad_norm_backbone=optax.tree.norm(grads['backbone']),
         skipped=(~finite).astype(jnp.float32),
     )
     return new_state, metrics
 
   return train_step
+
+
+def _applied_rate(opt_state: optax.OptState, schedule: optax.Schedule,
+                  step: jax.Array) -> jax.Array:
+  # optim.make_optimizer keeps the base rate in its state (not a constant of the program).
+  rate = optim.applied_learning_rate(opt_state)
+  return jnp.asarray(schedule(step) if rate is None else rate, jnp.float32)
 
 
 def make_embed_fn(model: nn.Module) -> Callable[[dict[str, Any], jax.Array], jax.Array]:

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from arcface_jax import (config_checks, losses, models, optim, parallel, reporting, workdir_lock,
-                         write_errors)
+from arcface_jax import (config_checks, freezing, init_from, losses, models, optim, parallel,
+                         reporting, workdir_lock, write_errors)
 from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
 from arcface_jax.data import pipeline, sources
 from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
@@ -136,13 +136,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   model = build_model(config)
   objective = build_objective(config, num_classes=num_classes, mesh=mesh)
   schedule = optim.make_schedule(config.train)
-  tx = optim.make_optimizer(config.train, schedule,
-                            lazy_head=config.head.model_parallel and config.head.lazy_update)
   init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
-
-  init_fn = functools.partial(create_train_state, model=model, objective=objective, tx=tx,
-                              image_size=config.data.image_size)
-  abstract_state = jax.eval_shape(init_fn, init_rng)
+  try:  # freeze / lr_multipliers expressions are checked against the parameters here
+    tx = optim.make_optimizer(config.train,
+                              lazy_head=config.head.model_parallel and config.head.lazy_update)
+    init_fn = functools.partial(create_train_state, model=model, objective=objective, tx=tx,
+                                image_size=config.data.image_size)
+    abstract_state = jax.eval_shape(init_fn, init_rng)
+  except optim.PatternError as e:
+    raise ConfigError(str(e)) from None
   if config.head.model_parallel:
     # Class centres and their optimizer leaves split by class over `data`; the rest replicated.
     state_shardings = parallel.state_shardings(abstract_state, mesh)
@@ -153,11 +155,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   state = checkpointer.restore_latest(_with_shardings(abstract_state, state_shardings))
   if state is not None:
     logging.info('resumed from %s at step %d', workdir, int(state.step))
+    if config.model.init_from:
+      logging.info('config.model.init_from=%r ignored: it applies only at the start of a run, '
+                   'and this one resumes from its own checkpoint', config.model.init_from)
+    state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, config.train))
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    try:
+      state = init_from.initialize(state, config)
+    except init_from.InitFromError as e:
+      raise ConfigError(str(e)) from None
 
   train_step = jax.jit(
-      make_train_step(model, objective, tx, schedule, dropout_key),
+      make_train_step(freezing.for_training(model, config.train, abstract_state.params,
+                                            abstract_state.batch_stats),
+                      objective, tx, schedule, dropout_key),
       in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
   train_step = _compile_ahead(train_step, state, config, mesh)

@@ -37,7 +37,7 @@ def bare_step_seconds(config, mesh, batches, steps: int) -> float:
                                      embedding_dim=config.model.embedding_dim,
                                      init_std=config.head.init_std)
   schedule = optim.make_schedule(config.train)
-  tx = optim.make_optimizer(config.train, schedule)
+  tx = optim.make_optimizer(config.train)
   state = jax.jit(lambda k: create_train_state(k, model, objective, tx, config.data.image_size),
                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
   step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),

@@ -56,6 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.embedding_dim = 512
   model.dropout = 0.0
   model.dtype = 'float32'  # trunk compute dtype: 'float32' or 'bfloat16'; embeddings stay fp32
+  # Pretrained backbone to start from ('' = none): a training workdir, an import_onnx directory,
+  # an .onnx file, or an http(s)/file URL of one (arcface_jax/init_from.py). Only at the start of
+  # a run: resuming from the workdir's own checkpoint wins. The classifier head starts fresh.
+  model.init_from = ''
+  model.init_from_sha256 = ''  # checksum of a URL's file (or give it as URL#sha256=HEX)
 
   # ---------------------------------------------------------------- loss
   config.loss = loss = ml_collections.ConfigDict()
@@ -126,6 +131,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.checkpoint_every = 2_000
   train.keep_checkpoints = 3
   train.max_consecutive_bad_steps = 20  # abort after this many non-finite steps in a row
+  # Transfer learning (arcface_jax/optim.py). Regular expressions, re.search'ed on the '/'-joined
+  # parameter paths 'backbone/<Flax module path>/<name>' (e.g. backbone/IBasicBlock_0/Conv_0/kernel)
+  # and 'head/weight'; an expression matching nothing is an error.
+  train.freeze = ()  # frozen parameters: no update, no optimizer state, e.g. ('^backbone/',)
+  # Batch norms whose parameters are all frozen run in eval mode (running statistics, not updated).
+  train.freeze_batch_stats = False
+  train.lr_multipliers = ()  # 'REGEX=FACTOR': the first match scales the rate, e.g. ('^head/=10',)
 
   # ---------------------------------------------------------------- evaluation
   config.eval = ev = ml_collections.ConfigDict()

@@ -37,7 +37,7 @@ def main(out: str) -> None:
   objective = parallel.ModelParallelObjective(config.loss, config.head, num_classes=CLASSES,
                                               embedding_dim=DIM, mesh=mesh, seed=0)
   schedule = optim.make_schedule(config.train)
-  tx = optim.make_optimizer(config.train, schedule, lazy_head=True)
+  tx = optim.make_optimizer(config.train, lazy_head=True)
   init = lambda rng: create_train_state(rng, model, objective, tx, IMAGE)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = parallel.state_shardings(abstract, mesh)

@@ -12,7 +12,7 @@ def _train_config(**overrides):
   c = ml_collections.ConfigDict(dict(
       learning_rate=0.1, schedule='step', lr_boundaries=(100, 160), lr_decay_factor=0.1,
       warmup_steps=0, poly_power=1.0, num_steps=180, momentum=0.9, weight_decay=5e-4,
-      clip_grad_norm=5.0))
+      clip_grad_norm=5.0, freeze=(), lr_multipliers=(), freeze_batch_stats=False))
   c.update(overrides)
   return c
 
@@ -37,7 +37,7 @@ def test_unknown_schedule_names_the_value():
 
 def test_clip_applies_to_backbone_only_and_decay_is_coupled():
   config = _train_config(momentum=0.0)
-  tx = optim.make_optimizer(config, optim.make_schedule(config))
+  tx = optim.make_optimizer(config)
   params = {'backbone': {'w': jnp.full((4,), 2.0)}, 'head': {'weight': jnp.full((4,), 3.0)}}
   grads = {'backbone': {'w': jnp.full((4,), 100.0)}, 'head': {'weight': jnp.full((4,), 100.0)}}
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -48,7 +48,7 @@ def test_clip_applies_to_backbone_only_and_decay_is_coupled():
 
 def test_momentum_accumulates_like_torch_sgd():
   config = _train_config(weight_decay=0.0, clip_grad_norm=0.0)
-  tx = optim.make_optimizer(config, optim.make_schedule(config))
+  tx = optim.make_optimizer(config)
   params = {'backbone': {'w': jnp.zeros(2)}, 'head': {'weight': jnp.zeros(2)}}
   grads = _tree_full(params, 1.0)
   state = tx.init(params)

@@ -130,11 +130,10 @@ def test_lazy_sgd_touches_only_sampled_rows_and_equals_dense_on_them(mesh):
 def test_make_optimizer_lazy_head_leaves_the_backbone_dense():
   config = load_base(os.path.join(REPO, 'configs', 'base.py')).train
   config.clip_grad_norm = 0.0
-  schedule = optim.make_schedule(config)
   params = {'backbone': {'w': jnp.ones(3)}, 'head': {'weight': jnp.ones((4, 2))}}
   grads = {'backbone': {'w': jnp.ones(3)}, 'head': {'weight': jnp.zeros((4, 2)).at[1].set(1.0)}}
-  dense = optim.make_optimizer(config, schedule)
-  lazy_tx = optim.make_optimizer(config, schedule, lazy_head=True)
+  dense = optim.make_optimizer(config)
+  lazy_tx = optim.make_optimizer(config, lazy_head=True)
   d_up, _ = dense.update(grads, dense.init(params), params)
   l_up, _ = lazy_tx.update(grads, lazy_tx.init(params), params)
   np.testing.assert_allclose(l_up['backbone']['w'], d_up['backbone']['w'], rtol=1e-6)
@@ -162,7 +161,7 @@ def _objective(mesh, sample_rate=1.0):
 @pytest.mark.parametrize('lazy_head', [False, True])
 def test_state_shardings_split_centres_and_their_optimizer_state(lazy_head, mesh):
   config = load_base(os.path.join(REPO, 'configs', 'base.py')).train
-  tx = optim.make_optimizer(config, optim.make_schedule(config), lazy_head=lazy_head)
+  tx = optim.make_optimizer(config, lazy_head=lazy_head)
   objective = _objective(mesh)
   abstract = jax.eval_shape(lambda r: _train_state(objective, tx, r), jax.random.key(0))
   shardings = parallel.state_shardings(abstract, mesh)
@@ -175,7 +174,7 @@ def test_state_shardings_split_centres_and_their_optimizer_state(lazy_head, mesh
 
 def test_checkpoint_written_on_8_devices_restores_split_on_4(mesh, tmp_path):
   config = load_base(os.path.join(REPO, 'configs', 'base.py')).train
-  tx = optim.make_optimizer(config, optim.make_schedule(config), lazy_head=True)
+  tx = optim.make_optimizer(config, lazy_head=True)
   objective = _objective(mesh, sample_rate=0.5)
   init = lambda r: _train_state(objective, tx, r)
   abstract = jax.eval_shape(init, jax.random.key(0))
@@ -202,7 +201,8 @@ def test_checkpoint_written_on_8_devices_restores_split_on_4(mesh, tmp_path):
   weight = restored.params['head']['weight']
   assert weight.sharding.mesh.size == 4 and weight.sharding.spec == P('data')
   assert {s.data.shape for s in weight.addressable_shards} == {(32, 4)}
-  trace = restored.opt_state[-1].inner_states['lazy'].inner_state.trace['head']['weight']
+  lazy_state = restored.opt_state.inner_state[-1].inner_states['lazyx1.0'].inner_state
+  trace = lazy_state.trace['head']['weight']
   assert trace.sharding.spec == P('data') and np.asarray(trace).any()
 
 

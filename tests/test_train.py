@@ -76,7 +76,7 @@ def _step_on_mesh(config, mesh, batch, num_steps=2):
   objective = losses.build_objective(config.loss, num_classes=10,
                                      embedding_dim=config.model.embedding_dim)
   schedule = optim.make_schedule(config.train)
-  tx = optim.make_optimizer(config.train, schedule)
+  tx = optim.make_optimizer(config.train)
   init = jax.jit(lambda key: create_train_state(key, model, objective, tx,
                                                 config.data.image_size),
                  out_shardings=parallel.replicated(mesh))
@@ -120,7 +120,7 @@ def test_non_finite_step_is_skipped_and_counted(tiny_config):
   objective = losses.build_objective(tiny_config.loss, num_classes=10,
                                      embedding_dim=tiny_config.model.embedding_dim)
   schedule = optim.make_schedule(tiny_config.train)
-  tx = optim.make_optimizer(tiny_config.train, schedule)
+  tx = optim.make_optimizer(tiny_config.train)
   step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)))
   before = jax.device_get(state)
   after, metrics = step(state, parallel.global_batch(mesh, bad))

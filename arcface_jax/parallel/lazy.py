@@ -42,14 +42,16 @@ def lazy_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9,
                         trace=jax.tree.map(jnp.zeros_like, params))
 
   def update(updates, state, params=None):
-    if params is None and weight_decay:
+    # momentum and weight_decay may be traced (runtime hyperparameters): no Python branching on
+    # their values; a zero momentum or decay computes the same as leaving the term out.
+    if params is None and isinstance(weight_decay, (int, float)) and weight_decay:
       raise ValueError('lazy_sgd with weight_decay needs params in update()')
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
     def one(g, buf, p):
       used = used_rows(g)
-      g = g + weight_decay * p if weight_decay else g
-      new_buf = momentum * buf + g if momentum else g
+      g = g + weight_decay * p
+      new_buf = momentum * buf + g
       new_buf = jnp.where(used, new_buf, buf)
       return jnp.where(used, -lr * new_buf, 0.0).astype(g.dtype), new_buf
 
