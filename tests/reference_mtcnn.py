@@ -18,24 +18,20 @@ import pytest
 
 def _torch_nms(boxes, scores, iou_threshold: float):
   import torch  # pylint: disable=import-outside-toplevel
-  order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+  order = torch.sort(scores, descending=True, stable=True).indices.numpy()
   b = boxes.detach().cpu().double().numpy()  # float64 here: independent of the code under test
   area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-  removed, keep = set(), []
-  for rank, i in enumerate(order):
-    if i in removed:
-      continue
+  keep = []
+  while order.size:
+    i, order = order[0], order[1:]
     keep.append(i)
-    for j in order[rank + 1:]:
-      if j in removed:
-        continue
-      w = max(0.0, min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0]))
-      h = max(0.0, min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1]))
-      inter = w * h
-      union = area[i] + area[j] - inter
-      if union > 0 and inter / union > iou_threshold:
-        removed.add(j)
-  return torch.as_tensor(keep, dtype=torch.int64)
+    inter = (np.clip(np.minimum(b[i, 2], b[order, 2]) - np.maximum(b[i, 0], b[order, 0]), 0, None)
+             * np.clip(np.minimum(b[i, 3], b[order, 3]) - np.maximum(b[i, 1], b[order, 1]), 0,
+                       None))
+    union = area[i] + area[order] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    order = order[iou <= iou_threshold]
+  return torch.as_tensor(np.asarray(keep, np.int64))
 
 
 def _batched_nms(boxes, scores, idxs, iou_threshold: float):

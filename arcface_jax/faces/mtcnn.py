@@ -44,7 +44,7 @@ from arcface_jax.faces import mtcnn_nets
 
 LEVEL_MULTIPLE = 32  # P-Net inputs are padded to multiples of this many pixels
 MAX_BATCH = 512  # R-Net/O-Net crops per call; batches are padded to powers of two up to this
-_MIN_BATCH = 16
+_MIN_BATCH = 4
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -98,6 +98,20 @@ def area_resize(table: np.ndarray, top: np.ndarray, left: np.ndarray, height: np
   c_lo, c_hi = col_lo[:, None, :], col_hi[:, None, :]
   sums = table[r_hi, c_hi] - table[r_lo, c_hi] - table[r_hi, c_lo] + table[r_lo, c_lo]
   counts = ((r_hi - r_lo) * (c_hi - c_lo))[..., None]
+  return (sums / counts).astype(np.float32)
+
+
+def area_resize_whole(table: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """The whole image resized to out_hw by area averaging: (out_h, out_w, C) float32.
+
+  The same windows as area_resize, separably: whole rows of the integral image, then columns.
+  """
+  height, width = table.shape[0] - 1, table.shape[1] - 1
+  row_lo, row_hi = _windows(np.zeros(1, np.int64), np.array([height]), out_hw[0])
+  col_lo, col_hi = _windows(np.zeros(1, np.int64), np.array([width]), out_hw[1])
+  rows = table[row_hi[0]] - table[row_lo[0]]
+  sums = rows[:, col_hi[0]] - rows[:, col_lo[0]]
+  counts = ((row_hi - row_lo)[0][:, None] * (col_hi - col_lo)[0][None, :])[..., None]
   return (sums / counts).astype(np.float32)
 
 
@@ -158,8 +172,8 @@ def regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   return boxes
 
 
-def _bucket(size: int, multiple: int = LEVEL_MULTIPLE) -> int:
-  return -(-size // multiple) * multiple
+def _bucket(size: int) -> int:
+  return -(-size // LEVEL_MULTIPLE) * LEVEL_MULTIPLE
 
 
 def _batch_bucket(n: int) -> int:
@@ -252,18 +266,15 @@ class MTCNN:
                               f'{", ".join(f"{k[1][0]}x{k[1][1]}" for k in new)} '
                               '(photos of other sizes reuse them)')
     outputs = []
-    zero = np.zeros(1, np.int64)
     for (level_h, level_w) in sizes:  # dispatch every level before reading any result
-      level = area_resize(table, zero, zero, np.array([height]), np.array([width]),
-                          (level_h, level_w))
       padded = np.zeros((1, _bucket(level_h), _bucket(level_w), 3), np.float32)
-      padded[:, :level_h, :level_w] = level
+      padded[0, :level_h, :level_w] = area_resize_whole(table, (level_h, level_w))
       outputs.append(mtcnn_nets.pnet_forward(self._variables['pnet'], padded,
                                              np.array([level_h, level_w], np.int32)))
     candidates = []
     for scale, (level_h, level_w), (offsets, probs) in zip(scales, sizes, outputs):
       rows, cols = math.ceil((level_h - 2) / 2) - 4, math.ceil((level_w - 2) / 2) - 4
-      probs, offsets = np.asarray(probs[0, :rows, :cols]), np.asarray(offsets[0, :rows, :cols])
+      probs, offsets = np.asarray(probs)[0, :rows, :cols], np.asarray(offsets)[0, :rows, :cols]
       ys, xs = np.nonzero(probs >= self.thresholds[0])
       if not len(ys):
         continue
