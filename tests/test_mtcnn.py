@@ -5,7 +5,7 @@ Side by side with the reference implementation: tests/test_mtcnn_reference.py.
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 
 import cv2
 import jax
@@ -28,14 +28,15 @@ def astronaut_faces(detector):
   return detector.detect(face_photos.astronaut())
 
 
-def test_weights_are_read_without_tensorflow_or_importing_mtcnn():
+def test_weights_are_read_without_tensorflow_torch_or_importing_mtcnn():
+  before = set(sys.modules)
   variables = mtcnn_nets.load_weights('onet')['params']
+  added = {name.split('.')[0] for name in set(sys.modules) - before}
+  assert not added & {'mtcnn', 'tensorflow', 'torch', 'keras'}
   assert variables['conv1']['kernel'].shape == (3, 3, 3, 32)
   assert variables['dense5']['kernel'].shape == (1152, 256)
   assert variables['landmarks']['kernel'].shape == (256, 10)
   assert variables['prelu5']['alpha'].shape == (256,)
-  import sys  # pylint: disable=import-outside-toplevel
-  assert 'mtcnn' not in sys.modules and 'tensorflow' not in sys.modules
 
 
 def test_missing_weights_name_what_to_install(tmp_path):
@@ -54,7 +55,8 @@ def test_max_pool_ceil_matches_a_float64_loop():
     want = np.empty((2, rows, cols, 3))
     for i in range(rows):
       for j in range(cols):  # a window over the edge takes the pixels it covers
-        want[:, i, j] = x[:, i * stride:i * stride + window, j * stride:j * stride + window].max((1, 2))
+        rows_, cols_ = slice(i * stride, i * stride + window), slice(j * stride, j * stride + window)
+        want[:, i, j] = x[:, rows_, cols_].max((1, 2))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -80,7 +82,8 @@ def test_pnet_on_a_packed_canvas_equals_each_image_alone():
 
 
 def test_pyramid_levels_are_packed_without_overlap():
-  sizes = [(int(480 * s + 1), int(640 * s + 1)) for s in mtcnn_lib.pyramid_scales(480, 640, 20, 0.709)]
+  scales = mtcnn_lib.pyramid_scales(480, 640, 20, 0.709)
+  sizes = [(int(480 * s + 1), int(640 * s + 1)) for s in scales]
   origins, (height, width) = mtcnn_lib.pack_levels(sizes)
   taken = np.zeros((height, width), int)
   for (top, left), (h, w) in zip(origins, sizes):
