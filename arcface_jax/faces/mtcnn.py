@@ -17,9 +17,9 @@ and 0.7 across scales, regression by the unpadded width, square-ing, crops trunc
 and clipped to the image (not zero padded), R-Net/O-Net thresholds > t1/t2, regression by width
 + 1, landmarks relative to the box before O-Net's regression, and a final NMS at 0.7 over the
 smaller box's area (+1 pixel areas). The one departure: a candidate wholly outside the image is
-dropped (facenet-pytorch then pairs the remaining crops with the wrong boxes). It is not the `mtcnn`
-package's pipeline (different resizing, rounding and NMS): results differ from that one by more
-than the tests' tolerances. Results are then sorted by score, highest first.
+dropped (facenet-pytorch then pairs the remaining crops with the wrong boxes). The `mtcnn`
+package's own pipeline (its resizing, rounding and NMS) is not followed; only its weight files are
+used. Results are then sorted by score, highest first.
 
 Compilation: all pyramid levels of a photo are packed onto one canvas, padded to multiples of 32
 pixels, and P-Net runs once on it: first-layer outputs whose window leaves a level are masked
@@ -27,8 +27,10 @@ before the pool, so every level's outputs equal its own unpadded run (tested). R
 run on batches padded to powers of two. A photo size compiles one P-Net program, shared by the
 sizes that round to the same canvas; one line is logged before new programs compile.
 
-Very large photos are first shrunk (OpenCV area resampling) so their longer side is `max_side`;
-boxes and landmarks are mapped back to the original pixels. Boxes may extend past the image edge.
+Very large photos are first shrunk (OpenCV area resampling) so their longer side is `max_side`
+(default 1600; faces smaller than min_face_size × side / max_side are then missed, max_side=None
+keeps every pixel); boxes and landmarks are mapped back to the original pixels. Boxes may extend
+past the image edge.
 """
 from __future__ import annotations
 
@@ -206,7 +208,15 @@ def _batch_bucket(n: int) -> int:
 
 
 class MTCNN:
-  """The MTCNN face detector with the published weights (see the module docstring)."""
+  """The MTCNN face detector with the published weights (see the module docstring).
+
+  min_face_size: the smallest face searched for, in pixels (after any max_side shrink).
+  thresholds: the P-, R- and O-Net face probabilities a candidate needs.
+  scale_factor: the ratio between successive pyramid levels.
+  max_side: photos whose longer side exceeds it are shrunk to it first (None: never).
+  weights_dir: a folder with pnet.lz4, rnet.lz4 and onet.lz4 (default: the installed `mtcnn`
+    package's). Creating a detector turns the persistent compilation cache on (compilation.py).
+  """
 
   def __init__(self, *, min_face_size: float = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                scale_factor: float = 0.709, max_side: int | None = 1600,
