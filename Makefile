@@ -18,6 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 	# insightface (a `compare` reference) without its opencv-python, which would clash with our
 	# opencv-python-headless; the compare extra brings what its import needs.
 	$(PY) -m pip install -q --no-deps insightface==2.1
+	# The MTCNN reference for the tests, without its torch/torchvision pins (they pull CUDA builds).
+	$(PY) -m pip install -q --no-deps 'facenet-pytorch==2.6.0'
 	touch $(STAMP)
 
 install: $(STAMP)
