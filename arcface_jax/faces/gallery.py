@@ -89,6 +89,9 @@ class Gallery:
       raise GalleryError(f'no face could be enrolled from {found.source} ('
                          f'{len(found.skipped)} photos skipped); expected one sub-folder of '
                          'photos per person')
+    if UNKNOWN in found.identities:
+      raise GalleryError(f'a person named {UNKNOWN!r} in {found.source} cannot be told apart '
+                         'from the answer for strangers: rename the folder')
     names = sorted(set(self.names) | set(found.identities))
     remap = np.array([names.index(n) for n in self.names], np.int32)
     old_labels = remap[self.labels] if len(self.labels) else np.zeros((0,), np.int32)

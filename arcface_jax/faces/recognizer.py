@@ -89,7 +89,20 @@ class Identification:
     return result
 
 
-UNKNOWN = 'unknown'
+def whole_image_face(rgb: np.ndarray, size: int) -> Face:
+  """An aligned crop as a face covering the whole image; the crop resized to `size` if needed."""
+  height, width = rgb.shape[:2]
+  landmarks = template(size) * np.array([width / size, height / size])
+  return Face(box=np.array([0, 0, width, height], np.float32), score=1.0,
+              landmarks=landmarks.astype(np.float32), crop=resize(rgb, (size, size)))
+
+
+def find_faces(rgb: np.ndarray, detector: Any, size: int) -> list[Face]:
+  """The detector's faces in an RGB photo, each aligned onto the template at `size`."""
+  return [Face(box=np.asarray(d.box, np.float32), score=float(d.score),
+               landmarks=np.asarray(d.landmarks, np.float32),
+               crop=align_face(rgb, d.landmarks, size))
+          for d in detector.detect(rgb)]
 
 
 class FaceRecognizer:
@@ -116,12 +129,7 @@ class FaceRecognizer:
 
   def as_crop(self, image: ImageInput) -> Face:
     """An already aligned photo as one face (resized to the model's side if needed)."""
-    rgb = load_image(image)
-    height, width = rgb.shape[:2]
-    size = self.info.image_size
-    landmarks = template(size) * np.array([width / size, height / size])
-    return Face(box=np.array([0, 0, width, height], np.float32), score=1.0,
-                landmarks=landmarks.astype(np.float32), crop=resize(rgb, (size, size)))
+    return whole_image_face(load_image(image), self.info.image_size)
 
   def detector(self):
     if self._detector is None:
@@ -137,12 +145,7 @@ class FaceRecognizer:
     """
     if self._aligned(aligned):
       return [self.as_crop(image)]
-    rgb = load_image(image)
-    size = self.info.image_size
-    return [Face(box=np.asarray(d.box, np.float32), score=float(d.score),
-                 landmarks=np.asarray(d.landmarks, np.float32),
-                 crop=align_face(rgb, d.landmarks, size))
-            for d in self.detector().detect(rgb)]
+    return find_faces(load_image(image), self.detector(), self.info.image_size)
 
   def largest_face(self, image: ImageInput, *, aligned: bool | None = None,
                    index: int | None = None) -> Face:
@@ -229,6 +232,7 @@ class EmbeddedPeople:
   embeddings: np.ndarray  # (N, D) float32, L2-normalised
   identities: list[str]  # the person of each row
   origins: list[str]  # the photo of each row
+  boxes: list[np.ndarray]  # the face's box in that photo
   skipped: list[tuple[str, str]]  # (photo, reason) of photos that gave nothing
   source: str
 
@@ -256,13 +260,14 @@ def embed_people(recognizer: FaceRecognizer, people: Any, *, aligned: bool | Non
   else:
     entries = [(photo, describe(photo, i)) for i, photo in enumerate(people)]
     source = 'the given photos'
-  crops, identities, skipped, origins = [], [], [], []
+  crops, identities, skipped, origins, boxes = [], [], [], [], []
   for index, (photo, identity) in enumerate(tqdm(entries, desc=f'embedding {what} photos',
                                                  unit='photo', disable=not progress)):
     try:
       faces = recognizer.detect(photo, aligned=aligned)
     except images_lib.ImageError as e:
-      skipped.append((describe(photo, index), str(e)))
+      skipped.append((describe(photo, index),
+                      str(e).removeprefix(f'{describe(photo, index)}: ')))
       continue
     if not faces:
       skipped.append((describe(photo, index), 'no face found'))
@@ -270,6 +275,7 @@ def embed_people(recognizer: FaceRecognizer, people: Any, *, aligned: bool | Non
     if not every_face:
       faces = [max(faces, key=lambda f: f.area)]
     crops += [face.crop for face in faces]  # embedded together below: full batches
+    boxes += [face.box for face in faces]
     identities += [identity] * len(faces)
     origins += [describe(photo, index)] * len(faces)
-  return EmbeddedPeople(recognizer.embed(crops), identities, origins, skipped, source)
+  return EmbeddedPeople(recognizer.embed(crops), identities, origins, boxes, skipped, source)

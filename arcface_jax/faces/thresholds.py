@@ -83,7 +83,6 @@ def threshold_at_rate(scores: np.ndarray, rate: float, kind: str, source: str) -
     needed = math.ceil(1 / rate - 1e-9)
     note = (f'only {n} calibration scores; {kind} {rate:g} needs at least {needed}, so the '
             'highest calibration score is used (the most conservative threshold available)')
-    log.warning('%s', note)
     value = scores[0]
   else:
     value = scores[allowed]  # the (k+1)-th highest: at most k scores lie strictly above it
