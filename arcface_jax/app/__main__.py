@@ -43,7 +43,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  # This package's progress lines (loading, compiling, calibrating) on the console; the
+  # libraries' chatter (orbax, HTTP requests) stays at warnings.
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter('%(message)s'))
+  ours = logging.getLogger('arcface_jax')
+  ours.addHandler(handler)
+  ours.setLevel(logging.INFO)
   for path in args.model:
     if not os.path.exists(path):
       print(f'error: --model {path}: no such workdir or file', file=sys.stderr)

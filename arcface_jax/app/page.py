@@ -43,11 +43,11 @@ class Examples:
 
 
 class PhotoInput(gr.Image):
-  """An image upload handed to the handler as the uploaded file's path, undecoded."""
-  is_template = True  # drawn by the front end's Image component
+  """An image upload handed to the handler as the uploaded file's path, undecoded.
 
-  def __init__(self, **kwargs: Any):
-    super().__init__(type='filepath', **kwargs)
+  No `__init__` of its own: Gradio sends the front end the arguments of `gr.Image.__init__`.
+  """
+  is_template = True  # drawn by the front end's Image component
 
   def preprocess(self, payload: Any) -> str | None:
     return None if payload is None else payload.path
@@ -172,7 +172,7 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     with gr.Tabs():
       with gr.Tab('Identify', id='identify'):
         with gr.Row():
-          id_photo = PhotoInput(label='Photo', elem_id='identify-photo')
+          id_photo = PhotoInput(type='filepath', label='Photo', elem_id='identify-photo')
           id_result = gr.Image(label='Faces and names', interactive=False, format='png',
                                elem_id='identify-result')
         with gr.Row():
@@ -189,8 +189,8 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
           gr.Examples([[p] for p in examples.identify], inputs=[id_photo], label='Sample photos')
       with gr.Tab('Verify', id='verify'):
         with gr.Row():
-          ver_a = PhotoInput(label='First photo', elem_id='verify-a')
-          ver_b = PhotoInput(label='Second photo', elem_id='verify-b')
+          ver_a = PhotoInput(type='filepath', label='First photo', elem_id='verify-a')
+          ver_b = PhotoInput(type='filepath', label='Second photo', elem_id='verify-b')
           ver_faces = gr.Image(label='Faces compared', interactive=False, format='png',
                                elem_id='verify-faces')
         with gr.Row():
