@@ -1,0 +1,201 @@
+"""Thresholds for "same person" and "unknown", calibrated on people the model never trained on.
+
+A cosine threshold means nothing until it is tied to an error rate measured on strangers:
+impostor pairs of training photos score far lower than pairs of new people do, so a threshold
+set on them names strangers. Calibration photos therefore come from identities not used in
+training: the run's held-out identities (the synthetic held-out people, or the val split of a
+folder run split by identity, which training's verification also uses), or photos the user gives
+(`enroll --calibrate DIR`).
+
+- verify: the threshold at a false-accept rate (FAR) over every impostor pair of the
+  calibration photos (pairs of different people);
+- identify (open set): each calibration photo's highest score against the whole gallery; the
+  threshold at a false-positive identification rate (FPIR) over those. More people in the
+  gallery → higher top scores for strangers → a higher threshold at the same FPIR, so it is
+  recomputed whenever people are enrolled.
+
+Decision rule: a score strictly above the threshold accepts. At rate r over n calibration scores
+the threshold is the (k+1)-th highest score, k = ⌊r·n⌋, so at most k of them (a fraction ≤ r)
+are accepted. With n < 1/r the rate cannot be measured: the threshold is the highest calibration
+score (none accepted, the most conservative threshold the samples give) and `note` says so;
+every answer carries its `Threshold`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+DEFAULT_FAR = 1e-3
+DEFAULT_FPIR = 1e-2
+MAX_CALIBRATION_IMAGES = 2000  # of the held-out split; beyond this the rates hardly move
+log = logging.getLogger('arcface_jax.faces')
+
+
+class CalibrationError(ValueError):
+  """No threshold can be calibrated; the message says what to pass instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+  """A cosine threshold and what it means."""
+  value: float
+  kind: str  # 'FAR' (verify), 'FPIR' (identify) or 'given' (set by the user)
+  rate: float | None = None  # the requested FAR or FPIR
+  achieved: float | None = None  # the rate measured on the calibration scores at `value`
+  samples: int = 0  # calibration scores it was set on (impostor pairs or photos)
+  source: str = ''  # where the calibration photos came from
+  note: str = ''  # e.g. too few samples for the requested rate
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def describe(self) -> str:
+    if self.kind == 'given':
+      return f'threshold {self.value:.4f} (given)'
+    text = (f'threshold {self.value:.4f} at {self.kind} {self.rate:g} (measured '
+            f'{self.achieved:g} on {self.samples} calibration scores from {self.source})')
+    return text + (f'; {self.note}' if self.note else '')
+
+
+def given(value: float) -> Threshold:
+  if not -1.0 <= value <= 1.0:
+    raise CalibrationError(f'threshold {value} is not a cosine; expected -1 .. 1')
+  return Threshold(value=float(value), kind='given')
+
+
+def threshold_at_rate(scores: np.ndarray, rate: float, kind: str, source: str) -> Threshold:
+  """The threshold accepting at most a fraction `rate` of `scores` (impostor or stranger scores)."""
+  if not 0 < rate < 1:
+    raise CalibrationError(f'{kind} {rate} must be between 0 and 1')
+  scores = np.sort(np.asarray(scores, np.float64).ravel())[::-1]
+  n = len(scores)
+  if n == 0:
+    raise CalibrationError(f'no calibration scores from {source} to set a {kind} threshold')
+  allowed = math.floor(rate * n + 1e-9)
+  note = ''
+  if allowed == 0:
+    needed = math.ceil(1 / rate - 1e-9)
+    note = (f'only {n} calibration scores; {kind} {rate:g} needs at least {needed}, so the '
+            'highest calibration score is used (the most conservative threshold available)')
+    value = scores[0]
+  else:
+    value = scores[allowed]  # the (k+1)-th highest: at most k scores lie strictly above it
+  achieved = float(np.count_nonzero(scores > value)) / n
+  return Threshold(value=float(value), kind=kind, rate=float(rate), achieved=achieved,
+                   samples=n, source=source, note=note)
+
+
+def impostor_scores(embeddings: np.ndarray, identities: np.ndarray) -> np.ndarray:
+  """Cosines of every pair of L2-normalised embeddings from different identities."""
+  similarity = embeddings @ embeddings.T
+  different = identities[:, None] != identities[None, :]
+  upper = np.triu(np.ones_like(different), k=1)
+  return similarity[different & upper]
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+  """Embeddings of photos of people neither trained on nor (for identify) enrolled."""
+  embeddings: np.ndarray  # (N, D) float32, L2-normalised
+  identities: list[str]  # one per row: the person (folder) each photo shows
+  source: str
+
+  def __len__(self) -> int:
+    return len(self.embeddings)
+
+  def far_threshold(self, far: float = DEFAULT_FAR) -> Threshold:
+    ids = np.array(self.identities)
+    scores = impostor_scores(self.embeddings, ids)
+    if len(set(self.identities)) < 2:
+      raise CalibrationError(f'calibration photos from {self.source} show fewer than two people; '
+                             'a FAR threshold needs impostor pairs of different people')
+    return threshold_at_rate(scores, far, 'FAR', self.source)
+
+  def without(self, names: set[str]) -> 'CalibrationSet':
+    """The rows of people not in `names` (someone enrolled is not a stranger)."""
+    keep = np.array([i not in names for i in self.identities], bool)
+    return CalibrationSet(self.embeddings[keep], [i for i, k in zip(self.identities, keep) if k],
+                          self.source)
+
+
+def _heldout_images(config: Any) -> tuple[np.ndarray, list[str], str] | None:
+  """(uint8 images, identity of each, description) of the run's held-out people, or None."""
+  data = config.data
+  if data.source == 'synthetic':
+    from arcface_jax.data import synthetic
+    source = synthetic.load_synthetic(data.synthetic_variant, data.data_dir, 'test')
+    where = f'the held-out synthetic identities ({data.synthetic_variant})'
+  elif data.source in ('folder', 'tfds') and data.split_by == 'identity' and data.val_fraction > 0:
+    from arcface_jax.data import sources
+    source = sources.get_source(data, 'val')
+    where = f'the held-out val identities of {data.path}'
+  else:
+    return None
+  from arcface_jax.data.sources import source_labels
+  labels = source_labels(source)
+  # A deterministic spread over the whole split when it is larger than needed.
+  chosen = np.arange(len(source))
+  if len(chosen) > MAX_CALIBRATION_IMAGES:
+    chosen = np.linspace(0, len(source) - 1, MAX_CALIBRATION_IMAGES).round().astype(int)
+  from arcface_jax.data.decode import resize
+  from arcface_jax.data.errors import CorruptSampleError
+  size = data.image_size
+  images, identities = [], []
+  names = getattr(source, 'identities', None)
+  for index in chosen:
+    try:
+      image, _ = source[int(index)]
+    except CorruptSampleError:
+      continue
+    images.append(resize(np.asarray(image, np.uint8), (size, size)))
+    label = int(labels[index])
+    identities.append(names[label] if names is not None else f'heldout_{label}')
+  if not images:
+    return None
+  return np.stack(images), identities, where
+
+
+def cache_path(workdir: str, step: int, fingerprint: str) -> str:
+  return os.path.join(workdir, 'faces_calibration', f'step_{step}_{fingerprint}.npz')
+
+
+def heldout_calibration(model: Any) -> CalibrationSet | None:
+  """The run's held-out people embedded by `model` (a workdir model), cached in the workdir.
+
+  The cache is keyed by the checkpoint step and the weight fingerprint, so it is computed once
+  per checkpoint. None for exported models and for runs without held-out identities.
+  """
+  if model.kind != 'workdir':
+    return None
+  path = cache_path(model.path, model.step, model.info.fingerprint)
+  if os.path.exists(path):
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data['meta']))
+        return CalibrationSet(data['embeddings'].astype(np.float32), meta['identities'],
+                              meta['source'])
+    except (OSError, ValueError, KeyError) as e:
+      log.warning('%s: unreadable calibration cache (%s); computing it again', path, e)
+  found = _heldout_images(model.config)
+  if found is None:
+    return None
+  images, identities, where = found
+  log.info('calibrating thresholds on %d photos of %d people: %s (once per checkpoint)',
+           len(images), len(set(identities)), where)
+  calibration = CalibrationSet(model.embed_crops(images), identities, where)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = path + '.tmp'
+    with open(temporary, 'wb') as f:
+      np.savez(f, embeddings=calibration.embeddings,
+               meta=np.array(json.dumps({'identities': identities, 'source': where})))
+    os.replace(temporary, path)
+  except OSError as e:  # a read-only workdir: calibrate again next time
+    log.warning('cannot cache the calibration in %s (%s)', path, e.strerror)
+  return calibration
