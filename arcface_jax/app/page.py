@@ -27,6 +27,8 @@ from arcface_jax.app.service import PageProblem, PageService
 log = logging.getLogger('arcface_jax.app')
 PEOPLE_COLUMNS = ['name', 'photos enrolled']
 ALIGNED_LABEL = 'aligned input: each photo is one aligned face crop (no face detection)'
+# Small crops (the embedded demo's are 32 pixels) are shown enlarged with crisp pixels.
+CSS = '.photo img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }'
 INTRO = """# Who is in this photo?
 Face recognition with an ArcFace-trained embedder (`arcface_jax`). **Identify** names every face
 of a photo from the gallery, or answers *unknown*; **Verify** says whether two photos show one
@@ -88,6 +90,11 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
   no_verify = lambda message: (None, message, gr.update(), gr.update())
   no_people = lambda message: (_table([], PEOPLE_COLUMNS), None, message)
 
+  def identify_upload(label, photo, aligned, calibrated, value):
+    if photo is None:  # the photo was removed: clear the answer
+      return None, _table([], views.IDENTIFY_COLUMNS), '', gr.update(), gr.update()
+    return identify(label, photo, aligned, calibrated, value)
+
   @_guarded(no_identify)
   def identify(label, photo, aligned, calibrated, value):
     result = service.identify(label, photo, aligned=aligned,
@@ -99,7 +106,7 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     status = f'{summary}. Using {views.describe_threshold(result.threshold)}.'
     return (views.draw_identifications(result.photo, result.answers),
             _table(views.identify_rows(result.answers), views.IDENTIFY_COLUMNS), status,
-            result.threshold.value, calibrated)
+            round(result.threshold.value, 4), calibrated)
 
   def identify_at_threshold(label, photo, aligned, value):
     return identify(label, photo, aligned, False, value)
@@ -113,7 +120,8 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     status = (f'## {verdict}\nscore (cosine) **{answer.score:.3f}** {relation} '
               f'{views.describe_threshold(answer.threshold)}.')
     crops = np.concatenate([face.crop for face in answer.faces], axis=1)
-    return views.draw_identifications(crops, []), status, answer.threshold.value, calibrated
+    return (views.draw_identifications(crops, []), status, round(answer.threshold.value, 4),
+            calibrated)
 
   def verify_at_threshold(label, photo_a, photo_b, aligned, value):
     return verify(label, photo_a, photo_b, aligned, False, value)
@@ -172,9 +180,10 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     with gr.Tabs():
       with gr.Tab('Identify', id='identify'):
         with gr.Row():
-          id_photo = PhotoInput(type='filepath', label='Photo', elem_id='identify-photo')
+          id_photo = PhotoInput(type='filepath', label='Photo', elem_id='identify-photo',
+                                height=360, elem_classes=['photo'])
           id_result = gr.Image(label='Faces and names', interactive=False, format='png',
-                               elem_id='identify-result')
+                               elem_id='identify-result', height=360)
         with gr.Row():
           id_calibrated = gr.Checkbox(value=True, label='calibrated threshold',
                                       elem_id='identify-calibrated', scale=1)
@@ -189,10 +198,12 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
           gr.Examples([[p] for p in examples.identify], inputs=[id_photo], label='Sample photos')
       with gr.Tab('Verify', id='verify'):
         with gr.Row():
-          ver_a = PhotoInput(type='filepath', label='First photo', elem_id='verify-a')
-          ver_b = PhotoInput(type='filepath', label='Second photo', elem_id='verify-b')
+          ver_a = PhotoInput(type='filepath', label='First photo', elem_id='verify-a',
+                             height=280, elem_classes=['photo'])
+          ver_b = PhotoInput(type='filepath', label='Second photo', elem_id='verify-b',
+                             height=280, elem_classes=['photo'])
           ver_faces = gr.Image(label='Faces compared', interactive=False, format='png',
-                               elem_id='verify-faces')
+                               elem_id='verify-faces', height=280)
         with gr.Row():
           ver_calibrated = gr.Checkbox(value=True, label='calibrated threshold',
                                        elem_id='verify-calibrated', scale=1)
@@ -226,7 +237,8 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     gallery_outputs = [ga_table, ga_map, ga_status]
     id_inputs = [model, id_photo, aligned, id_calibrated, id_threshold]
     id_outputs = [id_result, id_table, id_status, id_threshold, id_calibrated]
-    for event in (id_photo.upload, id_button.click, id_calibrated.input):
+    id_photo.change(identify_upload, id_inputs, id_outputs)  # an upload or a sample picked
+    for event in (id_button.click, id_calibrated.input):
       event(identify, id_inputs, id_outputs)
     id_threshold.release(identify_at_threshold, [model, id_photo, aligned, id_threshold],
                          id_outputs)
@@ -251,4 +263,4 @@ def launch(page: gr.Blocks, *, host: str, port: int, allowed_paths: Sequence[str
   return page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                      show_error=True, quiet=False, prevent_thread_lock=not block,
                      allowed_paths=[os.path.abspath(p) for p in allowed_paths],
-                     max_file_size='200mb', footer_links=[])
+                     max_file_size='200mb', footer_links=[], css=CSS)
