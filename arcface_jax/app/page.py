@@ -226,7 +226,7 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
         if examples.enrol:
           gr.Examples([[n, list(ps)] for n, ps in examples.enrol], inputs=[en_name, en_photos],
                       label='Sample person')
-      with gr.Tab('Gallery', id='gallery') as gallery_tab:
+      with gr.Tab('Gallery', id='gallery'):
         ga_status = gr.Markdown(elem_id='gallery-status')
         with gr.Row():
           ga_table = gr.Dataframe(value=_table([], PEOPLE_COLUMNS), interactive=False,
@@ -249,8 +249,9 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     ver_threshold.release(verify_at_threshold, [model, ver_a, ver_b, aligned, ver_threshold],
                           ver_outputs)
     en_button.click(enrol, [model, en_name, en_photos, aligned], [en_status] + gallery_outputs)
-    for event in (gallery_tab.select, ga_button.click):
-      event(people, [model], gallery_outputs)
+    # The tab is filled when the page loads and after each enrolment here; Refresh reads the
+    # file again (another visitor may have enrolled someone).
+    ga_button.click(people, [model], gallery_outputs)
     model_outputs = [aligned, model_status] + gallery_outputs
     model.change(pick_model, [model], model_outputs)
     page.load(pick_model, [model], model_outputs)
