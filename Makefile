@@ -15,6 +15,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned in the `compare` extra: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q -e '.[test,compare,analysis]'
+	# The MTCNN reference for the tests, without its torch/torchvision pins (they pull CUDA builds).
+	$(PY) -m pip install -q --no-deps 'facenet-pytorch==2.6.0'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -279,21 +279,31 @@ def _run_grid(args: argparse.Namespace) -> int:
   return 0
 
 
+def _log_plainly() -> None:
+  """Progress lines (what is compiling, calibrating) on stderr as bare messages."""
+  from absl import flags
+  from absl import logging as absl_logging
+  from arcface_jax import reporting
+  if not flags.FLAGS.is_parsed():  # argparse parsed the command line; absl has no flags here
+    flags.FLAGS.mark_as_parsed()
+  logging.getLogger('jax').setLevel(logging.WARNING)  # e.g. "Unable to initialize backend"
+  absl_logging.use_absl_handler()
+  absl_logging.get_absl_handler().setFormatter(logging.Formatter('%(message)s'))
+  absl_logging.set_verbosity(absl_logging.INFO)
+  reporting.quiet_library_logs()
+
+
 RUNNERS = {'detect': _run_detect, 'enroll': _run_enroll, 'identify': _run_identify,
            'verify': _run_verify, 'grid': _run_grid}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format='%(message)s', stream=sys.stderr)
-  logging.getLogger('arcface_jax.faces').setLevel(logging.INFO)
-  # TODO(merge mtcnn): enable the persistent compilation cache here, once, before anything
-  # compiles: `from arcface_jax.faces import compilation` and its enable call (helper mtcnn's
-  # module, not merged yet).
-  from arcface_jax import reporting
+  from arcface_jax.faces import compilation
+  compilation.enable_persistent_cache()  # before anything compiles: a second run starts fast
+  _log_plainly()
   from arcface_jax.faces import (CalibrationError, GalleryError, ImageError, ModelError,
                                  NoFaceError)
-  reporting.quiet_library_logs()
   prog = f'python -m arcface_jax.faces {args.command}'
   try:
     return RUNNERS[args.command](args)

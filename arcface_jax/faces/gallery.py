@@ -71,7 +71,8 @@ class Gallery:
                   labels=np.zeros((0,), np.int32), photos=[], model_name=info.model_name,
                   embedding_dim=info.embedding_dim, fingerprint=info.fingerprint, fpir=fpir)
     if calibrate is not None:
-      gallery.calibration = recognizer.calibrate(calibrate, aligned=aligned, progress=progress)
+      gallery.calibration = recognizer.calibration_from(calibrate, aligned=aligned,
+                                                        progress=progress)
     else:
       gallery.calibration = recognizer.calibration
     gallery.add(recognizer, people, aligned=aligned, progress=progress)

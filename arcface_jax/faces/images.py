@@ -9,10 +9,11 @@ in its EXIF is turned upright, as every photo viewer shows it. Other layouts are
   background shows as the page a viewer would show it on, not as whatever colour hides under it);
 - 16-bit (PNG/TIFF) → the top 8 bits; CMYK, YCbCr and the rest → Pillow's RGB conversion.
 
-Very large photos are kept at full resolution (boxes and landmarks are reported in the photo's own
-pixels); the detector works on a downscaled pyramid, so a 50-megapixel photo costs memory for
-its pixels (3 bytes each) but not detector time. Photos above Pillow's decompression-bomb guard
-(about 179 megapixels) are refused with an `ImageError` that says to downscale them.
+Very large photos are loaded at full resolution, so boxes and landmarks are in the photo's own
+pixels and crops are aligned from its full detail; the detector first shrinks a photo whose longer
+side exceeds 1,600 px (`MTCNN(max_side=...)`) and maps its results back. Photos above Pillow's
+decompression-bomb guard (about 179 megapixels) are refused with an `ImageError` that says to
+downscale them.
 
 A file that is missing, not an image, truncated or otherwise undecodable is an `ImageError` naming
 the file; folder runs skip it and count it (`list_photos` + the caller's summary).

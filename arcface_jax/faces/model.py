@@ -13,7 +13,6 @@ logged before each first compile, which takes seconds on a CPU.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any, Callable
 
@@ -21,12 +20,12 @@ import jax
 import numpy as np
 
 from arcface_jax import model_info
+from arcface_jax.faces import compilation
 from arcface_jax.data.decode import resize
 from arcface_jax.model_info import ModelInfo
 
 BUCKETS = (1, 8, 32)  # batch sizes compiled; larger inputs are cut into chunks of the largest
 EXPORT_SUFFIX = '.jax_export'
-log = logging.getLogger('arcface_jax.faces')
 
 
 class ModelError(ValueError):
@@ -42,7 +41,6 @@ class LoadedModel:
   step: int | None  # the checkpoint step (workdir), None for an export
   config: Any  # the run's ml_collections config (workdir), None for an export
   apply: Callable[[np.ndarray], Any]  # float32 normalised (B, S, S, 3) -> (B, D)
-  _compiled: set[int] = dataclasses.field(default_factory=set)
 
   def describe(self) -> str:
     where = f'{self.path} (step {self.step})' if self.step is not None else self.path
@@ -68,10 +66,9 @@ class LoadedModel:
       padded[:len(chunk)] = chunk
       x = (padded.astype(np.float32) - self.info.mean) / self.info.std
       both = np.concatenate([x, x[:, :, ::-1]])  # the crops and their mirror images
-      if bucket not in self._compiled:
-        log.info('compiling the embedder for batches of %d (first use; seconds on a CPU)',
-                 bucket)
-        self._compiled.add(bucket)
+      if compilation.first_seen([('embedder', self.info.fingerprint, bucket)]):
+        compilation.log_compile(f'compiling the embedder for batches of {bucket} (first use of '
+                                'this size; seconds on a CPU)')
       raw = np.asarray(self.apply(both), np.float32)
       summed = raw[:bucket] + raw[bucket:]
       out[start:start + len(chunk)] = summed[:len(chunk)]

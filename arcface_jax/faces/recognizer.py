@@ -178,9 +178,9 @@ class FaceRecognizer:
       self._calibration_loaded = True
     return self._calibration
 
-  def calibrate(self, photos: str | Sequence[ImageInput], *, aligned: bool | None = None,
-                progress: bool = False) -> CalibrationSet:
-    """Uses photos of people neither trained on nor enrolled as the calibration set.
+  def calibration_from(self, photos: str | Sequence[ImageInput], *, aligned: bool | None = None,
+                       progress: bool = False) -> CalibrationSet:
+    """Photos of people neither trained on nor enrolled, embedded as a calibration set.
 
     A folder with one sub-folder per person (needed for verify's impostor pairs) or a list of
     photos (each taken as a different person). Every face found is used.
@@ -189,7 +189,12 @@ class FaceRecognizer:
                           what='calibration')
     if not len(people.embeddings):
       raise CalibrationError(f'no faces found in the calibration photos {people.source}')
-    self._calibration = people.as_calibration()
+    return people.as_calibration()
+
+  def calibrate(self, photos: str | Sequence[ImageInput], *, aligned: bool | None = None,
+                progress: bool = False) -> CalibrationSet:
+    """Uses `calibration_from(photos)` for verify's threshold instead of the held-out people."""
+    self._calibration = self.calibration_from(photos, aligned=aligned, progress=progress)
     self._calibration_loaded = True
     return self._calibration
 

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 DEFAULT_FAR = 1e-3
 DEFAULT_FPIR = 1e-2
 MAX_CALIBRATION_IMAGES = 2000  # of the held-out split; beyond this the rates hardly move
-log = logging.getLogger('arcface_jax.faces')
 
 
 class CalibrationError(ValueError):
@@ -181,12 +180,12 @@ def heldout_calibration(model: Any) -> CalibrationSet | None:
         return CalibrationSet(data['embeddings'].astype(np.float32), meta['identities'],
                               meta['source'])
     except (OSError, ValueError, KeyError) as e:
-      log.warning('%s: unreadable calibration cache (%s); computing it again', path, e)
+      logging.warning('%s: unreadable calibration cache (%s); computing it again', path, e)
   found = _heldout_images(model.config)
   if found is None:
     return None
   images, identities, where = found
-  log.info('calibrating thresholds on %d photos of %d people: %s (once per checkpoint)',
+  logging.info('calibrating thresholds on %d photos of %d people: %s (once per checkpoint)',
            len(images), len(set(identities)), where)
   calibration = CalibrationSet(model.embed_crops(images), identities, where)
   try:
@@ -197,5 +196,5 @@ def heldout_calibration(model: Any) -> CalibrationSet | None:
                meta=np.array(json.dumps({'identities': identities, 'source': where})))
     os.replace(temporary, path)
   except OSError as e:  # a read-only workdir: calibrate again next time
-    log.warning('cannot cache the calibration in %s (%s)', path, e.strerror)
+    logging.warning('cannot cache the calibration in %s (%s)', path, e.strerror)
   return calibration
