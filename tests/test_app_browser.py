@@ -171,7 +171,7 @@ def _screenshot(url: str, out: str) -> None:
     browser = launch_browser(playwright)
     try:
       page = open_page(browser, url)
-      page.locator('.gallery-item, button.gallery-item, [data-testid="example"]').first.click()
+      page.locator('button.gallery-item').first.click()  # the first sample photo
       page.locator('#identify-status').filter(has_text='face(s)').wait_for()
       page.screenshot(path=out, full_page=True)
     finally:

@@ -43,13 +43,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  # This package's progress lines (loading, compiling, calibrating) on the console; the
-  # libraries' chatter (orbax, HTTP requests) stays at warnings.
-  handler = logging.StreamHandler()
-  handler.setFormatter(logging.Formatter('%(message)s'))
-  ours = logging.getLogger('arcface_jax')
-  ours.addHandler(handler)
-  ours.setLevel(logging.INFO)
   for path in args.model:
     if not os.path.exists(path):
       print(f'error: --model {path}: no such workdir or file', file=sys.stderr)
@@ -60,23 +53,31 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not 0 < args.port < 65536:
     print(f'error: --port {args.port}: expected 1 .. 65535', file=sys.stderr)
     return 2
+  from arcface_jax.faces import cli as faces_cli
+  from arcface_jax.faces import compilation
+  compilation.enable_persistent_cache()  # before anything compiles: a second start is quick
+  # The faces commands' console: one bare line before each compile and calibration, the
+  # libraries' chatter (orbax, HTTP requests) kept at warnings.
+  faces_cli._log_plainly()
+  logging.getLogger('httpx').setLevel(logging.WARNING)  # Gradio's own requests, one per start
   from arcface_jax.app import page as page_lib
-  from arcface_jax.app.service import PageProblem, PageService
-  allowed: list[str] = []
-  examples = None
-  models = args.model
-  if not models:
+  from arcface_jax.app.service import PageProblem, PageService, gallery_beside
+  models, gallery = args.model, args.gallery
+  if not models:  # the embedded demo
     from arcface_jax.app import default
-    model, gallery, examples = default.prepare(args.demo_workdir, args.gallery)
-    models, args.gallery = [model], gallery
-    allowed.append(os.path.join(model, 'app_examples'))
-  service = PageService(models, args.gallery)
-  print(f'loading {models[0]} (the first use compiles the model: seconds)', flush=True)
+    default.ensure_trained(args.demo_workdir)
+    models, gallery = [args.demo_workdir], gallery or gallery_beside(args.demo_workdir)
+  service = PageService(models, gallery)
+  print(f'loading {models[0]}', flush=True)
   try:
-    service.recognizer(models[0])
+    recognizer = service.recognizer(models[0])
   except PageProblem as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  examples, allowed = None, []
+  if not args.model:
+    examples = default.prepare(recognizer, args.demo_workdir, service.gallery_path(models[0]))
+    allowed.append(os.path.join(args.demo_workdir, 'app_examples'))
   if args.host not in ('127.0.0.1', 'localhost', '::1'):
     print(f'warning: serving on {args.host}: anyone who can reach this address can use the page, '
           'enrol people and see the gallery', file=sys.stderr)

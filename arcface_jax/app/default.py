@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image
 
 from arcface_jax.app.page import Examples
-from arcface_jax.app.service import gallery_beside
 from arcface_jax.faces import FaceRecognizer, Gallery
 
 DEFAULT_WORKDIR = 'runs/demo'
@@ -78,15 +77,11 @@ def _write(folder: str, name: str, image: np.ndarray) -> None:
   Image.fromarray(image).save(os.path.join(folder, f'{name}.png'))
 
 
-def prepare(workdir: str = DEFAULT_WORKDIR, gallery_path: str | None = None
-            ) -> tuple[str, str, Examples]:
-  """(model path, gallery path, sample uploads) of the embedded demo, made when missing."""
-  ensure_trained(workdir)
-  gallery_path = gallery_path or gallery_beside(workdir)
+def prepare(recognizer: FaceRecognizer, workdir: str, gallery_path: str) -> Examples:
+  """The demo's gallery and sample uploads (made when missing) for the model in `workdir`."""
   folder = os.path.join(workdir, 'app_examples')
   done = os.path.join(folder, 'done')
   if not os.path.exists(gallery_path) or not os.path.exists(done):
-    recognizer = FaceRecognizer.load(workdir)
     photos = _heldout_photos(recognizer)
   if not os.path.exists(gallery_path):
     print(f'enrolling {ENROLLED} held-out identities into {gallery_path}', flush=True)
@@ -104,7 +99,7 @@ def prepare(workdir: str = DEFAULT_WORKDIR, gallery_path: str | None = None
     open(done, 'w').close()
   path = lambda name: os.path.join(folder, f'{name}.png')
   first, second = ENROL_PHOTOS, ENROL_PHOTOS + 1
-  examples = Examples(
+  return Examples(
       identify=[path(f'{heldout_name(k)}_{first}') for k in range(3)] +
       [path(f'{heldout_name(k)}_0') for k in STRANGERS[:2]],
       verify=[(path(f'{heldout_name(0)}_{first}'), path(f'{heldout_name(0)}_{second}')),
@@ -116,4 +111,3 @@ def prepare(workdir: str = DEFAULT_WORKDIR, gallery_path: str | None = None
             f'them and of strangers ({", ".join(heldout_name(k) for k in STRANGERS[:2])}). '
             'For real photos start the page with a face model: '
             '`python -m arcface_jax.app --model runs/mine`.'))
-  return workdir, gallery_path, examples

@@ -261,7 +261,8 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
 def launch(page: gr.Blocks, *, host: str, port: int, allowed_paths: Sequence[str] = (),
            block: bool = True) -> Any:
   """Serves `page` on host:port; never through a public share link."""
+  print(f'serving the page on http://{host}:{port}/ (Ctrl-C stops it)', flush=True)
   return page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
-                     show_error=True, quiet=False, prevent_thread_lock=not block,
+                     show_error=True, quiet=True, prevent_thread_lock=not block,
                      allowed_paths=[os.path.abspath(p) for p in allowed_paths],
                      max_file_size='200mb', footer_links=[], css=CSS)
