@@ -1,20 +1,21 @@
 # Two commands do all the set-up on a fresh machine with only Python 3.11:
 #   make demo   # .venv, install, train on the embedded synthetic identities, evaluate, figures
 #   make test   # the whole test suite (what CI runs)
+#   make app    # the demo page on http://127.0.0.1:7860 (trains the demo model first if needed)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test install figures clean
+.PHONY: demo test install figures clean app chromium
 
 # The venv is rebuilt when it is missing, and reinstalled when the package metadata changes.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned in the `compare` extra: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q -e '.[test,compare,analysis,export]'
+	$(PY) -m pip install -q -e '.[app,test,compare,analysis,export]'
 	# insightface (a `compare` reference) without its opencv-python, which would clash with our
 	# opencv-python-headless; the compare extra brings what its import needs.
 	$(PY) -m pip install -q --no-deps insightface==2.1
@@ -24,8 +25,20 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest tests
+
+# Debian's chromium for the page's browser test (Playwright's own browser download is never
+# used). Installed when missing and we are root; otherwise that one test is skipped and says why.
+chromium:
+	@if [ -x /usr/lib/chromium/chromium ] || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo 'installing Debian chromium for the browser test (apt-get, about 90 s, once)'; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else echo 'no chromium and not root: tests/test_app_browser.py will be skipped'; fi
+
+app: $(STAMP)
+	$(PY) -m arcface_jax.app --demo-workdir $(WORKDIR)
 
 demo: $(STAMP)
 	$(PY) -m arcface_jax.demo --workdir $(WORKDIR)
