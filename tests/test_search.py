@@ -67,7 +67,9 @@ class _Crash(Exception):
 def test_search_survives_a_crash_skips_finished_cells_and_shares_compilation(tmp_path):
   config = load_config(TINY)
   config.data.data_dir = str(tmp_path / 'data')
-  config.train.num_steps = 2
+  # Three steps at a constant rate: the third update is the first where momentum matters.
+  config.train.num_steps = 3
+  config.train.schedule = 'step'
   config.eval.synthetic_pairs = 0
   workdir = str(tmp_path / 'grid')
   cells = search.parse_grid(['train.learning_rate=0.05,0.1', 'train.momentum=0.5,0.9'], config)
@@ -78,7 +80,7 @@ def test_search_survives_a_crash_skips_finished_cells_and_shares_compilation(tmp
     calls.append(os.path.basename(cell_dir))
 
     def stop(step):
-      if crash[0] and len(calls) == 2 and step == 1:
+      if crash[0] and len(calls) == 2 and step == 2:
         crash[0] = False
         raise _Crash('simulated crash in the middle of the second cell')
 
