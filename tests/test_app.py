@@ -123,6 +123,29 @@ def test_each_model_keeps_its_gallery_beside_it(tiny, tmp_path):
       os.path.join(tiny['workdir'], 'people.gallery')
 
 
+def _astronaut(tmp_path) -> str:
+  """A real photo with one face (public domain; ships in the scikit-image wheel)."""
+  skimage_data = pytest.importorskip('skimage.data')
+  photo = tmp_path / 'astronaut.png'
+  Image.fromarray(skimage_data.astronaut()).save(photo)
+  return str(photo)
+
+
+def test_a_photo_goes_through_face_detection(tiny, service, tmp_path):
+  photo = _astronaut(tmp_path)
+  label = tiny['workdir']
+  result = service.identify(label, photo, aligned=False, threshold=-1.0)
+  expected = tiny['recognizer'].identify(photo, Gallery.load(service.gallery_path(label)),
+                                         aligned=False, threshold=-1.0)
+  assert len(result.answers) == len(expected) == 1
+  np.testing.assert_allclose(result.answers[0].box, expected[0].box, atol=1e-3)
+  x1, y1, x2, y2 = (int(round(float(v))) for v in result.answers[0].box)
+  assert 0 < x1 < x2 < 512 and 0 < y1 < y2 < 512
+  drawn = views.draw_identifications(result.photo, result.answers)
+  assert drawn.shape == (512, 512, 3)  # drawn at its own size
+  assert tuple(drawn[(y1 + y2) // 2, x1]) == views.KNOWN_COLOUR  # the box's left edge
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -149,13 +172,12 @@ def test_a_very_large_image_is_refused_before_decoding(tiny, service, tmp_path):
 
 
 def test_no_face_found(tiny, service, tmp_path):
-  pytest.importorskip('arcface_jax.faces.mtcnn', reason='the MTCNN detector is not merged yet')
   blank = tmp_path / 'wall.png'
   Image.new('RGB', (160, 120), (200, 200, 190)).save(blank)
   with pytest.raises(PageProblem, match=r'No face found in wall.png: .*tick "aligned input"'):
     service.identify(tiny['workdir'], str(blank), aligned=False)
   with pytest.raises(PageProblem, match='No face found in wall.png'):
-    service.verify(tiny['workdir'], tiny['paths'][0, 0], str(blank), aligned=False)
+    service.verify(tiny['workdir'], _astronaut(tmp_path), str(blank), aligned=False)
   with pytest.raises(PageProblem, match=r'Nothing enrolled for x: No face found in wall.png'):
     service.enrol(tiny['workdir'], 'x', [str(blank)], aligned=False)
 
