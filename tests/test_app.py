@@ -275,7 +275,8 @@ def test_embedding_map_is_the_gallerys_pca(tiny, service):
 
 
 def test_help_and_usage_errors(tmp_path):
-  env = dict(os.environ, PYTHONPATH=app_support.REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(os.environ,
+             PYTHONPATH=app_support.REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
   run = lambda *args: subprocess.run([sys.executable, '-m', 'arcface_jax.app', *args],
                                      capture_output=True, text=True, timeout=120, env=env,
                                      cwd=tmp_path)
