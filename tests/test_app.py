@@ -116,6 +116,29 @@ def test_first_enrolment_creates_the_gallery(tiny, tmp_path):
   assert answer.name == 'heldout_0' and answer.score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_second_model_loads_when_first_used(tiny, tmp_path):
+  exported = app_support.export_as_face_model(tiny['workdir'], str(tmp_path / 'm.jax_export'))
+  gallery = str(tmp_path / 'people.gallery')
+  shutil.copy(tiny['gallery'], gallery)
+  service = PageService([tiny['workdir'], exported], gallery)
+  assert service.labels == [tiny['workdir'], exported]
+  assert service.models[exported].recognizer is None  # not loaded until picked
+  recognizer = service.recognizer(exported)
+  assert service.recognizer(exported) is recognizer  # then kept
+  assert recognizer.info.detect_faces  # the page's "aligned input" switch starts off for it
+  # The same weights: the same fingerprint, so the gallery made with the workdir serves it too.
+  photo = tiny['paths'][1, 5]
+  by_export = service.identify(exported, photo, aligned=True).answers[0]
+  by_workdir = service.identify(tiny['workdir'], photo, aligned=True).answers[0]
+  assert by_export.name == by_workdir.name
+  assert by_export.score == pytest.approx(by_workdir.score, abs=1e-5)
+  # An export has no held-out people to calibrate "same person" on: the page says what to do.
+  with pytest.raises(PageProblem, match='no held-out people .*set one with the slider'):
+    service.verify(exported, photo, tiny['paths'][1, 6], aligned=True)
+  assert service.verify(exported, photo, tiny['paths'][1, 6], aligned=True,
+                        threshold=0.5).threshold.kind == 'given'
+
+
 def test_each_model_keeps_its_gallery_beside_it(tiny, tmp_path):
   assert gallery_beside(tiny['workdir']) == os.path.join(tiny['workdir'], 'people.gallery')
   assert gallery_beside(str(tmp_path / 'm.jax_export')) == str(tmp_path / 'm.jax_export.gallery')
