@@ -5,7 +5,7 @@ Side by side with the reference implementation: tests/test_mtcnn_reference.py.
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 
 import cv2
 import jax
@@ -28,14 +28,15 @@ def astronaut_faces(detector):
   return detector.detect(face_photos.astronaut())
 
 
-def test_weights_are_read_without_tensorflow_or_importing_mtcnn():
+def test_weights_are_read_without_tensorflow_torch_or_importing_mtcnn():
+  before = set(sys.modules)
   variables = mtcnn_nets.load_weights('onet')['params']
+  added = {name.split('.')[0] for name in set(sys.modules) - before}
+  assert not added & {'mtcnn', 'tensorflow', 'torch', 'keras'}
   assert variables['conv1']['kernel'].shape == (3, 3, 3, 32)
   assert variables['dense5']['kernel'].shape == (1152, 256)
   assert variables['landmarks']['kernel'].shape == (256, 10)
   assert variables['prelu5']['alpha'].shape == (256,)
-  import sys  # pylint: disable=import-outside-toplevel
-  assert 'mtcnn' not in sys.modules and 'tensorflow' not in sys.modules
 
 
 def test_missing_weights_name_what_to_install(tmp_path):
@@ -54,30 +55,48 @@ def test_max_pool_ceil_matches_a_float64_loop():
     want = np.empty((2, rows, cols, 3))
     for i in range(rows):
       for j in range(cols):  # a window over the edge takes the pixels it covers
-        want[:, i, j] = x[:, i * stride:i * stride + window, j * stride:j * stride + window].max((1, 2))
+        rows_, cols_ = slice(i * stride, i * stride + window), slice(j * stride, j * stride + window)
+        want[:, i, j] = x[:, rows_, cols_].max((1, 2))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.parametrize('height,width', [(37, 53), (64, 31)])
-def test_pnet_padded_to_a_bucket_equals_unpadded(height, width):
-  """Padding at the bottom/right (with noise, not zeros) leaves every valid output unchanged."""
-  rng = np.random.default_rng(height)
+def test_pnet_on_a_packed_canvas_equals_each_image_alone():
+  """Images side by side on a canvas of noise: every output cell of each equals its own run."""
+  rng = np.random.default_rng(0)
   variables = mtcnn_nets.load_weights('pnet')
-  image = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-  padded = rng.uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
-  padded[:, :height, :width] = image
-  plain = mtcnn_nets.PNet().apply(variables, mtcnn_nets.normalise(image))
-  bucketed = mtcnn_nets.pnet_forward(variables, padded, np.array([height, width], np.int32))
-  rows, cols = plain[1].shape[1:3]
-  assert (rows, cols) == (-(-(height - 2) // 2) - 4, -(-(width - 2) // 2) - 4)
-  for want, got in zip(plain, bucketed):
-    np.testing.assert_allclose(np.asarray(got)[:, :rows, :cols], want, rtol=1e-5, atol=1e-6)
+  images = {(0, 0): (37, 53), (0, 54): (12, 12), (38, 0): (30, 61)}
+  canvas = rng.uniform(0, 255, (1, 96, 128, 3)).astype(np.float32)
+  valid = np.zeros((1, 94, 126), bool)
+  for (top, left), (height, width) in images.items():
+    valid[0, top:top + height - 2, left:left + width - 2] = True
+  packed = [np.asarray(a)[0] for a in mtcnn_nets.pnet_forward(variables, canvas, valid)]
+  run_alone = jax.jit(lambda v, x: mtcnn_nets.PNet().apply(v, mtcnn_nets.normalise(x)))
+  for (top, left), (height, width) in images.items():
+    image = canvas[:, top:top + height, left:left + width]
+    alone = run_alone(variables, image)
+    rows, cols = alone[1].shape[1:3]
+    assert (rows, cols) == (-(-(height - 2) // 2) - 4, -(-(width - 2) // 2) - 4)
+    for want, got in zip(alone, packed):
+      np.testing.assert_allclose(got[top // 2:top // 2 + rows, left // 2:left // 2 + cols],
+                                 np.asarray(want)[0], rtol=1e-5, atol=1e-6)
 
 
-def test_detections_do_not_depend_on_the_padding(detector, monkeypatch):
+def test_pyramid_levels_are_packed_without_overlap():
+  scales = mtcnn_lib.pyramid_scales(480, 640, 20, 0.709)
+  sizes = [(int(480 * s + 1), int(640 * s + 1)) for s in scales]
+  origins, (height, width) = mtcnn_lib.pack_levels(sizes)
+  taken = np.zeros((height, width), int)
+  for (top, left), (h, w) in zip(origins, sizes):
+    assert top % 2 == 0 and left % 2 == 0
+    taken[top:top + h, left:left + w] += 1
+  assert taken.max() == 1 and taken.sum() == sum(h * w for h, w in sizes)
+  assert height % 32 == 0 and width % 32 == 0 and height * width < 1.5 * taken.sum()
+
+
+def test_detections_do_not_depend_on_the_packing(detector, monkeypatch):
   image = cv2.resize(face_photos.astronaut(), (150, 170), interpolation=cv2.INTER_AREA)
   bucketed = detector.detect(image)
-  monkeypatch.setattr(mtcnn_lib, 'LEVEL_MULTIPLE', 1)  # every level at its own size
+  monkeypatch.setattr(mtcnn_lib, 'PACK_LEVELS', False)  # every level alone at its own size
   lines = []
   monkeypatch.setattr(mtcnn_lib.compilation, 'log_compile', lines.append)
   exact = detector.detect(image)

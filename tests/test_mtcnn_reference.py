@@ -65,8 +65,8 @@ def test_each_network_matches_facenet_pytorch(net, shape):
             'onet': facenet_pytorch.ONet}[net]().eval()
   theirs = _reference_outputs(module, (images - 127.5) * 0.0078125)
   if net == 'pnet':  # theirs: (box (N, 4, h, w), probabilities (N, 2, h, w)), odd sizes: ceil pool
-    box, prob = mtcnn_nets.pnet_forward(variables, images,
-                                        np.array(shape[1:3], np.int32))
+    valid = np.ones((shape[0], shape[1] - 2, shape[2] - 2), bool)
+    box, prob = mtcnn_nets.pnet_forward(variables, images, valid)
     np.testing.assert_allclose(np.asarray(box), theirs[0].transpose(0, 2, 3, 1), atol=1e-5)
     np.testing.assert_allclose(np.asarray(prob), theirs[1][:, 1], atol=1e-5)
   elif net == 'rnet':

@@ -17,17 +17,20 @@ and 0.7 across scales, regression by the unpadded width, square-ing, crops trunc
 and clipped to the image (not zero padded), R-Net/O-Net thresholds > t1/t2, regression by width
 + 1, landmarks relative to the box before O-Net's regression, and a final NMS at 0.7 over the
 smaller box's area (+1 pixel areas). The one departure: a candidate wholly outside the image is
-dropped (facenet-pytorch then pairs the remaining crops with the wrong boxes). It is not the `mtcnn`
-package's pipeline (different resizing, rounding and NMS): results differ from that one by more
-than the tests' tolerances. Results are then sorted by score, highest first.
+dropped (facenet-pytorch then pairs the remaining crops with the wrong boxes). The `mtcnn`
+package's own pipeline (its resizing, rounding and NMS) is not followed; only its weight files are
+used. Results are then sorted by score, highest first.
 
-Compilation: P-Net runs on each pyramid level padded at the bottom/right to a multiple of 32
-pixels (outputs past the valid region are dropped, and results equal the unpadded run: tested),
-R-Net and O-Net on batches padded to powers of two; photos of new sizes reuse compiled programs
-for the same buckets, and one line is logged before new ones compile.
+Compilation: all pyramid levels of a photo are packed onto one canvas, padded to multiples of 32
+pixels, and P-Net runs once on it: first-layer outputs whose window leaves a level are masked
+before the pool, so every level's outputs equal its own unpadded run (tested). R-Net and O-Net
+run on batches padded to powers of two. A photo size compiles one P-Net program, shared by the
+sizes that round to the same canvas; one line is logged before new programs compile.
 
-Very large photos are first shrunk (OpenCV area resampling) so their longer side is `max_side`;
-boxes and landmarks are mapped back to the original pixels. Boxes may extend past the image edge.
+Very large photos are first shrunk (OpenCV area resampling) so their longer side is `max_side`
+(default 1600; faces smaller than min_face_size × side / max_side are then missed, max_side=None
+keeps every pixel); boxes and landmarks are mapped back to the original pixels. Boxes may extend
+past the image edge.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ import numpy as np
 from arcface_jax.faces import compilation
 from arcface_jax.faces import mtcnn_nets
 
-LEVEL_MULTIPLE = 32  # P-Net inputs are padded to multiples of this many pixels
+CANVAS_MULTIPLE = 32  # P-Net's canvas of pyramid levels is padded to multiples of this
+PACK_LEVELS = True  # False: P-Net on each level alone at its own size (the tests' comparison)
 MAX_BATCH = 512  # R-Net/O-Net crops per call; batches are padded to powers of two up to this
 _MIN_BATCH = 4
 
@@ -173,7 +177,30 @@ def regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def _bucket(size: int) -> int:
-  return -(-size // LEVEL_MULTIPLE) * LEVEL_MULTIPLE
+  return -(-size // CANVAS_MULTIPLE) * CANVAS_MULTIPLE
+
+
+def _even(size: int) -> int:
+  return size + (size & 1)
+
+
+def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+  """Places pyramid levels (h, w), largest first, on one canvas in shelves, left to right.
+
+  The canvas is as wide as the first two levels side by side; every level starts at even
+  coordinates (so P-Net's stride-2 pool sees each level's own grid). Returns each level's (top,
+  left) and the canvas (height, width), both rounded up to multiples of CANVAS_MULTIPLE.
+  """
+  width = sum(_even(w) for _, w in sizes[:2])
+  top = left = shelf = 0
+  corners = []
+  for level_h, level_w in sizes:
+    if left and left + level_w > width:
+      top, left, shelf = top + _even(shelf), 0, 0
+    corners.append((top, left))
+    left += _even(level_w)
+    shelf = max(shelf, level_h)
+  return corners, (_bucket(top + shelf), _bucket(width))
 
 
 def _batch_bucket(n: int) -> int:
@@ -181,7 +208,15 @@ def _batch_bucket(n: int) -> int:
 
 
 class MTCNN:
-  """The MTCNN face detector with the published weights (see the module docstring)."""
+  """The MTCNN face detector with the published weights (see the module docstring).
+
+  min_face_size: the smallest face searched for, in pixels (after any max_side shrink).
+  thresholds: the P-, R- and O-Net face probabilities a candidate needs.
+  scale_factor: the ratio between successive pyramid levels.
+  max_side: photos whose longer side exceeds it are shrunk to it first (None: never).
+  weights_dir: a folder with pnet.lz4, rnet.lz4 and onet.lz4 (default: the installed `mtcnn`
+    package's). Creating a detector turns the persistent compilation cache on (compilation.py).
+  """
 
   def __init__(self, *, min_face_size: float = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                scale_factor: float = 0.709, max_side: int | None = 1600,
@@ -259,22 +294,34 @@ class MTCNN:
     """Stage 1: P-Net over the pyramid -> squared candidate boxes (N, 5) with P-Net scores."""
     scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
     sizes = [(int(height * s + 1), int(width * s + 1)) for s in scales]
-    buckets = sorted({(_bucket(h), _bucket(w)) for h, w in sizes})
-    new = compilation.first_seen([('mtcnn-pnet', b) for b in buckets])
+    if not sizes:  # smaller than one 12-pixel window at the largest scale
+      return np.zeros((0, 5), np.float32)
+    if PACK_LEVELS:
+      origins, canvas_hw = pack_levels(sizes)
+      groups = [(canvas_hw, list(zip(origins, sizes)))]
+    else:  # each level alone at its own size: what the packed canvas must reproduce
+      groups = [(size, [((0, 0), size)]) for size in sizes]
+    new = compilation.first_seen([('mtcnn-pnet', hw) for hw, _ in groups])
     if new:
-      compilation.log_compile(f'MTCNN: compiling P-Net for {len(new)} pyramid level size(s) '
-                              f'{", ".join(f"{k[1][0]}x{k[1][1]}" for k in new)} '
-                              '(photos of other sizes reuse them)')
-    outputs = []
-    for (level_h, level_w) in sizes:  # dispatch every level before reading any result
-      padded = np.zeros((1, _bucket(level_h), _bucket(level_w), 3), np.float32)
-      padded[0, :level_h, :level_w] = area_resize_whole(table, (level_h, level_w))
-      outputs.append(mtcnn_nets.pnet_forward(self._variables['pnet'], padded,
-                                             np.array([level_h, level_w], np.int32)))
+      compilation.log_compile(
+          f'MTCNN: compiling P-Net for {", ".join(f"{k[1][0]}x{k[1][1]}" for k in new)} '
+          'pixels (photos of other sizes that round to the same reuse it)')
+    results, outputs = [], []
+    for (canvas_h, canvas_w), placed in groups:  # dispatch every group before reading any
+      canvas = np.zeros((1, canvas_h, canvas_w, 3), np.float32)
+      valid = np.zeros((1, canvas_h - 2, canvas_w - 2), bool)
+      for (top, left), (level_h, level_w) in placed:
+        canvas[0, top:top + level_h, left:left + level_w] = area_resize_whole(
+            table, (level_h, level_w))
+        valid[0, top:top + level_h - 2, left:left + level_w - 2] = True
+      results.append(mtcnn_nets.pnet_forward(self._variables['pnet'], canvas, valid))
+      outputs += [(len(results) - 1, top // 2, left // 2) for top, left in (o for o, _ in placed)]
+    results = [(np.asarray(offsets)[0], np.asarray(probs)[0]) for offsets, probs in results]
     candidates = []
-    for scale, (level_h, level_w), (offsets, probs) in zip(scales, sizes, outputs):
+    for scale, (level_h, level_w), (group, top, left) in zip(scales, sizes, outputs):
       rows, cols = math.ceil((level_h - 2) / 2) - 4, math.ceil((level_w - 2) / 2) - 4
-      probs, offsets = np.asarray(probs)[0, :rows, :cols], np.asarray(offsets)[0, :rows, :cols]
+      offsets = results[group][0][top:top + rows, left:left + cols]
+      probs = results[group][1][top:top + rows, left:left + cols]
       ys, xs = np.nonzero(probs >= self.thresholds[0])
       if not len(ys):
         continue

@@ -115,20 +115,22 @@ def _flatten_transposed(x: jax.Array) -> jax.Array:
 class PNet(nn.Module):
   """Proposal network: fully convolutional, one 12×12 window per output cell (stride 2).
 
-  `valid_hw` (2,) int32 is the unpadded height and width of each image: the input may be padded
-  at the bottom/right to a bucketed shape, and first-layer outputs past the valid region are set
-  to -inf before the pool, so every output cell inside the valid region equals the unpadded run.
-  Returns (box regression (N, h, w, 4), face probability (N, h, w)).
+  `valid` (N, H - 2, W - 2) bool marks the first-layer outputs whose 3×3 window lies inside one
+  image: the input may hold several images side by side (the pyramid levels of a photo, each at
+  even coordinates) and padding. The others are set to -inf before the pool, so each output cell
+  of an image equals that image's own unpadded run (a pool window hanging over an image's edge
+  takes the pixels it covers, as in ceil mode). Returns (box regression (N, h, w, 4), face
+  probability (N, h, w)); cells outside an image hold meaningless values.
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array, valid_hw: jax.Array | None = None):
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None):
     x = PReLU(name='prelu1')(_conv(10, 3, 'conv1')(x))
-    if valid_hw is not None:
-      rows = jnp.arange(x.shape[1]) < valid_hw[0] - 2
-      cols = jnp.arange(x.shape[2]) < valid_hw[1] - 2
-      x = jnp.where((rows[:, None] & cols[None, :])[None, :, :, None], x, -jnp.inf)
+    if valid is not None:
+      x = jnp.where(valid[..., None], x, -jnp.inf)
     x = max_pool_ceil(x, 2, 2)
+    if valid is not None:  # cells made only of -inf lie between images; keep them finite
+      x = jnp.where(jnp.isneginf(x), 0.0, x)
     x = PReLU(name='prelu2')(_conv(16, 3, 'conv2')(x))
     x = PReLU(name='prelu3')(_conv(32, 3, 'conv3')(x))
     box = _conv(4, 1, 'box')(x)
@@ -175,9 +177,9 @@ def normalise(pixels: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def pnet_forward(variables: dict, pixels: jax.Array, valid_hw: jax.Array):
-  """P-Net on one (1, H, W, 3) float image of 0..255 values, padded past `valid_hw`."""
-  return PNet().apply(variables, normalise(pixels), valid_hw)
+def pnet_forward(variables: dict, pixels: jax.Array, valid: jax.Array):
+  """P-Net on (N, H, W, 3) float images of 0..255 values; `valid` as in PNet."""
+  return PNet().apply(variables, normalise(pixels), valid)
 
 
 @jax.jit
