@@ -20,14 +20,15 @@ PHOTOS_EACH = 3  # enrolled photos of each; the rest are unseen
 
 def tiny_run(tmp_path_factory) -> str:
   """The workdir of a finished tiny run (trained on first call in the session)."""
-  from arcface_jax import trainer
+  from arcface_jax import parallel, trainer
   from arcface_jax.config_files import load_config
   base = tmp_path_factory.getbasetemp()
   config = load_config(TINY)
   config.data.data_dir = str(base / 'data')  # absolute: the page reads it back for calibration
   workdir = base / 'app_tiny_run'
   if not (workdir / 'checkpoints' / str(config.train.num_steps)).exists():
-    trainer.train_and_evaluate(config, str(workdir))
+    # One device, as test_faces.py trains it: the same programs, so compiled once per session.
+    trainer.train_and_evaluate(config, str(workdir), mesh=parallel.make_mesh(1))
   return str(workdir)
 
 
@@ -58,4 +59,18 @@ def enrol_gallery(workdir: str, paths: dict[tuple[int, int], str], out: str) -> 
   from arcface_jax.faces import FaceRecognizer, Gallery
   people = {f'heldout_{k}': [paths[k, i] for i in range(PHOTOS_EACH)] for k in ENROLLED}
   Gallery.enroll(FaceRecognizer.load(workdir), people, aligned=True).save(out)
+  return out
+
+
+def export_as_face_model(workdir: str, out: str) -> str:
+  """The run's backbone exported with an info saying its inputs are photos to detect faces in."""
+  import dataclasses
+
+  from arcface_jax import export, inference, parallel, trainer
+  from arcface_jax.faces import FaceRecognizer
+  recognizer = FaceRecognizer.load(workdir)
+  info = dataclasses.replace(recognizer.info, detect_faces=True)
+  variables = inference.load_embedder(workdir, mesh=parallel.make_mesh(1)).variables
+  export.save(out, trainer.build_model(recognizer.model.config), variables, info.image_size,
+              platforms=('cpu',), info=info)
   return out

@@ -116,11 +116,57 @@ def test_first_enrolment_creates_the_gallery(tiny, tmp_path):
   assert answer.name == 'heldout_0' and answer.score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_second_model_loads_when_first_used(tiny, tmp_path):
+  exported = app_support.export_as_face_model(tiny['workdir'], str(tmp_path / 'm.jax_export'))
+  gallery = str(tmp_path / 'people.gallery')
+  shutil.copy(tiny['gallery'], gallery)
+  service = PageService([tiny['workdir'], exported], gallery)
+  assert service.labels == [tiny['workdir'], exported]
+  assert service.models[exported].recognizer is None  # not loaded until picked
+  recognizer = service.recognizer(exported)
+  assert service.recognizer(exported) is recognizer  # then kept
+  assert recognizer.info.detect_faces  # the page's "aligned input" switch starts off for it
+  # The same weights: the same fingerprint, so the gallery made with the workdir serves it too.
+  photo = tiny['paths'][1, 5]
+  by_export = service.identify(exported, photo, aligned=True).answers[0]
+  by_workdir = service.identify(tiny['workdir'], photo, aligned=True).answers[0]
+  assert by_export.name == by_workdir.name
+  assert by_export.score == pytest.approx(by_workdir.score, abs=1e-5)
+  # An export has no held-out people to calibrate "same person" on: the page says what to do.
+  with pytest.raises(PageProblem, match='no held-out people .*set one with the slider'):
+    service.verify(exported, photo, tiny['paths'][1, 6], aligned=True)
+  assert service.verify(exported, photo, tiny['paths'][1, 6], aligned=True,
+                        threshold=0.5).threshold.kind == 'given'
+
+
 def test_each_model_keeps_its_gallery_beside_it(tiny, tmp_path):
   assert gallery_beside(tiny['workdir']) == os.path.join(tiny['workdir'], 'people.gallery')
   assert gallery_beside(str(tmp_path / 'm.jax_export')) == str(tmp_path / 'm.jax_export.gallery')
   assert PageService([tiny['workdir']]).gallery_path(tiny['workdir']) == \
       os.path.join(tiny['workdir'], 'people.gallery')
+
+
+def _astronaut(tmp_path) -> str:
+  """A real photo with one face (public domain; ships in the scikit-image wheel)."""
+  skimage_data = pytest.importorskip('skimage.data')
+  photo = tmp_path / 'astronaut.png'
+  Image.fromarray(skimage_data.astronaut()).save(photo)
+  return str(photo)
+
+
+def test_a_photo_goes_through_face_detection(tiny, service, tmp_path):
+  photo = _astronaut(tmp_path)
+  label = tiny['workdir']
+  result = service.identify(label, photo, aligned=False, threshold=-1.0)
+  expected = tiny['recognizer'].identify(photo, Gallery.load(service.gallery_path(label)),
+                                         aligned=False, threshold=-1.0)
+  assert len(result.answers) == len(expected) == 1
+  np.testing.assert_allclose(result.answers[0].box, expected[0].box, atol=1e-3)
+  x1, y1, x2, y2 = (int(round(float(v))) for v in result.answers[0].box)
+  assert 0 < x1 < x2 < 512 and 0 < y1 < y2 < 512
+  drawn = views.draw_identifications(result.photo, result.answers)
+  assert drawn.shape == (512, 512, 3)  # drawn at its own size
+  assert tuple(drawn[(y1 + y2) // 2, x1]) == views.KNOWN_COLOUR  # the box's left edge
 
 
 # ------------------------------------------------------------------ bad input
@@ -149,13 +195,12 @@ def test_a_very_large_image_is_refused_before_decoding(tiny, service, tmp_path):
 
 
 def test_no_face_found(tiny, service, tmp_path):
-  pytest.importorskip('arcface_jax.faces.mtcnn', reason='the MTCNN detector is not merged yet')
   blank = tmp_path / 'wall.png'
   Image.new('RGB', (160, 120), (200, 200, 190)).save(blank)
   with pytest.raises(PageProblem, match=r'No face found in wall.png: .*tick "aligned input"'):
     service.identify(tiny['workdir'], str(blank), aligned=False)
   with pytest.raises(PageProblem, match='No face found in wall.png'):
-    service.verify(tiny['workdir'], tiny['paths'][0, 0], str(blank), aligned=False)
+    service.verify(tiny['workdir'], _astronaut(tmp_path), str(blank), aligned=False)
   with pytest.raises(PageProblem, match=r'Nothing enrolled for x: No face found in wall.png'):
     service.enrol(tiny['workdir'], 'x', [str(blank)], aligned=False)
 
@@ -253,7 +298,8 @@ def test_embedding_map_is_the_gallerys_pca(tiny, service):
 
 
 def test_help_and_usage_errors(tmp_path):
-  env = dict(os.environ, PYTHONPATH=app_support.REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(os.environ,
+             PYTHONPATH=app_support.REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
   run = lambda *args: subprocess.run([sys.executable, '-m', 'arcface_jax.app', *args],
                                      capture_output=True, text=True, timeout=120, env=env,
                                      cwd=tmp_path)

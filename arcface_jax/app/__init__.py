@@ -1,6 +1,6 @@
 """The demo page: pick a model, drop a photo, see who is in it (Gradio, over `arcface_jax.faces`).
 
-    python -m arcface_jax.app --model runs/mine [--model other.jax_export] [--gallery people.gallery]
+    python -m arcface_jax.app --model runs/mine [--model mobile.jax_export] [--gallery G]
     python -m arcface_jax.app          # the embedded demo (`make app`): no download needed
 
 Modules: `service` (what each tab does, and the messages for bad input), `views` (the drawn

@@ -59,19 +59,27 @@ def _problem(message: str) -> str:
   return f'⚠️ **{message}**'
 
 
-def _guarded(empty: Callable[[str], tuple]) -> Callable[[Callable[..., tuple]], Callable[..., tuple]]:
+def _crashed(what: str, error: Exception) -> str:
+  """A bug, not bad input: the traceback goes to the server's log, a line to the page."""
+  log.exception('%s failed', what)
+  return _problem(f'Internal error ({type(error).__name__}: {error}); the server log has the '
+                  'details.')
+
+
+Handler = Callable[..., tuple]
+
+
+def _guarded(empty: Callable[[str], tuple]) -> Callable[[Handler], Handler]:
   """Runs a handler; a problem or a crash gives `empty(status message)` instead."""
 
-  def wrap(handler: Callable[..., tuple]) -> Callable[..., tuple]:
+  def wrap(handler: Handler) -> Handler:
     def run(*args: Any) -> tuple:
       try:
         return handler(*args)
       except PageProblem as e:
         return empty(_problem(str(e)))
-      except Exception as e:  # a bug: say so on the page, keep serving, log the traceback
-        log.exception('%s failed', handler.__name__)
-        return empty(_problem(f'Internal error ({type(e).__name__}: {e}); the server log has '
-                              'the details.'))
+      except Exception as e:  # keep serving
+        return empty(_crashed(handler.__name__, e))
     run.__name__ = handler.__name__
     return run
 
@@ -144,10 +152,8 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
       result = service.enrol(label, name, photos, aligned=is_aligned)
     except PageProblem as e:
       return (_problem(str(e)),) + people(label)
-    except Exception as e:
-      log.exception('enrol failed')
-      return (_problem(f'Internal error ({type(e).__name__}: {e}); the server log has the '
-                       'details.'),) + people(label)
+    except Exception as e:  # keep serving
+      return (_crashed('enrol', e),) + people(label)
     status = (f'Enrolled **{result.name}** from {result.added} photo(s); saved to '
               f'`{result.gallery.path}` ({len(result.gallery.names)} people).')
     if result.skipped:
