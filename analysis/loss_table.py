@@ -44,6 +44,8 @@ LOSSES: dict[str, tuple[dict[str, Any], str]] = {
     'elasticface_arc_plus': (dict(name='elasticface_arc', plus=True),
                              'ElasticFace+, Boutros et al., CVPRW 2022'),
 }
+# The ArcFace paper's comparison (blue bars); the later losses are orange.
+WAVE1 = ('softmax', 'norm_softmax', 'sphereface', 'cosface', 'arcface', 'combined')
 NAME = 'loss_table'
 FAR_TARGET = 1e-3
 
@@ -139,7 +141,7 @@ def plot(rows: list[dict[str, Any]], title: str):
   for ax, key, label in ((axes[0], 'accuracy', 'verification accuracy (%)'),
                          (axes[1], 'tar_at_far', 'TAR @ FAR = 1e-3 (%)')):
     ax.bar(x, [100 * r[key] for r in rows], yerr=[100 * r[key + '_std'] for r in rows],
-           color=['tab:blue' if i < 6 else 'tab:orange' for i in range(len(rows))], capsize=3)
+           color=['tab:blue' if r['loss'] in WAVE1 else 'tab:orange' for r in rows], capsize=3)
     ax.set_xticks(x, [r['loss'] for r in rows], rotation=60, ha='right', fontsize=8)
     ax.set_ylabel(label)
     low = min(100 * (r[key] - r[key + '_std']) for r in rows)
