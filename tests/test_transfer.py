@@ -212,8 +212,8 @@ def test_init_from_architecture_mismatch_names_the_first_parameter(tiny_config, 
   tiny_config.model.init_from = pretrained[0]
   tiny_config.model.embedding_dim = 48
   with pytest.raises(trainer.ConfigError,
-                     match=r'backbone/\S+: this model expects shape \((\d+, )?48\), the '
-                           r'source has \((\d+, )?32\)'):
+                     match=r'backbone/\S+: this model expects shape \((\d+, )?48,?\), the '
+                           r'source has \((\d+, )?32,?\)'):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'), mesh=parallel.make_mesh(1))
 
 
