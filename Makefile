@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test install figures clean app chromium
+.PHONY: demo test test-slow install figures clean app chromium
 
 # The venv is rebuilt when it is missing, and reinstalled when the package metadata changes.
 $(STAMP): setup.cfg pyproject.toml
@@ -27,6 +27,10 @@ install: $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest tests
+
+# The tests marked slow (deep backbones compiled on a CPU; tens of minutes on 2 cores).
+test-slow: $(STAMP)
+	$(PY) -m pytest tests -m slow
 
 # Debian's chromium for the page's browser test (Playwright's own browser download is never
 # used). Installed when missing and we are root; otherwise that one test is skipped and says why.

@@ -2,7 +2,7 @@
 
 Each model trains one step at 16×16 (the smallest input every backbone takes) on the synthetic
 identities, so a model without batch norm (`mini_network`: no `batch_stats`) and the deep ones
-go through the same restore paths as the demo's.
+go through the same restore paths as the demo's. The deepest are marked `slow` (`make test-slow`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
 
 
-@pytest.mark.parametrize('name', models.names())
+# The deep backbones go through the same restore paths as their shallow siblings (the variable
+# trees differ only in depth) but take minutes each to compile on a 2-core CPU: `make test-slow`.
+DEEP = ('iresnet50', 'iresnet100', 'iresnet200', 'resnet50', 'mobilefacenet_x2')
+
+
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.slow) if name in DEEP else name
+    for name in models.names()])
 def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(name, tmp_path,
                                                                      tmp_path_factory):
   config = load_config(TINY)
