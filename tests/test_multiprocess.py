@@ -59,5 +59,7 @@ def test_two_processes_match_one(tmp_path):
   assert set(single.files) == set(multi.files)
   assert np.isfinite(single['loss'])
   np.testing.assert_allclose(multi['loss'], single['loss'], rtol=1e-5)
+  # Class-centre entries reach |w| ≈ 12, where a float32 ulp is 1e-6: summing the gradients of
+  # two processes in another order moves a small entry by a few such ulps (seen: 1.1e-5).
   for name in set(single.files) - {'num_processes'}:
-    np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=2e-5, err_msg=name)

