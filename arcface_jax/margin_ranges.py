@@ -51,7 +51,10 @@ def check_combined(name: str, m1: float, m2: float, m3: float, given_as: dict[st
     rise above cos θ (m1 < 1 alone would reward larger angles, as m1 = 0.9 does unless m2, m3 make
     up for it, as CM2 does).
   """
-  arg = lambda key: given_as.get(key, key)
+
+  def arg(key: str) -> str:  # the config key the user wrote (e.g. `m` for CosFace's m3)
+    return given_as.get(key, key)
+
   _require(math.isfinite(m1) and m1 > 0, arg('m1'),
            f'{name}: multiplicative margin {arg("m1")}={m1} must be positive (1 = none, '
            'SphereFace 1.35); at 0 the target logit is a constant and nothing is learnt')

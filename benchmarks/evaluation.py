@@ -42,7 +42,7 @@ def loop_protocol(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10) 
   return float(np.mean(accuracies))
 
 
-def bench_protocol(num_pairs: int, runs: int) -> None:
+def bench_protocol(num_pairs: int, runs: int) -> float:
   rng = np.random.default_rng(0)
   issame = np.arange(num_pairs) % 2 == 0
   emb = rng.normal(size=(2 * num_pairs, 512)).astype(np.float32)
@@ -61,9 +61,10 @@ def bench_protocol(num_pairs: int, runs: int) -> None:
   print(f'protocol, {num_pairs} pairs x 512-d: evaluate() median {1000 * median:.1f} ms over '
         f'{runs} runs ({", ".join(f"{1000 * t:.1f}" for t in times)}); plain loops '
         f'{loop_time:.2f} s (x{loop_time / median:.0f}); accuracy {result["accuracy"]:.4f} both')
+  return median
 
 
-def bench_extract(model_name: str, size: int, num_images: int, batch: int, runs: int) -> None:
+def bench_extract(model_name: str, size: int, num_images: int, batch: int, runs: int) -> float:
   import jax
   import jax.numpy as jnp
   from arcface_jax import models, parallel
@@ -103,6 +104,7 @@ def bench_extract(model_name: str, size: int, num_images: int, batch: int, runs:
         f'{mesh.size} device(s): bare 2x forward {bare_rate:.1f} images/s, extract_embeddings '
         f'{full_rate:.1f} images/s, ratio {full_rate / bare_rate:.3f} '
         f'(per-run {", ".join(f"{r:.3f}" for r in ratios)})')
+  return full_rate / bare_rate
 
 
 def main() -> None:
@@ -119,8 +121,10 @@ def main() -> None:
   model = next((line.split(':', 1)[1].strip() for line in cpu.splitlines()
                 if line.startswith('Model name')), 'unknown')
   print(f'machine: {model}, {os.cpu_count()} cores visible; {time.strftime("%Y-%m-%d")}')
-  bench_protocol(args.pairs, args.runs)
-  bench_extract(args.model, args.size, args.images, args.batch, args.extract_runs)
+  protocol_seconds = bench_protocol(args.pairs, args.runs)
+  extract_ratio = bench_extract(args.model, args.size, args.images, args.batch, args.extract_runs)
+  print(f'RESULT verification_{args.pairs}_pairs_ms={1000 * protocol_seconds:.1f} '
+        f'extract_vs_bare_forward={extract_ratio:.3f}')
 
 
 if __name__ == '__main__':

@@ -121,10 +121,12 @@ def main(argv) -> None:
           f'source: {description}; {os.cpu_count()} CPU cores visible; batch {args.batch}; '
           f'median of {args.runs} runs')
     sample = jpegs[:2048]
+    per_cpu_second = {}
     for name in ('pil', 'cv2'):
       runs = [timed(lambda: decode_loop(sample, name)) for _ in range(args.runs)]
       wall = statistics.median(r[0] for r in runs)
       cpu = statistics.median(r[1] for r in runs)
+      per_cpu_second[name] = len(sample) / cpu
       print(f'plain {name.upper():3s} decode loop   : {len(sample) / wall:8.0f} images/s wall '
             f'{len(sample) / cpu:8.0f} images/CPU-s')
 
@@ -139,9 +141,13 @@ def main(argv) -> None:
       wall = statistics.median(r[0] for r in runs)
       cpu = statistics.median(r[1] for r in runs)
       mode = 'threads' if workers == 0 else f'{workers} worker{"s" * (workers > 1)}'
+      per_cpu_second[mode] = count / cpu
       print(f'TrainLoader {mode:10s}       : {count / wall:8.0f} images/s wall '
             f'{count / cpu:8.0f} images/CPU-s  same batches as threads: '
             f'{"yes" if all(r[2] for r in runs) else "NO"}')
+    loader = next(m for m in per_cpu_second if m not in ('pil', 'cv2'))
+    print(f'RESULT pipeline_images_per_cpu_s={per_cpu_second[loader]:.0f} '
+          f'pipeline_vs_pil_loop={per_cpu_second[loader] / per_cpu_second["pil"]:.3f}')
 
 
 if __name__ == '__main__':

@@ -15,10 +15,12 @@ any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
   python -m arcface_jax.train --config configs/casia.py:cm2,tiny --workdir /tmp/casia_smoke \
       --config.data.path=PATH_TO_A_SMALL_PACKED_RECORDIO
 """
+from typing import Any
+
 from arcface_jax.config_files import RecipeOptionError, load_base, shrink_to_smoke_test
 
 # Row of the table -> loss settings (everything else is the paper's default for the name).
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     'softmax': dict(name='softmax'),
     'norm_softmax': dict(name='norm_softmax'),
     'sphereface': dict(name='combined', m1=1.35, m2=0.0, m3=0.0),

@@ -16,3 +16,23 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="arcface_jax_test_jit_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # noqa: E402  (after the environment above, which must precede any JAX import)
+
+# Test modules that train a run, compile a deep backbone, start the page or drive a reference
+# implementation: each costs tens of seconds on a 2-core CPU. `make test-fast` (the quick check
+# before a commit) leaves them out; `make test` runs everything but the `slow` tier.
+HEAVY_MODULES = frozenset({
+    'test_analysis', 'test_app', 'test_app_browser', 'test_checkpointing',
+    'test_checkpointing_models', 'test_configs', 'test_evaluate_closed_set', 'test_export',
+    'test_faces', 'test_margin_heads', 'test_model_import', 'test_mtcnn_reference',
+    'test_multiprocess', 'test_onnx_export', 'test_search', 'test_subcenter_clean',
+    'test_train', 'test_transfer',
+})
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.module.__name__.rsplit('.', 1)[-1] in HEAVY_MODULES:
+      item.add_marker(pytest.mark.heavy)
