@@ -8,8 +8,12 @@ the session, subprocesses included through the environment, compiles each progra
 import os
 import tempfile
 
+# LLVM optimisation is about half of XLA:CPU's compile time, and the suite compiles hundreds of
+# programs at tiny shapes where it buys nothing: level 0 halves the compile CPU time of a tiny
+# train step (35 → 15 CPU-s measured). Subprocesses inherit these flags.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
