@@ -33,9 +33,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from arcface_jax import margins
+from arcface_jax.class_centres import initial_centres
 
 MARGIN_NAMES = ('norm_softmax', 'cosface', 'arcface', 'combined', 'sphereface', 'subcenter',
                 'curricularface', 'magface', 'adaface', 'elasticface_arc', 'elasticface_cos')
@@ -314,18 +314,6 @@ class Objective:
       metrics['inter_loss'] = term
       loss = loss + self.inter_weight * term
     return loss, margin_state, metrics
-
-
-def initial_centres(path: str, shape: tuple[int, ...]) -> np.ndarray:
-  """The centres in the .npy at `path` (config.head.init_centres), checked against `shape`."""
-  try:
-    centres = np.load(path)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'config.head.init_centres={path!r}: cannot read it as a .npy ({e})') from None
-  if centres.shape != tuple(shape):
-    raise ValueError(f'config.head.init_centres={path!r} holds {centres.shape}, the head needs '
-                     f'{tuple(shape)} (classes, [sub-centres,] embedding_dim)')
-  return centres.astype(np.float32)
 
 
 def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int,
