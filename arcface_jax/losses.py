@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from arcface_jax import margins
+from arcface_jax import margins, seeding
 from arcface_jax.class_centres import initial_centres
 
 MARGIN_NAMES = ('norm_softmax', 'cosface', 'arcface', 'combined', 'sphereface', 'subcenter',
@@ -351,7 +351,8 @@ def from_config(config: Any, *, num_classes: int, mesh: Any = None) -> Any:
     return parallel.ModelParallelObjective(
         config.loss, config.head, num_classes=num_classes,
         embedding_dim=config.model.embedding_dim,
-        mesh=parallel.make_mesh() if mesh is None else mesh, seed=config.seed)
+        mesh=parallel.make_mesh() if mesh is None else mesh,
+        seed=seeding.integer_seed(seeding.keys(config)['sampling']))
   return build_objective(config.loss, num_classes=num_classes,
                          embedding_dim=config.model.embedding_dim,
                          init_std=config.head.init_std, subcenters=config.head.get('subcenters'),

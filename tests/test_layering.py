@@ -21,7 +21,6 @@ import dataclasses
 import os
 import textwrap
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('arcface_jax', 'analysis')
