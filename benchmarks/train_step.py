@@ -90,8 +90,8 @@ def main() -> None:
   mesh = parallel.make_mesh()
   loader = pipeline.TrainLoader(
       sources.get_train_source(config.data), global_batch_size=config.train.batch_size,
-      seed=config.seed, image_size=config.data.image_size, mean=config.data.mean,
-      std=config.data.std, flip=config.data.flip)
+      seed=seeding.integer_seed(seeding.keys(config)['data']), image_size=config.data.image_size,
+      mean=config.data.mean, std=config.data.std, flip=config.data.flip)
   iterator = loader.iterate(0)
   batches = [next(iterator) for _ in range(16)]
   # Let the abandoned iterator's reader threads drain, so they do not compete with the bare step.
