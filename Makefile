@@ -71,8 +71,12 @@ chromium:
 app: $(BASE)
 	$(PY) -m arcface_jax.app --demo-workdir $(WORKDIR)
 
+# Train and evaluate, then draw the figures from the finished run (analysis is a client of the
+# library: the demo command itself never imports it).
 demo: $(BASE)
 	$(PY) -m arcface_jax.demo --workdir $(WORKDIR)
+	$(PY) -m analysis.logit_curves --out $(WORKDIR)/figures
+	$(PY) -m analysis.angles --workdir $(WORKDIR) --out $(WORKDIR)/figures --max_samples 1000 --num_pairs 500
 
 figures: $(BASE)
 	$(PY) -m analysis.toy_figures --out figs/toy

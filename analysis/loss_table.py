@@ -83,7 +83,7 @@ def score_run(workdir: str, num_pairs: int) -> dict[str, float]:
 def train_run(config: Any, workdir: str) -> float:
   """Trains (or finds finished) `workdir`; returns its training time in seconds."""
   from arcface_jax import trainer
-  from analysis.runs import checkpoint_steps
+  from arcface_jax.inference import checkpoint_steps
   timing = os.path.join(workdir, 'loss_table_time.json')
   if os.path.exists(timing) and checkpoint_steps(workdir)[-1:] == [config.train.num_steps]:
     with open(timing) as f:

@@ -1,9 +1,9 @@
 """Reading a training run for the figures: its config, checkpoints, class centres and features.
 
-A run is a workdir written by `arcface_jax.trainer.train_and_evaluate`: config.json,
-checkpoints/<step>/{model,train} and tensorboard/. `Run` restores the backbone of any checkpoint
-onto one compiled embedding function (so several checkpoints cost one compilation), reads the
-class centres from the checkpoint's `train` item, and draws the images the figures embed: a fixed
+A run is a training workdir, read only through the library's loading API
+(`arcface_jax.inference`, `arcface_jax.reporting.read_config`), never its checkpoint layout.
+`Run` restores the backbone of any checkpoint onto one compiled embedding function (so several
+checkpoints cost one compilation), reads the class centres, and draws the images the figures embed: a fixed
 sample of the training source and the held-out verification pairs.
 """
 from __future__ import annotations
@@ -14,43 +14,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from arcface_jax import parallel, reporting
-from arcface_jax.checkpointing import MODEL_ITEM, TRAIN_ITEM, checkpoint_dir, restore_model_variables
+from arcface_jax import inference, models, parallel, reporting
 from arcface_jax.evaluation.extract import extract_embeddings
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps with a finished checkpoint, ascending."""
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM))
-  try:
-    return sorted(int(s) for s in manager.all_steps())
-  finally:
-    manager.close()
-
-
-def read_class_centres(workdir: str, step: int, num_classes: int | None = None
-                       ) -> np.ndarray | None:
-  """The head's class centres (C, D) at `step` as float32, or None when the loss has none.
-
-  Restores the checkpoint's `train` item without a target (host arrays, whatever shardings the
-  run used); model-parallel runs pad the rows to a device multiple, so `num_classes` trims them.
-  """
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM))
-  try:
-    if step not in manager.all_steps():
-      raise FileNotFoundError(f'no checkpoint for step {step} in {checkpoint_dir(workdir)}; '
-                              f'available steps: {sorted(manager.all_steps())}')
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{TRAIN_ITEM: ocp.args.StandardRestore()}))
-  finally:
-    manager.close()
-  head = restored[TRAIN_ITEM].get('head', {})
-  if 'weight' not in head:  # e.g. loss.name='triplet': no class centres
-    return None
-  weight = np.asarray(jax.device_get(head['weight']), np.float32)
-  return weight[:num_classes] if num_classes else weight
 
 
 def run_label(workdir: str, config: ml_collections.ConfigDict | None = None) -> str:
@@ -72,28 +38,26 @@ class Run:
   """One workdir: config, checkpoint steps, and embeddings of images at any checkpoint."""
 
   def __init__(self, workdir: str, mesh: jax.sharding.Mesh | None = None):
-    from arcface_jax.inference import abstract_model_variables
-    from arcface_jax.train_step import make_embed_fn
     self.workdir = workdir
     self.config = reporting.read_config(workdir)
     self.label = run_label(workdir, self.config)
     self.mesh = parallel.make_mesh() if mesh is None else mesh
-    model, self._abstract = abstract_model_variables(self.config, self.mesh)
-    self._embed = jax.jit(make_embed_fn(model))
+    model, self._abstract = inference.abstract_model_variables(self.config, self.mesh)
+    self._embed = jax.jit(models.make_embed_fn(model))
     self._source = None
 
   @property
   def steps(self) -> list[int]:
-    return checkpoint_steps(self.workdir)
+    return inference.checkpoint_steps(self.workdir)
 
   def resolve_step(self, step: int | None) -> int:
     steps = self.steps
     if not steps:
-      raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(self.workdir)}: train first')
+      raise FileNotFoundError(f'no checkpoint in {self.workdir}: train first')
     return steps[-1] if step is None else int(step)
 
   def variables(self, step: int) -> Any:
-    variables, _ = restore_model_variables(self.workdir, self._abstract, step)
+    variables, _ = inference.restore_variables(self.workdir, self._abstract, step)
     return variables
 
   def embed(self, variables: Any, images: np.ndarray, *, flip: bool = False) -> np.ndarray:
@@ -117,7 +81,7 @@ class Run:
     return int(self.config.data.num_classes or self.source.num_classes)
 
   def class_centres(self, step: int) -> np.ndarray | None:
-    return read_class_centres(self.workdir, step, self.num_classes)
+    return inference.read_class_centres(self.workdir, step, self.num_classes)
 
   def training_sample(self, max_samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8, labels) of at most `max_samples` training images, the same every call."""

@@ -16,7 +16,7 @@ import os
 from typing import Any, Sequence
 
 from analysis import angles, report
-from analysis.runs import checkpoint_steps
+from arcface_jax.inference import checkpoint_steps
 
 TOY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           'configs', 'toy.py')

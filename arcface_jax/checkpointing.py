@@ -27,7 +27,7 @@ from absl import logging
 from arcface_jax import checkpoint_integrity as integrity
 from arcface_jax import state_health, workdir_lock, write_errors
 from arcface_jax.checkpoint_integrity import Damage
-from arcface_jax.train_step import TrainState
+from arcface_jax.train_state import TrainState
 
 MODEL_ITEM = 'model'
 TRAIN_ITEM = 'train'

@@ -1,21 +1,20 @@
-"""`make demo`: train on the embedded synthetic identities, evaluate, and draw the figures.
+"""`make demo`: train on the embedded synthetic identities and evaluate on held-out ones.
 
 Trains configs/synthetic.py from scratch (or finishes/reuses the run in --workdir), then scores
-the same network untrained and trained on held-out identities with the LFW protocol, and ends with
-the line `held-out verification accuracy: A ± S (N pairs)`.
+the same network untrained (the run's initial weights: same seed, same weights) and trained on
+held-out identities with the LFW protocol, and ends with the line
+`held-out verification accuracy: A ± S (N pairs)`. The figures are the analysis package's, drawn
+from the finished run (`make demo` runs `analysis.logit_curves` and `analysis.angles` after it).
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
-import jax
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Where the demo run is written.')
 _CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py', 'Recipe to train.')
-_FIGURES = flags.DEFINE_boolean('figures', True, 'Write the analysis figures after training.')
 
 
 def _usage_error(error: BaseException) -> None:
@@ -26,12 +25,10 @@ def _usage_error(error: BaseException) -> None:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  from arcface_jax import trainer
+  from arcface_jax import models, parallel, trainer
   from arcface_jax.config_files import RecipeOptionError, load_config
-  from arcface_jax.evaluation import evaluators
-  from arcface_jax.train_step import make_embed_fn
-
   from arcface_jax.data.errors import DatasetError
+  from arcface_jax.evaluation import evaluators
 
   workdir = _WORKDIR.value
   # A bad recipe option, config value or dataset: one line and exit 2, as arcface_jax.train.
@@ -41,32 +38,19 @@ def main(argv: Sequence[str]) -> None:
   except (RecipeOptionError, trainer.ConfigError, DatasetError, FileNotFoundError) as e:
     _usage_error(e)
 
-  mesh = trainer.parallel.make_mesh()
-  model = trainer.build_model(config)
-  evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=make_embed_fn(model))
-  name, images, issame = evaluators.load_sets(config)[0]
-  # The untrained network: the same initialisation the run started from.
-  init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-  untrained_vars = model.init({'params': init_rng, 'dropout': init_rng},
-                              images[:2].astype('float32'), train=False)
-  untrained = evaluator.evaluate_set(untrained_vars, images, issame)
+  model = models.from_config(config)
+  evaluator = evaluators.Evaluator(config, mesh=parallel.make_mesh(),
+                                   embed_fn=models.make_embed_fn(model))
+  _, images, issame = evaluators.load_sets(config)[0]
+  # The run's starting point: the trainer's initial weights for the same seed.
+  untrained = evaluator.evaluate_set(models.initial_variables(config), images, issame)
   trained = evaluator.evaluate_set(
       {'params': state.params['backbone'], 'batch_stats': state.batch_stats}, images, issame)
-  if _FIGURES.value:
-    _write_figures(workdir)
   print(f'untrained network accuracy: {untrained["accuracy"]:.4f} ± {untrained["std"]:.4f} '
         f'({len(issame)} pairs)')
   print(f'held-out verification accuracy: {trained["accuracy"]:.4f} ± {trained["std"]:.4f} '
         f'({len(issame)} pairs)')
 
-
-def _write_figures(workdir: str) -> None:
-  """The logit-curve figure and the run's angle histograms at each kept checkpoint."""
-  from analysis import angles, logit_curves
-  out = os.path.join(workdir, 'figures')
-  logit_curves.write(out)
-  angles.write_for_run(workdir, out, max_samples=1000, num_pairs=500)
-  print(f'figures written to {out}')
 
 if __name__ == '__main__':
   app.run(main)

@@ -15,7 +15,7 @@ import ml_collections
 from arcface_jax import state_health
 from arcface_jax.checkpoint_integrity import Damage
 from arcface_jax.checkpointing import Checkpointer, UnsoundStateError
-from arcface_jax.train_step import TrainState
+from arcface_jax.train_state import TrainState
 
 
 class TrainingDivergedError(RuntimeError):

@@ -105,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   _check_arguments(args)
   if args.workdir:
-    from arcface_jax import inference  # the training stack, only for this source
+    from arcface_jax import inference, models  # JAX and orbax, only for this source
     embedder = inference.load_embedder(args.workdir, args.step)
-    from arcface_jax.trainer import build_model
-    model, variables, size = build_model(embedder.config), embedder.variables, embedder.image_size
+    model = models.from_config(embedder.config)
+    variables, size = embedder.variables, embedder.image_size
     info = model_info.from_config(embedder.config, variables)
   else:
     from arcface_jax.models import import_onnx

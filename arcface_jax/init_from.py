@@ -29,7 +29,6 @@ import urllib.request
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -114,11 +113,7 @@ def _from_workdir(workdir: str, abstract: dict[str, Any]) -> dict[str, Any]:
   source_model = models.get(source_config.model.name,
                             embedding_dim=source_config.model.embedding_dim)
   size = source_config.data.image_size
-  key = jax.random.PRNGKey(0)
-  source_shapes = jax.eval_shape(
-      lambda: source_model.init({'params': key, 'dropout': key}, jnp.zeros((2, size, size, 3)),
-                                train=False))
-  source_shapes = {k: source_shapes.get(k, {}) for k in ('params', 'batch_stats')}
+  source_shapes = models.abstract_variables(source_model, size)
   check_compatible(abstract, source_shapes,
                    f'{workdir} ({source_config.model.name}, {size}×{size} input)')
   variables, step = checkpointing.restore_model_variables(workdir, abstract)

@@ -33,9 +33,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from arcface_jax import margins
+from arcface_jax import margins, seeding
+from arcface_jax.class_centres import initial_centres
 
 MARGIN_NAMES = ('norm_softmax', 'cosface', 'arcface', 'combined', 'sphereface', 'subcenter',
                 'curricularface', 'magface', 'adaface', 'elasticface_arc', 'elasticface_cos')
@@ -316,18 +316,6 @@ class Objective:
     return loss, margin_state, metrics
 
 
-def initial_centres(path: str, shape: tuple[int, ...]) -> np.ndarray:
-  """The centres in the .npy at `path` (config.head.init_centres), checked against `shape`."""
-  try:
-    centres = np.load(path)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'config.head.init_centres={path!r}: cannot read it as a .npy ({e})') from None
-  if centres.shape != tuple(shape):
-    raise ValueError(f'config.head.init_centres={path!r} holds {centres.shape}, the head needs '
-                     f'{tuple(shape)} (classes, [sub-centres,] embedding_dim)')
-  return centres.astype(np.float32)
-
-
 def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int,
                     init_std: float = 0.01, subcenters: int | None = None,
                     init_centres: str | None = None) -> Objective:
@@ -363,7 +351,8 @@ def from_config(config: Any, *, num_classes: int, mesh: Any = None) -> Any:
     return parallel.ModelParallelObjective(
         config.loss, config.head, num_classes=num_classes,
         embedding_dim=config.model.embedding_dim,
-        mesh=parallel.make_mesh() if mesh is None else mesh, seed=config.seed)
+        mesh=parallel.make_mesh() if mesh is None else mesh,
+        seed=seeding.integer_seed(seeding.keys(config)['sampling']))
   return build_objective(config.loss, num_classes=num_classes,
                          embedding_dim=config.model.embedding_dim,
                          init_std=config.head.init_std, subcenters=config.head.get('subcenters'),

@@ -1,5 +1,7 @@
 """Learning-rate schedules and the SGD optimizer of the face-recognition recipes.
 
+`from_config(config)` builds both (`Optimizer(tx, schedule)`) from config.train and config.head.
+
 The paper divides the rate by 10 at fixed steps; the current reference trainer warms up linearly
 and then decays polynomially to zero, stepped every iteration. Weight decay is coupled (added to the
 gradient before momentum, as torch.optim.SGD does) and applies to every trained parameter, as in
@@ -267,3 +269,17 @@ def make_optimizer(train_config: ml_collections.ConfigDict, *,
   values = {k: float(train_config[k]) for k in HYPERPARAMS}
   return _with_runtime_hyperparams(build, shape, values)
 
+
+class Optimizer(NamedTuple):
+  """What `from_config` builds: the update rule and the learning-rate schedule it follows."""
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+
+
+def from_config(config: ml_collections.ConfigDict) -> Optimizer:
+  """The optimizer of a whole config: config.train, with the lazy head update when the head is
+  model-parallel and config.head.lazy_update is set. Freeze / lr-multiplier expressions are
+  matched against the parameters at `tx.init`, which raises `PatternError` for a bad one."""
+  lazy_head = bool(config.head.model_parallel and config.head.lazy_update)
+  return Optimizer(tx=make_optimizer(config.train, lazy_head=lazy_head),
+                   schedule=make_schedule(config.train))

@@ -51,35 +51,18 @@ def clean(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
               flagged=angle > max_angle)
 
 
-def read_head_weight(workdir: str, step: int) -> np.ndarray:
-  """The head's centre matrix at `step` as host float32 (model-parallel padding included)."""
-  import jax
-  import orbax.checkpoint as ocp
-  from arcface_jax.checkpointing import MODEL_ITEM, TRAIN_ITEM, checkpoint_dir
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM))
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{TRAIN_ITEM: ocp.args.StandardRestore()}))
-  finally:
-    manager.close()
-  return np.asarray(jax.device_get(restored[TRAIN_ITEM]['head']['weight']), np.float32)
-
-
 def embed_training_set(config: Any, workdir: str, step: int | None
                        ) -> tuple[np.ndarray, np.ndarray, int]:
   """(embeddings (N, D), labels (N,), step) of every training image."""
   import jax
   from tqdm import tqdm
-  from arcface_jax import parallel
-  from arcface_jax.checkpointing import restore_model_variables
+  from arcface_jax import inference, models, parallel
   from arcface_jax.data.sources import get_train_source
   from arcface_jax.evaluation.extract import extract_embeddings
-  from arcface_jax.inference import abstract_model_variables
-  from arcface_jax.train_step import make_embed_fn
   mesh = parallel.make_mesh()
-  model, abstract = abstract_model_variables(config, mesh)
-  variables, step = restore_model_variables(workdir, abstract, step)
-  embed = jax.jit(make_embed_fn(model))
+  model, abstract = inference.abstract_model_variables(config, mesh)
+  variables, step = inference.restore_variables(workdir, abstract, step)
+  embed = jax.jit(models.make_embed_fn(model))
   source = get_train_source(config.data)
   size = config.data.image_size
   embeddings, labels = [], []
@@ -100,12 +83,14 @@ def embed_training_set(config: Any, workdir: str, step: int | None
 def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | None = None
         ) -> dict[str, Any]:
   """Cleans the run in `workdir` into `out_dir` (see the module docstring); returns the summary."""
-  from arcface_jax import reporting
+  from arcface_jax import inference, reporting
   config = reporting.read_config(workdir)
   embeddings, labels, step = embed_training_set(config, workdir, step)
-  weight = read_head_weight(workdir, step)
-  if weight.ndim != 3:
-    raise ValueError(f'{workdir} has one centre per class (head weight {weight.shape}): only a '
+  weight = inference.read_class_centres(workdir, step)
+  if weight is None or weight.ndim != 3:
+    has = ('no class centres' if weight is None else
+           f'one centre per class (head weight {weight.shape})')
+    raise ValueError(f'{workdir} has {has}: only a '
                      'run with config.head.subcenters > 1 (loss.name=subcenter) can be cleaned')
   num_classes = int(config.data.num_classes or labels.max() + 1)
   result = clean(embeddings, labels, weight[:num_classes], max_angle)

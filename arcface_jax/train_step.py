@@ -1,54 +1,23 @@
-"""The train state and the one jitted train step.
+"""The one jitted train step over a `train_state.TrainState`.
 
-Parameters are a dict {'backbone': ..., 'head': ...}: the backbone maps images to embeddings, the
-head (class centres, and a bias for plain softmax) belongs to the objective. A step whose loss,
-gradients or batch statistics are not finite is skipped: the state keeps its old values, the step
-counter still moves on (so the data order is unchanged) and the skip is counted.
+A step whose loss, gradients or batch statistics are not finite is skipped: the state keeps its
+old values, the step counter still moves on (so the data order is unchanged) and the skip is
+counted.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from arcface_jax import optim
+from arcface_jax.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar: number of steps taken (skipped ones included)
-  params: dict[str, Any]  # {'backbone': ..., 'head': ...}
-  batch_stats: Any  # backbone batch-norm statistics
-  head_state: dict[str, Any]  # non-trainable objective state (e.g. center-loss centres)
-  opt_state: optax.OptState
-  skipped_steps: jax.Array  # int32: non-finite steps skipped so far
-  consecutive_skips: jax.Array  # int32: non-finite steps in a row, reset by a good step
-
-
-def create_train_state(rng: jax.Array, model: nn.Module, objective: Any,
-                       tx: optax.GradientTransformation, image_size: int) -> TrainState:
-  """Initialises backbone, head and optimizer state (deterministic in `rng`)."""
-  model_rng, dropout_rng, head_rng = jax.random.split(rng, 3)
-  dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-  variables = model.init({'params': model_rng, 'dropout': dropout_rng}, dummy, train=False)
-  head_params, head_state = objective.init(head_rng)
-  params = {'backbone': variables['params'], 'head': head_params}
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables.get('batch_stats', {}),
-      head_state=head_state,
-      opt_state=tx.init(params),
-      skipped_steps=jnp.zeros((), jnp.int32),
-      consecutive_skips=jnp.zeros((), jnp.int32),
-  )
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -113,12 +82,3 @@ def _applied_rate(opt_state: optax.OptState, schedule: optax.Schedule,
   # optim.make_optimizer keeps the base rate in its state (not a constant of the program).
   rate = optim.applied_learning_rate(opt_state)
   return jnp.asarray(schedule(step) if rate is None else rate, jnp.float32)
-
-
-def make_embed_fn(model: nn.Module) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
-  """Inference-mode embeddings (fp32) from {'params', 'batch_stats'} variables."""
-
-  def embed(variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    return model.apply(variables, images, train=False).astype(jnp.float32)
-
-  return embed

@@ -16,12 +16,13 @@ import ml_collections
 from absl import logging
 
 from arcface_jax import (config_checks, freezing, init_from, losses, models, optim, parallel,
-                         reporting, workdir_lock, write_errors)
+                         reporting, seeding, workdir_lock, write_errors)
 from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
 from arcface_jax.data import pipeline, sources
 from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
 from arcface_jax.evaluation import evaluators
-from arcface_jax.train_step import TrainState, create_train_state, make_embed_fn, make_train_step
+from arcface_jax.train_state import TrainState, create_train_state
+from arcface_jax.train_step import make_train_step
 
 MODEL_DTYPES = ('float32', 'bfloat16')
 
@@ -72,21 +73,6 @@ def prepare_workdir(workdir: str) -> None:
                       'you can write to') from None
 
 
-def build_model(config: ml_collections.ConfigDict):
-  return models.get(config.model.name, embedding_dim=config.model.embedding_dim,
-                    dropout=config.model.dropout, dtype=config.model.dtype)
-
-
-def build_objective(config: ml_collections.ConfigDict, *, num_classes: int,
-                    mesh: jax.sharding.Mesh):
-  """The head (losses.from_config): centres split over the mesh (config.head.model_parallel) or
-  on every device."""
-  try:
-    return losses.from_config(config, num_classes=num_classes, mesh=mesh)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
@@ -115,13 +101,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
            step_callback: Callable[[int], None] | None) -> TrainState:
   reporting.write_config(workdir, config)
+  keys = seeding.keys(config)  # the run's one root key, split by purpose
 
   source = sources.get_train_source(config.data)
   config_checks.check_dataset(config, source)
   num_classes = config.data.num_classes or source.num_classes
   per_identity = config.data.images_per_identity
   loader = pipeline.TrainLoader(
-      source, global_batch_size=config.train.batch_size, seed=config.seed,
+      source, global_batch_size=config.train.batch_size, seed=seeding.integer_seed(keys['data']),
       image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
       flip=config.data.flip, rotation_degrees=config.data.rotation_degrees,
       color_jitter=config.data.color_jitter, low_resolution_prob=config.data.low_resolution_prob,
@@ -133,16 +120,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                loader.steps_per_epoch, f', batches of {config.train.batch_size // per_identity} '
                f'identities × {per_identity} images' if per_identity else '')
 
-  model = build_model(config)
-  objective = build_objective(config, num_classes=num_classes, mesh=mesh)
-  schedule = optim.make_schedule(config.train)
-  init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  model = models.from_config(config)
+  try:  # centres split over the mesh (config.head.model_parallel) or on every device
+    objective = losses.from_config(config, num_classes=num_classes, mesh=mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   try:  # freeze / lr_multipliers expressions are checked against the parameters here
-    tx = optim.make_optimizer(config.train,
-                              lazy_head=config.head.model_parallel and config.head.lazy_update)
+    tx, schedule = optim.from_config(config)
     init_fn = functools.partial(create_train_state, model=model, objective=objective, tx=tx,
                                 image_size=config.data.image_size)
-    abstract_state = jax.eval_shape(init_fn, init_rng)
+    abstract_state = jax.eval_shape(init_fn, keys)
   except optim.PatternError as e:
     raise ConfigError(str(e)) from None
   if config.head.model_parallel:
@@ -160,7 +147,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                    'and this one resumes from its own checkpoint', config.model.init_from)
     state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, config.train))
   else:
-    state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    state = jax.jit(init_fn, out_shardings=state_shardings)(keys)
     try:
       state = init_from.initialize(state, config)
     except init_from.InitFromError as e:
@@ -169,11 +156,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   train_step = jax.jit(
       make_train_step(freezing.for_training(model, config.train, abstract_state.params,
                                             abstract_state.batch_stats),
-                      objective, tx, schedule, dropout_key),
+                      objective, tx, schedule, keys['dropout']),
       in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
   train_step = _compile_ahead(train_step, state, config, mesh)
-  evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=make_embed_fn(model),
+  evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=models.make_embed_fn(model),
                                    workdir=workdir)
   first_step = int(jax.device_get(state.step))
   total = config.train.num_steps

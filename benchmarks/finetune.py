@@ -30,23 +30,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from arcface_jax import freezing, losses, optim, parallel, trainer  # noqa: E402
+from arcface_jax import freezing, losses, models, optim, parallel, seeding  # noqa: E402
 from arcface_jax.config_files import load_config  # noqa: E402
-from arcface_jax.train_step import create_train_state, make_train_step  # noqa: E402
+from arcface_jax.train_state import create_train_state  # noqa: E402
+from arcface_jax.train_step import make_train_step  # noqa: E402
 
 
 def build_step(config, mesh, num_classes: int):
-  model = trainer.build_model(config)
+  model = models.from_config(config)
   objective = losses.build_objective(config.loss, num_classes=num_classes,
                                      embedding_dim=config.model.embedding_dim,
                                      init_std=config.head.init_std)
   tx = optim.make_optimizer(config.train)
   size = config.data.image_size
   init = lambda key: create_train_state(key, model, objective, tx, size)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(init, seeding.keys(0))
   step_model = freezing.for_training(model, config.train, abstract.params, abstract.batch_stats)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  state = jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(0))
+  state = jax.jit(init, out_shardings=replicated)(seeding.keys(0))
   step = jax.jit(make_train_step(step_model, objective, tx, optim.make_schedule(config.train),
                                  jax.random.PRNGKey(1)),
                  in_shardings=(replicated, batch_sharding),

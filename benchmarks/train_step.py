@@ -23,23 +23,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from arcface_jax import losses, optim, parallel, trainer  # noqa: E402
+from arcface_jax import losses, models, optim, parallel, seeding, trainer  # noqa: E402
 from arcface_jax.config_files import load_config  # noqa: E402
 from arcface_jax.data import pipeline, sources  # noqa: E402
-from arcface_jax.train_step import create_train_state, make_train_step  # noqa: E402
+from arcface_jax.train_state import create_train_state  # noqa: E402
+from arcface_jax.train_step import make_train_step  # noqa: E402
 
 
 def bare_step_seconds(config, mesh, batches, steps: int) -> float:
   source = sources.get_train_source(config.data)
   num_classes = config.data.num_classes or source.num_classes
-  model = trainer.build_model(config)
+  model = models.from_config(config)
   objective = losses.build_objective(config.loss, num_classes=num_classes,
                                      embedding_dim=config.model.embedding_dim,
                                      init_std=config.head.init_std)
   schedule = optim.make_schedule(config.train)
   tx = optim.make_optimizer(config.train)
   state = jax.jit(lambda k: create_train_state(k, model, objective, tx, config.data.image_size),
-                  out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+                  out_shardings=parallel.replicated(mesh))(seeding.keys(0))
   step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
@@ -89,8 +90,8 @@ def main() -> None:
   mesh = parallel.make_mesh()
   loader = pipeline.TrainLoader(
       sources.get_train_source(config.data), global_batch_size=config.train.batch_size,
-      seed=config.seed, image_size=config.data.image_size, mean=config.data.mean,
-      std=config.data.std, flip=config.data.flip)
+      seed=seeding.integer_seed(seeding.keys(config)['data']), image_size=config.data.image_size,
+      mean=config.data.mean, std=config.data.std, flip=config.data.flip)
   iterator = loader.iterate(0)
   batches = [next(iterator) for _ in range(16)]
   # Let the abandoned iterator's reader threads drain, so they do not compete with the bare step.

@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the full default configuration (no recipe applied)."""
   del arg
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # the run's one root key (arcface_jax.seeding): weights, head, dropout, data
 
   # ---------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()

@@ -66,11 +66,11 @@ def export_as_face_model(workdir: str, out: str) -> str:
   """The run's backbone exported with an info saying its inputs are photos to detect faces in."""
   import dataclasses
 
-  from arcface_jax import export, inference, parallel, trainer
+  from arcface_jax import export, inference, models, parallel
   from arcface_jax.faces import FaceRecognizer
   recognizer = FaceRecognizer.load(workdir)
   info = dataclasses.replace(recognizer.info, detect_faces=True)
   variables = inference.load_embedder(workdir, mesh=parallel.make_mesh(1)).variables
-  export.save(out, trainer.build_model(recognizer.model.config), variables, info.image_size,
+  export.save(out, models.from_config(recognizer.model.config), variables, info.image_size,
               platforms=('cpu',), info=info)
   return out

@@ -17,9 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arcface_jax import distributed, models, optim, parallel  # noqa: E402
+from arcface_jax import distributed, models, optim, parallel, seeding  # noqa: E402
 from arcface_jax.config_files import load_base  # noqa: E402
-from arcface_jax.train_step import create_train_state, make_train_step  # noqa: E402
+from arcface_jax.train_state import create_train_state  # noqa: E402
+from arcface_jax.train_step import make_train_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH, IMAGE, CLASSES, DIM = 8, 8, 20, 8
@@ -39,9 +40,9 @@ def main(out: str) -> None:
   schedule = optim.make_schedule(config.train)
   tx = optim.make_optimizer(config.train, lazy_head=True)
   init = lambda rng: create_train_state(rng, model, objective, tx, IMAGE)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(init, seeding.keys(0))
   shardings = parallel.state_shardings(abstract, mesh)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
+  state = jax.jit(init, out_shardings=shardings)(seeding.keys(0))
   step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)))

@@ -52,7 +52,7 @@ def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(name, tmp_p
   assert embedder.step == 1
   images = np.random.default_rng(0).normal(size=(3, size, size, 3)).astype(np.float32)
   embedded = np.asarray(embedder.apply(images))
-  expected = np.asarray(trainer.build_model(config).apply(trained, images, train=False))
+  expected = np.asarray(models.from_config(config).apply(trained, images, train=False))
   np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-5)
 
   path = str(tmp_path / 'backbone.jax_export')

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from arcface_jax import export, parallel, trainer
+from arcface_jax import export, models, parallel, trainer
 from arcface_jax.config_files import load_config
 from arcface_jax.data.synthetic import render_identity
 from arcface_jax.evaluation.extract import extract_embeddings
@@ -59,7 +59,7 @@ def face_model(run, recognizer, tmp_path_factory):
   """The run's backbone exported with an info saying its inputs are detected, aligned faces."""
   path = str(tmp_path_factory.mktemp('export') / 'faces.jax_export')
   info = dataclasses.replace(recognizer.info, detect_faces=True)
-  export.save(path, trainer.build_model(recognizer.model.config), _variables(run),
+  export.save(path, models.from_config(recognizer.model.config), _variables(run),
               info.image_size, platforms=('cpu',), info=info)
   return path
 

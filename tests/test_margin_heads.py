@@ -19,7 +19,7 @@ from arcface_jax import losses, margins, parallel
 from arcface_jax.checkpointing import Checkpointer
 from arcface_jax.config_files import load_base
 from arcface_jax.parallel import softmax
-from arcface_jax.train_step import TrainState
+from arcface_jax.train_state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
@@ -112,7 +112,7 @@ def test_dense_model_parallel_and_partial_fc_agree(case, mesh):
   sharded = losses.from_config(config, num_classes=300, mesh=mesh)
   w, x, y = _inputs(300, k, seed=1)
   padded = np.concatenate([w, np.zeros((384 - 300,) + w.shape[1:], np.float32)])
-  key = jax.random.fold_in(jax.random.key(config.seed), 3)  # the head's draw at step 3
+  key = jax.random.fold_in(jax.random.key(sharded.seed), 3)  # the head's draw at step 3
   sampled = np.asarray(softmax.margin_softmax(
       jnp.asarray(padded), jnp.asarray(x), jnp.asarray(y), margin=margins.get('arcface'),
       mesh=mesh, num_classes=300, sample_rate=0.5, key=key).sampled)[:300]  # the draw only

@@ -20,7 +20,7 @@ from arcface_jax import margins, optim, parallel
 from arcface_jax.checkpointing import Checkpointer
 from arcface_jax.config_files import load_base
 from arcface_jax.parallel import lazy, partial_fc, softmax
-from arcface_jax.train_step import TrainState
+from arcface_jax.train_state import TrainState
 from test_parallel_softmax import assert_close, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arcface_jax import losses, optim, parallel, trainer
+from arcface_jax import losses, models, optim, parallel, seeding, trainer
 from arcface_jax.config_files import load_config
 from arcface_jax.data.errors import DatasetError
-from arcface_jax.train_step import create_train_state, make_train_step
+from arcface_jax.train_state import create_train_state
+from arcface_jax.train_step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
@@ -72,7 +73,7 @@ def test_missing_dataset_path(tiny_config, tmp_path):
 
 
 def _step_on_mesh(config, mesh, batch, num_steps=2):
-  model = trainer.build_model(config)
+  model = models.from_config(config)
   objective = losses.build_objective(config.loss, num_classes=10,
                                      embedding_dim=config.model.embedding_dim)
   schedule = optim.make_schedule(config.train)
@@ -80,7 +81,7 @@ def _step_on_mesh(config, mesh, batch, num_steps=2):
   init = jax.jit(lambda key: create_train_state(key, model, objective, tx,
                                                 config.data.image_size),
                  out_shardings=parallel.replicated(mesh))
-  state = init(jax.random.PRNGKey(0))
+  state = init(seeding.keys(0))
   step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
@@ -116,7 +117,7 @@ def test_non_finite_step_is_skipped_and_counted(tiny_config):
   good = _random_batch(tiny_config)
   bad = dict(good, image=np.full_like(good['image'], np.nan))
   state, _ = _step_on_mesh(tiny_config, mesh, good, num_steps=1)
-  model = trainer.build_model(tiny_config)
+  model = models.from_config(tiny_config)
   objective = losses.build_objective(tiny_config.loss, num_classes=10,
                                      embedding_dim=tiny_config.model.embedding_dim)
   schedule = optim.make_schedule(tiny_config.train)

@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from arcface_jax import init_from, models, optim, parallel, trainer
+from arcface_jax import init_from, models, optim, parallel, seeding, trainer
 from arcface_jax.config_files import load_config
-from arcface_jax.train_step import create_train_state, make_train_step
+from arcface_jax.train_state import create_train_state
+from arcface_jax.train_step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
@@ -36,11 +37,11 @@ def _leaves_by_path(tree):
 def _steps(config, num_steps=2, seed=0):
   """A real train step of the trainer's model, optimizer and freezing, on random batches."""
   from arcface_jax import freezing, losses
-  model = trainer.build_model(config)
+  model = models.from_config(config)
   objective = losses.build_objective(config.loss, num_classes=10,
                                      embedding_dim=config.model.embedding_dim)
   tx = optim.make_optimizer(config.train)
-  state0 = create_train_state(jax.random.PRNGKey(0), model, objective, tx,
+  state0 = create_train_state(seeding.keys(0), model, objective, tx,
                               config.data.image_size)
   step_model = freezing.for_training(model, config.train, state0.params, state0.batch_stats)
   step = jax.jit(make_train_step(step_model, objective, tx, optim.make_schedule(config.train),
@@ -123,7 +124,7 @@ def test_bad_patterns_are_one_config_error(tiny_config, tmp_path, key, value, me
 def test_hyperparameters_are_runtime_values_not_constants(tiny_config):
   """Runs differing in learning rate, momentum or weight decay compile the same program."""
   from arcface_jax import losses
-  model = trainer.build_model(tiny_config)
+  model = models.from_config(tiny_config)
   objective = losses.build_objective(tiny_config.loss, num_classes=10,
                                      embedding_dim=tiny_config.model.embedding_dim)
   size = tiny_config.data.image_size
@@ -135,7 +136,7 @@ def test_hyperparameters_are_runtime_values_not_constants(tiny_config):
     train.update(learning_rate=lr, momentum=momentum, weight_decay=wd)
     tx = optim.make_optimizer(train)
     state = jax.eval_shape(lambda r: create_train_state(r, model, objective, tx, size),
-                           jax.random.PRNGKey(0))
+                           seeding.keys(0))
     step = make_train_step(model, objective, tx, optim.make_schedule(train),
                            jax.random.PRNGKey(1))
     return jax.jit(step).lower(state, batch).as_text(debug_info=False)
@@ -249,7 +250,7 @@ def _onnx_config():
 
 
 def _abstract(config):
-  model = trainer.build_model(config)
+  model = models.from_config(config)
   size = config.data.image_size
   variables = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
                                                 jnp.zeros((1, size, size, 3)), train=False))
@@ -368,7 +369,7 @@ def test_finetune_recipe_starts_from_a_model_trained_here(pretrained, tmp_path):
 
 
 def _abstract_init(config):
-  model = trainer.build_model(config)
+  model = models.from_config(config)
   size = config.data.image_size
   return model.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, size, size, 3)),
                     train=False)['params']

@@ -53,7 +53,7 @@ def ensure_trained(workdir: str) -> None:
     return
   print(f'{workdir}: no finished demo model; training it now on the embedded synthetic '
         'identities (`python -m arcface_jax.demo`, a few minutes on a CPU; once)', flush=True)
-  command = [sys.executable, '-m', 'arcface_jax.demo', '--workdir', workdir, '--nofigures']
+  command = [sys.executable, '-m', 'arcface_jax.demo', '--workdir', workdir]
   result = subprocess.run(command)
   if result.returncode != 0 or not is_trained(workdir):
     raise SystemExit(f'training the demo model failed (exit {result.returncode}): '

@@ -1,10 +1,8 @@
-"""MXNet RecordIO (train.rec + train.idx), read and written without mxnet (REFERENCE §3).
+"""MXNet RecordIO (train.rec + train.idx), read without mxnet: `RecordDataset`.
 
-A record is one or more chunks: uint32 magic 0xced7230a, uint32 lrec (cflag = lrec >> 29,
-length = lrec & (2^29 − 1)), the payload zero-padded to 4 bytes. A payload containing the magic
-at a 4-byte-aligned offset is split there into parts (cflag 1 = first, 2 = middle, 3 = last) with
-the magic removed; the reader puts it back. The payload is an `<IfQQ` header (flag, label, id,
-id2); flag n > 0 means n float32 labels follow; then the image bytes.
+The bytes (chunks, payload header) are in `data/recordio_format.py`; writing is
+`data/recordio_writer.py`, whose names (`write_records`, `RecordWriter`, `pack_payload`, ...)
+are importable from here too.
 
 The face layout (MS1M, Glint360K, WebFace) has record 0 as a header whose labels are [N+1, N+K+1),
 images at keys 1..N and identity ranges [start, end) at N+1..N+K; im2rec-style files have no
@@ -15,166 +13,25 @@ many threads, and pickles (without the descriptor) into grain's worker processes
 """
 from __future__ import annotations
 
-import array
 import os
-import struct
 import threading
-from typing import Iterable
 
 import numpy as np
 from absl import logging
 
 from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
+from arcface_jax.data.recordio_format import (CHUNK_HEAD, LENGTH_MASK, MAGIC, MAGIC_BYTES,
+                                              pack_payload, split_payload, unpack_payload)
+from arcface_jax.data.recordio_writer import RecordWriter, write_property, write_records
 
-MAGIC = 0xCED7230A
-_MAGIC_BYTES = struct.pack('<I', MAGIC)
-_CHUNK_HEAD = struct.Struct('<II')
-_HEADER = struct.Struct('<IfQQ')
-_LENGTH_MASK = (1 << 29) - 1
+__all__ = ['MAGIC', 'RecordDataset', 'RecordWriter', 'pack_payload', 'read_index',
+           'split_payload', 'unpack_payload', 'write_property', 'write_records']
+
 # One pread usually fetches a whole record (its extent is known from the next offset); records
 # longer than this are read in a second call rather than trusting a huge extent.
 _FIRST_READ = 1 << 20
 _OPEN_LOCK = threading.Lock()
-
-
-def pack_payload(label: float | Iterable[float], image_bytes: bytes, key: int = 0) -> bytes:
-  """Header + (labels) + image bytes, as im2rec writes them.
-
-  A scalar label goes in the header (flag 0); a sequence of n labels sets flag n and follows it.
-  """
-  if np.ndim(label) == 0:
-    return _HEADER.pack(0, float(label), key, 0) + bytes(image_bytes)
-  labels = np.asarray(label, np.float32).reshape(-1)
-  return _HEADER.pack(len(labels), 0.0, key, 0) + labels.tobytes() + bytes(image_bytes)
-
-
-def unpack_payload(payload: bytes | memoryview) -> tuple[np.ndarray | float, memoryview]:
-  """(label: a float, or the float32 labels when flag > 0, image bytes). ValueError if short."""
-  if len(payload) < _HEADER.size:
-    raise ValueError(f'payload of {len(payload)} bytes is shorter than the 24-byte header')
-  flag, label, _, _ = _HEADER.unpack_from(payload)
-  body = memoryview(payload)[_HEADER.size:]
-  if flag > 0:
-    if len(body) < 4 * flag:
-      raise ValueError(f'header announces {flag} labels but the payload is too short')
-    return np.frombuffer(body[:4 * flag], np.float32).copy(), body[4 * flag:]
-  return label, body
-
-
-def split_payload(payload: bytes) -> list[tuple[int, bytes]]:
-  """[(cflag, part)]: the payload cut at 4-byte-aligned occurrences of the magic (dropped)."""
-  parts, start = [], 0
-  position = payload.find(_MAGIC_BYTES)
-  while position != -1:
-    if position % 4 == 0:
-      parts.append(payload[start:position])
-      start = position + 4
-      position = payload.find(_MAGIC_BYTES, start)
-    else:
-      position = payload.find(_MAGIC_BYTES, position + 1)
-  parts.append(payload[start:])
-  if len(parts) == 1:
-    return [(0, parts[0])]
-  return [(1 if i == 0 else 3 if i == len(parts) - 1 else 2, p) for i, p in enumerate(parts)]
-
-
-class RecordWriter:
-  """Writes `rec_path` and `idx_path`; `write(key, payload)` appends one record.
-
-  The index is written sorted by key on `close`, so a header record written last (its counts are
-  known only at the end) still comes first in the .idx, and an interrupted run leaves no index
-  that would pass for a complete dataset.
-  """
-
-  def __init__(self, rec_path: str, idx_path: str):
-    self._rec = open(rec_path, 'wb')
-    self._idx_path = idx_path
-    self._keys = array.array('q')
-    self._offsets = array.array('q')
-
-  def write(self, key: int, payload: bytes) -> None:
-    self._keys.append(int(key))
-    self._offsets.append(self._rec.tell())
-    for cflag, part in split_payload(bytes(payload)):
-      if len(part) > _LENGTH_MASK:
-        raise ValueError(f'record {key}: a part of {len(part)} bytes exceeds the 2^29 limit')
-      self._rec.write(_CHUNK_HEAD.pack(MAGIC, (cflag << 29) | len(part)) + part)
-      self._rec.write(b'\0' * (-len(part) % 4))
-
-  def close(self) -> None:
-    if self._rec.closed:
-      return
-    self._rec.close()
-    keys, offsets = np.asarray(self._keys), np.asarray(self._offsets)
-    if len(np.unique(keys)) != len(keys):
-      raise ValueError(f'{self._idx_path}: duplicate record keys')
-    order = np.argsort(keys, kind='stable')
-    with open(self._idx_path, 'w') as f:
-      f.writelines(f'{k}\t{o}\n' for k, o in zip(keys[order].tolist(), offsets[order].tolist()))
-
-  def __enter__(self) -> 'RecordWriter':
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
-
-def write_property(directory: str, num_classes: int, height: int, width: int) -> None:
-  """The `property` file insightface's tools read: `num_classes,height,width`."""
-  with open(os.path.join(directory, 'property'), 'w') as f:
-    f.write(f'{num_classes},{height},{width}\n')
-
-
-def write_records(out_dir: str, samples: Iterable[tuple[int, bytes]], *, header: bool = True,
-                  num_classes: int | None = None, image_size: tuple[int, int] | None = None,
-                  name: str = 'train') -> int:
-  """Writes out_dir/{name}.rec, {name}.idx and property from (label, encoded image) pairs.
-
-  With `header` (the face layout), labels must arrive grouped in non-decreasing order so that each
-  identity is one contiguous key range. `num_classes` defaults to max label + 1 and `image_size`
-  (height, width) to the first image's. Returns the number of images written.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  ranges: list[tuple[int, int, int]] = []  # (label, first key, one past the last key)
-  key = 1 if header else 0
-  first_key = key
-  max_label = -1
-  with RecordWriter(os.path.join(out_dir, name + '.rec'),
-                    os.path.join(out_dir, name + '.idx')) as writer:
-    for label, image_bytes in samples:
-      label = int(label)
-      if label < 0:
-        raise ValueError(f'record {key}: negative label {label}')
-      if header and ranges and label < ranges[-1][0]:
-        raise ValueError(f'record {key}: label {label} after {ranges[-1][0]}; the face layout '
-                         'needs samples grouped by label in increasing order')
-      if image_size is None:
-        height, width = decode_image(image_bytes, key).shape[:2]
-        image_size = (height, width)
-      if not ranges or ranges[-1][0] != label:
-        ranges.append((label, key, key))
-      writer.write(key, pack_payload(float(label), image_bytes, key))
-      key += 1
-      ranges[-1] = (ranges[-1][0], ranges[-1][1], key)
-      max_label = max(max_label, label)
-    num_images = key - first_key
-    if num_images == 0:
-      raise ValueError(f'no samples to write into {out_dir}')
-    num_classes = max_label + 1 if num_classes is None else int(num_classes)
-    if max_label >= num_classes:
-      raise ValueError(f'label {max_label} does not fit num_classes={num_classes}')
-    if header:
-      # One identity record per class; a class with no images gets an empty range.
-      by_label = {label: (start, stop) for label, start, stop in ranges}
-      identity_start = key
-      for label in range(num_classes):
-        start, stop = by_label.get(label, (key, key))
-        writer.write(key, pack_payload([start, stop], b'', key))
-        key += 1
-      writer.write(0, pack_payload([identity_start, key], b'', 0))
-  write_property(out_dir, num_classes, *image_size)
-  return num_images
 
 
 def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -401,10 +258,10 @@ class RecordDataset:
         if stop > len(buffer):
           raise CorruptSampleError(key, f'record truncated at byte {offset + len(buffer)} '
                                    f'of {self.rec_path}')
-      magic, lrec = _CHUNK_HEAD.unpack_from(buffer, position)
+      magic, lrec = CHUNK_HEAD.unpack_from(buffer, position)
       if magic != MAGIC:
         raise CorruptSampleError(key, f'wrong magic {magic:#010x} at byte {offset + position}')
-      cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+      cflag, length = lrec >> 29, lrec & LENGTH_MASK
       if (cflag in (0, 1)) != (not parts) or cflag > 3:
         raise CorruptSampleError(key, f'chunk flag {cflag} out of sequence at byte '
                                  f'{offset + position}')
@@ -418,7 +275,7 @@ class RecordDataset:
       position = stop + (-length % 4)
       if cflag in (0, 3):
         break
-    payload = parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)
+    payload = parts[0] if len(parts) == 1 else MAGIC_BYTES.join(parts)
     try:
       return unpack_payload(payload)
     except ValueError as e:

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from arcface_jax.data.errors import DatasetError
 from arcface_jax.data.pairs import verification_pairs
-from arcface_jax.data.sources import TfdsSource, open_tfds
+from arcface_jax.data.tfds_source import TfdsSource, open_tfds
 
 NAME = 'synthetic_faces'
 

@@ -1,6 +1,8 @@
 """Backbones: a name → constructor registry of Flax Linen modules, images → embeddings.
 
-`get(name, embedding_dim=512, dropout=0.0, dtype='float32')`; every module is called as
+`get(name, embedding_dim=512, dropout=0.0, dtype='float32')` (or `from_config(config)`, the backbone
+of config.model); `init_variables` draws its initial weights, `make_embed_fn` is its inference-mode
+embedding function. Every module is called as
 `module.apply(variables, images, train=...)` on normalised (B, H, W, 3) float32 images (H = W, a
 multiple of 16) and returns un-normalised float32 embeddings. `dtype` is the trunk's compute
 dtype ('float32' or 'bfloat16'); parameters stay float32 and the embedding head computes in
@@ -11,7 +13,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import ml_collections
 
 from arcface_jax.models import iresnet, mobilefacenet, resnet, small
 
@@ -59,3 +63,39 @@ def get(name: str, *, embedding_dim: int = 512, dropout: float = 0.0,
     raise ValueError(f'dropout={dropout} must lie in [0, 1)')
   return _REGISTRY[name](embedding_dim=embedding_dim, dropout=dropout,
                          dtype=resolve_dtype(dtype), **kwargs)
+
+
+def from_config(config: ml_collections.ConfigDict) -> nn.Module:
+  """The backbone of `config.model` (name, embedding_dim, dropout, dtype)."""
+  return get(config.model.name, embedding_dim=config.model.embedding_dim,
+             dropout=config.model.dropout, dtype=config.model.dtype)
+
+
+def init_variables(model: nn.Module, key: jax.Array, image_size: int) -> dict[str, Any]:
+  """Initial {'params', 'batch_stats'} of `model`, deterministic in `key` (the run's 'params' key
+  of `seeding.keys`: the trainer and the demo both start from here)."""
+  dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+  variables = model.init({'params': key, 'dropout': key}, dummy, train=False)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def initial_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The backbone of `config` as a run of that config starts: drawn from its seed's 'params' key,
+  the same weights the trainer starts from (before config.model.init_from replaces them)."""
+  from arcface_jax import seeding
+  return init_variables(from_config(config), seeding.keys(config)['params'],
+                        config.data.image_size)
+
+
+def abstract_variables(model: nn.Module, image_size: int) -> dict[str, Any]:
+  """Shapes and dtypes of `init_variables` (traced, nothing computed: the key is irrelevant)."""
+  return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size))
+
+
+def make_embed_fn(model: nn.Module) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
+  """Inference-mode embeddings (fp32) from {'params', 'batch_stats'} variables."""
+
+  def embed(variables: dict[str, Any], images: jax.Array) -> jax.Array:
+    return model.apply(variables, images, train=False).astype(jnp.float32)
+
+  return embed

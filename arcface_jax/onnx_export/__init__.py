@@ -33,7 +33,8 @@ import numpy as np
 
 from arcface_jax.model_info import ModelInfo
 from arcface_jax.onnx_export import rewrite
-from arcface_jax.onnx_export.translate import GraphBuilder, translate
+from arcface_jax.onnx_export.graph import GraphBuilder
+from arcface_jax.onnx_export.translate import translate
 
 OPSET = 17  # onnxruntime ≥ 1.13 runs it (insightface's own models use older sets still)
 IR_VERSION = 8  # the newest IR that opset 17 needs; older runtimes refuse newer IRs

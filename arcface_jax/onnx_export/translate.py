@@ -9,16 +9,19 @@ when the graph is written, and a Transpose is emitted only where an op needs a g
 (a reshape, a matrix product, the output).
 
 The batch dimension is symbolic in the trace (`jax.export.symbolic_shape`), so nothing here
-depends on a batch size. An unsupported primitive is a `ValueError` naming it.
+depends on a batch size. An unsupported primitive is a `ValueError` naming it. The values and the
+graph being written are in `onnx_export/graph.py`.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from jax.extend import core as jcore
+
+from arcface_jax.onnx_export.graph import (NUMPY_FOLDS, Const, GraphBuilder, Tensor, identity,
+                                           is_static)
 
 # JAX primitive → ONNX op for elementwise work (ONNX broadcasts like numpy, as lax's scalars do).
 BINARY = {'add': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': 'Max', 'min': 'Min',
@@ -34,80 +37,6 @@ CALLS = {'pjit': 'jaxpr', 'jit': 'jaxpr', 'closed_call': 'call_jaxpr', 'core_cal
          'custom_jvp_call': 'call_jaxpr', 'custom_vjp_call': 'call_jaxpr',
          'custom_vjp_call_jaxpr': 'fun_jaxpr', 'remat': 'jaxpr', 'checkpoint': 'jaxpr'}
 PASSTHROUGH = {'copy', 'copy_p', 'optimization_barrier', 'reduce_precision'}
-
-
-
-def _broadcast_in_dim(x: np.ndarray, shape: Sequence[int], broadcast_dimensions: Sequence[int],
-                      **_: Any) -> np.ndarray:
-  expanded = [1] * len(shape)
-  for src, dst in enumerate(broadcast_dimensions):
-    expanded[dst] = x.shape[src]
-  return np.broadcast_to(x.reshape(expanded), shape)
-
-
-# Constant folding of the primitives batch norm and dense layers use, in numpy.
-NUMPY_FOLDS: dict[str, Callable[..., np.ndarray]] = {
-    'add': lambda a, b, **_: a + b, 'sub': lambda a, b, **_: a - b,
-    'mul': lambda a, b, **_: a * b, 'div': lambda a, b, **_: a / b,
-    'max': lambda a, b, **_: np.maximum(a, b), 'min': lambda a, b, **_: np.minimum(a, b),
-    'neg': lambda a, **_: -a, 'sqrt': lambda a, **_: np.sqrt(a),
-    'rsqrt': lambda a, **_: 1 / np.sqrt(a),
-    'reshape': lambda a, new_sizes, **_: np.reshape(a, new_sizes),
-    'broadcast_in_dim': _broadcast_in_dim,
-    'convert_element_type': lambda a, new_dtype, **_: np.asarray(a, new_dtype),
-    'transpose': lambda a, permutation, **_: np.transpose(a, permutation),
-    'squeeze': lambda a, dimensions, **_: np.squeeze(a, tuple(dimensions)),
-}
-
-
-@dataclasses.dataclass
-class Const:
-  value: np.ndarray  # the full array, or (for a symbolic shape) one broadcastable to it
-  shape: tuple  # JAX shape, may hold the symbolic batch
-
-
-@dataclasses.dataclass
-class Tensor:
-  name: str
-  shape: tuple  # JAX shape, may hold the symbolic batch
-  perm: tuple[int, ...]  # ONNX axis i is JAX axis perm[i]
-
-  @property
-  def physical_shape(self) -> tuple:
-    return tuple(self.shape[p] for p in self.perm)
-
-
-def is_static(shape: Sequence[Any]) -> bool:
-  return not any(jax.export.is_symbolic_dim(d) for d in shape)
-
-
-def identity(rank: int) -> tuple[int, ...]:
-  return tuple(range(rank))
-
-
-class GraphBuilder:
-  """Nodes and initializers in emission order; names are `<Op>_<n>` (insightface reads them)."""
-
-  def __init__(self, onnx_module: Any):
-    self.onnx = onnx_module
-    self.nodes: list[Any] = []
-    self.initializers: dict[str, np.ndarray] = {}
-    self._count = 0
-
-  def fresh(self, stem: str) -> str:
-    self._count += 1
-    return f'{stem}_{self._count}'
-
-  def const(self, value: np.ndarray, stem: str = 'const') -> str:
-    name = self.fresh(stem)
-    self.initializers[name] = np.asarray(value)
-    return name
-
-  def node(self, op: str, inputs: Sequence[str], **attrs: Any) -> str:
-    name = self.fresh(op)
-    output = name + ':0'
-    self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [output], name=name, **attrs))
-    return output
 
 
 class Translator:

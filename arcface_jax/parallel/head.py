@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from arcface_jax import margins
+from arcface_jax.class_centres import initial_centres
 from arcface_jax.parallel import chunked, softmax
 from arcface_jax.parallel.mesh import DATA_AXIS, replicated
 
@@ -128,7 +129,6 @@ class ModelParallelObjective:
     weight = self.init_std * jax.random.normal(rng, (self.num_classes,) + sub +
                                                (self.embedding_dim,), jnp.float32)
     if self.init_centres:
-      from arcface_jax.losses import initial_centres  # same layer; losses imports parallel lazily
       weight = jnp.asarray(initial_centres(self.init_centres, weight.shape))
     pad = ((0, self.num_padded_classes - self.num_classes),) + ((0, 0),) * (weight.ndim - 1)
     margin_state = self.margin.init_state()
