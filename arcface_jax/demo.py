@@ -29,6 +29,7 @@ def main(argv: Sequence[str]) -> None:
   from arcface_jax import trainer
   from arcface_jax.config_files import RecipeOptionError, load_config
   from arcface_jax.evaluation import evaluators
+  from arcface_jax.inference import embedder_from_variables
   from arcface_jax.train_step import make_embed_fn
 
   from arcface_jax.data.errors import DatasetError
@@ -43,15 +44,18 @@ def main(argv: Sequence[str]) -> None:
 
   mesh = trainer.parallel.make_mesh()
   model = trainer.build_model(config)
-  evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=make_embed_fn(model))
-  name, images, issame = evaluators.load_sets(config)[0]
+  embed = jax.jit(make_embed_fn(model))
+  evaluator = evaluators.get('verification', config)
+  name, images, issame = evaluator.sets()[0]
   # The untrained network: the same initialisation the run started from.
   init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
   untrained_vars = model.init({'params': init_rng, 'dropout': init_rng},
                               images[:2].astype('float32'), train=False)
-  untrained = evaluator.evaluate_set(untrained_vars, images, issame)
-  trained = evaluator.evaluate_set(
-      {'params': state.params['backbone'], 'batch_stats': state.batch_stats}, images, issame)
+  trained_vars = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
+  untrained, trained = (
+      evaluator.score(embedder_from_variables(config, embed, variables, step, mesh), name, images,
+                      issame)
+      for variables, step in ((untrained_vars, 0), (trained_vars, int(state.step))))
   if _FIGURES.value:
     _write_figures(workdir)
   print(f'untrained network accuracy: {untrained["accuracy"]:.4f} ± {untrained["std"]:.4f} '
