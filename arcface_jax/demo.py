@@ -3,19 +3,29 @@
 Trains configs/synthetic.py from scratch (or finishes/reuses the run in --workdir), then scores
 the same network untrained and trained on held-out identities with the LFW protocol, and ends with
 the line `held-out verification accuracy: A ± S (N pairs)`.
+
+  python -m arcface_jax.demo --workdir runs/demo [--config configs/synthetic.py] [--no-figures]
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Sequence
 
 import jax
-from absl import app, flags, logging
+from absl import app, logging
 
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Where the demo run is written.')
-_CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py', 'Recipe to train.')
-_FIGURES = flags.DEFINE_boolean('figures', True, 'Write the analysis figures after training.')
+from arcface_jax import commands
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = commands.parser('arcface_jax.demo', __doc__)
+  parser.add_argument('--workdir', default='runs/demo', help='where the demo run is written')
+  parser.add_argument('--config', default='configs/synthetic.py', help='recipe to train')
+  parser.add_argument('--figures', action=argparse.BooleanOptionalAction, default=True,
+                      help='write the analysis figures after training')
+  return parser.parse_args(argv[1:])
 
 
 def _usage_error(error: BaseException) -> None:
@@ -24,8 +34,7 @@ def _usage_error(error: BaseException) -> None:
   sys.exit(2)
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
+def main(args: argparse.Namespace) -> None:
   from arcface_jax import trainer
   from arcface_jax.config_files import RecipeOptionError, load_config
   from arcface_jax.evaluation import evaluators
@@ -34,10 +43,10 @@ def main(argv: Sequence[str]) -> None:
 
   from arcface_jax.data.errors import DatasetError
 
-  workdir = _WORKDIR.value
+  workdir = args.workdir
   # A bad recipe option, config value or dataset: one line and exit 2, as arcface_jax.train.
   try:
-    config = load_config(_CONFIG.value)
+    config = load_config(args.config)
     state = trainer.train_and_evaluate(config, workdir)
   except (RecipeOptionError, trainer.ConfigError, DatasetError, FileNotFoundError) as e:
     _usage_error(e)
@@ -56,7 +65,7 @@ def main(argv: Sequence[str]) -> None:
       evaluator.score(embedder_from_variables(config, embed, variables, step, mesh), name, images,
                       issame)
       for variables, step in ((untrained_vars, 0), (trained_vars, int(state.step))))
-  if _FIGURES.value:
+  if args.figures:
     _write_figures(workdir)
   print(f'untrained network accuracy: {untrained["accuracy"]:.4f} ± {untrained["std"]:.4f} '
         f'({len(issame)} pairs)')
@@ -73,4 +82,4 @@ def _write_figures(workdir: str) -> None:
   print(f'figures written to {out}')
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_args)
