@@ -50,6 +50,41 @@ def recipe_options(recipe_file: str, arg: str | None, allowed: set[str]) -> set[
   return options
 
 
+def recipe_row(recipe_file: str, name: str) -> dict[str, Any]:
+  """Row `name` of the published recipes' table, `recipes.py` next to `recipe_file`."""
+  table = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(recipe_file)),
+                                      'recipes.py'))['RECIPES']
+  return table[name]
+
+
+def apply_recipe_row(config: ml_collections.ConfigDict, row: dict[str, Any]) -> None:
+  """Sets what a row of configs/recipes.py states: data, backbone, loss, sample rate, schedule.
+
+  `step` rows: batch, lr, boundaries and steps as written (the paper's recipes); `warmup_poly`
+  rows: the reference trainer's schedule (`apply_reference_recipe`) over `epochs`.
+  """
+  if row['schedule'] == 'warmup_poly':
+    apply_reference_recipe(config, num_images=row['images'], num_classes=row['identities'],
+                           batch_size=row['batch'], epochs=row['epochs'])
+  else:
+    config.data.source = 'recordio'
+    config.data.image_size = 112
+    config.model.embedding_dim = 512
+    config.train.batch_size = row['batch']
+    config.train.learning_rate = row['lr']
+    config.train.schedule = row['schedule']
+    config.train.lr_boundaries = tuple(row['lr_boundaries'])
+    config.train.num_steps = row['steps']
+    config.eval.every_steps = 2_000
+    config.eval.bins = ('lfw', 'cfp_fp', 'agedb_30')
+    config.eval.bin_dir = config.data.get_ref('path')  # follows --config.data.path
+  config.data.path = row['path']
+  config.model.name = row['backbone']
+  for key, value in row['loss'].items():
+    setattr(config.loss, key, value)
+  config.head.sample_rate = row['sample_rate']
+
+
 def apply_reference_recipe(config: ml_collections.ConfigDict, *, num_images: int,
                            num_classes: int, batch_size: int = 1024, epochs: int = 20) -> None:
   """The current reference trainer's large-scale schedule (REFERENCE §7), shared by the recipes.
