@@ -1,9 +1,10 @@
 """Loading recipe files from `configs/` and applying `--config.KEY=VALUE` overrides.
 
 A recipe is a Python file with `get_config(arg=None)`; `path:arg` passes `arg`, as
-ml_collections' config flags do, and overrides are typed like the value they replace (ml_collections'
-flag style, without absl flags: every command parses its arguments with argparse). Recipes find `base.py` next to themselves with `load_base`, so a
-recipe works from any working directory and without installing `configs/` as a package.
+ml_collections' config flags do, and overrides are typed like the value they replace (the
+ml_collections flag style, without absl flags: every command parses its arguments with argparse).
+Recipes find `base.py` next to themselves with `load_base`, so a recipe works from any working
+directory and without installing `configs/` as a package.
 """
 from __future__ import annotations
 

@@ -48,8 +48,9 @@ def render(table: dict[str, dict[str, Any]]) -> str:
   for name, row in table.items():
     loss = row['loss']
     margin = f'{_LOSSES.get(loss["name"], loss["name"])} s={loss["s"]:g} m={loss["m"]:g}'
+    backbone = _BACKBONES.get(row['backbone'], row['backbone'])
     lines.append(
-        f'| `configs/{name}.py` | {_data(row)} | {_BACKBONES.get(row["backbone"], row["backbone"])} | '
+        f'| `configs/{name}.py` | {_data(row)} | {backbone} | '
         f'{margin} | {"r=" + format(row["sample_rate"], "g") if row["sample_rate"] < 1 else "–"} | '
         f'{row["batch"]}, {row["lr"]:g} | {_schedule(row)} | {row["published"]} '
         f'({row["source"]}) |')

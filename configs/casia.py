@@ -4,9 +4,9 @@ One recipe, one argument per row of the table: softmax, norm_softmax, sphereface
 SphereFace 1.35: combined m1=1.35), cosface (0.35), arcface (0.5, the default), cm1 (1, 0.3, 0.2),
 cm2 (0.9, 0.4, 0.15), triplet (angular margin 0.35), arcface_intra, arcface_inter,
 arcface_intra_inter, arcface_triplet. Dataset, backbone, s, batch and the step schedule are the
-`casia` row of configs/recipes.py; evaluated on lfw, cfp_fp and agedb_30 (.bin files next to
-the data). The triplet rows draw batches of 128 identities × 4 images so every anchor has positives. Append `,tiny` to
-any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
+`casia` row of configs/recipes.py; evaluated on lfw, cfp_fp and agedb_30 (.bin files next to the
+data). The triplet rows draw batches of 128 identities × 4 images so every anchor has positives.
+Append `,tiny` to any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
 
   python -m arcface_jax.train --config configs/casia.py:cosface --workdir runs/casia_cosface
   python -m arcface_jax.train --config configs/casia.py --workdir runs/casia_arcface

@@ -1,14 +1,13 @@
 """The reference trainer's Glint360K recipe: IResNet-100, CosFace, Partial FC.
 
-RecordIO, global batch 1024 (128 per device on 8), SGD momentum 0.9, weight decay
-5e-4, lr 0.1 at batch 1024 scaled linearly with the global batch, linear warm-up (none by default) then polynomial
+RecordIO, global batch 1024 (128 per device on 8), SGD momentum 0.9, weight decay 5e-4, lr 0.1 at
+batch 1024 scaled linearly with the global batch, linear warm-up (none by default) then polynomial
 decay to 0 over the row's epochs, bf16 trunk with fp32 head, backbone gradient clip 5
-(`apply_reference_recipe`). Dataset, sizes, backbone, margin, sample rate and the published
-result are its row in configs/recipes.py (the README's recipe table is generated from it).
-The centres are split over the devices and each device uses a fraction of its centres per step
-(every positive of the global batch plus random negatives, redrawn each step); Partial FC 0.1
-matches 1.0 in accuracy (An et al., Partial FC, ICCV 2021 workshops). `:lazy` updates only the
-sampled centres. Commands:
+(`apply_reference_recipe`). Dataset, sizes, backbone, margin, sample rate and the published result
+are its row in configs/recipes.py (the README's recipe table is generated from it). The centres are
+split over the devices and each device uses a fraction of its centres per step (every positive of
+the global batch plus random negatives, redrawn each step); Partial FC 0.1 matches 1.0 in accuracy
+(An et al., Partial FC, ICCV 2021 workshops). `:lazy` updates only the sampled centres. Commands:
 
   python -m arcface_jax.train --config configs/glint360k_r100.py --workdir runs/glint360k_r100 \
       --config.data.path=data/glint360k

@@ -1,9 +1,9 @@
-"""The paper's MS1MV2 recipe (row `ms1m` of configs/recipes.py: dataset, backbone, margin, schedule).
+"""The paper's MS1MV2 recipe: row `ms1m` of configs/recipes.py (data, backbone, margin, schedule).
 
-SGD momentum 0.9, weight decay 5e-4, global batch 128 per device on 4 GPUs, the learning rate
-divided by 10 twice (boundaries and steps in the table). `:poly` switches to the current reference schedule
-(linear warm-up, then polynomial decay to 0). Training reads `train.rec`/`train.idx` (MS1M-style
-RecordIO) from data.path. Commands:
+SGD momentum 0.9, weight decay 5e-4, 128 images per device on 4 GPUs, the learning rate divided
+by 10 twice (boundaries and steps in the table). `:poly` switches to the current reference
+schedule (linear warm-up, then polynomial decay to 0). Training reads `train.rec`/`train.idx`
+(MS1M-style RecordIO) from data.path. Commands:
 
   python -m arcface_jax.train --config configs/ms1m.py --workdir runs/ms1m \
       --config.data.path=data/faces_emore

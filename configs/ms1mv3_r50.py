@@ -1,11 +1,11 @@
 """The reference trainer's MS1MV3 recipe: IResNet-50, ArcFace, model-parallel head.
 
-RecordIO `train.rec`/`train.idx`, global batch 1024 (128 per device on 8), SGD momentum 0.9, weight decay
-5e-4, lr 0.1 at batch 1024 scaled linearly with the global batch, linear warm-up (none by default) then polynomial
-decay to 0 over the row's epochs, bf16 trunk with fp32 head, backbone gradient clip 5
-(`apply_reference_recipe`). Dataset, sizes, backbone, margin, sample rate and the published
-result are its row in configs/recipes.py (the README's recipe table is generated from it).
-The class centres are split over the devices (head.model_parallel) and all of them are used
+RecordIO `train.rec`/`train.idx`, global batch 1024 (128 per device on 8), SGD momentum 0.9, weight
+decay 5e-4, lr 0.1 at batch 1024 scaled linearly with the global batch, linear warm-up (none by
+default) then polynomial decay to 0 over the row's epochs, bf16 trunk with fp32 head, backbone
+gradient clip 5 (`apply_reference_recipe`). Dataset, sizes, backbone, margin, sample rate and the
+published result are its row in configs/recipes.py (the README's recipe table is generated from
+it). The class centres are split over the devices (head.model_parallel) and all of them are used
 every step (sample_rate 1.0). Commands:
 
   python -m arcface_jax.train --config configs/ms1mv3_r50.py --workdir runs/ms1mv3_r50 \

@@ -1,13 +1,13 @@
 """The reference trainer's WebFace42M recipe: IResNet-100, ArcFace, Partial FC.
 
-RecordIO, global batch 1024 (128 per device on 8), SGD momentum 0.9, weight decay
-5e-4, lr 0.1 at batch 1024 scaled linearly with the global batch, linear warm-up (none by default) then polynomial
+RecordIO, global batch 1024 (128 per device on 8), SGD momentum 0.9, weight decay 5e-4, lr 0.1 at
+batch 1024 scaled linearly with the global batch, linear warm-up (none by default) then polynomial
 decay to 0 over the row's epochs, bf16 trunk with fp32 head, backbone gradient clip 5
-(`apply_reference_recipe`). Dataset, sizes, backbone, margin, sample rate and the published
-result are its row in configs/recipes.py (the README's recipe table is generated from it).
-Two million centres (4 GB in fp32, 12 GB with gradient and momentum) are split over the devices
-and each device uses a fraction of its centres per step: every positive of the global batch plus
-random negatives, redrawn each step. `:lazy` updates only the sampled centres. Commands:
+(`apply_reference_recipe`). Dataset, sizes, backbone, margin, sample rate and the published result
+are its row in configs/recipes.py (the README's recipe table is generated from it). Two million
+centres (4 GB in fp32, 12 GB with gradient and momentum) are split over the devices and each device
+uses a fraction of its centres per step: every positive of the global batch plus random negatives,
+redrawn each step. `:lazy` updates only the sampled centres. Commands:
 
   python -m arcface_jax.train --config configs/webface42m_r100.py --workdir runs/wf42m_r100 \
       --config.data.path=data/WebFace42M
@@ -25,7 +25,8 @@ from arcface_jax.config_files import (apply_recipe_row, load_base, recipe_option
 def get_config(arg: str | None = None):
   options = recipe_options(__file__, arg, {'lazy', 'tiny'})
   config = load_base(__file__)
-  apply_recipe_row(config, recipe_row(__file__, 'webface42m_r100'))  # data, backbone, loss, schedule
+  # Data, backbone, loss and schedule.
+  apply_recipe_row(config, recipe_row(__file__, 'webface42m_r100'))
   config.head.lazy_update = 'lazy' in options
   if 'tiny' in options:
     shrink_to_smoke_test(config)

@@ -78,3 +78,37 @@ def test_help_says_what_and_shows_an_example(command, monkeypatch):
               if line.strip().startswith(('python ', '.venv/bin/python ', 'make '))
               and target.removesuffix('.py').replace('/', '.').split('.')[-1] in line]
   assert examples, f'{command} --help shows no example invocation:\n{text[:3000]}'
+
+
+TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
+
+
+def test_config_overrides_are_typed_like_the_values_they_replace():
+  from arcface_jax import train
+  args = train.parse_args([
+      'train', '--config', TINY, '--workdir', 'w', '--config.train.learning_rate=0.05',
+      '--config.train.num_steps', '7', '--config.data.flip=false',
+      '--config.eval.evaluators=verification,ijb', '--config.train.lr_boundaries=(2, 3)',
+      '--config.train.warmup_steps=1e1'])
+  train_config = args.config.train
+  assert args.workdir == 'w'
+  assert train_config.learning_rate == 0.05 and isinstance(train_config.learning_rate, float)
+  assert train_config.num_steps == 7 and train_config.warmup_steps == 10
+  assert args.config.data.flip is False
+  assert args.config.eval.evaluators == ('verification', 'ijb')
+  assert tuple(train_config.lr_boundaries) == (2, 3)
+
+
+@pytest.mark.parametrize('argument,fragment', [
+    ('--config.train.bacth_size=8', "no key 'train.bacth_size'"),
+    ('--config.train.num_steps=many', 'expected an integer'),
+    ('--config.data.flip=maybe', 'expected true or false'),
+    ('--config.train=1', 'is a group of keys'),
+])
+def test_bad_override_is_one_line_and_exit_2(argument, fragment, capsys):
+  from arcface_jax import train
+  with pytest.raises(SystemExit) as exit_info:
+    train.parse_args(['train', '--config', TINY, '--workdir', 'w', argument])
+  assert exit_info.value.code == 2
+  errors = capsys.readouterr().err.strip().splitlines()
+  assert len(errors) == 1 and errors[0].startswith('error: ') and fragment in errors[0], errors

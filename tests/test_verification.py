@@ -347,3 +347,46 @@ def test_evaluate_warns_on_a_bin_written_in_pairs_txt_order(toy_run, tmp_path, c
   assert len(warnings) == 1 and "'pairs_txt_order'" in warnings[0]
   assert 'only matched pairs' in warnings[0] and 'only mismatched pairs' in warnings[0]
   assert 0.0 <= results['verification']['pairs_txt_order']['accuracy'] <= 1.0
+
+
+def test_training_and_command_run_the_same_registry_evaluator(toy_run, tmp_path):
+  """The trainer's periodic evaluators (live variables, best kept) and `evaluate` (a restored
+  checkpoint) score the same set identically."""
+  import json
+  import jax
+  from arcface_jax import evaluate
+  from arcface_jax.evaluation import evaluators
+  from arcface_jax.inference import embedder_from_variables, load_embedder
+  from arcface_jax.train_step import make_embed_fn
+  from arcface_jax import trainer
+  workdir, bin_path, _, _ = toy_run
+  restored = load_embedder(workdir, 6)
+  config = restored.config.copy_and_resolve_references()
+  config.eval.bins = (bin_path,)
+  live = embedder_from_variables(config, jax.jit(make_embed_fn(trainer.build_model(config))),
+                                 restored.variables, 6, restored.mesh)
+  (periodic,) = evaluators.for_training(config, str(tmp_path))
+  metrics = periodic.run(live, 6)
+  command = evaluate.evaluate_run(workdir, step=6, bins=[bin_path])['verification']['digits']
+  assert metrics['digits/accuracy'] == pytest.approx(command['accuracy'])
+  assert metrics['digits/xnorm'] == pytest.approx(command['xnorm'], rel=1e-5)
+  with open(tmp_path / 'best.json') as f:
+    assert json.load(f)['digits'] == {'accuracy': pytest.approx(command['accuracy']), 'step': 6}
+  assert (tmp_path / 'best' / 'digits').is_dir()
+
+
+@pytest.mark.parametrize('evaluators_value,fragment', [
+    (('verification', 'lfw_typo'), "unknown evaluator 'lfw_typo'"),
+    (('test',), 'python -m arcface_jax.evaluate'),
+    (('ijb',), 'config.eval.ijb.dir'),
+])
+def test_bad_evaluator_choice_is_a_config_error(evaluators_value, fragment, tmp_path):
+  import os
+  from arcface_jax.config_checks import ConfigError
+  from arcface_jax.config_files import load_config
+  from arcface_jax.evaluation import evaluators
+  toy = os.path.join(os.path.dirname(__file__), os.pardir, 'configs', 'toy.py')
+  config = load_config(f'{toy}:tiny')
+  config.eval.evaluators = evaluators_value
+  with pytest.raises(ConfigError, match=fragment.replace('.', r'\.')):
+    evaluators.for_training(config, str(tmp_path))

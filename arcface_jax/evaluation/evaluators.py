@@ -1,4 +1,4 @@
-"""The evaluator registry: name → evaluator, used by the trainer and `python -m arcface_jax.evaluate`.
+"""The evaluator registry (name → evaluator) the trainer and `python -m arcface_jax.evaluate` use.
 
 Every evaluator has one interface, `run(embedder, step) -> {metric: float}`, where `embedder` is an
 `arcface_jax.inference.Embedder` (a restored checkpoint, or the live training variables wrapped by
@@ -248,7 +248,8 @@ class IJBEvaluator:
   name: str
 
   def __init__(self, config: ml_collections.ConfigDict, *, workdir: str | None = None,
-               dir: str | None = None, target: str | None = None,  # pylint: disable=redefined-builtin
+               dir: str | None = None,  # pylint: disable=redefined-builtin
+               target: str | None = None,
                batch_size: int | None = None):
     options = config.eval.get('ijb', ml_collections.ConfigDict({'dir': '', 'target': 'IJBC'}))
     self._dir = dir or options.dir
