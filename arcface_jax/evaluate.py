@@ -25,11 +25,12 @@ import os
 import sys
 from typing import Any, Sequence
 
+import ml_collections
 from absl import app, logging
 from absl.flags import argparse_flags
 
 
-def requested_evaluators(embedder: Any, *, bins: Sequence[str] | None = None,
+def requested_evaluators(config: ml_collections.ConfigDict, *, bins: Sequence[str] | None = None,
                          ijb_dir: str | None = None, ijb_target: str | None = None,
                          gallery: str | None = None, probe: str | None = None,
                          test: bool = False, workdir: str | None = None,
@@ -41,7 +42,6 @@ def requested_evaluators(embedder: Any, *, bins: Sequence[str] | None = None,
   """
   from arcface_jax.evaluation import evaluators
 
-  config = embedder.config
   common = {'workdir': workdir, 'batch_size': batch_size}
   if gallery or probe:
     if not (gallery and probe):
@@ -62,14 +62,18 @@ def requested_evaluators(embedder: Any, *, bins: Sequence[str] | None = None,
   return chosen
 
 
-def evaluate_embedder(embedder: Any, **kwargs: Any) -> dict[str, Any]:
+def evaluate_embedder(embedder: Any, chosen: Sequence[Any] | None = None,
+                      **kwargs: Any) -> dict[str, Any]:
   """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder).
 
-  Keywords as `requested_evaluators`; `test` needs the run's `workdir` (the classifier head is
-  read from its checkpoint). Returns {'step': N, '<evaluator>': its details, ...}.
+  `chosen` evaluators, or those `requested_evaluators(embedder.config, **kwargs)` picks; `test`
+  needs the run's `workdir` (the classifier head is read from its checkpoint). Returns
+  {'step': N, '<evaluator>': its details, ...}.
   """
   results: dict[str, Any] = {'step': int(embedder.step)}
-  for evaluator in requested_evaluators(embedder, **kwargs):
+  if chosen is None:
+    chosen = requested_evaluators(embedder.config, **kwargs)
+  for evaluator in chosen:
     evaluator.run(embedder, int(embedder.step))
     results[evaluator.name] = evaluator.details
   return results
@@ -130,15 +134,14 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
     if kwargs.get(flag) and not os.path.isdir(kwargs[flag]):
       raise FileNotFoundError(f'--{flag.replace("_dir", "")} {kwargs[flag]} is not a directory')
 
-  if kwargs.get('test'):
-    from arcface_jax.evaluation import closed_set
-    closed_set.require_test_split(reporting.read_config(workdir))
+  # The evaluators check their options (and `test` the split) here, before the restore too.
+  chosen = requested_evaluators(reporting.read_config(workdir), workdir=workdir, **kwargs)
 
   import jax
   from arcface_jax.inference import load_embedder
 
   embedder = load_embedder(workdir, step)
-  results = evaluate_embedder(embedder, workdir=workdir, **kwargs)
+  results = evaluate_embedder(embedder, chosen)
   path = os.path.join(workdir, 'eval', f'step_{embedder.step}.json')
   if jax.process_index() == 0:
     merged = _write_results(path, results)
