@@ -183,7 +183,8 @@ def write_data(data: dict[str, Any], out_dir: str, name: str = NAME) -> dict[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='a training run')
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--steps', type=int, nargs='*', default=None,

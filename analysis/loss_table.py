@@ -198,7 +198,8 @@ def write_table(results: list[dict[str, Any]], config_spec: str, steps: int, see
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='the shared recipe, e.g. configs/toy.py:3d')
   parser.add_argument('--seeds', type=int, default=1, help='runs per loss (seeds 0..N-1)')
   parser.add_argument('--out', default='figs/loss_table', help='where the table files go')

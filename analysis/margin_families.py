@@ -143,7 +143,8 @@ def fam_param(data: dict[str, Any], key: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--num', type=int, default=361, help='θ grid points over [0°, 180°]')
   args = parser.parse_args(argv)

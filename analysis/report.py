@@ -122,7 +122,8 @@ def write_report(workdirs: Sequence[str], out_dir: str, *, title: str = 'arcface
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', action='append', default=[],
                       help='a training run (repeat for several runs)')
   parser.add_argument('--out', required=True, help='output directory')

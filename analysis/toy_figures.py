@@ -79,7 +79,8 @@ def run_all(out_dir: str, runs_dir: str = 'runs/toy', losses: Sequence[str] | No
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, help='output directory of the report')
   parser.add_argument('--runs', default='runs/toy', help='where the toy runs are trained')
   parser.add_argument('--losses', nargs='*', default=None,

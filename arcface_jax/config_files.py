@@ -1,13 +1,17 @@
-"""Loading recipe files from `configs/` outside absl flags (tests, the demo, evaluation).
+"""Loading recipe files from `configs/` and applying `--config.KEY=VALUE` overrides.
 
 A recipe is a Python file with `get_config(arg=None)`; `path:arg` passes `arg`, as
-ml_collections' config flags do. Recipes find `base.py` next to themselves with `load_base`, so a
-recipe works from any working directory and without installing `configs/` as a package.
+ml_collections' config flags do, and overrides are typed like the value they replace (the
+ml_collections flag style, without absl flags: every command parses its arguments with argparse).
+Recipes find `base.py` next to themselves with `load_base`, so a recipe works from any working
+directory and without installing `configs/` as a package.
 """
 from __future__ import annotations
 
+import ast
 import os
 import runpy
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -45,6 +49,41 @@ def recipe_options(recipe_file: str, arg: str | None, allowed: set[str]) -> set[
     raise RecipeOptionError(f'configs/{os.path.basename(recipe_file)}: unknown option(s) '
                      f'{sorted(unknown)}; valid: {", ".join(sorted(allowed))}')
   return options
+
+
+def recipe_row(recipe_file: str, name: str) -> dict[str, Any]:
+  """Row `name` of the published recipes' table, `recipes.py` next to `recipe_file`."""
+  table = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(recipe_file)),
+                                      'recipes.py'))['RECIPES']
+  return table[name]
+
+
+def apply_recipe_row(config: ml_collections.ConfigDict, row: dict[str, Any]) -> None:
+  """Sets what a row of configs/recipes.py states: data, backbone, loss, sample rate, schedule.
+
+  `step` rows: batch, lr, boundaries and steps as written (the paper's recipes); `warmup_poly`
+  rows: the reference trainer's schedule (`apply_reference_recipe`) over `epochs`.
+  """
+  if row['schedule'] == 'warmup_poly':
+    apply_reference_recipe(config, num_images=row['images'], num_classes=row['identities'],
+                           batch_size=row['batch'], epochs=row['epochs'])
+  else:
+    config.data.source = 'recordio'
+    config.data.image_size = 112
+    config.model.embedding_dim = 512
+    config.train.batch_size = row['batch']
+    config.train.learning_rate = row['lr']
+    config.train.schedule = row['schedule']
+    config.train.lr_boundaries = tuple(row['lr_boundaries'])
+    config.train.num_steps = row['steps']
+    config.eval.every_steps = 2_000
+    config.eval.bins = ('lfw', 'cfp_fp', 'agedb_30')
+    config.eval.bin_dir = config.data.get_ref('path')  # follows --config.data.path
+  config.data.path = row['path']
+  config.model.name = row['backbone']
+  for key, value in row['loss'].items():
+    setattr(config.loss, key, value)
+  config.head.sample_rate = row['sample_rate']
 
 
 def apply_reference_recipe(config: ml_collections.ConfigDict, *, num_images: int,
@@ -97,3 +136,107 @@ def shrink_to_smoke_test(config: ml_collections.ConfigDict) -> None:
   config.train.checkpoint_every = 0
   config.eval.every_steps = 0
   config.eval.bins = ()
+
+
+class ConfigOverrideError(ValueError):
+  """A `--config.KEY=VALUE` the config cannot take: unknown key or a value of the wrong type.
+
+  The message names the override and, for a known key, the type of its current value."""
+
+
+def _typed_like(key: str, text: str, current: Any) -> Any:
+  """`text` read as the type of the key's `current` value, as ml_collections' flags type it."""
+  def fail(kind: str) -> ConfigOverrideError:
+    return ConfigOverrideError(f'--config.{key}={text}: expected {kind} (the current value is '
+                               f'{current!r})')
+  if isinstance(current, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+    raise fail('true or false')
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      try:
+        value = float(text)  # 1e5 is an int written as a float
+      except ValueError:
+        raise fail('an integer') from None
+      if not value.is_integer():
+        raise fail('an integer') from None
+      return int(value)
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise fail('a number') from None
+  if isinstance(current, str):
+    return text
+  if isinstance(current, (tuple, list)):
+    if text.strip()[:1] in '([':
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        raise fail('a tuple, e.g. (1, 2) or 1,2') from None
+      return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    items = [item.strip() for item in text.split(',') if item.strip()]
+    if current:  # typed like the existing elements
+      return tuple(_typed_like(key, item, current[0]) for item in items)
+    return tuple(_literal_or_text(item) for item in items)
+  if current is None:
+    return _literal_or_text(text)
+  raise fail(f'a {type(current).__name__}')
+
+
+def _literal_or_text(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Applies `KEY=VALUE` overrides (`train.learning_rate=0.05`) in order, each typed like the
+  key's value in the config; ConfigOverrideError naming the first unknown key or bad value."""
+  for override in overrides:
+    key, sep, text = override.partition('=')
+    if not sep:
+      raise ConfigOverrideError(f'--config.{override}: expected --config.KEY=VALUE')
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ConfigOverrideError(f'--config.{key}: the config has no key {key!r} (every key is '
+                                'declared in configs/base.py); check the spelling')
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigOverrideError(f'--config.{key}: {key!r} is a group of keys; set one of '
+                                f'{", ".join(sorted(current.keys()))}')
+    node[leaf] = _typed_like(key, text, current)
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(other arguments, `KEY=VALUE` of every `--config.KEY=VALUE` or `--config.KEY VALUE`)."""
+  rest, overrides = [], []
+  args = list(argv)
+  while args:
+    arg = args.pop(0)
+    if arg.startswith('--config.'):
+      body = arg[len('--config.'):]
+      if '=' not in body:
+        if not args:
+          raise ConfigOverrideError(f'{arg}: expected --config.KEY=VALUE')
+        body = f'{body}={args.pop(0)}'
+      overrides.append(body)
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def load_config_with_overrides(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """`load_config(spec)` with the overrides applied; the config stays locked."""
+  config = load_config(spec)
+  apply_overrides(config, overrides)
+  return config

@@ -4,8 +4,10 @@
       [--bins data/lfw.bin data/cfp_fp.bin ...] [--ijb data/IJBC --ijb_target IJBC] \
       [--gallery faces/gallery --probe faces/probe] [--test] [--batch_size 256]
 
-With no evaluation named, the verification sets the run's config evaluates during training
-(config.eval) are used; naming any (--bins, --ijb, --gallery/--probe, --test) runs only those.
+Every evaluation is an evaluator of the registry in arcface_jax.evaluation.evaluators, the same
+ones the trainer runs periodically. With no evaluation named, the run's config.eval.evaluators
+(by default `verification`: the sets of config.eval) are run; naming any (--bins, --ijb,
+--gallery/--probe, --test) runs only those.
 `--test` is closed-set accuracy on the run's test split (folder runs with data.split_by=image and
 data.test_fraction > 0): top-1 of the classifier head and of the nearest class centre.
 `--bins` takes paths or names looked up in config.eval.bin_dir (lfw → <bin_dir>/lfw.bin). Each
@@ -23,104 +25,57 @@ import os
 import sys
 from typing import Any, Sequence
 
-import numpy as np
+import ml_collections
 from absl import app, logging
 from absl.flags import argparse_flags
 
 
-def _verification(embedder: Any, bins: Sequence[str] | None, batch_size: int,
-                  nfolds: int) -> dict[str, dict[str, float]]:
-  from arcface_jax.data.verification_bin import load_bin
-  from arcface_jax.evaluation import evaluators, verification
-  from arcface_jax.evaluation.extract import extract_embeddings
+def requested_evaluators(config: ml_collections.ConfigDict, *, bins: Sequence[str] | None = None,
+                         ijb_dir: str | None = None, ijb_target: str | None = None,
+                         gallery: str | None = None, probe: str | None = None,
+                         test: bool = False, workdir: str | None = None,
+                         batch_size: int | None = None) -> list[Any]:
+  """The registry's evaluators the command line names, else those of config.eval.evaluators.
 
-  config, size = embedder.config, embedder.image_size
-  if bins is None:
-    sets = evaluators.load_sets(config)
-  else:
-    sets = []
-    for entry in bins:
-      path = evaluators.resolve_bin(entry, config.eval.bin_dir)
-      images, issame = load_bin(path, image_size=(size, size))
-      sets.append((os.path.splitext(os.path.basename(path))[0], images, issame))
-  results = {}
-  for name, images, issame in sets:
-    embeddings, xnorm = extract_embeddings(embedder.apply, images, batch_size=batch_size,
-                                           mean=embedder.mean, std=embedder.std,
-                                           mesh=embedder.mesh)
-    scores = verification.evaluate(embeddings, issame, nfolds=nfolds)
-    logging.info('[%s][%d] XNorm: %f', name, embedder.step, xnorm)
-    logging.info('[%s][%d] Accuracy-Flip: %1.5f+-%1.5f', name, embedder.step, scores['accuracy'],
-                 scores['std'])
-    logging.info('[%s][%d] TAR@FAR=%g: %1.5f+-%1.5f (threshold %.2f)', name, embedder.step,
-                 scores['far_target'], scores['tar_at_far'], scores['tar_at_far_std'],
-                 scores['threshold'])
-    results[name] = {'accuracy': scores['accuracy'], 'std': scores['std'],
-                     'threshold': scores['threshold'], 'tar_at_far': scores['tar_at_far'],
-                     'tar_at_far_std': scores['tar_at_far_std'],
-                     'far_target': scores['far_target'], 'xnorm': xnorm,
-                     'pairs': int(len(issame))}
-  return results
-
-
-def evaluate_embedder(embedder: Any, *, bins: Sequence[str] | None = None,
-                      ijb_dir: str | None = None, ijb_target: str = 'IJBC',
-                      gallery: str | None = None, probe: str | None = None, test: bool = False,
-                      workdir: str | None = None, batch_size: int | None = None,
-                      out_dir: str | None = None) -> dict[str, Any]:
-  """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder).
-
-  The config's verification sets run only when no evaluation is named (no bins, IJB, gallery or
-  test): asking for one thing does not pay for the others. `test` needs the run's `workdir` (the
-  classifier head is read from its checkpoint).
+  Asking for one thing does not pay for the others: naming any evaluation (bins, IJB, gallery,
+  test) runs only those, and `bins` replaces the config's verification sets.
   """
-  from arcface_jax.evaluation import closed_set, identification, ijb
-  from arcface_jax.evaluation.extract import extract_embeddings
+  from arcface_jax.evaluation import evaluators
 
-  config = embedder.config
-  batch_size = batch_size or config.eval.batch_size
-
-  def embed(images: np.ndarray, flip: bool = True) -> np.ndarray:
-    return extract_embeddings(embedder.apply, images, batch_size=batch_size, mean=embedder.mean,
-                              std=embedder.std, flip=flip, mesh=embedder.mesh)[0]
-
-  results: dict[str, Any] = {'step': int(embedder.step)}
-  if bins is not None or not (ijb_dir or gallery or probe or test):
-    results['verification'] = _verification(embedder, bins, batch_size, config.eval.nfolds)
-  if ijb_dir:
-    ijb_out = os.path.join(out_dir, 'ijb') if out_dir else None
-    outcome = ijb.evaluate_ijb(embed, ijb_dir, ijb_target, out_dir=ijb_out,
-                               image_size=embedder.image_size, label=f'step {embedder.step}')
-    for line in ijb.format_table(outcome['tar_at_far'], outcome['target']).splitlines():
-      logging.info('[%s][%d] %s', outcome['target'], embedder.step, line)
-    outcome['tar_at_far'] = {f'{k:g}': v for k, v in outcome['tar_at_far'].items()}
-    results['ijb'] = outcome
+  common = {'workdir': workdir, 'batch_size': batch_size}
   if gallery or probe:
     if not (gallery and probe):
       raise ValueError('identification needs both --gallery and --probe')
-    size = embedder.image_size
-    gallery_images, gallery_labels = identification.read_identity_folder(gallery, size)
-    probe_images, probe_labels = identification.read_identity_folder(probe, size)
-    outcome = identification.evaluate_identification(
-        embed(gallery_images), gallery_labels, embed(probe_images), probe_labels)
-    logging.info('[identification][%d] rank-1 %.5f rank-5 %.5f (%d mated, %d non-mated probes, '
-                 '%d identities)', embedder.step, outcome['rank1'], outcome['rank5'],
-                 outcome['num_mated'], outcome['num_nonmated'], outcome['num_identities'])
-    for far, entry in outcome.get('dir_at_far', {}).items():
-      logging.info('[identification][%d] DIR@FAR=%g: %.5f', embedder.step, far, entry['dir'])
-    if 'dir_at_far' in outcome:
-      outcome['dir_at_far'] = {f'{k:g}': v for k, v in outcome['dir_at_far'].items()}
-    results['identification'] = outcome
+  if bins is None and not (ijb_dir or gallery or test):
+    return [evaluators.get(name, config, **common)
+            for name in evaluators.configured_names(config)]
+  chosen = []
+  if bins is not None:
+    chosen.append(evaluators.get('verification', config, bins=bins, **common))
+  if ijb_dir:
+    chosen.append(evaluators.get('ijb', config, dir=ijb_dir, target=ijb_target, **common))
+  if gallery:
+    chosen.append(evaluators.get('identification', config, gallery=gallery, probe=probe,
+                                 **common))
   if test:
-    if workdir is None:
-      raise ValueError('--test reads the classifier head from a training run: pass its --workdir')
-    outcome = closed_set.evaluate_test_split(lambda images: embed(images, flip=False), config,
-                                             workdir, embedder.step)
-    logging.info('[test][%d] top-1 classifier head %s, nearest class centre %.5f (%d photos, %d '
-                 'classes)', embedder.step,
-                 f'{outcome["head_top1"]:.5f}' if 'head_top1' in outcome else 'n/a (no head)',
-                 outcome['nearest_centre_top1'], outcome['images'], outcome['classes'])
-    results['test'] = outcome
+    chosen.append(evaluators.get('test', config, **common))
+  return chosen
+
+
+def evaluate_embedder(embedder: Any, chosen: Sequence[Any] | None = None,
+                      **kwargs: Any) -> dict[str, Any]:
+  """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder).
+
+  `chosen` evaluators, or those `requested_evaluators(embedder.config, **kwargs)` picks; `test`
+  needs the run's `workdir` (the classifier head is read from its checkpoint). Returns
+  {'step': N, '<evaluator>': its details, ...}.
+  """
+  results: dict[str, Any] = {'step': int(embedder.step)}
+  if chosen is None:
+    chosen = requested_evaluators(embedder.config, **kwargs)
+  for evaluator in chosen:
+    evaluator.run(embedder, int(embedder.step))
+    results[evaluator.name] = evaluator.details
   return results
 
 
@@ -179,16 +134,14 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
     if kwargs.get(flag) and not os.path.isdir(kwargs[flag]):
       raise FileNotFoundError(f'--{flag.replace("_dir", "")} {kwargs[flag]} is not a directory')
 
-  if kwargs.get('test'):
-    from arcface_jax.evaluation import closed_set
-    closed_set.require_test_split(reporting.read_config(workdir))
+  # The evaluators check their options (and `test` the split) here, before the restore too.
+  chosen = requested_evaluators(reporting.read_config(workdir), workdir=workdir, **kwargs)
 
   import jax
   from arcface_jax.inference import load_embedder
 
   embedder = load_embedder(workdir, step)
-  out_dir = os.path.join(workdir, 'eval', f'step_{embedder.step}')
-  results = evaluate_embedder(embedder, out_dir=out_dir, workdir=workdir, **kwargs)
+  results = evaluate_embedder(embedder, chosen)
   path = os.path.join(workdir, 'eval', f'step_{embedder.step}.json')
   if jax.process_index() == 0:
     merged = _write_results(path, results)
@@ -211,7 +164,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--bins', nargs='+', default=None,
                       help='verification .bin paths or names (default: config.eval of the run)')
   parser.add_argument('--ijb', default=None, help='IJB-B/C root (meta/, loose_crop/)')
-  parser.add_argument('--ijb_target', default='IJBC', choices=('IJBB', 'IJBC'))
+  parser.add_argument('--ijb_target', default=None, choices=('IJBB', 'IJBC'),
+                      help='which IJB protocol (default config.eval.ijb.target, IJBC)')
   parser.add_argument('--gallery', default=None, help='gallery folder, one sub-folder per id')
   parser.add_argument('--probe', default=None, help='probe folder, one sub-folder per identity')
   parser.add_argument('--test', action='store_true',
@@ -225,6 +179,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
   from arcface_jax import distributed
+  from arcface_jax.config_checks import ConfigError
   from arcface_jax.data.errors import DatasetError
 
   distributed.initialize_if_launched()
@@ -232,7 +187,7 @@ def main(args: argparse.Namespace) -> None:
     evaluate_run(args.workdir, args.step, bins=args.bins, ijb_dir=args.ijb,
                  ijb_target=args.ijb_target, gallery=args.gallery, probe=args.probe,
                  test=args.test, batch_size=args.batch_size)
-  except (DatasetError, FileNotFoundError, ValueError) as e:
+  except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -92,7 +92,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description='Export a backbone as StableHLO or ONNX.')
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='a training run (its latest checkpoint)')
   source.add_argument('--imported', help='a directory written by models.import_onnx')

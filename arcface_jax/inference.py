@@ -49,6 +49,16 @@ def restore_variables(workdir: str, abstract: Any, step: int | None = None) -> t
   return restore_model_variables(workdir, abstract, step)
 
 
+def embedder_from_variables(config: ml_collections.ConfigDict,
+                            embed: Callable[[Any, jax.Array], jax.Array], variables: Any,
+                            step: int, mesh: jax.sharding.Mesh) -> Embedder:
+  """An Embedder over live variables (the trainer's periodic evaluation): `embed(variables,
+  images)` is the (jitted) backbone, as `load_embedder` builds it from a checkpoint."""
+  return Embedder(apply=lambda images: embed(variables, images),
+                  image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
+                  config=config, step=int(step), mesh=mesh, variables=variables)
+
+
 def load_embedder(workdir: str, step: int | None = None,
                   mesh: jax.sharding.Mesh | None = None) -> Embedder:
   """The backbone of `workdir`'s latest (or given) checkpoint, ready to embed images."""
@@ -56,10 +66,8 @@ def load_embedder(workdir: str, step: int | None = None,
   mesh = parallel.make_mesh() if mesh is None else mesh
   model, abstract = abstract_model_variables(config, mesh)
   variables, step = restore_variables(workdir, abstract, step)
-  embed = jax.jit(models.make_embed_fn(model))
-  return Embedder(apply=lambda images: embed(variables, images),
-                  image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
-                  config=config, step=step, mesh=mesh, variables=variables)
+  return embedder_from_variables(config, jax.jit(models.make_embed_fn(model)), variables, step,
+                                 mesh)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -1,7 +1,7 @@
 """Grid search over config values: one training run per cell, a table, a heatmap, the best cell.
 
-  python -m arcface_jax.search --config configs/finetune.py --workdir runs/grid \
-      --grid train.learning_rate=1e-3,1e-2,1e-1 --grid train.momentum=0.5,0.9,0.99 \
+  python -m arcface_jax.search --config configs/finetune.py --workdir runs/grid \\
+      --grid train.learning_rate=1e-3,1e-2,1e-1 --grid train.momentum=0.5,0.9,0.99 \\
       [--metric eval/val/accuracy] [--lower_is_better | --higher_is_better] [--config.x=y ...]
 
 Each cell trains in its own directory under --workdir, named by its values
@@ -42,14 +42,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, logging
 
 from arcface_jax import train as train_cli  # --config (with --config.* overrides) and --workdir
-
-_GRID = flags.DEFINE_multi_string('grid', [], 'KEY=V1,V2,...: a config key and its values.')
-_METRIC = flags.DEFINE_string('metric', 'eval/val/accuracy', 'TensorBoard scalar to rank by.')
-_LOWER = flags.DEFINE_bool('lower_is_better', None, 'The metric is better when lower.')
-_HIGHER = flags.DEFINE_bool('higher_is_better', None, 'The metric is better when higher.')
 
 DONE_MARKER = 'search_cell.json'
 HIGHER_IS_BETTER = ('accuracy', 'tar_at_far')
@@ -349,21 +344,31 @@ def _log_hparams(workdir: str, records: list[dict], tag: str) -> None:
       writer.add_hparams(hparams, {f'hparam/{tag}': r['metric']}, name=r['name'])
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def parse_args(argv: Sequence[str]) -> Any:
+  parser = train_cli.config_parser('arcface_jax.search', __doc__)
+  parser.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2,...',
+                      help='a config key and its values (repeat for more keys)')
+  parser.add_argument('--metric', default='eval/val/accuracy',
+                      help='TensorBoard scalar to rank the cells by')
+  parser.add_argument('--lower_is_better', action='store_true', default=None,
+                      help='the metric is better when lower')
+  parser.add_argument('--higher_is_better', action='store_true', default=None,
+                      help='the metric is better when higher')
+  return train_cli.parse_config_args(parser, argv)
+
+
+def main(args: Any) -> None:
+  config = args.config
   try:
-    config = train_cli._CONFIG.value
-    config.train  # pylint: disable=pointless-statement  # loaded lazily: fail here, once
-    cells = parse_grid(_GRID.value, config)
-    higher = metric_direction(_METRIC.value, _LOWER.value, _HIGHER.value)
+    cells = parse_grid(args.grid, config)
+    higher = metric_direction(args.metric, args.lower_is_better, args.higher_is_better)
   except (OSError, SearchError) as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(2)
   from arcface_jax import distributed
   distributed.initialize_if_launched()
   try:
-    result = run_search(config, train_cli._WORKDIR.value, cells, metric=_METRIC.value,
+    result = run_search(config, args.workdir, cells, metric=args.metric,
                         higher_is_better=higher)
   except SearchError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -374,8 +379,8 @@ def main(argv: Sequence[str]) -> None:
     print(f'no cell finished with a value of {result["metric"]}; see results.csv')
     sys.exit(1)
   print(f'best: {best["name"]}  {result["metric"]}={best["metric"]:.5g} ({direction} is better; '
-        f'{len(result["cells"])} cells in {train_cli._WORKDIR.value}/results.csv)')
+        f'{len(result["cells"])} cells in {args.workdir}/results.csv)')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=train_cli.parse_flags)
+  app.run(main, flags_parser=parse_args)

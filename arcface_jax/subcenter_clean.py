@@ -114,7 +114,8 @@ def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='a trained run with head.subcenters > 1')
   parser.add_argument('--out', required=True, help='where flagged.tsv etc. are written')
   parser.add_argument('--max_angle', type=float, default=MAX_ANGLE,

@@ -1,65 +1,68 @@
-"""Trains a face-recognition model from a config file.
+"""Trains a face-recognition model from a recipe file (configs/*.py) in a working directory.
 
-  python -m arcface_jax.train --config configs/ms1m.py --workdir runs/ms1m \
+  python -m arcface_jax.train --config configs/ms1m.py --workdir runs/ms1m \\
       [--config.train.batch_size=512 ...]
+  python -m arcface_jax.train --config configs/toy.py:arcface,tiny --workdir /tmp/toy
 
-Starting the same command again resumes from the workdir's latest checkpoint. SIGTERM or Ctrl-C
-saves a checkpoint and exits cleanly.
+`--config FILE[:ARG]` names the recipe (ARG is its variant, e.g. configs/ms1m.py:poly); each
+`--config.KEY=VALUE` then overrides one key of it, typed like the value it replaces (numbers,
+true/false, strings, tuples as `a,b` or `(1, 2)`); a key that configs/base.py does not declare is
+an error. Starting the same command again resumes from the workdir's latest checkpoint. SIGTERM or
+Ctrl-C saves a checkpoint and exits cleanly.
 """
 from __future__ import annotations
 
-import re
+import argparse
 import sys
 from typing import Sequence
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Recipe file, e.g. configs/ms1m.py or configs/ms1m.py:poly.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the config.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from arcface_jax import commands
+from arcface_jax.config_files import (ConfigOverrideError, RecipeOptionError,
+                                      load_config_with_overrides, split_config_overrides)
 
 
-def _first_message(error: BaseException) -> str:
-  """The most specific message in an exception chain (ml_collections nests its KeyErrors)."""
-  while error is not None:
-    if isinstance(error, KeyError) and error.args:
-      return str(error.args[0])
-    error = error.__context__
-  return ''
-
-
-def _without_traceback(message: str) -> str:
-  """ml_collections pastes a recipe's whole traceback into the flag error; keep its last line,
-  the recipe's own message (e.g. `configs/synthetic.py: unknown variant 'huge'; ...`)."""
-  if 'Traceback (most recent call last)' not in message:
-    return message
-  last = [line for line in message.splitlines() if line.strip()][-1]
-  return re.sub(r'^\w+(Error|Exception): ', '', last.strip())
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad config or override is one line naming it instead of a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    message = _without_traceback(str(e))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    detail = (_first_message(e) or str(e)).replace('\n', ' ').rstrip('.')
-    overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    message = (f'cannot apply the config overrides {overrides}: {detail}. Every key must exist '
-               'in configs/base.py; check the spelling.')
-  except OSError as e:
-    message = ' '.join(str(e).split())
-  print(f'error: {message}', file=sys.stderr)
+def _usage_error(message: str) -> None:
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
   sys.exit(2)
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # Imported here so that `--help` and flag errors do not pay for importing JAX.
+def config_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+  """The parser of a command that takes --config (with --config.KEY=VALUE) and --workdir."""
+  parser = commands.parser(module, doc)
+  parser.add_argument('--config', required=True, metavar='FILE[:ARG]',
+                      help='recipe file, e.g. configs/ms1m.py or configs/ms1m.py:poly; then any '
+                      '--config.KEY=VALUE overrides, e.g. --config.train.learning_rate=0.05')
+  parser.add_argument('--workdir', required=True,
+                      help='directory for checkpoints, logs and the config')
+  return parser
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+  """argv[1:] parsed by `parser`, with `args.config` the loaded recipe, overrides applied.
+
+  A missing file, an unknown variant, key or a value of the wrong type: one line, exit 2."""
+  try:
+    rest, overrides = split_config_overrides(argv[1:])
+  except ConfigOverrideError as e:
+    _usage_error(str(e))
+  args = parser.parse_args(rest)
+  try:
+    args.config = load_config_with_overrides(args.config, overrides)
+  except (ConfigOverrideError, RecipeOptionError, FileNotFoundError) as e:
+    _usage_error(str(e))
+  except (ValueError, KeyError, TypeError) as e:  # a recipe's own check of its argument
+    _usage_error(f'{args.config}: {e}')
+  return args
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  return parse_config_args(config_parser('arcface_jax.train', __doc__), argv)
+
+
+def main(args: argparse.Namespace) -> None:
+  # Imported here so that `--help` and argument errors do not pay for importing JAX.
   from arcface_jax import distributed, trainer
   from arcface_jax.checkpointing import CheckpointError
   from arcface_jax.data.errors import DatasetError
@@ -68,13 +71,7 @@ def main(argv: Sequence[str]) -> None:
 
   distributed.initialize_if_launched()
   try:
-    config = _CONFIG.value
-    config.train  # pylint: disable=pointless-statement  # loaded lazily: fail here, once
-  except OSError as e:
-    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
-    sys.exit(2)
-  try:
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    trainer.train_and_evaluate(args.config, args.workdir)
   except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError, FileNotFoundError,
           CheckpointError, WorkdirLockedError, WorkdirWriteError) as e:
     logging.error('%s', e)
@@ -83,4 +80,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=parse_args)

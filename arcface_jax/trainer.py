@@ -21,6 +21,7 @@ from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
 from arcface_jax.data import pipeline, sources
 from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
 from arcface_jax.evaluation import evaluators
+from arcface_jax.inference import embedder_from_variables
 from arcface_jax.train_state import TrainState, create_train_state
 from arcface_jax.train_step import make_train_step
 
@@ -160,8 +161,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
       in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
   train_step = _compile_ahead(train_step, state, config, mesh)
-  evaluator = evaluators.Evaluator(config, mesh=mesh, embed_fn=models.make_embed_fn(model),
-                                   workdir=workdir)
+  periodic_evaluators = evaluators.for_training(config, workdir)
+  embed = jax.jit(models.make_embed_fn(model))
   first_step = int(jax.device_get(state.step))
   total = config.train.num_steps
   divergence = DivergenceCheck(config, checkpointer, first_step)
@@ -172,8 +173,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
 
   def evaluate(step: int) -> None:
     variables = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
-    results = evaluator.run(variables, step)
-    reporter.scalars(step, results, prefix='eval/')
+    embedder = embedder_from_variables(config, embed, variables, step, mesh)
+    for evaluator in periodic_evaluators:  # the registry's, as `python -m arcface_jax.evaluate`
+      reporter.scalars(step, evaluator.run(embedder, step), prefix='eval/')
     reporter.restart_clock(step)
 
   step = first_step

@@ -214,7 +214,8 @@ def breakdown(args):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--arch', default='iresnet50', choices=sorted(STAGES))
   parser.add_argument('--size', type=int, default=112)
   parser.add_argument('--batch', type=int, default=32)

@@ -108,7 +108,8 @@ def bench_extract(model_name: str, size: int, num_images: int, batch: int, runs:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--pairs', type=int, default=6000)
   parser.add_argument('--runs', type=int, default=7)
   parser.add_argument('--model', default='iresnet_tiny')

@@ -138,7 +138,8 @@ def jax_to_numpy(tree):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--photos', type=int, default=8)
   parser.add_argument('--runs', type=int, default=5)
   parser.add_argument('--model', default='mobilefacenet')

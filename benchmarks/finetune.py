@@ -78,7 +78,8 @@ def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='configs/finetune.py')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--runs', type=int, default=3)

@@ -90,7 +90,8 @@ def _torch_step(torch, emb, weight, labels, s=64.0, m=0.5):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=512)
   parser.add_argument('--dim', type=int, default=512)
   parser.add_argument('--classes', type=int, default=100_000)

@@ -16,6 +16,7 @@ figure the goal (≥ 2,500 images/s per core) refers to, and it is robust to a s
 """
 from __future__ import annotations
 
+import argparse
 import io
 import itertools
 import multiprocessing
@@ -27,7 +28,8 @@ import time
 
 import cv2
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl.flags import argparse_flags
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,13 +38,22 @@ from arcface_jax.data import synthetic  # noqa: E402
 from arcface_jax.data.pipeline import TrainLoader  # noqa: E402
 
 _TICKS = os.sysconf('SC_CLK_TCK')
-# absl flags (not argparse): grain's worker processes expect parsed absl flags.
-flags.DEFINE_integer('images', 4096, 'Images in the packed dataset.')
-flags.DEFINE_integer('size', 112, 'Image side in pixels (stored and fed).')
-flags.DEFINE_integer('batch', 128, 'Batch size.')
-flags.DEFINE_integer('batches', 24, 'Timed batches per run (after 4 warm-up).')
-flags.DEFINE_list('workers', ['0', '1', '2'], 'Worker counts (0 = threads).')
-flags.DEFINE_integer('runs', 3, 'Runs per measurement; the median is printed.')
+
+
+def parse_args(argv):
+  # absl's argparse flavour: grain's worker processes expect absl's flags to be parsed.
+  parser = argparse_flags.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--images', type=int, default=4096, help='images in the packed dataset')
+  parser.add_argument('--size', type=int, default=112, help='image side in pixels (stored, fed)')
+  parser.add_argument('--batch', type=int, default=128, help='batch size')
+  parser.add_argument('--batches', type=int, default=24,
+                      help='timed batches per run (after 4 warm-up)')
+  parser.add_argument('--workers', default='0,1,2', help='worker counts (0 = threads)')
+  parser.add_argument('--runs', type=int, default=3, help='runs per measurement (median)')
+  args = parser.parse_args(argv[1:])
+  args.workers = args.workers.split(',')
+  return args
 
 
 def cpu_seconds() -> float:
@@ -110,9 +121,7 @@ def loader_run(loader: TrainLoader, batches: int, reference: list[np.ndarray]) -
   return wall, cpu, identical
 
 
-def main(argv) -> None:
-  del argv
-  args = flags.FLAGS
+def main(args) -> None:
   jpegs, labels = make_jpegs(args.images, args.size)
   with tempfile.TemporaryDirectory() as directory:
     source, description = make_source(jpegs, labels, directory)
@@ -151,4 +160,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_args)

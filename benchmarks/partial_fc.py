@@ -29,7 +29,8 @@ import time
 
 
 def _parse() -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--classes', type=int, default=1_000_000)
   p.add_argument('--dim', type=int, default=512)
   p.add_argument('--batch', type=int, default=512)

@@ -77,7 +77,8 @@ def loop_seconds(config, mesh, steps: int, warmup: int = 20) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='configs/synthetic.py')
   parser.add_argument('--steps', type=int, default=60, help='a multiple of 20')
   parser.add_argument('--runs', type=int, default=3)

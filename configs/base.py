@@ -142,10 +142,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- evaluation
   config.eval = ev = ml_collections.ConfigDict()
   ev.every_steps = 2_000  # 0 = only at the end
+  # Evaluators by name (arcface_jax.evaluation.evaluators): verification, ijb, identification
+  # (and test, which only `python -m arcface_jax.evaluate` runs). Each reads its options below.
+  ev.evaluators = ('verification',)
+  # verification: held-out synthetic / val pairs and .bin sets, the 10-fold protocol.
   ev.synthetic_pairs = 0  # held-out pairs of the synthetic dataset (0 = none)
   ev.val_pairs = 0  # pairs from the 'val' split of a folder / TFDS dataset (0 = none)
   ev.bins = ()  # verification sets: names (lfw, cfp_fp, agedb_30, ...) or .bin paths
   ev.bin_dir = 'data'  # where names in `bins` are looked up as <name>.bin
   ev.batch_size = 256
   ev.nfolds = 10
+  ev.ijb = ml_collections.ConfigDict()  # ijb: IJB-B/C 1:1 TAR@FAR
+  ev.ijb.dir = ''  # the IJB root (meta/, loose_crop/)
+  ev.ijb.target = 'IJBC'  # or 'IJBB'
+  ev.identification = ml_collections.ConfigDict()  # identification: 1:N rank-1/5 and DIR@FAR
+  ev.identification.gallery = ''  # folder, one sub-folder per identity
+  ev.identification.probe = ''  # folder, one sub-folder per identity (unknown ones non-mated)
   return config

@@ -3,10 +3,10 @@
 One recipe, one argument per row of the table: softmax, norm_softmax, sphereface (the paper's
 SphereFace 1.35: combined m1=1.35), cosface (0.35), arcface (0.5, the default), cm1 (1, 0.3, 0.2),
 cm2 (0.9, 0.4, 0.15), triplet (angular margin 0.35), arcface_intra, arcface_inter,
-arcface_intra_inter, arcface_triplet. s = 64, batch 512, SGD lr 0.1 divided by 10 at 20K and 28K,
-32K steps; evaluated on lfw, cfp_fp and agedb_30 (.bin files next to the data). The triplet rows
-draw batches of 128 identities × 4 images so every anchor has positives. Append `,tiny` to
-any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
+arcface_intra_inter, arcface_triplet. Dataset, backbone, s, batch and the step schedule are the
+`casia` row of configs/recipes.py; evaluated on lfw, cfp_fp and agedb_30 (.bin files next to the
+data). The triplet rows draw batches of 128 identities × 4 images so every anchor has positives.
+Append `,tiny` to any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
 
   python -m arcface_jax.train --config configs/casia.py:cosface --workdir runs/casia_cosface
   python -m arcface_jax.train --config configs/casia.py --workdir runs/casia_arcface
@@ -17,7 +17,8 @@ any row for a seconds-long CPU smoke run on a small packed RecordIO. Commands:
 """
 from typing import Any
 
-from arcface_jax.config_files import RecipeOptionError, load_base, shrink_to_smoke_test
+from arcface_jax.config_files import (RecipeOptionError, apply_recipe_row, load_base, recipe_row,
+                                      shrink_to_smoke_test)
 
 # Row of the table -> loss settings (everything else is the paper's default for the name).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -48,23 +49,11 @@ def get_config(arg: str | None = None):
   variant = rows[0] if rows else 'arcface'
 
   config = load_base(__file__)
-  config.data.source = 'recordio'
-  config.data.path = 'data/faces_webface_112x112'
-  config.data.image_size = 112
-  config.model.name = 'iresnet50'
-  config.model.embedding_dim = 512
-  config.loss.s = 64.0
+  row = recipe_row(__file__, 'casia')  # data, backbone, schedule and s; the loss is the variant's
+  apply_recipe_row(config, {**row, 'loss': {'s': row['loss']['s']}})
   for key, value in VARIANTS[variant].items():
     setattr(config.loss, key, value)
   config.data.images_per_identity = IMAGES_PER_IDENTITY.get(variant, 0)
-  config.train.batch_size = 512
-  config.train.learning_rate = 0.1
-  config.train.schedule = 'step'
-  config.train.lr_boundaries = (20_000, 28_000)
-  config.train.num_steps = 32_000
-  config.eval.every_steps = 2_000
-  config.eval.bins = ('lfw', 'cfp_fp', 'agedb_30')
-  config.eval.bin_dir = config.data.get_ref('path')  # follows --config.data.path
   if tiny:
     shrink_to_smoke_test(config)
   return config

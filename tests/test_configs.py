@@ -14,7 +14,7 @@ from arcface_jax.config_files import load_base, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
-                 if os.path.basename(p) not in ('base.py', '__init__.py'))
+                 if os.path.basename(p) not in ('base.py', '__init__.py', 'recipes.py'))
 
 
 def _flat_keys(config, prefix=''):

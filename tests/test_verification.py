@@ -315,3 +315,77 @@ def test_evaluate_run_identifies_gallery_and_probe_folders(toy_run, tmp_path):
   assert 0.0 <= ident['rank1'] <= ident['rank5'] <= 1.0
   assert set(ident['dir_at_far']) == {'0.001', '0.01', '0.1'}
   assert results['verification'] == {}
+
+
+def test_folds_of_one_kind_of_pair_are_named_in_a_warning():
+  # 40 pairs in LFW pairs.txt order for one set: 20 matched, then 20 mismatched.
+  issame = np.repeat([True, False], 20)
+  only_matched, only_mismatched = verification.one_class_folds(issame, 10)
+  assert (only_matched, only_mismatched) == ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
+  message = verification.fold_balance_warning(issame, 10, 'my_lfw')
+  assert "'my_lfw'" in message and 'verification_bin' in message
+  # The same pairs with each tenth mixed (insightface's lfw.bin layout): nothing to say.
+  mixed = np.tile(np.repeat([True, False], 2), 10)
+  assert verification.fold_balance_warning(mixed, 10, 'lfw') is None
+
+
+def test_evaluate_warns_on_a_bin_written_in_pairs_txt_order(toy_run, tmp_path, caplog):
+  """A .bin of matched-then-mismatched pairs is still scored with consecutive folds, and the
+  command says once, naming the set, that its numbers are skewed."""
+  import cv2
+  from arcface_jax import evaluate
+  from arcface_jax.data import verification_bin
+  workdir, _, images, issame = toy_run
+  order = np.concatenate([np.flatnonzero(issame), np.flatnonzero(~issame)])
+  pair_images = images.reshape(len(issame), 2, *images.shape[1:])[order].reshape(images.shape)
+  encoded = [cv2.imencode('.png', im[..., ::-1])[1].tobytes() for im in pair_images]
+  bin_path = str(tmp_path / 'pairs_txt_order.bin')
+  verification_bin.write_bin(bin_path, encoded, issame[order])
+  with caplog.at_level('WARNING'):
+    results = evaluate.evaluate_run(workdir, bins=[bin_path])
+  warnings = [r.getMessage() for r in caplog.records if 'consecutive folds' in r.getMessage()]
+  assert len(warnings) == 1 and "'pairs_txt_order'" in warnings[0]
+  assert 'only matched pairs' in warnings[0] and 'only mismatched pairs' in warnings[0]
+  assert 0.0 <= results['verification']['pairs_txt_order']['accuracy'] <= 1.0
+
+
+def test_training_and_command_run_the_same_registry_evaluator(toy_run, tmp_path):
+  """The trainer's periodic evaluators (live variables, best kept) and `evaluate` (a restored
+  checkpoint) score the same set identically."""
+  import json
+  import jax
+  from arcface_jax import evaluate
+  from arcface_jax.evaluation import evaluators
+  from arcface_jax import models
+  from arcface_jax.inference import embedder_from_variables, load_embedder
+  workdir, bin_path, _, _ = toy_run
+  restored = load_embedder(workdir, 6)
+  config = restored.config.copy_and_resolve_references()
+  config.eval.bins = (bin_path,)
+  live = embedder_from_variables(config, jax.jit(models.make_embed_fn(models.from_config(config))),
+                                 restored.variables, 6, restored.mesh)
+  (periodic,) = evaluators.for_training(config, str(tmp_path))
+  metrics = periodic.run(live, 6)
+  command = evaluate.evaluate_run(workdir, step=6, bins=[bin_path])['verification']['digits']
+  assert metrics['digits/accuracy'] == pytest.approx(command['accuracy'])
+  assert metrics['digits/xnorm'] == pytest.approx(command['xnorm'], rel=1e-5)
+  with open(tmp_path / 'best.json') as f:
+    assert json.load(f)['digits'] == {'accuracy': pytest.approx(command['accuracy']), 'step': 6}
+  assert (tmp_path / 'best' / 'digits').is_dir()
+
+
+@pytest.mark.parametrize('evaluators_value,fragment', [
+    (('verification', 'lfw_typo'), "unknown evaluator 'lfw_typo'"),
+    (('test',), 'python -m arcface_jax.evaluate'),
+    (('ijb',), 'config.eval.ijb.dir'),
+])
+def test_bad_evaluator_choice_is_a_config_error(evaluators_value, fragment, tmp_path):
+  import os
+  from arcface_jax.config_checks import ConfigError
+  from arcface_jax.config_files import load_config
+  from arcface_jax.evaluation import evaluators
+  toy = os.path.join(os.path.dirname(__file__), os.pardir, 'configs', 'toy.py')
+  config = load_config(f'{toy}:tiny')
+  config.eval.evaluators = evaluators_value
+  with pytest.raises(ConfigError, match=fragment.replace('.', r'\.')):
+    evaluators.for_training(config, str(tmp_path))

@@ -147,7 +147,7 @@ def align_folder(images_dir: str, landmarks_file: str, out_dir: str,
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
       prog='python -m arcface_jax.data.align',
-      description='Align face images onto the 5-point ArcFace template.')
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--images', required=True, help='folder the listed paths are relative to')
   parser.add_argument('--landmarks', required=True,
                       help='CSV "path,x1,y1,...,x5,y5" or text "path x1 y1 ... x5 y5"')

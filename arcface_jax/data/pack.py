@@ -69,7 +69,7 @@ def pack_folder(image_dir: str, out_dir: str, *, header: bool = True,
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
       prog='python -m arcface_jax.data.pack',
-      description='Pack IMAGE_DIR/<identity>/<image> into OUT_DIR/train.rec, train.idx, property.')
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('image_dir')
   parser.add_argument('out_dir')
   parser.add_argument('--no-header', '--no_header', dest='no_header', action='store_true',

@@ -143,7 +143,7 @@ def build_recordio(directory: str, data_dir: str, *, name: str = 'default') -> s
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
       prog='python -m arcface_jax.data.tfds_builders',
-      description='Convert a face dataset to TFDS array_record, read with tfds.data_source.')
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('kind', choices=('folder', 'recordio'))
   parser.add_argument('path', help='identity-folder root, or RecordIO directory')
   parser.add_argument('--data_dir', required=True, help='where TFDS datasets live')

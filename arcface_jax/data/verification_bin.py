@@ -247,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   # argparse rather than absl flags: this module is imported by the trainer, and module-level
   # absl flags would claim names (--out, --root) for every program that imports it.
   parser = argparse.ArgumentParser(prog='python -m arcface_jax.data.verification_bin',
-                                   description=__doc__.split(chr(10))[0])
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
   make = commands.add_parser('make', help='write a .bin from a pairs list over a folder')
   make.add_argument('--pairs', required=True,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 THRESHOLDS = np.arange(0.0, 4.0, 0.01)
 # The reference interpolates the TAR@FAR threshold on a finer grid than the accuracy search.
@@ -41,6 +42,39 @@ def contiguous_folds(num_pairs: int, nfolds: int) -> list[np.ndarray]:
   if not 2 <= nfolds <= num_pairs:
     raise ValueError(f'nfolds={nfolds} must be between 2 and the number of pairs ({num_pairs})')
   return np.array_split(np.arange(num_pairs), nfolds)
+
+
+def one_class_folds(issame: np.ndarray, nfolds: int) -> tuple[list[int], list[int]]:
+  """(folds holding only matched pairs, folds holding only mismatched pairs), 1-based."""
+  issame = np.asarray(issame, bool)
+  folds = contiguous_folds(len(issame), nfolds)
+  only_matched = [k + 1 for k, f in enumerate(folds) if issame[f].all()]
+  only_mismatched = [k + 1 for k, f in enumerate(folds) if not issame[f].any()]
+  return only_matched, only_mismatched
+
+
+def fold_balance_warning(issame: np.ndarray, nfolds: int, name: str) -> str | None:
+  """The warning for a set whose consecutive folds hold one kind of pair only, else None.
+
+  The protocol keeps insightface's consecutive folds so numbers compare with published ones; on
+  a set stored with all matched pairs first (e.g. one LFW set written in pairs.txt order) a fold
+  then picks its threshold on the other folds' mix and is scored on one class only: accuracy is
+  skewed and TAR@FAR is computed on a fold without negatives.
+  """
+  only_matched, only_mismatched = one_class_folds(issame, nfolds)
+  if not (only_matched or only_mismatched):
+    return None
+  parts = []
+  if only_matched:
+    parts.append(f'fold(s) {only_matched} hold only matched pairs')
+  if only_mismatched:
+    parts.append(f'fold(s) {only_mismatched} hold only mismatched pairs')
+  return (f'verification set {name!r}: {" and ".join(parts)} of its {nfolds} consecutive folds, '
+          'so its accuracy and TAR@FAR are skewed and do not compare with published numbers. '
+          'Store the pairs so that every tenth of the file mixes matched and mismatched pairs '
+          '(as insightface\'s lfw.bin does: 300 matched then 300 mismatched per tenth), e.g. '
+          'reorder the lines of the pairs list given to `python -m arcface_jax.data.'
+          'verification_bin make`.')
 
 
 def _accepted_counts(dist: np.ndarray, folds: list[np.ndarray], thresholds: np.ndarray
@@ -83,7 +117,7 @@ def _far_threshold(far_by_threshold: np.ndarray, thresholds: np.ndarray,
 
 
 def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
-             far_target: float = 1e-3) -> dict[str, Any]:
+             far_target: float = 1e-3, name: str | None = None) -> dict[str, Any]:
   """Scores pair-ordered embeddings (2N, D) against issame (N,) with the 10-fold protocol.
 
   Returns a dict: `accuracy` (mean of the fold accuracies), `std`, `fold_accuracies` (nfolds,),
@@ -91,12 +125,17 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
   at `far_target`), `tar_at_far_std`, `tar_at_far_thresholds` (nfolds,: each fold's threshold,
   chosen on the other folds), `far_achieved` (mean held-out FAR at those thresholds),
   `far_target`, and the ROC: `thresholds` (T,), `tar` and `far` (T,) (aliases `tpr`, `fpr`).
+  A set whose folds hold one kind of pair only is scored all the same, with a warning naming it
+  (`name`) and saying how to store it (`fold_balance_warning`).
   """
   issame = np.asarray(issame, bool)
   dist = pair_distances(embeddings)
   if issame.ndim != 1 or len(dist) != len(issame):
     raise ValueError(f'{len(dist)} pairs of embeddings but {issame.size} issame labels')
   folds = contiguous_folds(len(issame), nfolds)
+  warning = fold_balance_warning(issame, nfolds, name or 'verification set')
+  if warning:
+    logging.warning('%s', warning)
   fold_pos = np.array([issame[f].sum() for f in folds])  # (F,)
   fold_neg = np.array([len(f) for f in folds]) - fold_pos
   pos_dist, neg_dist = np.where(issame, dist, np.inf), np.where(issame, np.inf, dist)

@@ -305,7 +305,8 @@ def load(out_dir: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('onnx_file')
   parser.add_argument('--arch', required=True, choices=models.names())
   parser.add_argument('--out', required=True, help='output directory')
