@@ -21,7 +21,7 @@ COMMANDS: dict[str, dict[str, str]] = {
             "evaluate a run's checkpoint: verification, IJB-B/C, identification",
         'python -m arcface_jax.search': 'grid search over config values, one training run per cell',
         'python -m arcface_jax.demo':
-            'train on the embedded synthetic identities, evaluate, draw figures',
+            'train on the embedded synthetic identities and evaluate on held-out ones',
         'python -m arcface_jax.subcenter_clean':
             'sub-center ArcFace cleaning: list the outlier images of a K > 1 run',
         'python -m arcface_jax.export': 'export a backbone as StableHLO or ONNX',
@@ -71,6 +71,8 @@ COMMANDS: dict[str, dict[str, str]] = {
         'python benchmarks/head.py': 'margin softmax head forward + backward: JAX against PyTorch',
         'python benchmarks/input_pipeline.py':
             'input pipeline images/s: read, decode, flip, normalise, batch',
+        'python benchmarks/run_all.py':
+            'every benchmark at its quick setting (make bench); rewrites the summary table',
         'python benchmarks/partial_fc.py':
             'Partial FC r=0.1 against the full softmax: time and memory',
         'python benchmarks/train_step.py':

@@ -161,10 +161,8 @@ def rewrite_summary(document: str, block: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      epilog='example: .venv/bin/python benchmarks/run_all.py --only head,train_step',
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog='python benchmarks/run_all.py', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--only', default='', help='comma-separated benchmark names (default: all)')
   parser.add_argument('--timeout', type=float, default=600, help='seconds per benchmark')
   parser.add_argument('--dry-run', action='store_true',
