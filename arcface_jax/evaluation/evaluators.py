@@ -16,7 +16,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from arcface_jax import paths
 from arcface_jax.evaluation import verification
 from arcface_jax.evaluation.extract import extract_embeddings
 
@@ -65,7 +67,8 @@ class Evaluator:
   """Runs every configured verification set on given backbone variables."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh,
-               embed_fn: Callable[[Any, jax.Array], jax.Array], workdir: str | None = None):
+               embed_fn: Callable[[Any, jax.Array], jax.Array],
+               workdir: paths.PathLike | None = None):
     self._config = config
     self._mesh = mesh
     self._embed = jax.jit(embed_fn)
@@ -73,14 +76,13 @@ class Evaluator:
     self._sets: list[tuple[str, np.ndarray, np.ndarray]] | None = None
     self.best: dict[str, dict[str, float]] = self._read_best()
 
-  def _best_path(self) -> str | None:
-    return os.path.join(self._workdir, 'best.json') if self._workdir else None
+  def _best_path(self) -> epath.Path | None:
+    return epath.Path(self._workdir) / 'best.json' if self._workdir else None
 
   def _read_best(self) -> dict[str, dict[str, float]]:
     path = self._best_path()
-    if path and os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
+    if path and path.exists():
+      return json.loads(path.read_text())
     return {}
 
   def evaluate_set(self, variables: Any, images: np.ndarray,
@@ -117,13 +119,12 @@ class Evaluator:
     if previous is not None and previous['accuracy'] >= accuracy:
       return
     self.best[name] = {'accuracy': float(accuracy), 'step': int(step)}
-    target = os.path.join(os.path.abspath(self._workdir), 'best', name)
+    target = paths.resolve(self._workdir) / 'best' / name
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target, variables, force=True)
     checkpointer.wait_until_finished()
     checkpointer.close()
     if jax.process_index() == 0:
-      with open(self._best_path(), 'w') as f:
-        json.dump(self.best, f, indent=2)
+      self._best_path().write_text(json.dumps(self.best, indent=2))
     logging.info('[%s][%d] new best accuracy %.5f, variables kept in %s', name, step, accuracy,
                  target)
