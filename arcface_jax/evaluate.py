@@ -26,6 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, logging
 from absl.flags import argparse_flags
+from etils import epath
+
+from arcface_jax import paths
 
 
 def _verification(embedder: Any, bins: Sequence[str] | None, batch_size: int,
@@ -66,8 +69,8 @@ def _verification(embedder: Any, bins: Sequence[str] | None, batch_size: int,
 def evaluate_embedder(embedder: Any, *, bins: Sequence[str] | None = None,
                       ijb_dir: str | None = None, ijb_target: str = 'IJBC',
                       gallery: str | None = None, probe: str | None = None, test: bool = False,
-                      workdir: str | None = None, batch_size: int | None = None,
-                      out_dir: str | None = None) -> dict[str, Any]:
+                      workdir: paths.PathLike | None = None, batch_size: int | None = None,
+                      out_dir: paths.PathLike | None = None) -> dict[str, Any]:
   """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder).
 
   The config's verification sets run only when no evaluation is named (no bins, IJB, gallery or
@@ -88,7 +91,7 @@ def evaluate_embedder(embedder: Any, *, bins: Sequence[str] | None = None,
   if bins is not None or not (ijb_dir or gallery or probe or test):
     results['verification'] = _verification(embedder, bins, batch_size, config.eval.nfolds)
   if ijb_dir:
-    ijb_out = os.path.join(out_dir, 'ijb') if out_dir else None
+    ijb_out = epath.Path(out_dir) / 'ijb' if out_dir else None
     outcome = ijb.evaluate_ijb(embed, ijb_dir, ijb_target, out_dir=ijb_out,
                                image_size=embedder.image_size, label=f'step {embedder.step}')
     for line in ijb.format_table(outcome['tar_at_far'], outcome['target']).splitlines():
@@ -135,37 +138,39 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
   return merged
 
 
-def _write_results(path: str, results: dict[str, Any]) -> dict[str, Any]:
+def _write_results(path: epath.Path, results: dict[str, Any]) -> dict[str, Any]:
   """Merges `results` into the JSON at `path` (if any) and writes it atomically; returns it."""
   previous: dict[str, Any] = {}
-  if os.path.exists(path):
+  if path.exists():
     try:
-      with open(path) as f:
-        previous = json.load(f)
+      previous = json.loads(path.read_text())
     except (OSError, ValueError) as e:
       logging.warning('%s is unreadable (%s); it is kept as %s.bad and a new one is written',
                       path, e, path)
-      os.replace(path, path + '.bad')
+      path.replace(f'{path}.bad')
   merged = merge_results(previous, results)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(merged, f, indent=2)
-  os.replace(path + '.tmp', path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  paths.write_text_atomic(path, json.dumps(merged, indent=2))
   return merged
 
 
-def _write_test_scalars(workdir: str, step: int, outcome: dict[str, Any]) -> None:
+def _write_test_scalars(workdir: paths.PathLike, step: int, outcome: dict[str, Any]) -> None:
+  import tempfile
+
   from tensorboardX import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-  try:
-    for key in ('head_top1', 'nearest_centre_top1'):
-      if key in outcome:
-        writer.add_scalar(f'test/{key}', float(outcome[key]), step)
-  finally:
-    writer.close()
+  # SummaryWriter appends to a local file; a new event file is copied next to the run's others.
+  with tempfile.TemporaryDirectory(prefix='arcface_jax_test_scalars_') as local:
+    writer = SummaryWriter(local)
+    try:
+      for key in ('head_top1', 'nearest_centre_top1'):
+        if key in outcome:
+          writer.add_scalar(f'test/{key}', float(outcome[key]), step)
+    finally:
+      writer.close()
+    paths.copy_local_tree(local, epath.Path(workdir) / 'tensorboard')
 
 
-def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
+def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
   """Loads `workdir`'s checkpoint (latest or `step`), evaluates it and writes the JSON results."""
   from arcface_jax import reporting
   from arcface_jax.evaluation import evaluators
@@ -187,9 +192,9 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
   from arcface_jax.inference import load_embedder
 
   embedder = load_embedder(workdir, step)
-  out_dir = os.path.join(workdir, 'eval', f'step_{embedder.step}')
+  out_dir = epath.Path(workdir) / 'eval' / f'step_{embedder.step}'
   results = evaluate_embedder(embedder, out_dir=out_dir, workdir=workdir, **kwargs)
-  path = os.path.join(workdir, 'eval', f'step_{embedder.step}.json')
+  path = epath.Path(workdir) / 'eval' / f'step_{embedder.step}.json'
   if jax.process_index() == 0:
     merged = _write_results(path, results)
     kept = sorted(set(merged) - set(results) - {'step'})
@@ -197,7 +202,7 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
                  f' (earlier results kept: {", ".join(kept)})' if kept else '')
     if 'test' in results:
       _write_test_scalars(workdir, embedder.step, results['test'])
-  results['path'] = path
+  results['path'] = os.fspath(path)
   return results
 
 

@@ -14,11 +14,10 @@ appears whole or not at all, so atomic writes need no temporary name).
 from __future__ import annotations
 
 import os
-from typing import Union
 
 from etils import epath
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike  # what every function here accepts
 
 
 def is_remote(path: PathLike) -> bool:
