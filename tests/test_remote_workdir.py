@@ -143,3 +143,14 @@ def test_resolve_keeps_uris_and_makes_local_paths_absolute(tmp_path, monkeypatch
   assert os.fspath(paths.resolve('gs://bucket/a/b')) == 'gs://bucket/a/b'
   assert os.fspath(paths.resolve('runs/x')) == os.path.join(str(tmp_path), 'runs', 'x')
   assert paths.is_remote('gs://b/x') and not paths.is_remote('/tmp/x')
+
+
+def test_gs_workdir_without_the_gcs_extra_is_one_clear_config_error():
+  for backend in ('gcsfs', 'tensorflow'):  # either would take the path to the network
+    try:
+      importlib.import_module(backend)
+    except ImportError:
+      continue
+    pytest.skip(f'{backend} is installed: a gs:// path would reach the network')
+  with pytest.raises(trainer.ConfigError, match=r'arcface_jax\[gcs\]'):
+    trainer.prepare_workdir('gs://bucket/run')
