@@ -66,11 +66,12 @@ def prepare_workdir(workdir: paths.PathLike) -> None:
     probe = directory / f'.write_probe_{jax.process_index()}'
     probe.write_text('ok')
     probe.unlink()
-  except (OSError, ImportError) as e:  # ImportError: no filesystem package for the URI's scheme
-    raise ConfigError(f'workdir {str(workdir)!r} is not writable '
-                      f'({getattr(e, "strerror", None) or e}); pass a --workdir you can write to'
-                      + (' (a gs:// workdir needs `pip install arcface_jax[gcs]`)'
-                         if isinstance(e, ImportError) else '')) from None
+  except ImportError as e:  # no filesystem package for the URI's scheme (gcsfs for gs://)
+    raise ConfigError(f'workdir {str(workdir)!r} cannot be reached ({e}); a gs:// workdir needs '
+                      "`pip install 'arcface_jax[gcs]'`") from None
+  except OSError as e:
+    raise ConfigError(f'workdir {str(workdir)!r} is not writable ({e.strerror or e}); pass a '
+                      '--workdir you can write to') from None
 
 
 def build_model(config: ml_collections.ConfigDict):
