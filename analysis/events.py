@@ -8,12 +8,12 @@ checksum fails means the file is corrupt, and reading stops there with a warning
 """
 from __future__ import annotations
 
-import glob
 import os
 import struct
 import warnings
 
 import numpy as np
+from etils import epath
 
 Scalars = dict[str, tuple[np.ndarray, np.ndarray]]  # tag → (steps int64, values float64)
 
@@ -27,8 +27,7 @@ def _masked_crc(data: bytes) -> int:
 def read_records(path: str) -> list[bytes]:
   """The payloads of one TFRecord file."""
   records = []
-  with open(path, 'rb') as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()  # local or gs://
   pos = 0
   while pos + 12 <= len(data):
     header = data[pos:pos + 8]
@@ -45,20 +44,29 @@ def read_records(path: str) -> list[bytes]:
   return records
 
 
-def event_files(workdir: str) -> list[str]:
+def _tree(root: epath.Path) -> list[epath.Path]:
+  """Every file under `root` (epath's `**` glob is refused on object stores: walked by hand)."""
+  found, pending = [], [root]
+  while pending:
+    for child in pending.pop().iterdir():
+      (pending if child.is_dir() else found).append(child)
+  return found
+
+
+def event_files(workdir: str | os.PathLike) -> list[str]:
   """Event files of a run: under <workdir>/tensorboard (or `workdir` itself), in write order."""
-  root = os.path.join(workdir, 'tensorboard')
-  root = root if os.path.isdir(root) else workdir
-  files = glob.glob(os.path.join(root, '**', '*tfevents*'), recursive=True)
+  root = epath.Path(workdir) / 'tensorboard'
+  root = root if root.is_dir() else epath.Path(workdir)
+  files = [path for path in _tree(root) if 'tfevents' in path.name]
   # Names are events.out.tfevents.<unix time>.<host>...: sorting by the time field keeps the
   # order of a resumed run's files, so a step written twice keeps its latest value.
-  def written(path: str) -> tuple[float, str]:
-    parts = os.path.basename(path).split('.')
+  def written(path: epath.Path) -> tuple[float, str]:
+    parts = path.name.split('.')
     try:
-      return float(parts[3]), path
+      return float(parts[3]), os.fspath(path)
     except (IndexError, ValueError):
-      return os.path.getmtime(path), path
-  return sorted(files, key=written)
+      return path.stat().mtime, os.fspath(path)
+  return [os.fspath(path) for path in sorted(files, key=written)]
 
 
 def read_scalars(workdir: str) -> Scalars:

@@ -6,6 +6,7 @@ be re-checked (and tested) without reading pixels.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
@@ -16,19 +17,26 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 import numpy as np  # noqa: E402
+from etils import epath
 
 
 def ensure_dir(path: str) -> str:
-  os.makedirs(path, exist_ok=True)
+  """Creates `path` (local, or a gs:// prefix through etils.epath) and returns it."""
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
   return path
+
+
+def _in(out_dir: str, name: str) -> epath.Path:
+  return epath.Path(ensure_dir(out_dir)) / name
 
 
 def save_figure(fig: 'plt.Figure', out_dir: str, name: str, dpi: int = 120) -> str:
   """Saves `fig` as <out_dir>/<name>.png, closes it, returns the path."""
-  path = os.path.join(ensure_dir(out_dir), f'{name}.png')
-  fig.savefig(path, dpi=dpi, bbox_inches='tight')
+  path = _in(out_dir, f'{name}.png')
+  with path.open('wb') as f:
+    fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight')
   plt.close(fig)
-  return path
+  return os.fspath(path)
 
 
 def _plain(value: Any) -> Any:
@@ -50,32 +58,30 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(data: Any, out_dir: str, name: str) -> str:
-  path = os.path.join(ensure_dir(out_dir), f'{name}.json')
-  with open(path, 'w') as f:
-    json.dump(_plain(data), f, indent=2)
-  return path
+  path = _in(out_dir, f'{name}.json')
+  path.write_text(json.dumps(_plain(data), indent=2))
+  return os.fspath(path)
 
 
 def write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], out_dir: str,
               name: str) -> str:
   """A CSV with `header`; floats written with repr precision, NaN as an empty cell."""
-  path = os.path.join(ensure_dir(out_dir), f'{name}.csv')
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    for row in rows:
-      writer.writerow(['' if isinstance(v, float) and not np.isfinite(v) else v
-                       for v in (_plain(v) for v in row)])
-  return path
+  path = _in(out_dir, f'{name}.csv')
+  table = io.StringIO(newline='')
+  writer = csv.writer(table)
+  writer.writerow(header)
+  for row in rows:
+    writer.writerow(['' if isinstance(v, float) and not np.isfinite(v) else v
+                     for v in (_plain(v) for v in row)])
+  path.write_text(table.getvalue())
+  return os.fspath(path)
 
 
 def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
   """(header, rows of strings): what tests and the report read back."""
-  with open(path, newline='') as f:
-    rows = list(csv.reader(f))
+  rows = list(csv.reader(io.StringIO(epath.Path(path).read_text(), newline='')))
   return rows[0], rows[1:]
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())

@@ -22,6 +22,10 @@ import socket
 import time
 from typing import Iterable
 
+from etils import epath
+
+from arcface_jax import paths
+
 SUMS_FILE = 'SHA256SUMS'
 DAMAGED_DIR = 'damaged_checkpoints'
 DAMAGE_NOTE = 'DAMAGE.txt'
@@ -37,37 +41,30 @@ class Damage:
     return self.detail
 
 
-def _relative_files(step_dir: str) -> list[str]:
-  found = []
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      path = os.path.relpath(os.path.join(root, name), step_dir)
-      if path not in (SUMS_FILE, SUMS_FILE + '.partial'):
-        found.append(path.replace(os.sep, '/'))
-  return sorted(found)
+def _relative_files(step_dir: paths.PathLike) -> list[str]:
+  return [name for name in paths.relative_files(step_dir)
+          if name not in (SUMS_FILE, SUMS_FILE + '.partial')]
 
 
-def _sha256(path: str) -> str:
-  with open(path, 'rb') as f:
-    return hashlib.file_digest(f, 'sha256').hexdigest()
+def _sha256(path: epath.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open('rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
-def write_sums(step_dir: str) -> str:
+def write_sums(step_dir: paths.PathLike) -> epath.Path:
   """Hashes every file of a finished step into `<step_dir>/SHA256SUMS` (atomically)."""
-  lines = [f'{_sha256(os.path.join(step_dir, name))}  {name}\n'
-           for name in _relative_files(step_dir)]
-  path = os.path.join(step_dir, SUMS_FILE)
-  partial = f'{path}.partial'
-  with open(partial, 'w') as f:
-    f.writelines(lines)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(partial, path)
+  step_dir = epath.Path(step_dir)
+  lines = [f'{_sha256(step_dir / name)}  {name}\n' for name in _relative_files(step_dir)]
+  path = step_dir / SUMS_FILE
+  paths.write_text_atomic(path, ''.join(lines))
   return path
 
 
-def has_sums(step_dir: str) -> bool:
-  return os.path.isfile(os.path.join(step_dir, SUMS_FILE))
+def has_sums(step_dir: paths.PathLike) -> bool:
+  return (epath.Path(step_dir) / SUMS_FILE).is_file()
 
 
 def _in_scope(name: str, items: Iterable[str] | None) -> bool:
@@ -82,20 +79,21 @@ def _listing(names: list[str], limit: int = 3) -> str:
   return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
-def verify(step_dir: str, items: Iterable[str] | None = None) -> Damage | None:
+def verify(step_dir: paths.PathLike, items: Iterable[str] | None = None) -> Damage | None:
   """Damage of a step with SHA256SUMS (None when intact); `items` limits the check to them.
 
   A step without SHA256SUMS returns None: see the module docstring.
   """
-  if not os.path.isdir(step_dir):
+  step_dir = epath.Path(step_dir)
+  if not step_dir.is_dir():
     return Damage('missing', f'{step_dir} is gone')
-  path = os.path.join(step_dir, SUMS_FILE)
-  if not os.path.exists(path):
+  path = step_dir / SUMS_FILE
+  if not path.exists():
     return None
   items = None if items is None else tuple(items)
   expected: dict[str, str] = {}
   try:
-    with open(path) as f:
+    with path.open() as f:
       for line in f:
         digest, name = line.rstrip('\n').split('  ', 1)
         if not re.fullmatch('[0-9a-f]{64}', digest):
@@ -111,7 +109,7 @@ def verify(step_dir: str, items: Iterable[str] | None = None) -> Damage | None:
   missing = sorted(set(expected) - present)
   if missing:
     items_gone = sorted({name.split('/', 1)[0] for name in missing if '/' in name
-                         and not os.path.isdir(os.path.join(step_dir, name.split('/', 1)[0]))})
+                         and not (step_dir / name.split('/', 1)[0]).is_dir()})
     if items_gone:
       return Damage(f'missing-{items_gone[0]}', f'item {items_gone[0]}/ is missing')
     return Damage('missing-files', f'{len(missing)} files are missing: {_listing(missing)}')
@@ -120,31 +118,35 @@ def verify(step_dir: str, items: Iterable[str] | None = None) -> Damage | None:
     return Damage('unexpected-files', f'{len(unexpected)} files are not in its {SUMS_FILE}: '
                   f'{_listing(unexpected)}')
   altered = [name for name, digest in sorted(expected.items())
-             if _sha256(os.path.join(step_dir, name)) != digest]
+             if _sha256(step_dir / name) != digest]
   if altered:
     return Damage('checksum-mismatch', f'{len(altered)} files do not match their checksum '
                   f'(truncated or altered): {_listing(altered)}')
   return None
 
 
-def set_aside(workdir: str, step_dir: str, step: int, damage: Damage) -> str:
-  """Moves a damaged step to `<workdir>/damaged_checkpoints/<step>-<reason>` and returns it."""
-  parent = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
-  os.makedirs(parent, exist_ok=True)
+def set_aside(workdir: paths.PathLike, step_dir: paths.PathLike, step: int,
+              damage: Damage) -> epath.Path:
+  """Moves a damaged step to `<workdir>/damaged_checkpoints/<step>-<reason>` and returns it.
+
+  On an object store the move is a copy of each object and a delete (there are no directories
+  to rename); an interrupted move leaves both halves, and the next restore sets aside again.
+  """
+  parent = paths.resolve(workdir) / DAMAGED_DIR
+  parent.mkdir(parents=True, exist_ok=True)
   slug = re.sub('[^A-Za-z0-9_-]+', '-', damage.reason).strip('-') or 'damaged'
-  target = os.path.join(parent, f'{step}-{slug}')
+  target = parent / f'{step}-{slug}'
   suffix = 1
-  while os.path.exists(target):
+  while target.exists():
     suffix += 1
-    target = os.path.join(parent, f'{step}-{slug}-{suffix}')
-  os.rename(step_dir, target)
+    target = parent / f'{step}-{slug}-{suffix}'
+  epath.Path(step_dir).rename(target)
   note = (f'Checkpoint step {step} was set aside on {time.strftime("%Y-%m-%d %H:%M:%S %Z")} by '
           f'pid {os.getpid()} on {socket.gethostname()}: {damage.detail}.\n'
           f'It was moved here from {step_dir} and is not read again. Delete it when you no '
           'longer need it for inspection.\n')
   try:
-    with open(os.path.join(target, DAMAGE_NOTE), 'w') as f:
-      f.write(note)
+    (target / DAMAGE_NOTE).write_text(note)
   except OSError:
     pass  # the move is what matters; the note is a courtesy (the disk may be full)
   return target

@@ -14,7 +14,6 @@ damaged ones aside (`checkpoint_integrity`). A failed write (disk full) is one
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -23,9 +22,10 @@ from typing import Any, Iterator
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from arcface_jax import checkpoint_integrity as integrity
-from arcface_jax import state_health, workdir_lock, write_errors
+from arcface_jax import paths, state_health, workdir_lock, write_errors
 from arcface_jax.checkpoint_integrity import Damage
 from arcface_jax.train_state import TrainState
 
@@ -46,8 +46,9 @@ class UnsoundStateError(CheckpointError):
     self.problems = problems
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+def checkpoint_dir(workdir: paths.PathLike) -> epath.Path:
+  """`<workdir>/checkpoints`, absolute when local (orbax needs that), as given when a URI."""
+  return paths.resolve(workdir) / 'checkpoints'
 
 
 def _first_line(error: BaseException) -> str:
@@ -85,7 +86,7 @@ def _join(items: dict[str, Any]) -> TrainState:
 class Checkpointer:
   """Policy over orbax's CheckpointManager for TrainState: when to save, what to trust."""
 
-  def __init__(self, workdir: str, *, save_every: int = 0, keep: int = 3,
+  def __init__(self, workdir: paths.PathLike, *, save_every: int = 0, keep: int = 3,
                asynchronous: bool = True):
     if keep < 1:
       raise ValueError(f'keep={keep}: at least one checkpoint must be kept')
@@ -101,8 +102,8 @@ class Checkpointer:
     self._sums_error: BaseException | None = None
     self._failed = False
 
-  def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+  def step_dir(self, step: int) -> epath.Path:
+    return self.directory / str(step)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -142,10 +143,10 @@ class Checkpointer:
     try:
       while self.manager.is_saving_in_progress():
         time.sleep(0.05)
-      if os.path.isdir(self.step_dir(step)):  # absent when the save failed
+      if self.step_dir(step).is_dir():  # absent when the save failed
         integrity.write_sums(self.step_dir(step))
     except BaseException as e:  # pylint: disable=broad-except  # re-raised on the main thread
-      if os.path.isdir(self.step_dir(step)):
+      if self.step_dir(step).is_dir():
         self._sums_error = e
 
   def _finish_sums(self) -> None:
@@ -204,7 +205,7 @@ class Checkpointer:
             raise CheckpointError(
                 f'checkpoint step {step} in {self.directory} is intact but does not fit this '
                 f'run\'s config ({_first_line(e)}). Resume with the config it was trained with '
-                f'({os.path.join(self.workdir, "config.json")}) or use a new --workdir.'
+                f'({paths.resolve(self.workdir) / "config.json"}) or use a new --workdir.'
             ) from None
           damage = Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
         else:
@@ -241,20 +242,23 @@ class Checkpointer:
       self.manager.close()
 
 
-def kept_message(workdir: str) -> str:
+def kept_message(workdir: paths.PathLike) -> str:
   """What survives a failed write: the finished checkpoints of `workdir`."""
   directory = checkpoint_dir(workdir)
-  steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit()) \
-      if os.path.isdir(directory) else []
+  try:
+    steps = sorted(int(child.name) for child in directory.iterdir() if child.name.isdigit())
+  except OSError:  # no checkpoints directory yet
+    steps = []
   if not steps:
     return 'No checkpoint had been saved yet.'
   return (f'The finished checkpoints in {directory} are kept (newest: step {steps[-1]}); an '
           'unfinished one is removed on the next start.')
 
 
-def _report_and_set_aside(workdir: str, step: int, damage: Damage, *, move: bool) -> None:
+def _report_and_set_aside(workdir: paths.PathLike, step: int, damage: Damage, *,
+                          move: bool) -> None:
   """Warns about a damaged step and moves it aside (process 0 only), or says why it stays."""
-  step_dir = os.path.join(checkpoint_dir(workdir), str(step))
+  step_dir = checkpoint_dir(workdir) / str(step)
   if move and jax.process_index() == 0:
     try:
       target = integrity.set_aside(workdir, step_dir, step, damage)
@@ -269,7 +273,7 @@ def _report_and_set_aside(workdir: str, step: int, damage: Damage, *, move: bool
                   'earlier checkpoint', step, checkpoint_dir(workdir), damage, where)
 
 
-def restore_model_variables(workdir: str, abstract_variables: Any,
+def restore_model_variables(workdir: paths.PathLike, abstract_variables: Any,
                             step: int | None = None) -> tuple[Any, int]:
   """Only the backbone variables of a checkpoint (latest by default), and the step they are from.
 
@@ -306,9 +310,9 @@ def restore_model_variables(workdir: str, abstract_variables: Any,
     manager.close()
 
 
-def _read_model_item(manager: ocp.CheckpointManager, directory: str, step: int,
+def _read_model_item(manager: ocp.CheckpointManager, directory: epath.Path, step: int,
                      abstract: Any) -> tuple[Any, Damage | None]:
-  step_dir = os.path.join(directory, str(step))
+  step_dir = directory / str(step)
   damage = integrity.verify(step_dir, items=(MODEL_ITEM,))
   if damage is not None:
     return None, damage

@@ -28,6 +28,9 @@ from typing import Any, Sequence
 import ml_collections
 from absl import app, logging
 from absl.flags import argparse_flags
+from etils import epath
+
+from arcface_jax import paths
 
 
 def requested_evaluators(config: ml_collections.ConfigDict, *, bins: Sequence[str] | None = None,
@@ -90,37 +93,39 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
   return merged
 
 
-def _write_results(path: str, results: dict[str, Any]) -> dict[str, Any]:
+def _write_results(path: epath.Path, results: dict[str, Any]) -> dict[str, Any]:
   """Merges `results` into the JSON at `path` (if any) and writes it atomically; returns it."""
   previous: dict[str, Any] = {}
-  if os.path.exists(path):
+  if path.exists():
     try:
-      with open(path) as f:
-        previous = json.load(f)
+      previous = json.loads(path.read_text())
     except (OSError, ValueError) as e:
       logging.warning('%s is unreadable (%s); it is kept as %s.bad and a new one is written',
                       path, e, path)
-      os.replace(path, path + '.bad')
+      path.replace(f'{path}.bad')
   merged = merge_results(previous, results)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(merged, f, indent=2)
-  os.replace(path + '.tmp', path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  paths.write_text_atomic(path, json.dumps(merged, indent=2))
   return merged
 
 
-def _write_test_scalars(workdir: str, step: int, outcome: dict[str, Any]) -> None:
+def _write_test_scalars(workdir: paths.PathLike, step: int, outcome: dict[str, Any]) -> None:
+  import tempfile
+
   from tensorboardX import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-  try:
-    for key in ('head_top1', 'nearest_centre_top1'):
-      if key in outcome:
-        writer.add_scalar(f'test/{key}', float(outcome[key]), step)
-  finally:
-    writer.close()
+  # SummaryWriter appends to a local file; a new event file is copied next to the run's others.
+  with tempfile.TemporaryDirectory(prefix='arcface_jax_test_scalars_') as local:
+    writer = SummaryWriter(local)
+    try:
+      for key in ('head_top1', 'nearest_centre_top1'):
+        if key in outcome:
+          writer.add_scalar(f'test/{key}', float(outcome[key]), step)
+    finally:
+      writer.close()
+    paths.copy_local_tree(local, epath.Path(workdir) / 'tensorboard')
 
 
-def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
+def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
   """Loads `workdir`'s checkpoint (latest or `step`), evaluates it and writes the JSON results."""
   from arcface_jax import reporting
   from arcface_jax.evaluation import evaluators
@@ -142,7 +147,7 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
 
   embedder = load_embedder(workdir, step)
   results = evaluate_embedder(embedder, chosen)
-  path = os.path.join(workdir, 'eval', f'step_{embedder.step}.json')
+  path = epath.Path(workdir) / 'eval' / f'step_{embedder.step}.json'
   if jax.process_index() == 0:
     merged = _write_results(path, results)
     kept = sorted(set(merged) - set(results) - {'step'})
@@ -150,7 +155,7 @@ def evaluate_run(workdir: str, step: int | None = None, **kwargs: Any) -> dict[s
                  f' (earlier results kept: {", ".join(kept)})' if kept else '')
     if 'test' in results:
       _write_test_scalars(workdir, embedder.step, results['test'])
-  results['path'] = path
+  results['path'] = os.fspath(path)
   return results
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from arcface_jax import model_info
 from arcface_jax.model_info import ModelInfo
@@ -53,21 +54,19 @@ def export_embedder(model: nn.Module, variables: Any, image_size: int, *,
   return jax.export.export(jax.jit(embed), platforms=tuple(platforms))(spec)
 
 
-def save(path: str, model: nn.Module, variables: Any, image_size: int, *,
+def save(path: str | os.PathLike, model: nn.Module, variables: Any, image_size: int, *,
          platforms: Sequence[str] = DEFAULT_PLATFORMS, info: ModelInfo | None = None) -> int:
   """Writes the serialised export to `path` (and `info` to `<path>.json`); returns its size."""
   data = export_embedder(model, variables, image_size, platforms=platforms).serialize()
-  with open(path, 'wb') as f:
-    f.write(data)
+  epath.Path(path).write_bytes(bytes(data))
   if info is not None:
     model_info.write(model_info.sidecar_path(path), info)
   return len(data)
 
 
-def load(path: str) -> Callable[[jax.Array], jax.Array]:
+def load(path: str | os.PathLike) -> Callable[[jax.Array], jax.Array]:
   """The embedding function saved by `save` (uses nothing from this package)."""
-  with open(path, 'rb') as f:
-    return jax.export.deserialize(bytearray(f.read())).call
+  return jax.export.deserialize(bytearray(epath.Path(path).read_bytes())).call
 
 
 def _usage_error(message: str) -> None:
@@ -79,7 +78,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
   """Bad input is one line and exit status 2, before anything slow starts."""
   if args.format not in FORMATS:
     _usage_error(f'unknown --format {args.format!r}; choose one of {", ".join(FORMATS)}')
-  if args.workdir and not os.path.isdir(args.workdir):
+  if args.workdir and not epath.Path(args.workdir).is_dir():
     _usage_error(f'--workdir {args.workdir}: no such directory (a training run\'s workdir)')
   if args.imported and not os.path.isfile(os.path.join(args.imported, 'model.json')):
     _usage_error(f'--imported {args.imported}: no model.json there; write the directory with '

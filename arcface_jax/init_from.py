@@ -32,8 +32,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from arcface_jax import models, optim
+from arcface_jax import models, optim, paths
 
 URL_SCHEMES = ('http', 'https', 'file')
 _CHUNK = 1 << 20
@@ -151,6 +152,12 @@ def resolve(spec: str, sha256: str = '') -> tuple[str, str]:
   """(kind, local path) of an init_from value; kind in workdir | imported | onnx."""
   if urllib.parse.urlsplit(spec).scheme in URL_SCHEMES:
     return 'onnx', fetch(spec, sha256)
+  if paths.is_remote(spec):  # gs://...: a training workdir is read through epath and orbax
+    if (epath.Path(spec) / 'checkpoints').is_dir():
+      return 'workdir', spec
+    raise InitFromError(f'config.model.init_from={spec!r} has no checkpoints/: a remote '
+                        'init_from must be a training workdir (copy an ONNX file or import_onnx '
+                        'directory to a local disk first)')
   path = os.path.expanduser(spec)
   if os.path.isdir(path):
     if os.path.isdir(os.path.join(path, 'checkpoints')):

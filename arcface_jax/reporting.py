@@ -4,13 +4,20 @@ Per-step metrics stay on the device until a report is due, so the loop does not 
 every step; at report time they are fetched in one transfer and averaged. Event records are
 written and flushed on the calling thread: a failed write (disk full) is then one exception at the
 report that caused it, not a traceback from a background writer thread followed by more.
+
+An event file is appended to, which an object store cannot do: for a `gs://` workdir the events
+are written to a local temporary file and the whole file is uploaded to `<workdir>/tensorboard/`
+at most every `UPLOAD_EVERY_S` seconds and when the run ends (what tensorboardX's own GCS writer
+does on every flush, without the rate limit).
 """
 from __future__ import annotations
 
 import json
 import logging as logging_std
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback as traceback_std
 from typing import Any, Callable, Mapping
@@ -19,8 +26,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from arcface_jax import write_errors
+from arcface_jax import paths, write_errors
+
+UPLOAD_EVERY_S = 60.0
 
 
 _CHATTY_LIBRARIES = ('/orbax/', '/tensorstore/', '/tensorflow_datasets/', '/grain/')
@@ -79,7 +89,7 @@ def format_duration(seconds: float) -> str:
 class Reporter:
   """Accumulates step metrics and writes console lines and TensorBoard scalars (process 0)."""
 
-  def __init__(self, workdir: str, *, total_steps: int, global_batch_size: int,
+  def __init__(self, workdir: paths.PathLike, *, total_steps: int, global_batch_size: int,
                log_every: int, first_step: int = 0):
     self.total_steps = total_steps
     self.global_batch_size = global_batch_size
@@ -88,12 +98,17 @@ class Reporter:
     self._window_start = time.perf_counter()
     self._window_first_step = first_step
     self._writer = None
+    self._upload: _EventUpload | None = None
     if jax.process_index() == 0:
       # Imported here: tensorboardX pulls in protobuf, which only process 0 needs.
       from tensorboardX.event_file_writer import EventsWriter
-      logdir = os.path.join(workdir, 'tensorboard')
-      os.makedirs(logdir, exist_ok=True)
-      self._writer = EventsWriter(os.path.join(logdir, 'events'))
+      logdir = epath.Path(workdir) / 'tensorboard'
+      logdir.mkdir(parents=True, exist_ok=True)
+      if paths.is_remote(logdir):
+        self._upload = _EventUpload(logdir)
+        self._writer = EventsWriter(os.path.join(self._upload.local_dir, 'events'))
+      else:
+        self._writer = EventsWriter(os.path.join(logdir, 'events'))
     self.last: dict[str, float] = {}
 
   def restart_clock(self, step: int) -> None:
@@ -139,12 +154,39 @@ class Reporter:
       writer.write_event(Event(wall_time=time.time(), step=int(step),
                                summary=scalar(prefix + name, float(value))))
     writer.flush()
+    if self._upload is not None:
+      self._upload.maybe_upload()
     self._writer = writer
 
   def close(self) -> None:
     if self._writer is not None:
       writer, self._writer = self._writer, None
       writer.close()
+      if self._upload is not None:
+        self._upload.maybe_upload(force=True)
+    if self._upload is not None:
+      self._upload.cleanup()
+      self._upload = None
+
+
+class _EventUpload:
+  """Mirrors the local event files of a remote workdir into `<workdir>/tensorboard/`."""
+
+  def __init__(self, logdir: epath.Path):
+    self.logdir = logdir
+    self.local_dir = tempfile.mkdtemp(prefix='arcface_jax_events_')
+    self._last = time.monotonic()
+
+  def maybe_upload(self, force: bool = False) -> None:
+    if not force and time.monotonic() - self._last < UPLOAD_EVERY_S:
+      return
+    for name in sorted(os.listdir(self.local_dir)):
+      with open(os.path.join(self.local_dir, name), 'rb') as f:
+        (self.logdir / name).write_bytes(f.read())
+    self._last = time.monotonic()
+
+  def cleanup(self) -> None:
+    shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -165,34 +207,31 @@ def config_changes(old: dict, new: dict) -> list[str]:
           if old_flat.get(key) != new_flat.get(key)]
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+def write_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
   """The resolved config, as JSON (machine-readable) next to the run's outputs.
 
   When the workdir already holds a run whose config differs, the differences are logged: the
   run resumes from checkpoints trained with the old values (longer training is a legitimate
   change; a new loss or initialisation usually wants a fresh --workdir).
   """
-  path = os.path.join(workdir, 'config.json')
+  path = epath.Path(workdir) / 'config.json'
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   if jax.process_index() == 0:
-    if os.path.exists(path):
+    if path.exists():
       try:
-        with open(path) as f:
-          changes = config_changes(json.load(f), json.loads(text))
+        changes = config_changes(json.loads(path.read_text()), json.loads(text))
       except (OSError, ValueError):
         changes = ['(the previous config.json is unreadable)']
       if changes:
         logging.warning('%s: this run\'s config differs from the one saved there (%d keys: %s); '
                         'checkpoints in it were trained with the old values; use a new --workdir '
                         'to start afresh', path, len(changes), '; '.join(changes[:10]))
-    with open(path, 'w') as f:
-      f.write(text)
+    path.write_text(text)
   return path
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+def read_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
     raise FileNotFoundError(f'{path} not found: is {workdir} the --workdir of a training run?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import logging as logging_std
@@ -43,7 +44,9 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 from absl import app, logging
+from etils import epath
 
+from arcface_jax import paths
 from arcface_jax import train as train_cli  # --config (with --config.* overrides) and --workdir
 
 DONE_MARKER = 'search_cell.json'
@@ -140,17 +143,17 @@ def metric_direction(metric: str, lower: bool | None, higher: bool | None) -> bo
 
 # ---------------------------------------------------------------- reading the runs' scalars
 
-def read_scalars(logdir: str) -> dict[str, float]:
+def read_scalars(logdir: paths.PathLike) -> dict[str, float]:
   """The last value of every scalar in the TensorBoard event files under `logdir`."""
   from tensorboardX.proto import event_pb2
   last: dict[str, tuple[int, float]] = {}
-  if not os.path.isdir(logdir):
+  logdir = epath.Path(logdir)
+  if not logdir.is_dir():
     return {}
-  for name in sorted(os.listdir(logdir)):
-    if 'tfevents' not in name:
+  for child in sorted(logdir.iterdir(), key=lambda p: p.name):
+    if 'tfevents' not in child.name:
       continue
-    with open(os.path.join(logdir, name), 'rb') as f:
-      data = f.read()
+    data = child.read_bytes()
     offset = 0
     while offset + 12 <= len(data):  # TFRecord: length, crc, payload, crc
       length, = struct.unpack('<Q', data[offset:offset + 8])
@@ -207,10 +210,14 @@ class CompileCounter(logging_std.Handler):
     self._logger.propagate = self._saved[1]
 
 
-def enable_compilation_cache(workdir: str) -> str:
-  """JAX's persistent compilation cache (kept if already configured), caching every program."""
+def enable_compilation_cache(workdir: paths.PathLike) -> str:
+  """JAX's persistent compilation cache (kept if already configured), caching every program.
+
+  JAX reads and writes the cache through etils.epath, so a gs:// workdir holds it too.
+  """
   import jax
-  directory = jax.config.jax_compilation_cache_dir or os.path.join(workdir, '.jax_cache')
+  directory = (jax.config.jax_compilation_cache_dir
+               or os.fspath(epath.Path(workdir) / '.jax_cache'))
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
@@ -219,7 +226,7 @@ def enable_compilation_cache(workdir: str) -> str:
 
 # ---------------------------------------------------------------- the search
 
-def run_search(config: ml_collections.ConfigDict, workdir: str, cells: list[Cell], *,
+def run_search(config: ml_collections.ConfigDict, workdir: paths.PathLike, cells: list[Cell], *,
                metric: str, higher_is_better: bool,
                train_fn: Callable[..., Any] | None = None, **train_kwargs: Any) -> dict[str, Any]:
   """Trains every unfinished cell, then writes the results; returns results.json's content."""
@@ -228,10 +235,11 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, cells: list[Cell
   from arcface_jax import trainer
   from arcface_jax.data.errors import DatasetError
   train_fn = trainer.train_and_evaluate if train_fn is None else train_fn
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   enable_compilation_cache(workdir)
   for index, cell in enumerate(cells, 1):
-    cell_dir = os.path.join(workdir, cell.name)
+    cell_dir = workdir / cell.name
     previous = _read_marker(cell_dir)
     if previous and previous['status'] in ('finished', 'diverged'):
       logging.info('cell %d/%d %s: %s before, skipped', index, len(cells), cell.name,
@@ -253,24 +261,23 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, cells: list[Cell
                  'cache', index, len(cells), cell.name, status, len(counter.compiled),
                  ', '.join(counter.compiled) or 'none', len(counter.loaded))
     record = {'name': cell.name, 'values': cell.values, 'status': status, 'error': error,
-              'metrics': read_scalars(os.path.join(cell_dir, 'tensorboard')),
+              'metrics': read_scalars(cell_dir / 'tensorboard'),
               'compiled': counter.compiled, 'loaded_from_cache': counter.loaded}
-    with open(os.path.join(cell_dir, DONE_MARKER), 'w') as f:
-      json.dump(record, f, indent=2)
+    (cell_dir / DONE_MARKER).write_text(json.dumps(record, indent=2))
   return write_results(workdir, cells, metric=metric, higher_is_better=higher_is_better)
 
 
-def _read_marker(cell_dir: str) -> dict[str, Any] | None:
+def _read_marker(cell_dir: epath.Path) -> dict[str, Any] | None:
   try:
-    with open(os.path.join(cell_dir, DONE_MARKER)) as f:
-      return json.load(f)
+    return json.loads((cell_dir / DONE_MARKER).read_text())
   except (OSError, ValueError):
     return None
 
 
-def write_results(workdir: str, cells: list[Cell], *, metric: str,
+def write_results(workdir: paths.PathLike, cells: list[Cell], *, metric: str,
                   higher_is_better: bool) -> dict[str, Any]:
-  records = [_read_marker(os.path.join(workdir, cell.name)) for cell in cells]
+  workdir = epath.Path(workdir)
+  records = [_read_marker(workdir / cell.name) for cell in cells]
   logged = set().union(*[r['metrics'] for r in records])
   tag = resolve_metric(metric, {t: 0.0 for t in logged})
   for record in records:
@@ -283,19 +290,19 @@ def write_results(workdir: str, cells: list[Cell], *, metric: str,
             'best': best and {'name': best['name'], 'values': best['values'],
                               'metric': best['metric']},
             'cells': records}
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['cell', *keys, tag, 'status'])
-    for r in records:
-      writer.writerow([r['name'], *[r['values'][k] for k in keys], r['metric'], r['status']])
+  (workdir / 'results.json').write_text(json.dumps(result, indent=2))
+  table = io.StringIO(newline='')
+  writer = csv.writer(table)
+  writer.writerow(['cell', *keys, tag, 'status'])
+  for r in records:
+    writer.writerow([r['name'], *[r['values'][k] for k in keys], r['metric'], r['status']])
+  (workdir / 'results.csv').write_text(table.getvalue())
   _heatmap(workdir, records, keys, tag, higher_is_better)
   _log_hparams(workdir, records, tag)
   return result
 
 
-def _heatmap(workdir: str, records: list[dict], keys: list[str], tag: str,
+def _heatmap(workdir: epath.Path, records: list[dict], keys: list[str], tag: str,
              higher_is_better: bool) -> str:
   import matplotlib
   matplotlib.use('Agg')
@@ -325,23 +332,28 @@ def _heatmap(workdir: str, records: list[dict], keys: list[str], tag: str,
   reduced = f'; best over {", ".join(keys[2:])}' if len(keys) > 2 else ''
   ax.set_title(f'{tag} ({"higher" if higher_is_better else "lower"} is better{reduced})',
                fontsize=9)
-  path = os.path.join(workdir, _safe(tag.replace('/', '_')) + '.png')
+  path = workdir / (_safe(tag.replace('/', '_')) + '.png')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with path.open('wb') as f:
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
-  return path
+  return os.fspath(path)
 
 
-def _log_hparams(workdir: str, records: list[dict], tag: str) -> None:
-  import shutil
+def _log_hparams(workdir: epath.Path, records: list[dict], tag: str) -> None:
+  import tempfile
 
   from tensorboardX import SummaryWriter
-  logdir = os.path.join(workdir, 'tensorboard')
-  shutil.rmtree(logdir, ignore_errors=True)  # written afresh with every cell on each start
-  with SummaryWriter(logdir) as writer:
-    for r in records:
-      hparams = {k: v for k, v in r['values'].items()}
-      writer.add_hparams(hparams, {f'hparam/{tag}': r['metric']}, name=r['name'])
+  logdir = workdir / 'tensorboard'
+  if logdir.exists():
+    logdir.rmtree()  # written afresh with every cell on each start
+  # SummaryWriter appends to local files; the finished files are copied (a gs:// workdir).
+  with tempfile.TemporaryDirectory(prefix='arcface_jax_hparams_') as local:
+    with SummaryWriter(local) as writer:
+      for r in records:
+        hparams = {k: v for k, v in r['values'].items()}
+        writer.add_hparams(hparams, {f'hparam/{tag}': r['metric']}, name=r['name'])
+    paths.copy_local_tree(local, logdir)
 
 
 def parse_args(argv: Sequence[str]) -> Any:

@@ -25,6 +25,7 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 MAX_ANGLE = 75.0
 CHUNK = 4096  # images embedded at a time
@@ -94,22 +95,23 @@ def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | No
                      'run with config.head.subcenters > 1 (loss.name=subcenter) can be cleaned')
   num_classes = int(config.data.num_classes or labels.max() + 1)
   result = clean(embeddings, labels, weight[:num_classes], max_angle)
-  os.makedirs(out_dir, exist_ok=True)
+  out = epath.Path(out_dir)  # local or gs://
+  out.mkdir(parents=True, exist_ok=True)
   order = np.argsort(-result['angle'])
-  with open(os.path.join(out_dir, 'flagged.tsv'), 'w') as f:
+  with (out / 'flagged.tsv').open('w') as f:
     f.write('index\tlabel\tangle_deg\tnearest_subcentre\n')
     for i in order[result['flagged'][order]]:
       f.write(f'{i}\t{labels[i]}\t{result["angle"][i]:.2f}\t{result["nearest"][i]}\n')
   dominant = weight[np.arange(num_classes), result['dominant']]
-  np.save(os.path.join(out_dir, 'dominant_centres.npy'), dominant.astype(np.float32))
-  summary = {'workdir': workdir, 'step': int(step), 'max_angle': max_angle,
+  with (out / 'dominant_centres.npy').open('wb') as f:
+    np.save(f, dominant.astype(np.float32))
+  summary = {'workdir': os.fspath(workdir), 'step': int(step), 'max_angle': max_angle,
              'images': int(len(labels)), 'flagged': int(result['flagged'].sum()),
              'classes': num_classes, 'subcentres': int(weight.shape[1]),
              'images_per_subcentre': result['counts'].sum(0).tolist(),
              'images_on_dominant': int(result['counts'][np.arange(num_classes),
                                                         result['dominant']].sum())}
-  with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  (out / 'summary.json').write_text(json.dumps(summary, indent=2))
   return summary
 
 
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if not 0.0 < args.max_angle < 180.0:
     parser.error(f'--max_angle={args.max_angle} must be in (0, 180) degrees')
-  if not os.path.exists(os.path.join(args.workdir, 'config.json')):
+  if not (epath.Path(args.workdir) / 'config.json').exists():
     parser.error(f'--workdir {args.workdir}: no config.json there (not a training run)')
   try:
     summary = run(args.workdir, args.out, args.max_angle, args.step)

@@ -7,7 +7,6 @@ position, a clean save-and-exit on SIGTERM/SIGINT, and verification during train
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable
 
 import jax
@@ -16,7 +15,7 @@ import ml_collections
 from absl import logging
 
 from arcface_jax import (config_checks, freezing, init_from, losses, models, optim, parallel,
-                         reporting, seeding, workdir_lock, write_errors)
+                         paths, reporting, seeding, workdir_lock, write_errors)
 from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
 from arcface_jax.data import pipeline, sources
 from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
@@ -61,17 +60,20 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   config_checks.check_config(config)
 
 
-def prepare_workdir(workdir: str) -> None:
-  """Creates the workdir and proves it is writable before any compute is spent."""
+def prepare_workdir(workdir: paths.PathLike) -> None:
+  """Creates the workdir (local or gs://) and proves it is writable before any compute is spent."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    directory = paths.resolve(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f'.write_probe_{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except ImportError as e:  # no filesystem package for the URI's scheme (gcsfs for gs://)
+    raise ConfigError(f'workdir {str(workdir)!r} cannot be reached ({e}); a gs:// workdir needs '
+                      "`pip install 'arcface_jax[gcs]'`") from None
   except OSError as e:
-    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror}); pass a --workdir '
-                      'you can write to') from None
+    raise ConfigError(f'workdir {str(workdir)!r} is not writable ({e.strerror or e}); pass a '
+                      '--workdir you can write to') from None
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -79,7 +81,7 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
                       abstract, shardings)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike, *,
                        mesh: jax.sharding.Mesh | None = None,
                        step_callback: Callable[[int], None] | None = None) -> TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the state."""

@@ -12,6 +12,11 @@ cannot be checked from here; the message then says which file to delete if that 
 
 In a multi-process job only process 0 takes the lock (all processes of one job share the
 workdir); `hold` tells every process the outcome, so the whole job stops together.
+
+A workdir on an object store (`gs://...`) has no flock: the lock there is the same file, written
+and read through `etils.epath`. A holder on this host is checked by its pid as above; exclusivity
+is best-effort (two starts within the same moment can both pass: the later upload wins, and the
+earlier one notices only if it reads the file back in time), so the trainer warns about it once.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ import time
 from typing import Iterator
 
 from absl import logging
+from etils import epath
+
+from arcface_jax import paths
 
 LOCK_FILE = 'train.lock'
 
@@ -47,8 +55,8 @@ class Holder:
         f' ({self.command})' if self.command else '')
 
 
-def lock_path(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), LOCK_FILE)
+def lock_path(workdir: paths.PathLike) -> epath.Path:
+  return paths.resolve(workdir) / LOCK_FILE
 
 
 def _me() -> Holder:
@@ -57,12 +65,15 @@ def _me() -> Holder:
                 command=' '.join(sys.argv)[:200])
 
 
+def _parse_holder(data: bytes) -> Holder:
+  fields = json.loads(data.decode())
+  return Holder(pid=int(fields['pid']), host=str(fields['host']),
+                started=str(fields['started']), command=str(fields.get('command', '')))
+
+
 def _read_holder(fd: int) -> Holder | None:
   try:
-    data = os.pread(fd, 1 << 16, 0)
-    fields = json.loads(data.decode())
-    return Holder(pid=int(fields['pid']), host=str(fields['host']),
-                  started=str(fields['started']), command=str(fields.get('command', '')))
+    return _parse_holder(os.pread(fd, 1 << 16, 0))
   except (OSError, ValueError, KeyError, TypeError):
     return None  # empty (being written, or released) or unreadable
 
@@ -77,14 +88,32 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _read_remote_holder(path: epath.Path) -> Holder | None:
+  try:
+    return _parse_holder(path.read_bytes())
+  except (OSError, ValueError, KeyError, TypeError):
+    return None  # absent, or unreadable as the local lock's empty file is
+
+
+def _in_use(path: epath.Path, who: str) -> WorkdirLockedError:
+  return WorkdirLockedError(
+      f'{path.parent} is in use by {who}: two runs in one workdir would mix '
+      'their checkpoints, config.json and TensorBoard logs. Wait for it to finish, stop '
+      'it, or pass another --workdir.')
+
+
 class WorkdirLock:
   """`acquire()` / `release()` (or a `with` block) of `<workdir>/train.lock`."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: paths.PathLike):
     self.path = lock_path(workdir)
     self._fd: int | None = None
+    self._remote_record: bytes | None = None  # what we wrote into a remote lock file
 
   def acquire(self) -> None:
+    if paths.is_remote(self.path):
+      self._acquire_remote()
+      return
     for _ in range(5):  # retries only when a releasing holder removed the file under us
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
       try:
@@ -95,10 +124,7 @@ class WorkdirLock:
         if e.errno not in (errno.EAGAIN, errno.EACCES):
           raise
         who = holder.describe() if holder else 'another process (it is still starting)'
-        raise WorkdirLockedError(
-            f'{os.path.dirname(self.path)} is in use by {who}: two runs in one workdir would mix '
-            'their checkpoints, config.json and TensorBoard logs. Wait for it to finish, stop '
-            'it, or pass another --workdir.') from None
+        raise _in_use(self.path, who) from None
       try:
         same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
       except FileNotFoundError:
@@ -120,11 +146,7 @@ class WorkdirLock:
     previous = _read_holder(fd)
     me = _me()
     if previous is not None:
-      if previous.host != me.host:
-        raise WorkdirLockedError(
-            f'{self.path} says {previous.describe()} trains in this workdir; that host cannot be '
-            f'checked from {me.host}. If that run has stopped, delete {self.path} and start '
-            'again; otherwise pass another --workdir.')
+      self._check_other_host(previous, me)
       # The kernel drops a flock when its process dies: a free flock means the recorded process
       # is gone (or its pid has been reused by an unrelated process).
       state = 'no longer runs' if not _pid_alive(previous.pid) else 'no longer holds it'
@@ -134,7 +156,41 @@ class WorkdirLock:
     os.pwrite(fd, json.dumps(dataclasses.asdict(me)).encode(), 0)
     os.fsync(fd)
 
+  def _check_other_host(self, previous: Holder, me: Holder) -> None:
+    if previous.host != me.host:
+      raise WorkdirLockedError(
+          f'{self.path} says {previous.describe()} trains in this workdir; that host cannot be '
+          f'checked from {me.host}. If that run has stopped, delete {self.path} and start '
+          'again; otherwise pass another --workdir.')
+
+  def _acquire_remote(self) -> None:
+    """The lock file on an object store: no flock, so the recorded pid decides (best-effort)."""
+    logging.warning('%s is on an object store, which has no file locks: the workdir lock is '
+                    'best-effort there (two starts at the same moment are not told apart); '
+                    'start one training job per workdir', self.path)
+    previous = _read_remote_holder(self.path)
+    me = _me()
+    if previous is not None:
+      self._check_other_host(previous, me)
+      if previous.pid != me.pid and _pid_alive(previous.pid):
+        raise _in_use(self.path, previous.describe())
+      logging.warning('%s: taking over a stale lock of %s, which no longer runs', self.path,
+                      previous.describe())
+    record = json.dumps(dataclasses.asdict(me)).encode()
+    self.path.write_bytes(record)
+    if self.path.read_bytes() != record:  # another start wrote after us: it has the lock
+      raise _in_use(self.path, (_read_remote_holder(self.path) or me).describe())
+    self._remote_record = record
+
   def release(self) -> None:
+    if self._remote_record is not None:
+      try:
+        if self.path.read_bytes() == self._remote_record:
+          self.path.unlink()
+      except OSError:
+        pass
+      self._remote_record = None
+      return
     if self._fd is None:
       return
     try:
@@ -153,8 +209,13 @@ class WorkdirLock:
     self.release()
 
 
-def live_holder(workdir: str) -> Holder | None:
+def live_holder(workdir: paths.PathLike) -> Holder | None:
   """The process holding the workdir's lock now, or None (no lock, or a stale one)."""
+  if paths.is_remote(workdir):
+    holder = _read_remote_holder(lock_path(workdir))
+    if holder is None or (holder.host == socket.gethostname() and not _pid_alive(holder.pid)):
+      return None
+    return holder
   try:
     fd = os.open(lock_path(workdir), os.O_RDONLY)
   except OSError:
@@ -174,7 +235,7 @@ def live_holder(workdir: str) -> Holder | None:
 
 
 @contextlib.contextmanager
-def hold(workdir: str) -> Iterator[None]:
+def hold(workdir: paths.PathLike) -> Iterator[None]:
   """The lock for one (possibly multi-process) training job; every process raises alike."""
   import jax  # here, so that the lock itself is usable without JAX
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else None

@@ -8,7 +8,8 @@
 # Variables (see launch/README.md): TPU_NAME, ZONE (required); PROJECT (gcloud default if unset);
 # REMOTE_REPO (checkout path on the workers, default ~/arcface_jax); PYTHON (interpreter on the
 # workers, default REMOTE_REPO/.venv/bin/python). WORKDIR should be a gs:// path or shared disk,
-# so that every host writes to the same checkpoint directory.
+# so that every host writes to the same checkpoint directory; a gs:// WORKDIR needs the `gcs`
+# extra on every worker (pip install -e '.[gcs]': gcsfs and google-cloud-storage).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

@@ -27,7 +27,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from arcface_jax import paths
 from arcface_jax.config_checks import ConfigError
 from arcface_jax.evaluation import verification
 from arcface_jax.evaluation.extract import extract_embeddings
@@ -155,9 +157,9 @@ class VerificationEvaluator:
   """The 10-fold protocol on every configured set (or on `bins` only, when given)."""
   name: str
 
-  def __init__(self, config: ml_collections.ConfigDict, *, workdir: str | None = None,
+  def __init__(self, config: ml_collections.ConfigDict, *, workdir: paths.PathLike | None = None,
                bins: Any = None, batch_size: int | None = None,
-               keep_best_in: str | None = None):
+               keep_best_in: paths.PathLike | None = None):
     del workdir  # results go to the caller; best variables only where `keep_best_in` says
     self._config = config
     self._bins = bins
@@ -209,14 +211,13 @@ class VerificationEvaluator:
       self._keep_if_best(name, result['accuracy'], step, embedder.variables)
     return metrics
 
-  def _best_path(self) -> str | None:
-    return os.path.join(self._keep_best_in, 'best.json') if self._keep_best_in else None
+  def _best_path(self) -> epath.Path | None:
+    return epath.Path(self._keep_best_in) / 'best.json' if self._keep_best_in else None
 
   def _read_best(self) -> dict[str, dict[str, float]]:
     path = self._best_path()
-    if path and os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
+    if path and path.exists():
+      return json.loads(path.read_text())
     return {}
 
   def _keep_if_best(self, name: str, accuracy: float, step: int, variables: Any) -> None:
@@ -226,14 +227,13 @@ class VerificationEvaluator:
     if previous is not None and previous['accuracy'] >= accuracy:
       return
     self.best[name] = {'accuracy': float(accuracy), 'step': int(step)}
-    target = os.path.join(os.path.abspath(self._keep_best_in), 'best', name)
+    target = paths.resolve(self._keep_best_in) / 'best' / name
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target, variables, force=True)
     checkpointer.wait_until_finished()
     checkpointer.close()
     if jax.process_index() == 0:
-      with open(self._best_path(), 'w') as f:
-        json.dump(self.best, f, indent=2)
+      self._best_path().write_text(json.dumps(self.best, indent=2))
     logging.info('[%s][%d] new best accuracy %.5f, variables kept in %s', name, step, accuracy,
                  target)
 
@@ -263,7 +263,7 @@ class IJBEvaluator:
 
   def run(self, embedder: Any, step: int) -> dict[str, float]:
     from arcface_jax.evaluation import ijb
-    out_dir = (os.path.join(self._workdir, 'eval', f'step_{step}', 'ijb') if self._workdir
+    out_dir = (epath.Path(self._workdir) / 'eval' / f'step_{step}' / 'ijb' if self._workdir
                else None)
     outcome = ijb.evaluate_ijb(embed_function(embedder, self._batch_size), self._dir,
                                self._target, out_dir=out_dir, image_size=embedder.image_size,

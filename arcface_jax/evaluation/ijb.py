@@ -29,6 +29,7 @@ import os
 from typing import Callable, Sequence
 
 import numpy as np
+from etils import epath
 
 from arcface_jax.data.errors import DatasetError
 
@@ -180,7 +181,7 @@ def load_aligned(paths: Sequence[str], landmarks: np.ndarray, size: int = 112) -
 
 
 def evaluate_ijb(embed: Callable[[np.ndarray], np.ndarray], root: str, target: str = 'IJBC', *,
-                 out_dir: str | None = None, image_size: int = 112,
+                 out_dir: str | os.PathLike | None = None, image_size: int = 112,
                  use_detector_score: bool = True, chunk: int = 8192,
                  fars: Sequence[float] = FARS, label: str = '') -> dict[str, object]:
   """The 1:1 protocol end to end; `embed` maps aligned uint8 images to emb + emb_flip (M, D).
@@ -203,14 +204,17 @@ def evaluate_ijb(embed: Callable[[np.ndarray], np.ndarray], root: str, target: s
   table = tar_at_far(scores, data.labels, fars)
   result = {'target': target.upper(), 'tar_at_far': table, 'num_pairs': int(len(scores)),
             'num_templates': int(len(template_ids)), 'num_images': int(len(embeddings))}
-  if out_dir is not None:
-    os.makedirs(out_dir, exist_ok=True)
+  if out_dir is not None:  # local or gs:// (a workdir's eval/), through etils.epath
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     name = target.upper()
-    np.save(os.path.join(out_dir, f'{name}_scores.npy'), scores)
-    np.save(os.path.join(out_dir, f'{name}_labels.npy'), data.labels)
-    with open(os.path.join(out_dir, f'{name}_tar_at_far.json'), 'w') as f:
-      json.dump({f'{k:g}': v for k, v in table.items()}, f, indent=2)
-    plot_roc(scores, data.labels, os.path.join(out_dir, f'{name}_roc.png'),
+    with (out_dir / f'{name}_scores.npy').open('wb') as f:
+      np.save(f, scores)
+    with (out_dir / f'{name}_labels.npy').open('wb') as f:
+      np.save(f, data.labels)
+    (out_dir / f'{name}_tar_at_far.json').write_text(
+        json.dumps({f'{k:g}': v for k, v in table.items()}, indent=2))
+    plot_roc(scores, data.labels, out_dir / f'{name}_roc.png',
              title=f'{name} 1:1', label=label or name)
   return result
 
@@ -222,7 +226,7 @@ def format_table(table: dict[float, float], name: str) -> str:
   return f'{name:>10} | {header}\n{"TAR (%)":>10} | {values}'
 
 
-def plot_roc(scores: np.ndarray, labels: np.ndarray, path: str, *, title: str = '',
+def plot_roc(scores: np.ndarray, labels: np.ndarray, path: str | os.PathLike, *, title: str = '',
              label: str = '') -> None:
   """ROC on a log FAR axis from 1e-6 to 1, saved as an image (matplotlib, Agg)."""
   import matplotlib
@@ -238,5 +242,6 @@ def plot_roc(scores: np.ndarray, labels: np.ndarray, path: str, *, title: str = 
   if label:
     axis.legend(loc='lower right')
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  with epath.Path(path).open('wb') as f:
+    figure.savefig(f, format='png', dpi=120)
   plt.close(figure)

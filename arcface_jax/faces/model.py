@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 
 from arcface_jax import model_info
 from arcface_jax.faces import compilation
@@ -106,13 +107,14 @@ def _load_export(path: str) -> LoadedModel:
 def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
   """The embedder at `path`: a training workdir (latest or `step`) or an exported model file."""
   path = os.fspath(path)
-  if os.path.isdir(path):
-    if not os.path.exists(os.path.join(path, 'config.json')):
+  where = epath.Path(path)  # a local path or a gs:// one
+  if where.is_dir():
+    if not (where / 'config.json').exists():
       raise ModelError(f'--model {path}: a folder without config.json, so not a training '
                        'workdir; pass a --workdir of `python -m arcface_jax.train` or an '
                        f'exported {EXPORT_SUFFIX} file')
     return _load_workdir(path, step)
-  if os.path.isfile(path):
+  if where.is_file():
     return _load_export(path)
   raise ModelError(f'--model {path}: no such file or folder; pass a training workdir or an '
                    f'exported {EXPORT_SUFFIX} file (python -m arcface_jax.export)')
