@@ -1,8 +1,12 @@
-"""Backbone train-step throughput on CPU: IResNet-50 in JAX against the same network in PyTorch.
+"""Backbone train-step throughput on CPU: IResNet-50 and MobileFaceNet in JAX against PyTorch twins.
 
-    .venv/bin/python benchmarks/backbone.py [--arch iresnet50 --size 112 --batch 32 --steps 3
-                                             --runs 5] [--breakdown]
+    .venv/bin/python benchmarks/backbone.py [--arch iresnet50 --size 112 --batch 8 --mbf_batch 32
+                                             --steps 1 --runs 3] [--only mobilefacenet|iresnet]
+                                            [--breakdown]
 
+By default it compares IResNet-50 (batch 8), then MobileFaceNet (batch 32, also with a bf16
+trunk), and ends with `RESULT iresnet50_vs_torch=… mobilefacenet_vs_torch=… bf16_vs_fp32=…`
+(MobileFaceNet's bf16 step over its fp32 step).
 One process builds both: the Flax model from `arcface_jax.models` and a PyTorch twin written
 below in the reference trainer's layout (NCHW, as PyTorch runs best), each trained by SGD with
 momentum on a fixed batch with the same loss (mean squared embedding: the backbone's cost, not
