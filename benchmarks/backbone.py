@@ -1,4 +1,4 @@
-"""Backbone train-step throughput on CPU: IResNet-50 and MobileFaceNet in JAX against PyTorch twins.
+"""Backbone train step on CPU: IResNet-50 and MobileFaceNet in JAX against PyTorch twins.
 
     .venv/bin/python benchmarks/backbone.py [--arch iresnet50 --size 112 --batch 8 --mbf_batch 32
                                              --steps 1 --runs 3] [--only mobilefacenet|iresnet]

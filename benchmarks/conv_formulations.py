@@ -18,11 +18,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax import lax  # noqa: E402
+import jax
+import jax.numpy as jnp
+from jax import lax
 
-from arcface_jax.models import cpu_conv  # noqa: E402
+from arcface_jax.models import cpu_conv
 
 LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 # (name, input side, cin, cout, kernel, stride, groups)
@@ -56,7 +56,7 @@ def main():
     pads = ((k // 2, k // 2),) * 2
     row, weight_grads = [], []
     for conv in (lax.conv_general_dilated, cpu_conv.conv_general_dilated):
-      def f(x, w, conv=conv):
+      def f(x, w, conv=conv, s=s, pads=pads, groups=groups):
         return conv(x, w, (s, s), pads, dimension_numbers=LAYOUT, feature_group_count=groups)
       forward = jax.jit(lambda x, w, f=f: jax.vjp(f, x, w)[0])
       dy = jnp.ones(jax.eval_shape(f, x, w).shape)

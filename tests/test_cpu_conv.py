@@ -30,9 +30,9 @@ def test_values_and_gradients_match_lax_in_float64(side, channels, kernel, strid
     x = jnp.asarray(rng.normal(size=(2, side, side, channels)))
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, channels)))
     dims = lax.conv_dimension_numbers(x.shape, w.shape, LAYOUT)  # as Flax passes them
-    ours = lambda x, w: cpu_conv.conv_general_dilated(  # noqa: E731
+    ours = lambda x, w: cpu_conv.conv_general_dilated(
         x, w, (stride, stride), padding, dimension_numbers=dims, feature_group_count=channels)
-    ref = lambda x, w: _reference(x, w, (stride, stride), padding, channels)  # noqa: E731
+    ref = lambda x, w: _reference(x, w, (stride, stride), padding, channels)
     np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
     # Under differentiation the taps formulation runs: its forward and both gradients.
     y, vjp = jax.vjp(ours, x, w)
@@ -55,9 +55,9 @@ def test_pointwise_values_and_gradients_match_lax_in_float64(side, cin, cout, st
     x = jnp.asarray(rng.normal(size=(2, side, side, cin)))
     w = jnp.asarray(rng.normal(size=(1, 1, cin, cout)))
     dims = lax.conv_dimension_numbers(x.shape, w.shape, LAYOUT)
-    ours = lambda x, w: cpu_conv.conv_general_dilated(  # noqa: E731
+    ours = lambda x, w: cpu_conv.conv_general_dilated(
         x, w, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=dims)
-    ref = lambda x, w: _reference(x, w, (stride, stride), ((0, 0), (0, 0)), 1)  # noqa: E731
+    ref = lambda x, w: _reference(x, w, (stride, stride), ((0, 0), (0, 0)), 1)
     assert 'custom_vjp' in str(jax.make_jaxpr(ours)(x, w))
     y, vjp = jax.vjp(ours, x, w)
     y_ref, vjp_ref = jax.vjp(ref, x, w)
@@ -103,7 +103,7 @@ def test_other_convolutions_go_to_lax_unchanged():
                               (rng.normal(size=(1, 1, 4, 5)), 1, (1, 1)),
                               (rng.normal(size=(3, 3, 1, 4)), 4, (2, 2))):
     w = jnp.asarray(w, jnp.float32)
-    got = jax.make_jaxpr(lambda w: cpu_conv.conv_general_dilated(
+    got = jax.make_jaxpr(lambda w, dilation=dilation, groups=groups: cpu_conv.conv_general_dilated(
         x, w, (1, 1), ((1, 1), (1, 1)), rhs_dilation=dilation, dimension_numbers=LAYOUT,
         feature_group_count=groups))(w)
     assert 'custom_vjp' not in str(got)
@@ -115,7 +115,7 @@ def test_flax_conv_with_the_hook_keeps_its_parameters_and_outputs():
   hooked = plain.clone(conv_general_dilated=cpu_conv.conv_general_dilated)
   variables = plain.init(jax.random.PRNGKey(1), x)
   assert jax.tree.structure(hooked.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(variables)
-  loss = lambda m: lambda v: jnp.sum(m.apply(v, x) ** 2)  # noqa: E731
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x) ** 2)
   np.testing.assert_allclose(hooked.apply(variables, x), plain.apply(variables, x), rtol=1e-6)
   g_hooked, g_plain = jax.grad(loss(hooked))(variables), jax.grad(loss(plain))(variables)
   np.testing.assert_allclose(g_hooked['params']['kernel'], g_plain['params']['kernel'],

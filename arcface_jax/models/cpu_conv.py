@@ -22,7 +22,8 @@ as a string other than 'VALID') goes to `lax.conv_general_dilated` unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
