@@ -64,6 +64,8 @@ COMMANDS: dict[str, dict[str, str]] = {
     'benchmarks (results in docs/benchmarks.md)': {
         'python benchmarks/backbone.py':
             'backbone train-step throughput: JAX against the same network in PyTorch',
+        'python benchmarks/conv_formulations.py':
+            "XLA's convolutions against the CPU formulations, one operation at a time",
         'python benchmarks/evaluation.py': 'verification protocol and embedding extraction speed',
         'python benchmarks/faces.py': 'detect + align + embed photos per second',
         'python benchmarks/finetune.py':

@@ -1,8 +1,12 @@
-"""Backbone train-step throughput on CPU: IResNet-50 in JAX against the same network in PyTorch.
+"""Backbone train step on CPU: IResNet-50 and MobileFaceNet in JAX against PyTorch twins.
 
-    .venv/bin/python benchmarks/backbone.py [--arch iresnet50 --size 112 --batch 32 --steps 3
-                                             --runs 5] [--breakdown]
+    .venv/bin/python benchmarks/backbone.py [--arch iresnet50 --size 112 --batch 8 --mbf_batch 32
+                                             --steps 1 --runs 3] [--only mobilefacenet|iresnet]
+                                            [--breakdown]
 
+By default it compares IResNet-50 (batch 8), then MobileFaceNet (batch 32, also with a bf16
+trunk), and ends with `RESULT iresnet50_vs_torch=… mobilefacenet_vs_torch=… bf16_vs_fp32=…`
+(MobileFaceNet's bf16 step over its fp32 step).
 One process builds both: the Flax model from `arcface_jax.models` and a PyTorch twin written
 below in the reference trainer's layout (NCHW, as PyTorch runs best), each trained by SGD with
 momentum on a fixed batch with the same loss (mean squared embedding: the backbone's cost, not
@@ -71,8 +75,38 @@ def torch_iresnet(stages, size, emb=512):
   return torch.nn.Sequential(*layers)
 
 
-def jax_step_fn(arch, batch, size):
-  model = models.get(arch)
+def torch_mobilefacenet(size, emb=512):
+  """The reference MobileFaceNet (blocks (1, 4, 6, 2), scale 1, GDC head) in PyTorch."""
+  import torch
+  from torch import nn
+
+  def unit(cin, cout, k=1, s=1, p=0, g=1, act=True):
+    layers = [nn.Conv2d(cin, cout, k, s, p, groups=g, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*(layers + [nn.PReLU(cout)] if act else layers))
+
+  class DepthWise(nn.Module):
+
+    def __init__(self, cin, cout, expand, stride, residual):
+      super().__init__()
+      self.residual = residual
+      self.layers = nn.Sequential(unit(cin, expand), unit(expand, expand, 3, stride, 1, expand),
+                                  unit(expand, cout, act=False))
+
+    def forward(self, x):
+      return x + self.layers(x) if self.residual else self.layers(x)
+
+  layers = [unit(3, 64, 3, 2, 1), unit(64, 64, 3, 1, 1, 64)]
+  for cin, cout, down, expand, n in ((64, 64, 128, 128, 4), (64, 128, 256, 256, 6),
+                                     (128, 128, 512, 256, 2)):
+    layers.append(DepthWise(cin, cout, down, 2, False))
+    layers += [DepthWise(cout, cout, expand, 1, True) for _ in range(n)]
+  layers += [unit(128, 512), unit(512, 512, size // 16, g=512, act=False), nn.Flatten(),
+             nn.Linear(512, emb, bias=False), nn.BatchNorm1d(emb)]
+  return torch.nn.Sequential(*layers)
+
+
+def jax_step_fn(arch, batch, size, dtype='float32'):
+  model = models.get(arch, dtype=dtype)
   images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
   tx = optax.sgd(0.01, momentum=0.9)
@@ -91,6 +125,12 @@ def jax_step_fn(arch, batch, size):
     updates, opt = tx.update(grads, opt, params)
     return (optax.apply_updates(params, updates), stats, opt), loss
 
+  step = step.lower(state, images).compile()  # compiled once, memory known before running
+  memory = step.memory_analysis()
+  temp_mib = getattr(memory, 'temp_size_in_bytes', 0) / 2**20
+  count = sum(x.size for x in jax.tree.leaves(variables['params']))
+  print(f'jax {arch} {dtype}: {count:,} parameters, {temp_mib:,.0f} MiB XLA temporaries',
+        flush=True)
   holder = [state]
 
   def run(steps):
@@ -105,7 +145,10 @@ def torch_step_fn(arch, batch, size, threads):
   import torch
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = torch_iresnet(STAGES[arch], size).train()
+  model = (torch_mobilefacenet(size) if arch == 'mobilefacenet'
+           else torch_iresnet(STAGES[arch], size)).train()
+  print(f'pytorch {arch}: {sum(p.numel() for p in model.parameters()):,} parameters',
+        flush=True)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   images = torch.randn(batch, 3, size, size)
 
@@ -125,14 +168,16 @@ def timed(run, steps):
   return time.perf_counter() - start
 
 
-def compare(args):
-  batch = args.batch
-  contenders = {'pytorch': torch_step_fn(args.arch, batch, args.size, args.threads),
-                'jax': jax_step_fn(args.arch, batch, args.size)}
+def compare(args, arch, batch, bf16=False):
+  """Interleaved runs of the PyTorch and JAX steps (and JAX bf16); median images/s of each."""
+  contenders = {'pytorch': torch_step_fn(arch, batch, args.size, args.threads),
+                'jax': jax_step_fn(arch, batch, args.size)}
+  if bf16:
+    contenders['jax_bf16'] = jax_step_fn(arch, batch, args.size, 'bfloat16')
   for name, run in contenders.items():  # compile / warm up
     start = time.perf_counter()
     run(1)
-    print(f'{name}: warm-up step {time.perf_counter() - start:.1f} s', flush=True)
+    print(f'{name}: warm-up step (compiling) {time.perf_counter() - start:.1f} s', flush=True)
   rates = collections.defaultdict(list)
   for r in range(args.runs):
     for name, run in contenders.items():
@@ -140,10 +185,12 @@ def compare(args):
     print(f'run {r}: ' + ', '.join(f'{k} {v[-1]:.2f} img/s' for k, v in rates.items()),
           flush=True)
   medians = {k: statistics.median(v) for k, v in rates.items()}
-  print(f'\n{args.arch} {args.size}×{args.size} batch {batch} fp32 train step, median of '
+  print(f'\n{arch} {args.size}×{args.size} batch {batch} train step, median of '
         f'{args.runs} runs × {args.steps} steps:')
   for name, rate in medians.items():
-    print(f'  {name:18s} {rate:8.2f} images/s   ratio to PyTorch {rate / medians["pytorch"]:.2f}')
+    print(f'  {name:18s} {rate:8.2f} images/s   ratio to PyTorch {rate / medians["pytorch"]:.2f}',
+          flush=True)
+  return medians
 
 
 def conv_shapes(arch, size):
@@ -216,14 +263,18 @@ def breakdown(args):
 def main():
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--arch', default='iresnet50', choices=sorted(STAGES))
+  parser.add_argument('--arch', default='iresnet50', choices=sorted(STAGES),
+                      help='the IResNet compared (and broken down by --breakdown)')
   parser.add_argument('--size', type=int, default=112)
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--runs', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=8, help='IResNet batch')
+  parser.add_argument('--mbf_batch', type=int, default=32, help='MobileFaceNet batch')
+  parser.add_argument('--steps', type=int, default=1)
+  parser.add_argument('--runs', type=int, default=3)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--repeats', type=int, default=3, help='breakdown: timings per op')
   parser.add_argument('--breakdown', action='store_true')
+  parser.add_argument('--only', choices=('iresnet', 'mobilefacenet'),
+                      help='compare one network (no RESULT line)')
   args = parser.parse_args()
   cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
   model_name = next((l.split(':', 1)[1].strip() for l in cpu.splitlines()
@@ -232,7 +283,16 @@ def main():
   print(f'{datetime.date.today()}  {model_name}, {os.cpu_count()} cores, jax {jax.__version__}, '
         f'torch {torch.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}, '
         f'load average {os.getloadavg()[0]:.1f}', flush=True)
-  breakdown(args) if args.breakdown else compare(args)
+  if args.breakdown:
+    return breakdown(args)
+  if args.only:
+    return (compare(args, args.arch, args.batch) if args.only == 'iresnet'
+            else compare(args, 'mobilefacenet', args.mbf_batch, bf16=True))
+  iresnet = compare(args, args.arch, args.batch)
+  mbf = compare(args, 'mobilefacenet', args.mbf_batch, bf16=True)
+  print(f'RESULT {args.arch}_vs_torch={iresnet["jax"] / iresnet["pytorch"]:.2f} '
+        f'mobilefacenet_vs_torch={mbf["jax"] / mbf["pytorch"]:.2f} '
+        f'bf16_vs_fp32={mbf["jax_bf16"] / mbf["jax"]:.2f}')
 
 
 if __name__ == '__main__':
