@@ -30,7 +30,8 @@ HEAVY_MODULES = frozenset({
     'test_analysis', 'test_app', 'test_app_browser', 'test_checkpointing',
     'test_checkpointing_models', 'test_configs', 'test_cpu_conv', 'test_evaluate_closed_set',
     'test_export', 'test_faces', 'test_margin_heads', 'test_model_import', 'test_mtcnn_reference',
-    'test_multiprocess', 'test_onnx_export', 'test_search', 'test_subcenter_clean',
+    'test_multiprocess', 'test_onnx_export', 'test_remote_workdir', 'test_search',
+    'test_subcenter_clean',
     'test_train', 'test_transfer',
 })
 
