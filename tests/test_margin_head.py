@@ -78,3 +78,31 @@ def test_rejects_what_it_cannot_compute():
   with pytest.raises(ValueError, match='do not match'):
     margin_head.margin_head(jnp.ones((2, 5)), jnp.ones((3, 4)), jnp.zeros(2, jnp.int32),
                             margins.get('arcface'))
+
+
+@pytest.mark.parametrize('name,params', MARGINS[::2])
+def test_per_device_share_matches_autodiff_of_local_stats(name, params):
+  from arcface_jax.parallel import chunked, fused
+  rng = np.random.default_rng(3)
+  margin = margins.get(name, **params)
+  with jax.enable_x64(True):
+    x_n = chunked.l2_normalize(jnp.asarray(rng.normal(size=(10, 6))))
+    w = jnp.asarray(rng.normal(size=(15, 6)))
+    valid = jnp.arange(15) < 13  # two padding columns
+    labels = jnp.asarray(rng.integers(-1, 13, 10))  # −1: the target lives on another device
+    g_lse, g_target = jnp.asarray(rng.normal(size=10)), jnp.asarray(rng.normal(size=10))
+
+    def objective(stats_fn):
+      def value(x, wt):
+        lse, target, _, _ = stats_fn(x, wt, labels, valid, margin)
+        return jnp.sum(g_lse * lse) + jnp.sum(g_target * target)
+      return jax.value_and_grad(value, (0, 1))
+
+    expected = objective(chunked.local_stats)(x_n, w)
+    got = objective(fused.fused_local_stats)(x_n, w)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-12)
+    for g, e in zip(got[1], expected[1]):
+      np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12)
+    for g, e in zip(fused.fused_local_stats(x_n, w, labels, valid, margin),
+                    chunked.local_stats(x_n, w, labels, valid, margin)):
+      np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
