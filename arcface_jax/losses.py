@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from arcface_jax import margins, seeding
+from arcface_jax import margin_head, margins, seeding
 from arcface_jax.class_centres import initial_centres
 
 MARGIN_NAMES = ('norm_softmax', 'cosface', 'arcface', 'combined', 'sphereface', 'subcenter',
@@ -276,6 +276,12 @@ class Objective:
   def _classification_loss(self, head_params, margin_state, embeddings, labels, step, rng,
                            metrics):
     weight = margins.as_compute_dtype(head_params['weight'])
+    if margin_head.supports(self.margin, weight) and not (self.intra_weight or self.inter_weight):
+      # The common case as one kernel (three matmuls, one (B, C) array kept; margin_head.py).
+      loss, head_metrics = margin_head.margin_head(embeddings, weight, labels, self.margin)
+      metrics['softmax_loss'] = loss
+      metrics.update(head_metrics)
+      return loss, margin_state, metrics
     weight_normed = l2_normalize(weight)
     sq_norm = jnp.sum(embeddings * embeddings, axis=-1, keepdims=True)
     inv_norm = jax.lax.rsqrt(jnp.maximum(sq_norm, 1e-12))

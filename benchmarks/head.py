@@ -4,8 +4,10 @@
 
 One run measures, on CPU in float32 (embeddings (B, D), class centres (C, D), ArcFace s=64 m=0.5):
   * jax_objective: `losses.build_objective(arcface)` under jit, value_and_grad w.r.t. centres and
-    embeddings (the trainer's path: normalisation, cos, margin, cross-entropy, the angle metrics);
-  * jax_margin_ce: the same without the metrics (normalise, matmul, fused margin cross-entropy);
+    embeddings (the trainer's path: `margin_head.margin_head`, the one-kernel head with the angle
+    metrics);
+  * jax_margin_ce: the previous path, for comparison: normalise both, matmul, then
+    `losses.fused_margin_cross_entropy` on the (B, C) cosines;
   * torch: the same computation written here with torch ops (normalize, linear, gather, margin
     with the monotone fallback, scatter, cross_entropy, backward);
   * matmul bound: the three matmuls of the step (x·Wᵀ, G·W, Gᵀ·x, each 2·B·C·D FLOPs) in one
@@ -13,6 +15,8 @@ One run measures, on CPU in float32 (embeddings (B, D), class centres (C, D), Ar
 Times are medians over --reps rounds after a warm-up; each round runs every candidate once. Peak memory: JAX from XLA's compiled
 memory_analysis (temporaries + outputs), and for both frameworks the peak-RSS increase over one
 step (VmHWM after resetting it through /proc/self/clear_refs, minus the RSS before the step).
+The last line, `RESULT head_vs_torch= head_bound= head_mem_vs_torch=`, is jax_objective's speed
+against torch, its fraction of the matmul bound, and its peak-RSS increase over torch's.
 """
 from __future__ import annotations
 
@@ -189,6 +193,9 @@ def main() -> None:
     print(f'| {key} | {seconds * 1e3:.0f} | {results["torch"] / seconds:.2f}x | '
           f'{bound / seconds:.0%} |')
   print('peak memory (MiB): ' + ', '.join(f'{k} {v:.0f}' for k, v in memory.items()))
+  print(f'RESULT head_vs_torch={results["torch"] / results["jax_objective"]:.3f} '
+        f'head_bound={bound / results["jax_objective"]:.3f} '
+        f'head_mem_vs_torch={jax_rss / torch_rss:.3f}')
 
 
 if __name__ == '__main__':

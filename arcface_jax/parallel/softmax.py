@@ -7,7 +7,8 @@ matrix. In one step, inside `jax.shard_map`, every device
   2. optionally keeps only a Partial FC sample of its centres (partial_fc.py);
   3. computes cosine logits of the normalised embeddings against its normalised centres, with the
      margin applied to the targets it owns (label −1 on rows whose class lives elsewhere), either
-     all at once or in chunks with an online softmax (chunked.py);
+     all at once (fused.py for the CombinedMargin family, else chunked.local_stats) or in chunks
+     with an online softmax (chunked.py);
   4. combines its per-row log-sum-exp with the others' (max-reduce, then sum-reduce) and takes the
      target logit from its owner (sum-reduce), so every device holds the same mean loss.
 
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from arcface_jax.parallel import chunked, partial_fc
+from arcface_jax.parallel import chunked, fused, partial_fc
 from arcface_jax.parallel.mesh import DATA_AXIS
 
 
@@ -86,6 +87,8 @@ def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, n
   x_n = chunked.l2_normalize(x)
   if chunk and chunk < w_used.shape[0]:
     stats = chunked.chunked_local_stats(x_n, w_used, labels, valid, margin, chunk)
+  elif fused.supports(margin, w_used):
+    stats = fused.fused_local_stats(x_n, w_used, labels, valid, margin)
   else:
     stats = chunked.local_stats(x_n, w_used, labels, valid, margin)
   lse_local, target_local, cos_target_local, hardest_local = stats
