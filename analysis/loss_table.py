@@ -150,8 +150,8 @@ def _status_lines(results: list[dict[str, Any]], config_spec: str, seeds: int,
   lines = [f'Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
            f'load average {load} when this table was written. {note}'.rstrip(), '',
            f'Total over the {len(results)} runs present: wall time '
-           f'{sum(r["seconds"] for r in results) / 60:.0f} min'
-           + (f', CPU time {sum(timed) / 60:.0f} min' + (
+           f'{sum(r["seconds"] for r in results) / 60:.1f} min'
+           + (f', CPU time {sum(timed) / 60:.1f} min' + (
                f' ({len(timed)} runs timed)' if len(timed) < len(results) else '')
               if timed else '') + '.']
   resumed = [f'{r["loss"]} seed {r["seed"]}' for r in results if r.get('resumed_from')]
