@@ -58,7 +58,8 @@ def read_exclusion_list(path: str, source: Any) -> np.ndarray:
   entries = [(number, line) for number, line in enumerate(lines, 1) if line]
   if entries and 'index' in entries[0][1].split('\t'):  # a TSV: read its index column
     column = entries[0][1].split('\t').index('index')
-    entries = [(number, line.split('\t')[column]) for number, line in entries[1:]]
+    entries = [(number, (line.split('\t') + [''] * column)[column] or line)
+               for number, line in entries[1:]]  # a short row is reported whole
   paths = getattr(source, 'paths', None)
   root = getattr(source, 'root', None)
   position = ({os.path.normpath(p): i for i, p in enumerate(paths)} if paths is not None else {})
