@@ -5,21 +5,29 @@
 
 Each loss of LOSSES is trained from `--config` with only config.loss replaced (its name and the
 settings of the row), once per seed (config.seed = 0, 1, ...), in <runs>/<loss>/seed<k>; a
-finished run is reused. The last checkpoint is scored on the config's held-out verification
+finished run is reused, an interrupted one resumes from its last checkpoint, and JAX's
+compilation cache in <runs>/.jax_cache lets seed 1 (and a rerun) load the programs seed 0
+compiled. Each run's wall time and CPU time (user + system of this process and its children,
+from getrusage: what the run cost, however busy the machine) are recorded. Runs recorded in an
+earlier <out>/loss_table.json for the same recipe are kept in the table until retrained, so the
+table only grows. The last checkpoint is scored on the config's held-out verification
 pairs (digits or synthetic identities: held-out classes; a real config: its last .bin set) with
 the 10-fold protocol: accuracy and TAR at FAR = 1e-3. Writes <out>/loss_table.md (mean ± std
 over seeds and the training time), loss_table.png (bars with the std as error bars),
-loss_table.csv (one line per run) and loss_table.json.
+loss_table.csv (one line per run) and loss_table.json. A table with runs missing says which and
+how to resume.
 
 With a CASIA-WebFace config and LFW/CFP-FP/AgeDB .bin files this is the ArcFace paper's Table 2
 protocol with the later losses added; the committed docs/loss_table.md is the embedded digits
-benchmark, which runs on two CPU cores in under an hour.
+benchmark; its CPU-time column shows what the whole table costs on this CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import resource
 import time
 from typing import Any, Sequence
 
@@ -80,55 +88,113 @@ def score_run(workdir: str, num_pairs: int) -> dict[str, float]:
           'tar_at_far': float(scores['tar_at_far'])}
 
 
-def train_run(config: Any, workdir: str) -> float:
-  """Trains (or finds finished) `workdir`; returns its training time in seconds."""
+def cpu_seconds() -> float:
+  """User + system CPU time of this process (all threads) and its waited-for children."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def train_run(config: Any, workdir: str) -> dict[str, Any]:
+  """Trains (or finds finished) `workdir`; returns its times.
+
+  {'seconds': wall, 'cpu_seconds': CPU (None for a run timed before CPU time was recorded),
+  'resumed_from': the step an interrupted run resumed from (0: trained in one go; its times
+  then cover only the part after the resume)}.
+  """
   from arcface_jax import trainer
   from arcface_jax.inference import checkpoint_steps
   timing = os.path.join(workdir, 'loss_table_time.json')
   if os.path.exists(timing) and checkpoint_steps(workdir)[-1:] == [config.train.num_steps]:
     with open(timing) as f:
-      return float(json.load(f)['seconds'])
-  start = time.perf_counter()
+      recorded = json.load(f)
+    return {'seconds': float(recorded['seconds']), 'cpu_seconds': recorded.get('cpu_seconds'),
+            'resumed_from': int(recorded.get('resumed_from', 0))}
+  done = checkpoint_steps(workdir) if os.path.isdir(workdir) else []
+  start, start_cpu = time.perf_counter(), cpu_seconds()
   trainer.train_and_evaluate(config, workdir)
-  seconds = time.perf_counter() - start
+  times = {'seconds': time.perf_counter() - start, 'cpu_seconds': cpu_seconds() - start_cpu,
+           'resumed_from': done[-1] if done else 0}
   if checkpoint_steps(workdir)[-1:] != [config.train.num_steps]:
     raise SystemExit(f'[loss_table] {workdir} stopped before step {config.train.num_steps}; run '
                      'the same command again to resume')
   with open(timing, 'w') as f:
-    json.dump({'seconds': seconds}, f)
-  return seconds
+    json.dump(times, f)
+  return times
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per loss, in LOSSES order: mean and std over seeds of accuracy, TAR and time."""
+  """Per loss, in LOSSES order: mean and std over seeds of accuracy, TAR and the times."""
   rows = []
-  for loss in dict.fromkeys(r['loss'] for r in results):
-    runs = [r for r in results if r['loss'] == loss]
+  for loss in [name for name in LOSSES if any(r['loss'] == name for r in results)]:
+    runs = sorted((r for r in results if r['loss'] == loss), key=lambda r: r['seed'])
     acc = np.array([r['accuracy'] for r in runs])
     tar = np.array([r['tar_at_far'] for r in runs])
     secs = np.array([r['seconds'] for r in runs])
+    cpus = [r.get('cpu_seconds') for r in runs]
     rows.append(dict(loss=loss, paper=LOSSES[loss][1], config=LOSSES[loss][0], seeds=len(runs),
+                     seed_list=[r['seed'] for r in runs],
                      accuracy=acc.mean(), accuracy_std=acc.std(), tar_at_far=tar.mean(),
-                     tar_at_far_std=tar.std(), seconds=secs.mean(), set=runs[0]['set'],
-                     pairs=runs[0]['pairs']))
+                     tar_at_far_std=tar.std(), seconds=secs.mean(),
+                     cpu_seconds=None if None in cpus else float(np.mean(cpus)),
+                     set=runs[0]['set'], pairs=runs[0]['pairs']))
   return rows
 
 
-def markdown(rows: list[dict[str, Any]], config_spec: str, steps: int) -> str:
+def _status_lines(results: list[dict[str, Any]], config_spec: str, seeds: int,
+                  losses: Sequence[str], out_dir: str, runs_dir: str, note: str) -> list[str]:
+  """The machine, the totals, and (when runs are missing) which ones and how to resume."""
+  cpus = [r.get('cpu_seconds') for r in results]
+  timed = [c for c in cpus if c is not None]
+  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
+  lines = [f'Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
+           f'load average {load} when this table was written. {note}'.rstrip(), '',
+           f'Total over the {len(results)} runs present: wall time '
+           f'{sum(r["seconds"] for r in results) / 60:.1f} min'
+           + (f', CPU time {sum(timed) / 60:.1f} min' + (
+               f' ({len(timed)} runs timed)' if len(timed) < len(results) else '')
+              if timed else '') + '.']
+  resumed = [f'{r["loss"]} seed {r["seed"]}' for r in results if r.get('resumed_from')]
+  if resumed:
+    lines.append(f'Resumed after an interruption (times cover the last part only): '
+                 f'{", ".join(resumed)}.')
+  earlier = [f'{r["loss"]} seed {r["seed"]}' for r in results if r.get('earlier')]
+  if earlier:
+    lines.append(f'From an earlier invocation whose run directory is gone (no CPU time '
+                 f'recorded): {", ".join(earlier)}.')
+  present = {(r['loss'], r['seed']) for r in results}
+  missing = [f'{loss} seed {seed}' for seed in range(seeds) for loss in losses
+             if (loss, seed) not in present]
+  if missing:
+    lines += ['', f'**Partial: {len(present)} of {len(losses) * seeds} runs '
+              f'({len(losses)} losses × {seeds} seeds) are present; missing: '
+              f'{", ".join(missing)}.** Resume with `python -m analysis.loss_table --config '
+              f"'{config_spec}' --seeds {seeds} --out {out_dir} --runs {runs_dir}`: finished runs "
+              f'in {runs_dir} are reused and an interrupted one continues from its checkpoint.']
+  return lines
+
+
+def markdown(rows: list[dict[str, Any]], config_spec: str, steps: int,
+             status: Sequence[str] = ()) -> str:
   config_names = lambda r: ', '.join(f'{k}={v}' for k, v in r['config'].items())
   lines = [f'# Loss comparison: `{config_spec}`, {steps} steps, up to '
            f'{max(r["seeds"] for r in rows)} seed(s)', '',
            f'Verification on {rows[0]["pairs"]} held-out pairs ({rows[0]["set"]}), 10-fold '
-           'protocol; mean ± std over seeds. Training time: wall-clock of the whole run, '
-           'compilation included. Made by `python -m analysis.loss_table`.', '',
+           'protocol; mean ± std over seeds. Times are per run (mean over seeds), compilation '
+           'included: wall clock, and CPU time (user + system of the training process, from '
+           'getrusage), which does not grow when other jobs share the machine. Made by '
+           '`python -m analysis.loss_table`.', '',
            '| loss | config.loss | paper | accuracy (%) | TAR@FAR=1e-3 (%) | seeds '
-           '| training time (s) |',
-           '|---|---|---|---|---|---|---|']
+           '| wall time (s) | CPU time (s) |',
+           '|---|---|---|---|---|---|---|---|']
   for r in rows:
+    cpu = '—' if r.get('cpu_seconds') is None else f'{r["cpu_seconds"]:.0f}'
     lines.append(f'| {r["loss"]} | {config_names(r)} | {r["paper"]} | '
                  f'{100 * r["accuracy"]:.2f} ± {100 * r["accuracy_std"]:.2f} | '
                  f'{100 * r["tar_at_far"]:.2f} ± {100 * r["tar_at_far_std"]:.2f} | '
-                 f'{r["seeds"]} | {r["seconds"]:.0f} |')
+                 f'{r["seeds"]} | {r["seconds"]:.0f} | {cpu} |')
+  if status:
+    lines += [''] + list(status)
   return '\n'.join(lines) + '\n'
 
 
@@ -152,48 +218,81 @@ def plot(rows: list[dict[str, Any]], title: str):
   return fig
 
 
+def earlier_results(out_dir: str, config_spec: str, steps: int) -> list[dict[str, Any]]:
+  """The runs an earlier invocation recorded in <out>/loss_table.json for the same recipe."""
+  path = os.path.join(out_dir, f'{NAME}.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    recorded = json.load(f)
+  if recorded.get('config') != config_spec or recorded.get('steps') != steps:
+    return []
+  return [dict(r, earlier=r.get('earlier', False) or not os.path.isdir(r['workdir']))
+          for r in recorded.get('runs', []) if r.get('loss') in LOSSES]
+
+
 def run_table(config_spec: str, seeds: int, out_dir: str, runs_dir: str,
-              losses: Sequence[str] | None = None, num_pairs: int = 3000) -> str:
+              losses: Sequence[str] | None = None, num_pairs: int = 3000, note: str = '') -> str:
   """Trains and scores every (loss, seed), writes the table files; returns the .md path."""
+  from arcface_jax.search import enable_compilation_cache
   losses = list(losses) if losses else list(LOSSES)
   unknown = sorted(set(losses) - set(LOSSES))
   if unknown:
     raise SystemExit(f'unknown losses {unknown}; valid: {list(LOSSES)}')
-  results, steps, path = [], None, ''
-  # Seeds outermost: the first pass gives every loss one run, later passes add the spread.
-  for seed in range(seeds):
-    for loss in losses:
-      config = recipe(config_spec, loss, seed)
-      steps = config.train.num_steps
-      workdir = os.path.join(runs_dir, loss, f'seed{seed}')
-      print(f'[loss_table] {loss} seed {seed}: training in {workdir}', flush=True)
-      seconds = train_run(config, workdir)
-      scores = score_run(workdir, num_pairs)
-      print(f'[loss_table] {loss} seed {seed}: accuracy {scores["accuracy"]:.4f}, TAR@FAR=1e-3 '
-            f'{scores["tar_at_far"]:.4f}, {seconds:.0f} s', flush=True)
-      results.append(dict(loss=loss, seed=seed, seconds=seconds, workdir=workdir, **scores))
-      # Rewritten after every run: an interrupted table still shows what is done.
-      path = write_table(results, config_spec, steps, seeds, out_dir)
+  steps = recipe(config_spec, losses[0], 0).train.num_steps
+  os.makedirs(runs_dir, exist_ok=True)
+  print(f'[loss_table] compilation cache: {enable_compilation_cache(runs_dir)}', flush=True)
+  earlier = {(r['loss'], r['seed']): r for r in earlier_results(out_dir, config_spec, steps)
+             if r['loss'] in losses and r['seed'] < seeds}
+  finished = lambda loss, seed: os.path.exists(
+      os.path.join(runs_dir, loss, f'seed{seed}', 'loss_table_time.json'))
+  # First the runs the table lacks, seeds outermost (every loss gets one run before the spread),
+  # then those it only has from an earlier invocation (to time them again).
+  order = sorted(((loss, seed) for seed in range(seeds) for loss in losses),
+                 key=lambda ls: (ls in earlier and not finished(*ls), ls[1],
+                                 losses.index(ls[0])))
+  results: dict[tuple[str, int], dict[str, Any]] = dict(earlier)
+  path = ''
+  for loss, seed in order:
+    config = recipe(config_spec, loss, seed)
+    workdir = os.path.join(runs_dir, loss, f'seed{seed}')
+    print(f'[loss_table] {loss} seed {seed}: training in {workdir}', flush=True)
+    times = train_run(config, workdir)
+    scores = score_run(workdir, num_pairs)
+    cpu = times['cpu_seconds']
+    print(f'[loss_table] {loss} seed {seed}: accuracy {scores["accuracy"]:.4f}, TAR@FAR=1e-3 '
+          f'{scores["tar_at_far"]:.4f}, wall {times["seconds"]:.0f} s, CPU '
+          f'{"?" if cpu is None else f"{cpu:.0f}"} s', flush=True)
+    results[loss, seed] = dict(loss=loss, seed=seed, workdir=workdir, **times, **scores)
+    # Rewritten after every run: an interrupted table still shows what is done.
+    path = write_table(list(results.values()), config_spec, steps, seeds, out_dir,
+                       losses=losses, runs_dir=runs_dir, note=note)
   return path
 
 
 def write_table(results: list[dict[str, Any]], config_spec: str, steps: int, seeds: int,
-                out_dir: str) -> str:
+                out_dir: str, *, losses: Sequence[str] | None = None,
+                runs_dir: str = 'runs/loss_table', note: str = '') -> str:
   """loss_table.md/.png/.csv/.json of the runs so far; returns the .md path."""
+  results = sorted(results, key=lambda r: (list(LOSSES).index(r['loss']), r['seed']))
   rows = summarise(results)
+  status = _status_lines(results, config_spec, seeds, list(losses or LOSSES), out_dir, runs_dir,
+                         note)
   output.ensure_dir(out_dir)
   path = os.path.join(out_dir, f'{NAME}.md')
   with open(path, 'w') as f:
-    f.write(markdown(rows, config_spec, steps))
+    f.write(markdown(rows, config_spec, steps, status))
   fig = plot(rows, f'{config_spec}: {steps} steps, up to {seeds} seed(s) per loss')
   fig.savefig(os.path.join(out_dir, f'{NAME}.png'), dpi=120)
   import matplotlib.pyplot as plt
   plt.close(fig)
-  output.write_csv(('loss', 'seed', 'accuracy', 'tar_at_far', 'seconds', 'workdir'),
+  output.write_csv(('loss', 'seed', 'accuracy', 'tar_at_far', 'seconds', 'cpu_seconds',
+                    'resumed_from', 'earlier', 'workdir'),
                    [(r['loss'], r['seed'], r['accuracy'], r['tar_at_far'], r['seconds'],
+                     r.get('cpu_seconds'), r.get('resumed_from', 0), bool(r.get('earlier')),
                      r['workdir']) for r in results], out_dir, NAME)
-  output.write_json({'config': config_spec, 'steps': steps, 'rows': rows, 'runs': results},
-                    out_dir, NAME)
+  output.write_json({'config': config_spec, 'steps': steps, 'seeds': seeds, 'rows': rows,
+                     'runs': results}, out_dir, NAME)
   return path
 
 
@@ -206,13 +305,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--runs', default='runs/loss_table', help='where the runs are trained')
   parser.add_argument('--losses', nargs='*', default=None, help=f'a subset of {list(LOSSES)}')
   parser.add_argument('--pairs', type=int, default=3000, help='held-out verification pairs')
+  parser.add_argument('--note', default='', help='a sentence for the table, e.g. what else ran '
+                      'on the machine')
   args = parser.parse_args(argv)
   if args.seeds < 1:
     parser.error(f'--seeds={args.seeds} must be >= 1')
   spec = args.config
   if not os.path.exists(spec.partition(':')[0]):
     parser.error(f'--config {spec}: file {spec.partition(":")[0]} does not exist')
-  print(run_table(spec, args.seeds, args.out, args.runs, args.losses, args.pairs))
+  print(run_table(spec, args.seeds, args.out, args.runs, args.losses, args.pairs, args.note))
 
 
 if __name__ == '__main__':

@@ -11,10 +11,14 @@ dominant sub-centre are likely label noise: they are listed for review, not dele
                               sub-centre; largest angle first
   <out>/dominant_centres.npy  (C, D) float32, each class's dominant sub-centre
   <out>/summary.json          counts per sub-centre, flagged count, the settings
-Then continue with one centre per class, initialised from the dominant sub-centres:
-  python -m arcface_jax.train --config <the run's recipe> --workdir runs/k1 \\
+  <out>/exclude.txt           the indices to leave out: the flagged images, and any the run
+                              itself excluded (config.data.exclude)
+Indices are into the full training split (`sources.get_train_source` without exclusion). Then
+continue with one centre per class, initialised from the dominant sub-centres, without the
+flagged images (the command prints this line with the paths filled in):
+  python -m arcface_jax.train --config configs/from_run.py:<workdir> --workdir <workdir>_k1 \\
       --config.loss.name=arcface --config.head.subcenters=1 \\
-      --config.head.init_centres=<out>/dominant_centres.npy
+      --config.head.init_centres=<out>/dominant_centres.npy --config.data.exclude=<out>/exclude.txt
 """
 from __future__ import annotations
 
@@ -53,8 +57,10 @@ def clean(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
 
 
 def embed_training_set(config: Any, workdir: str, step: int | None
-                       ) -> tuple[np.ndarray, np.ndarray, int]:
-  """(embeddings (N, D), labels (N,), step) of every training image."""
+                       ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, int]:
+  """(embeddings (N, D), labels (N,), step, indices (N,), total) of every image the run trained
+  on: indices are into the full training split of `total` images (they skip what
+  config.data.exclude left out)."""
   import jax
   from tqdm import tqdm
   from arcface_jax import inference, models, parallel
@@ -78,7 +84,10 @@ def embed_training_set(config: Any, workdir: str, step: int | None
                                 std=config.data.std, mesh=mesh)
     embeddings.append(emb)
     labels.extend(int(label) for _, label in samples)
-  return np.concatenate(embeddings), np.asarray(labels, np.int64), step
+  kept = getattr(source, 'kept', None)  # an ExcludedSource: its indices into the full split
+  indices = np.asarray(kept if kept is not None else np.arange(len(source)), np.int64)
+  total = len(source.base) if kept is not None else len(source)
+  return np.concatenate(embeddings), np.asarray(labels, np.int64), step, indices, total
 
 
 def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | None = None
@@ -86,7 +95,7 @@ def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | No
   """Cleans the run in `workdir` into `out_dir` (see the module docstring); returns the summary."""
   from arcface_jax import inference, reporting
   config = reporting.read_config(workdir)
-  embeddings, labels, step = embed_training_set(config, workdir, step)
+  embeddings, labels, step, indices, total = embed_training_set(config, workdir, step)
   weight = inference.read_class_centres(workdir, step)
   if weight is None or weight.ndim != 3:
     has = ('no class centres' if weight is None else
@@ -101,7 +110,15 @@ def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | No
   with (out / 'flagged.tsv').open('w') as f:
     f.write('index\tlabel\tangle_deg\tnearest_subcentre\n')
     for i in order[result['flagged'][order]]:
-      f.write(f'{i}\t{labels[i]}\t{result["angle"][i]:.2f}\t{result["nearest"][i]}\n')
+      f.write(f'{indices[i]}\t{labels[i]}\t{result["angle"][i]:.2f}\t{result["nearest"][i]}\n')
+  # What the continued run leaves out: these images, and what this run already left out.
+  left_out = np.setdiff1d(np.arange(total), indices)
+  with (out / 'exclude.txt').open('w') as f:
+    f.write(f'# config.data.exclude for continuing {workdir}: training-split indices more than '
+            f'{max_angle} degrees from their dominant sub-centre (see flagged.tsv)'
+            + (f', and those the run excluded ({config.data.get("exclude")})'
+               if len(left_out) else '') + '\n')
+    f.writelines(f'{i}\n' for i in np.union1d(indices[result['flagged']], left_out))
   dominant = weight[np.arange(num_classes), result['dominant']]
   with (out / 'dominant_centres.npy').open('wb') as f:
     np.save(f, dominant.astype(np.float32))
@@ -135,10 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   print(f'{summary["flagged"]} of {summary["images"]} images are more than {args.max_angle}° '
         f'from their dominant sub-centre: listed in {os.path.join(args.out, "flagged.tsv")}.\n'
-        'Continue with one centre per class: --config.head.subcenters=1 '
-        '--config.loss.name=arcface --config.head.init_centres='
-        f'{os.path.join(args.out, "dominant_centres.npy")}')
+        'Continue with one centre per class, from the dominant sub-centres, without them:\n'
+        + continue_command(args.workdir, args.out))
   return 0
+
+
+def continue_command(workdir: str, out_dir: str) -> str:
+  """The training command that continues `workdir` with K = 1 from `out_dir`'s cleaning."""
+  import shlex
+  run = os.path.normpath(workdir)
+  return ' '.join([
+      'python -m arcface_jax.train', '--config', shlex.quote(f'configs/from_run.py:{run}'),
+      '--workdir', shlex.quote(f'{run}_k1'), '--config.loss.name=arcface',
+      '--config.head.subcenters=1',
+      shlex.quote('--config.head.init_centres=' + os.path.join(out_dir, 'dominant_centres.npy')),
+      shlex.quote('--config.data.exclude=' + os.path.join(out_dir, 'exclude.txt'))])
 
 
 if __name__ == '__main__':

@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.val_fraction = 0.0
   data.test_fraction = 0.0
   data.split_seed = 0  # which identities/images are held out (independent of config.seed)
+  # A file listing training images to leave out ('' = none): indices into the training split
+  # (or folder-relative paths), e.g. the flagged.tsv of python -m arcface_jax.subcenter_clean.
+  data.exclude = ''
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()

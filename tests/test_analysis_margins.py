@@ -75,5 +75,19 @@ def test_loss_table_summary_and_files(tmp_path):
   row = '| arcface | name=arcface | ArcFace, Deng et al., CVPR 2019 | 85.00 ± 5.00 | 40.00 ± 10.00 |'
   assert row in text
   assert os.path.getsize(os.path.join(tmp_path, 'loss_table.png')) > 10_000
+  # CPU time beside the wall time ('—' where a run has none), the total, and what is missing.
+  results[0]['cpu_seconds'], results[1]['cpu_seconds'] = 30.0, 50.0
+  path = loss_table.write_table(results, 'configs/toy.py:3d', 400, 2, str(tmp_path),
+                                losses=['arcface', 'magface'], runs_dir='somewhere')
+  text = open(path).read()
+  assert '| 2 | 10 | 40 |' in text and '| 1 | 7 | — |' in text  # arcface, magface rows
+  assert 'wall time 0.5 min, CPU time 1.3 min (2 runs timed)' in text
+  assert 'Partial: 3 of 4 runs' in text and 'missing: magface seed 1' in text
+  assert '--runs somewhere' in text
+  # A later invocation keeps these runs (their directories are gone: marked) until retrained.
+  earlier = loss_table.earlier_results(str(tmp_path), 'configs/toy.py:3d', 400)
+  assert [(r['loss'], r['seed'], r['earlier']) for r in earlier] == [
+      ('arcface', 0, True), ('arcface', 1, True), ('magface', 0, True)]
+  assert loss_table.earlier_results(str(tmp_path), 'configs/toy.py:3d', 200) == []
   with pytest.raises(SystemExit):
     loss_table.main(['--config', 'configs/nothing.py', '--seeds', '1'])

@@ -130,11 +130,23 @@ def test_dense_model_parallel_and_partial_fc_agree(case, mesh):
     assert any(np.any(v != STATES[case][key]) for key, v in got[1]['margin'].items())
 
 
-def test_chunked_head_refuses_row_margins_with_a_clear_error(mesh):
-  config = _config('adaface')
-  config.head.chunk = 8
-  with pytest.raises(ValueError, match='head.chunk=0'):
-    losses.from_config(config, num_classes=13, mesh=mesh)
+@pytest.mark.parametrize('case', ['curricularface', 'magface', 'adaface', 'elasticface_cos_plus'])
+def test_chunked_head_agrees_with_the_dense_head(case, mesh):
+  """The chunked online softmax (16 centres a device in blocks of 5, the last block shifted onto
+  the one before) binds the rows prepared over the global batch: the same loss, gradients (MagFace's
+  through m(‖x‖) included), new state and, for ElasticFace, draws as the dense head."""
+  config = _config(case)
+  config.head.chunk = 5
+  chunked = losses.from_config(config, num_classes=13, mesh=mesh)
+  assert isinstance(chunked, parallel.ModelParallelObjective) and chunked.chunk == 5
+  dense = losses.build_objective(config.loss, num_classes=13, embedding_dim=DIM)
+  w, x, y = _inputs(13, 1, seed=2)
+  padded = np.concatenate([w, np.zeros((128 - 13, DIM), np.float32)])
+  rng = jax.random.key(7)
+  want = _run(dense, w, _state(dense, case), x, y, rng)
+  got = _run(chunked, padded, _state(chunked, case), x, y, rng)
+  assert not got[2][13:].any()
+  _assert_same((got[0], got[1], got[2][:13], got[3]), want)
 
 
 @pytest.mark.parametrize('model_parallel', [False, True])

@@ -38,7 +38,7 @@ def test_clean_matches_a_brute_force():
   assert 0 < got['flagged'].sum() < 60
 
 
-def test_command_on_a_tiny_run_and_continue_with_one_centre(tmp_path):
+def test_command_on_a_tiny_run_and_continue_with_one_centre(tmp_path, capsys):
   config = load_config(os.path.join(REPO, 'configs', 'toy.py') + ':3d,tiny')
   config.loss.name = 'subcenter'
   config.data.data_dir = str(tmp_path / 'data')
@@ -57,6 +57,20 @@ def test_command_on_a_tiny_run_and_continue_with_one_centre(tmp_path):
   assert angles == sorted(angles, reverse=True) and min(angles) >= 20.0  # written to 0.01°
   dominant = np.load(os.path.join(out, 'dominant_centres.npy'))
   assert dominant.shape == (10, 3)
+  # The printed continue command: the run's own config, K = 1, without the flagged images.
+  command = capsys.readouterr().out.splitlines()[-1]
+  assert command == subcenter_clean.continue_command(workdir, out)
+  assert '--config.head.subcenters=1' in command and '--config.loss.name=arcface' in command
+  with open(os.path.join(out, 'exclude.txt')) as f:
+    excluded = [int(line) for line in f if not line.startswith('#')]
+  assert excluded == sorted(int(line.split('\t')[0]) for line in lines[1:])
+  from arcface_jax.data import sources
+  continued = load_config(os.path.join(REPO, 'configs', 'from_run.py') + ':' + workdir)
+  continued.data.exclude = os.path.join(out, 'exclude.txt')
+  assert continued.loss.name == 'subcenter' and continued.train.num_steps == 6
+  source = sources.get_train_source(continued.data)
+  assert len(source) == summary['images'] - summary['flagged']
+  assert not set(excluded) & set(source.kept.tolist())
 
   # Continue with K = 1 from the dominant sub-centres, dense and model-parallel.
   config.loss.name = 'arcface'

@@ -4,6 +4,7 @@
 on first use), 'recordio' (train.rec + train.idx), 'folder' (a sub-folder per identity) or
 'tfds' (any TFDS dataset with `image` and `label` features, read through `tfds.data_source`);
 'digits' is scikit-learn's ten-class toy of the analysis figures (`data/digits.py`).
+`config.data.exclude` leaves listed images out of the training split of any of them.
 
 The protocol every source follows (and the input pipeline relies on): `len(src)`, `src[i]` →
 (image uint8 (H, W, 3) RGB, int label), `src.num_classes`; one unreadable sample raises
@@ -46,8 +47,14 @@ def _require_path(data_config: ml_collections.ConfigDict) -> str:
 
 
 def get_train_source(data_config: ml_collections.ConfigDict) -> Source:
-  """The training split named by `data_config` (`config.data`)."""
-  return get_source(data_config, 'train')
+  """The training split named by `data_config` (`config.data`), without the images listed in
+  `config.data.exclude` (see `data/exclude.py`) when it names a file."""
+  source = get_source(data_config, 'train')
+  exclude = data_config.get('exclude', '')  # configs saved before the key existed lack it
+  if exclude:
+    from arcface_jax.data.exclude import exclude_images
+    source = exclude_images(source, exclude)
+  return source
 
 
 def get_source(data_config: ml_collections.ConfigDict, split: str = 'train') -> Source:

@@ -13,6 +13,13 @@ the columns in blocks of `chunk` with an online max/sum and a hand-written backw
 recomputes each block's logits, so no (B, S) array exists in either pass; the peak extra memory
 is a few (B, chunk) blocks. The margin's own derivative still comes from autodiff (jax.vjp of one
 block), so every margin, straight-through included, works unchanged.
+
+Margins with per-row parameters (`margin.prepare`: CurricularFace's t and threshold, MagFace's
+and AdaFace's norm-dependent margins, ElasticFace's draws) pass them as `rows`, computed once
+over the global batch before the block loop: every block binds the same rows, so chunking changes
+neither the state nor the draws. Rows are an input of the hand-written backward like x and w, so
+a row parameter that depends on the features (MagFace's m(‖x‖)) gets its gradient, summed over
+the blocks.
 """
 from __future__ import annotations
 
@@ -112,9 +119,14 @@ def _block(k: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array, widt
   return start, w_k, labels_k, valid_k
 
 
-def _chunked_forward(x_n, w, labels, valid, margin, chunk):
+def _bind(margin: Any, rows: dict[str, jax.Array]) -> Any:
+  return margin.bind(rows) if rows else margin
+
+
+def _chunked_forward(x_n, w, labels, valid, rows, margin, chunk):
   num_blocks, width = _blocks(w.shape[0], chunk)
   batch = x_n.shape[0]
+  margin = _bind(margin, rows)
 
   def step(carry, k):
     m, total, target, cos_target, hardest = carry
@@ -140,50 +152,58 @@ def _chunked_forward(x_n, w, labels, valid, margin, chunk):
   return lse, target, cos_target, hardest
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _chunked(x_n, w, labels, valid, margin, chunk):
-  return _chunked_forward(x_n, w, labels, valid, margin, chunk)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _chunked(x_n, w, labels, valid, rows, margin, chunk):
+  return _chunked_forward(x_n, w, labels, valid, rows, margin, chunk)
 
 
-def _chunked_fwd(x_n, w, labels, valid, margin, chunk):
-  out = _chunked_forward(x_n, w, labels, valid, margin, chunk)
+def _chunked_fwd(x_n, w, labels, valid, rows, margin, chunk):
+  out = _chunked_forward(x_n, w, labels, valid, rows, margin, chunk)
   # Residuals are the inputs and the (B,) lse: the backward recomputes the blocks.
-  return out, (x_n, w, labels, valid, out[0])
+  return out, (x_n, w, labels, valid, rows, out[0])
 
 
 def _chunked_bwd(margin, chunk, residuals, cotangents):
-  x_n, w, labels, valid, lse = residuals
+  x_n, w, labels, valid, rows, lse = residuals
   g_lse, g_target = cotangents[0], cotangents[1]
   num_blocks, width = _blocks(w.shape[0], chunk)
   lse_shift = _finite_or_zero(lse)
 
   def step(carry, k):
-    dx, dw = carry
+    dx, dw, d_rows = carry
     start, w_k, labels_k, valid_k = _block(k, w, labels, valid, width)
-    block_logits = lambda x, wk: _logits(x, wk, labels_k, valid_k, margin)[1]
-    logits, pullback = jax.vjp(block_logits, x_n, w_k)
+    block_logits = lambda x, wk, r: _logits(x, wk, labels_k, valid_k, _bind(margin, r))[1]
+    logits, pullback = jax.vjp(block_logits, x_n, w_k, rows)
     # d lse / d logit_j = softmax_j over this device's columns (0 on masked, −inf, columns).
     g_logits = g_lse[:, None] * jnp.exp(logits - lse_shift[:, None])
     g_logits = g_logits + jnp.where(_is_target(labels_k, width), g_target[:, None], 0.0)
-    dx_k, dw_k = pullback(g_logits.astype(logits.dtype))
+    dx_k, dw_k, d_rows_k = pullback(g_logits.astype(logits.dtype))
     # Add, not overwrite: the shifted last block overlaps the one before, whose rows it leaves at
     # a zero gradient (their columns are masked in this block).
     dw = jax.lax.dynamic_update_slice_in_dim(
         dw, jax.lax.dynamic_slice_in_dim(dw, start, width, axis=0) + dw_k, start, axis=0)
-    return (dx + dx_k, dw), None
+    return (dx + dx_k, dw, jax.tree.map(jnp.add, d_rows, d_rows_k)), None
 
   inputs = (x_n, w, labels, valid, g_lse, g_target)
-  init = (_varying_like(jnp.zeros_like(x_n), *inputs), _varying_like(jnp.zeros_like(w), *inputs))
-  (dx, dw), _ = jax.lax.scan(step, init, jnp.arange(num_blocks))
-  return dx, dw, None, None
+  zeros = lambda v: _varying_like(jnp.zeros_like(v), *inputs)
+  init = (zeros(x_n), zeros(w), jax.tree.map(zeros, rows))
+  (dx, dw, d_rows), _ = jax.lax.scan(step, init, jnp.arange(num_blocks))
+  return dx, dw, None, None, d_rows
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def chunked_local_stats(x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
-                        margin: Any, chunk: int) -> Stats:
-  """`local_stats` computed `chunk` columns at a time, forward and backward (see module doc)."""
+                        margin: Any, chunk: int, rows: dict[str, jax.Array] | None = None
+                        ) -> Stats:
+  """`local_stats` computed `chunk` columns at a time, forward and backward (see module doc).
+
+  rows: a row margin's per-row parameters over this batch (`margin.prepare`), bound in every
+  block; `margin` is then the unbound margin."""
   if chunk <= 0:
     raise ValueError(f'chunk={chunk} must be positive (0 means unchunked: use local_stats)')
-  return _chunked(x_n, w, labels, valid, margin, int(chunk))
+  # Varying like the features: inside shard_map their cotangent is per device, and the
+  # transpose of this cast sums it over the devices (as autodiff does for the unchunked path).
+  rows = jax.tree.map(lambda r: _varying_like(r, x_n, w), dict(rows or {}))
+  return _chunked(x_n, w, labels, valid, rows, margin, int(chunk))

@@ -114,9 +114,6 @@ class ModelParallelObjective:
       raise ValueError(f'config.head.sample_rate={self.sample_rate} must be in (0, 1]')
     if self.chunk < 0:
       raise ValueError(f'config.head.chunk={self.chunk} must be >= 0 (0 = unchunked)')
-    if self.chunk and not isinstance(margin, margins.Stateless):
-      raise ValueError(f'loss.name={loss_config.name!r} has per-row margin parameters and does '
-                       f'not run chunked: set config.head.chunk=0 (got {self.chunk})')
 
   @property
   def num_padded_classes(self) -> int:

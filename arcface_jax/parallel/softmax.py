@@ -19,8 +19,9 @@ matrix (head.py) so that no step copies it.
 
 Margins with per-row parameters (CurricularFace's t and threshold, MagFace's and AdaFace's
 norm-dependent margins, ElasticFace's draws) get them from the caller as `margin_rows`, computed
-once over the global batch (head.py), and every device binds them (`margin.bind(rows)`), so the
-result never depends on how the batch or the classes are split.
+once over the global batch (head.py), and every device binds them (`margin.bind(rows)`; the
+chunked path binds them in every block), so the result never depends on how the batch or the
+classes are split.
 
 SphereFace's A-softmax scales each row by its feature norm and anneals a blend with the training
 step; it is not offered here (a clear ValueError) — train it with head.model_parallel=False, or
@@ -64,7 +65,6 @@ def check_margin(margin: Any) -> None:
 def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, num_sample, chunk,
                  axis):
   """The per-device body run by shard_map (see the module docstring for the steps)."""
-  margin = margin.bind(rows) if rows else margin
   x = jax.lax.all_gather(x_local, axis, tiled=True)
   y = jax.lax.all_gather(y_local, axis, tiled=True)
   num_local = w_local.shape[0]
@@ -86,11 +86,12 @@ def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, n
 
   x_n = chunked.l2_normalize(x)
   if chunk and chunk < w_used.shape[0]:
-    stats = chunked.chunked_local_stats(x_n, w_used, labels, valid, margin, chunk)
-  elif fused.supports(margin, w_used):
+    stats = chunked.chunked_local_stats(x_n, w_used, labels, valid, margin, chunk, rows=rows)
+  elif not rows and fused.supports(margin, w_used):
     stats = fused.fused_local_stats(x_n, w_used, labels, valid, margin)
   else:
-    stats = chunked.local_stats(x_n, w_used, labels, valid, margin)
+    stats = chunked.local_stats(x_n, w_used, labels, valid,
+                                margin.bind(rows) if rows else margin)
   lse_local, target_local, cos_target_local, hardest_local = stats
 
   # Global log-sum-exp: shift by the largest device's value (pmax has no derivative, and the
@@ -124,8 +125,7 @@ def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, 
   size. sample_rate < 1 needs `key` (fold the step into it for a fresh draw each step).
   chunk > 0: columns per block of the online softmax (bounded memory, recomputed backward).
   margin_rows: the margin's per-row parameters over the global batch (`margin.prepare`), bound on
-  every device; not with chunk > 0 (the chunked backward differentiates the centres and features
-  only).
+  every device (and in every block when chunked).
   """
   check_margin(margin)
   num_devices = mesh.shape[axis]
@@ -147,9 +147,6 @@ def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, 
     key = jax.random.wrap_key_data(key)
 
   rows = dict(margin_rows or {})
-  if rows and chunk:
-    raise ValueError('a margin with per-row parameters (curricularface, magface, adaface, '
-                     'elasticface_*) does not run chunked: set head.chunk=0')
   body = functools.partial(_device_loss, margin=margin, num_classes=num_classes,
                            num_sample=num_sample, chunk=int(chunk), axis=axis)
   run = jax.shard_map(body, mesh=mesh,
