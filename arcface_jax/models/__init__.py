@@ -83,8 +83,9 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The backbone of `config` as a run of that config starts: drawn from its seed's 'params' key,
   the same weights the trainer starts from (before config.model.init_from replaces them)."""
   from arcface_jax import seeding
-  return init_variables(from_config(config), seeding.keys(config)['params'],
-                        config.data.image_size)
+  model, size = from_config(config), config.data.image_size
+  # Jitted as the trainer's initialisation is: one compilation, not one per operation.
+  return jax.jit(lambda key: init_variables(model, key, size))(seeding.keys(config)['params'])
 
 
 def abstract_variables(model: nn.Module, image_size: int) -> dict[str, Any]:
