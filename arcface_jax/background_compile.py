@@ -5,10 +5,11 @@ back in Python: a SIGTERM that arrives during a minutes-long first compile would
 only after it. Here the main thread waits on the compiling thread in short slices, checking the
 stop flag between them, and abandons the compilation when it is set.
 
-An abandoned compilation keeps its (daemon) thread busy. Interpreter shutdown would wait in JAX's
-exit hook for it and then abort (a thread unwound inside C++), so a process that is exiting while
-one runs ends at once with `os._exit`, after flushing its logs and streams, with status 0: being
-told to stop and stopping is the expected outcome; an uncaught exception before that gives 1.
+An abandoned compilation keeps its daemon thread busy until XLA is done. Interpreter shutdown
+with it still running would wait in JAX's exit hook and then abort (the thread is unwound inside
+C++), so an exit hook waits for it instead: the exit status stays right, the exit is late. A
+command-line entry point, which knows its exit status, calls `exit_now_if_abandoned(status)` to
+end the process at once instead (`os._exit` after flushing the logs and streams).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from absl import logging
 
 _POLL_S = 0.1
 _abandoned: list[threading.Thread] = []
-_failed_after_abandoning = False
 
 
 class BackgroundCompile:
@@ -72,20 +72,24 @@ class BackgroundCompile:
 
   def _abandon(self) -> None:
     if not _abandoned:
-      atexit.register(_exit_now_if_still_compiling)  # after JAX's hooks: runs before them
-      previous = sys.excepthook
-
-      def note_failure(*args: Any) -> None:
-        global _failed_after_abandoning
-        _failed_after_abandoning = True
-        previous(*args)
-
-      sys.excepthook = note_failure
+      atexit.register(_wait_for_abandoned)  # registered after JAX's hooks: runs before them
     _abandoned.append(self._thread)
 
 
-def _exit_now_if_still_compiling() -> None:
-  if not any(thread.is_alive() for thread in _abandoned):
+def _still_compiling() -> list[threading.Thread]:
+  return [thread for thread in _abandoned if thread.is_alive()]
+
+
+def _wait_for_abandoned() -> None:
+  if _still_compiling():
+    logging.info('waiting for an abandoned compilation to finish before exiting')
+  for thread in _still_compiling():
+    thread.join()
+
+
+def exit_now_if_abandoned(status: int) -> None:
+  """Ends the process now with `status` when an abandoned compilation still runs (else returns)."""
+  if not _still_compiling():
     return
   logging_std.shutdown()  # flushes absl's handlers too
   for stream in (sys.stdout, sys.stderr):
@@ -93,4 +97,4 @@ def _exit_now_if_still_compiling() -> None:
       stream.flush()
     except (OSError, ValueError):
       pass
-  os._exit(1 if _failed_after_abandoning else 0)  # pylint: disable=protected-access
+  os._exit(status)  # pylint: disable=protected-access

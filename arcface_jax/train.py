@@ -60,7 +60,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
-  from arcface_jax import distributed, trainer
+  from arcface_jax import background_compile, distributed, trainer
   from arcface_jax.checkpointing import CheckpointError
   from arcface_jax.data.errors import DatasetError
   from arcface_jax.workdir_lock import WorkdirLockedError
@@ -75,6 +75,8 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(2)
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
+    # Stopped by a signal while the step compiled: exit now, not once XLA has finished.
+    background_compile.exit_now_if_abandoned(0)
   except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError, FileNotFoundError,
           CheckpointError, WorkdirLockedError, WorkdirWriteError) as e:
     logging.error('%s', e)
