@@ -218,7 +218,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         state, metrics = train_step(state, next(batches))
         step += 1
         if step == first_step + 1:
-          reporter.restart_clock(step)  # the first step's time is compilation
+          reporter.restart_clock(step)  # the first step's time is start-up, not throughput
           reporter.add(step, metrics)
         elif reporter.add(step, metrics) is not None:
           divergence.check(state, step)
@@ -267,11 +267,16 @@ def _compile_ahead(train_step, state: TrainState, config: ml_collections.ConfigD
   state_spec = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding, weak_type=x.weak_type),
       state)
-  logging.info('compiling the train step (%s, batch %d of %dx%d images); a large model takes '
-               'minutes on the first run, the compilation cache serves later ones',
-               config.model.name, batch, size, size)
-  compiling = BackgroundCompile(lambda: train_step.lower(state_spec, batch_spec).compile(),
-                                'the train step')
+  # Tracing holds the interpreter for long stretches, so a signal meanwhile is seen when it ends;
+  # XLA's compilation, often minutes, runs with the interpreter free.
+  logging.info('tracing the train step (%s, batch %d of %dx%d images)', config.model.name, batch,
+               size, size)
+  lowered = train_step.lower(state_spec, batch_spec)
+  if abandon():
+    return None
+  logging.info('compiling the train step; a large model takes minutes on the first run, the '
+               'compilation cache serves later ones')
+  compiling = BackgroundCompile(lowered.compile, 'the train step')
   compiled = compiling.wait(abandon)
   if compiled is None:
     return None
