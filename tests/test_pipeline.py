@@ -61,6 +61,7 @@ def test_batches_are_uint8_pixels_as_read():
 
 def test_device_normalisation_matches_float64():
   import jax
+
   from arcface_jax.data.normalise import normalise_images
   images = np.random.default_rng(0).integers(0, 256, (4, 3, 3, 3), dtype=np.uint8)
   mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
