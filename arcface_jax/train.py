@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
   # Imported here so that `--help` and argument errors do not pay for importing JAX.
-  from arcface_jax import distributed, trainer
+  from arcface_jax import background_compile, distributed, trainer
   from arcface_jax.checkpointing import CheckpointError
   from arcface_jax.data.errors import DatasetError
   from arcface_jax.workdir_lock import WorkdirLockedError
@@ -72,6 +72,8 @@ def main(args: argparse.Namespace) -> None:
   distributed.initialize_if_launched()
   try:
     trainer.train_and_evaluate(args.config, args.workdir)
+    # Stopped by a signal while the step compiled: exit now, not once XLA has finished.
+    background_compile.exit_now_if_abandoned(0)
   except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError, FileNotFoundError,
           CheckpointError, WorkdirLockedError, WorkdirWriteError) as e:
     logging.error('%s', e)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from arcface_jax import optim
+from arcface_jax.data.normalise import normalise_images
 from arcface_jax.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -26,19 +27,26 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, dropout_key: jax.Array
+                    schedule: optax.Schedule, dropout_key: jax.Array, *,
+                    image_mean: Any = 127.5, image_std: Any = 127.5
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """The pure train step; the caller jits it with its shardings."""
+  """The pure train step; the caller jits it with its shardings.
+
+  The batch's uint8 images (the input pipeline's) are normalised here, (x − image_mean) /
+  image_std (config.data.mean/std), so that they cross to the devices as uint8; floating-point
+  images are taken as normalised already.
+  """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     labels = batch['label']
+    images = normalise_images(batch['image'], image_mean, image_std)
     dropout_rng = jax.random.fold_in(dropout_key, state.step)
     # The step's key for the objective (ElasticFace's margin draws), apart from dropout's.
     head_rng = jax.random.fold_in(dropout_rng, 0x6D617267)
 
     def loss_fn(params):
       embeddings, new_model_state = model.apply(
-          {'params': params['backbone'], 'batch_stats': state.batch_stats}, batch['image'],
+          {'params': params['backbone'], 'batch_stats': state.batch_stats}, images,
           train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
       # Margins and softmax run in fp32 whatever the trunk's dtype.
       embeddings = embeddings.astype(jnp.float32)

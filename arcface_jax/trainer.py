@@ -1,11 +1,15 @@
 """`train_and_evaluate(config, workdir)`: the training loop every entry point and test calls.
 
-One jitted step with donated state, the global batch sharded over the mesh's `data` axis, periodic
-asynchronous checkpoints, resume from the latest checkpoint of the workdir at the same data
-position, a clean save-and-exit on SIGTERM/SIGINT, and verification during training.
+One jitted step with donated state, the global batch sharded over the mesh's `data` axis (uint8
+images, normalised in the step, sent to the devices a batch ahead), periodic asynchronous
+checkpoints, resume from the latest checkpoint of the workdir at the same data position, a clean
+save-and-exit on SIGTERM/SIGINT (at once while the step is still compiling), and verification
+during training. Nothing in the loop waits for the device except the reports every
+`config.train.log_every` steps and the checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable
 
@@ -16,6 +20,7 @@ from absl import logging
 
 from arcface_jax import (config_checks, freezing, init_from, losses, models, optim, parallel,
                          paths, reporting, seeding, workdir_lock, write_errors)
+from arcface_jax.background_compile import BackgroundCompile
 from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
 from arcface_jax.data import pipeline, sources
 from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
@@ -89,9 +94,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
   prepare_workdir(workdir)
-  with workdir_lock.hold(workdir):  # one training process per workdir
+  # One training process per workdir; `run_scope` holds what `_train` sets up until it ends.
+  with workdir_lock.hold(workdir), contextlib.ExitStack() as run_scope:
     try:
-      return _train(config, workdir, mesh, step_callback)
+      return _train(config, workdir, mesh, step_callback, run_scope)
     except write_errors.WorkdirWriteError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # a failed write, wherever it surfaced
@@ -102,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-           step_callback: Callable[[int], None] | None) -> TrainState:
+           step_callback: Callable[[int], None] | None,
+           run_scope: contextlib.ExitStack) -> TrainState:
   reporting.write_config(workdir, config)
   keys = seeding.keys(config)  # the run's one root key, split by purpose
 
@@ -112,8 +119,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   per_identity = config.data.images_per_identity
   loader = pipeline.TrainLoader(
       source, global_batch_size=config.train.batch_size, seed=seeding.integer_seed(keys['data']),
-      image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
-      flip=config.data.flip, rotation_degrees=config.data.rotation_degrees,
+      image_size=config.data.image_size, flip=config.data.flip,
+      rotation_degrees=config.data.rotation_degrees,
       color_jitter=config.data.color_jitter, low_resolution_prob=config.data.low_resolution_prob,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_workers=config.data.num_workers, prefetch=config.data.prefetch,
@@ -159,10 +166,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   train_step = jax.jit(
       make_train_step(freezing.for_training(model, config.train, abstract_state.params,
                                             abstract_state.batch_stats),
-                      objective, tx, schedule, keys['dropout']),
+                      objective, tx, schedule, keys['dropout'], image_mean=config.data.mean,
+                      image_std=config.data.std),
       in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
-  train_step = _compile_ahead(train_step, state, config, mesh)
+  # From here a stop signal is a flag the run checks, while the step compiles too; during the
+  # setup above it still ends the process at once (nothing can be lost there).
+  preempted = run_scope.enter_context(PreemptionFlag())
+  train_step = _compile_ahead(train_step, state, config, mesh, preempted)
+  if train_step is None:
+    # Before the first step the workdir holds all there is: the restored checkpoint, or nothing
+    # worth saving (the initial state is a function of the seed and config.model.init_from).
+    logging.warning('stopped by a signal while compiling the train step, before the first step '
+                    'at step %d: nothing to save; start the same command again to %s',
+                    int(jax.device_get(state.step)),
+                    'resume' if checkpointer.latest_step() is not None else 'begin')
+    checkpointer.close()
+    return state
   periodic_evaluators = evaluators.for_training(config, workdir)
   embed = jax.jit(models.make_embed_fn(model))
   first_step = int(jax.device_get(state.step))
@@ -182,14 +202,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
 
   step = first_step
   try:
-    with PreemptionFlag() as preempted:
-      batches = loader.iterate(first_step)
+    # Each batch's transfer is issued before the previous step's results are needed.
+    with contextlib.closing(pipeline.prefetch_to_device(
+        loader.iterate(first_step), functools.partial(parallel.global_batch, mesh))) as batches:
       while step < total:
-        batch = parallel.global_batch(mesh, next(batches))
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, next(batches))
         step += 1
         if step == first_step + 1:
-          reporter.restart_clock(step)  # the first step's time is compilation
+          reporter.restart_clock(step)  # the first step's time is start-up, not throughput
           reporter.add(step, metrics)
         elif reporter.add(step, metrics) is not None:
           divergence.check(state, step)
@@ -218,24 +238,46 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
 
 
 def _compile_ahead(train_step, state: TrainState, config: ml_collections.ConfigDict,
-                   mesh: jax.sharding.Mesh):
-  """Compiles the step before the first batch and logs its per-device memory.
+                   mesh: jax.sharding.Mesh, preempted: PreemptionFlag):
+  """Compiles the step before the first batch and logs its per-device memory; None when a stop
+  signal arrives first.
 
   An out-of-memory configuration then fails here, before any data is read, and the log says how
-  much each device needs.
+  much each device needs. The compilation runs on a background thread so that a signal is
+  honoured within a fraction of a second, not after a compile of minutes. With several processes
+  it is not abandoned: they must agree on the step to stop at (`_stop_requested`).
   """
+  abandon = lambda: preempted.is_set and jax.process_count() == 1
+  if abandon():  # the signal came during the setup
+    return None
   size, batch = config.data.image_size, config.train.batch_size
   sharding = parallel.batch_sharding(mesh)
-  batch_spec = {
-      'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=sharding),
+  batch_spec = {  # the pipeline's uint8 images; the step normalises them
+      'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding),
       'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)}
-  compiled = train_step.lower(state, batch_spec).compile()
+  state_spec = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding, weak_type=x.weak_type),
+      state)
+  # Tracing holds the interpreter for long stretches, so a signal meanwhile is seen when it ends;
+  # XLA's compilation, often minutes, runs with the interpreter free.
+  logging.info('tracing the train step (%s, batch %d of %dx%d images)', config.model.name, batch,
+               size, size)
+  lowered = train_step.lower(state_spec, batch_spec)
+  if abandon():
+    return None
+  logging.info('compiling the train step; a large model takes minutes on the first run, the '
+               'compilation cache serves later ones')
+  compiling = BackgroundCompile(lowered.compile, 'the train step')
+  compiled = compiling.wait(abandon)
+  if compiled is None:
+    return None
   memory = compiled.memory_analysis()
   if memory is not None:
     mib = lambda n: n / 2**20
-    logging.info('compiled train step, per device: arguments %.1f MiB, outputs %.1f MiB, '
-                 'temporaries %.1f MiB', mib(memory.argument_size_in_bytes),
-                 mib(memory.output_size_in_bytes), mib(memory.temp_size_in_bytes))
+    logging.info('compiled the train step in %.1f s, per device: arguments %.1f MiB, outputs '
+                 '%.1f MiB, temporaries %.1f MiB', compiling.seconds,
+                 mib(memory.argument_size_in_bytes), mib(memory.output_size_in_bytes),
+                 mib(memory.temp_size_in_bytes))
   return compiled
 
 

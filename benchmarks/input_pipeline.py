@@ -1,4 +1,4 @@
-"""Input pipeline throughput (issue #5): images/s of read → decode → flip → normalise → batch.
+"""Input pipeline throughput (issue #5): images/s of read → decode → flip → batch (uint8).
 
   .venv/bin/python benchmarks/input_pipeline.py [--images=4096] [--size=112] [--batch=128]
       [--batches=24] [--workers=0,1,2] [--runs=3]
@@ -141,7 +141,7 @@ def main(args) -> None:
 
     def make_loader(workers: int) -> TrainLoader:
       return TrainLoader(source, global_batch_size=args.batch, seed=0, image_size=args.size,
-                         mean=127.5, std=127.5, flip=True, num_workers=workers, prefetch=2)
+                         flip=True, num_workers=workers, prefetch=2)
     reference = [make_loader(0).batch(step)['label'] for step in range(4 + args.batches)]
     for workers in (int(w) for w in args.workers):
       runs = [loader_run(make_loader(workers), args.batches, reference)

@@ -1,17 +1,20 @@
 """Train-step throughput, and the training loop's overhead over the bare jitted step.
 
-  .venv/bin/python benchmarks/train_step.py [--config configs/synthetic.py] [--steps 60] [--runs 3]
+  .venv/bin/python benchmarks/train_step.py [--config configs/synthetic.py] [--window 20]
+      [--windows 12] [--warmup 20]
 
-Bare step: the jitted train step over batches already on the device, timed to the last result.
-Loop: `train_and_evaluate` itself (input pipeline, host-to-device transfer, metric bookkeeping,
-checkpoint policy), timed between two steps at which the device has caught up (after warm-up, so
-compilation is excluded). Evaluation and periodic checkpoints are off in both. Bare and loop run
-back to back in each run and the overhead is the median of the per-run ratios.
+One `train_and_evaluate` run (input pipeline, host-to-device transfer, metric reports every
+`window` steps, divergence checks, checkpoint policy) whose step callback, at each report (where
+the loop has just synced with the device), times `window` steps of the bare jitted step: the same
+step function, compiled alone, over uint8 batches already on the device, timed to its last result.
+The loop's window is the time from the end of one bare window to the next report. Bare and loop
+windows thus alternate every few seconds, so a shared machine's changing load falls on both; the
+overhead is the median of the per-window ratios loop / bare − 1. Evaluation and periodic
+checkpoints are off. The last line is `RESULT loop_overhead=<fraction> ...`.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
@@ -19,7 +22,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,58 +32,68 @@ from arcface_jax.train_state import create_train_state  # noqa: E402
 from arcface_jax.train_step import make_train_step  # noqa: E402
 
 
-def bare_step_seconds(config, mesh, batches, steps: int) -> float:
-  source = sources.get_train_source(config.data)
-  num_classes = config.data.num_classes or source.num_classes
-  model = models.from_config(config)
-  objective = losses.build_objective(config.loss, num_classes=num_classes,
-                                     embedding_dim=config.model.embedding_dim,
-                                     init_std=config.head.init_std)
-  schedule = optim.make_schedule(config.train)
-  tx = optim.make_optimizer(config.train)
-  state = jax.jit(lambda k: create_train_state(k, model, objective, tx, config.data.image_size),
-                  out_shardings=parallel.replicated(mesh))(seeding.keys(0))
-  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                 out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-                 donate_argnums=(0,))
-  device_batches = [parallel.global_batch(mesh, b) for b in batches]
-  for b in device_batches[:3]:  # compile and warm up
-    state, metrics = step(state, b)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for i in range(steps):
-    state, metrics = step(state, device_batches[i % len(device_batches)])
-  jax.block_until_ready((state, metrics))
-  return (time.perf_counter() - start) / steps
+class BareStep:
+  """The trainer's step function over batches already on the device (uint8, normalised inside)."""
+
+  def __init__(self, config, mesh, host_batches):
+    num_classes = config.data.num_classes or sources.get_train_source(config.data).num_classes
+    model = models.from_config(config)
+    objective = losses.from_config(config, num_classes=num_classes, mesh=mesh)
+    tx, schedule = optim.from_config(config)
+    replicated = parallel.replicated(mesh)
+    keys = seeding.keys(config)  # the trainer's keys: the same initial weights
+    self.state = jax.jit(
+        lambda keys: create_train_state(keys, model, objective, tx, config.data.image_size),
+        out_shardings=replicated)(keys)
+    self.step = jax.jit(
+        make_train_step(model, objective, tx, schedule, keys['dropout'],
+                        image_mean=config.data.mean,
+                        image_std=config.data.std),
+        in_shardings=(replicated, parallel.batch_sharding(mesh)),
+        out_shardings=(replicated, replicated), donate_argnums=(0,))
+    self.batches = [parallel.global_batch(mesh, b) for b in host_batches]
+    assert self.batches[0]['image'].dtype == 'uint8'
+    self.seconds_per_step(3)  # compile and warm up
+
+  def seconds_per_step(self, steps: int) -> float:
+    start = time.perf_counter()
+    for i in range(steps):
+      self.state, metrics = self.step(self.state, self.batches[i % len(self.batches)])
+    jax.block_until_ready((self.state, metrics))
+    return (time.perf_counter() - start) / steps
 
 
-def loop_seconds(config, mesh, steps: int, warmup: int = 20) -> float:
-  """Per-step time of `train_and_evaluate` between steps `warmup` and `warmup + steps`.
+def measure(config, mesh, bare: BareStep, *, window: int, windows: int,
+            warmup: int) -> tuple[list[float], list[float]]:
+  """(loop, bare) seconds per step of each window, alternating inside one training run."""
+  if warmup % window:
+    raise SystemExit(f'--warmup {warmup} must be a multiple of --window {window}')
+  config.train.num_steps = warmup + windows * window
+  config.train.log_every = window  # the reporter syncs with the device at every window's end
+  loop_s, bare_s = [], []
+  window_start = None
 
-  The reporter fetches metrics (a device sync) every `warmup` steps, just before the step
-  callback runs, so both timestamps are taken with the device caught up.
-  """
-  config.train.num_steps = warmup + steps
-  config.train.log_every = warmup
-  assert steps % warmup == 0
-  stamps = {}
-
-  def stamp(step):
-    if step in (warmup, warmup + steps):
-      stamps[step] = time.perf_counter()
+  def at_step(step: int) -> None:
+    nonlocal window_start
+    if step % window or step < warmup:
+      return
+    if window_start is not None:
+      loop_s.append((time.perf_counter() - window_start) / window)
+    if step < config.train.num_steps:
+      bare_s.append(bare.seconds_per_step(window))
+      window_start = time.perf_counter()
 
   with tempfile.TemporaryDirectory() as workdir:
-    trainer.train_and_evaluate(config, workdir, mesh=mesh, step_callback=stamp)
-  return (stamps[warmup + steps] - stamps[warmup]) / steps
+    trainer.train_and_evaluate(config, workdir, mesh=mesh, step_callback=at_step)
+  return loop_s, bare_s[:len(loop_s)]
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='configs/synthetic.py')
-  parser.add_argument('--steps', type=int, default=60, help='a multiple of 20')
-  parser.add_argument('--runs', type=int, default=3)
+  parser.add_argument('--window', type=int, default=20, help='steps per timed window')
+  parser.add_argument('--windows', type=int, default=12, help='timed windows of each kind')
+  parser.add_argument('--warmup', type=int, default=20, help='loop steps before the first window')
   args = parser.parse_args()
   config = load_config(args.config)
   config.eval.every_steps = 0
@@ -92,32 +104,28 @@ def main() -> None:
   loader = pipeline.TrainLoader(
       sources.get_train_source(config.data), global_batch_size=config.train.batch_size,
       seed=seeding.integer_seed(seeding.keys(config)['data']), image_size=config.data.image_size,
-      mean=config.data.mean, std=config.data.std, flip=config.data.flip)
-  iterator = loader.iterate(0)
-  batches = [next(iterator) for _ in range(16)]
-  # Let the abandoned iterator's reader threads drain, so they do not compete with the bare step.
-  del iterator
-  gc.collect()
-  time.sleep(3)
+      flip=config.data.flip)
+  bare = BareStep(config, mesh, [loader.batch(step) for step in range(16)])
 
-  bare, loop = [], []
-  for _ in range(args.runs):
-    bare.append(bare_step_seconds(config, mesh, batches, args.steps))
-    loop.append(loop_seconds(config, mesh, args.steps))
-  bare_s, loop_s = statistics.median(bare), statistics.median(loop)
-  # Bare and loop are measured back to back in each run; the ratio within a run is what survives
-  # a machine whose load changes between runs.
-  ratios = [l / b for b, l in zip(bare, loop)]
+  loop_s, bare_s = measure(config, mesh, bare, window=args.window, windows=args.windows,
+                           warmup=args.warmup)
+  ratios = [l / b for l, b in zip(loop_s, bare_s)]
+  overhead = statistics.median(ratios) - 1
+  bare_med, loop_med = statistics.median(bare_s), statistics.median(loop_s)
   batch = config.train.batch_size
   print(f'config {args.config}: model {config.model.name}, {config.data.image_size}px, '
-        f'global batch {batch}, {jax.device_count()} {jax.devices()[0].platform} device(s)')
-  print(f'bare jitted step : {bare_s * 1e3:8.1f} ms/step  {batch / bare_s:9.1f} images/s '
-        f'(runs: {", ".join(f"{b * 1e3:.1f}" for b in bare)})')
-  print(f'training loop    : {loop_s * 1e3:8.1f} ms/step  {batch / loop_s:9.1f} images/s '
-        f'(runs: {", ".join(f"{s * 1e3:.1f}" for s in loop)})')
-  print(f'loop / bare per run: {", ".join(f"{r:.3f}" for r in ratios)}')
-  print(f'loop overhead over the bare step (median of per-run ratios): '
-        f'{100 * (statistics.median(ratios) - 1):+.1f}% (goal <= 5%)')
+        f'global batch {batch}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
+        f'jax {jax.__version__}, {len(ratios)} windows of {args.window} steps')
+  print(f'bare jitted step : {bare_med * 1e3:8.1f} ms/step  {batch / bare_med:9.1f} images/s '
+        f'(windows: {", ".join(f"{b * 1e3:.1f}" for b in bare_s)})')
+  print(f'training loop    : {loop_med * 1e3:8.1f} ms/step  {batch / loop_med:9.1f} images/s '
+        f'(windows: {", ".join(f"{s * 1e3:.1f}" for s in loop_s)})')
+  print(f'loop / bare per window: {", ".join(f"{r:.3f}" for r in ratios)}')
+  print(f'loop overhead over the bare step (median of per-window ratios): '
+        f'{100 * overhead:+.1f}% (goal <= 5%)')
+  print(f'RESULT loop_overhead={overhead:.4f} bare_ms={bare_med * 1e3:.1f} '
+        f'loop_ms={loop_med * 1e3:.1f} windows={len(ratios)}')
+
 
 if __name__ == '__main__':
   main()

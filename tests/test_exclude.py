@@ -42,7 +42,7 @@ def test_excluded_folder_images_never_appear_in_batches(tmp_path, caplog):
   assert len(source) == 9 and source.num_classes == 3
   np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
   excluded_values = {10 + 13 * k for k in (1, 4, 11)}
-  loader = TrainLoader(source, global_batch_size=3, seed=0, image_size=8, mean=0.0, std=1.0,
+  loader = TrainLoader(source, global_batch_size=3, seed=0, image_size=8,
                        flip=False)
   seen = []
   for step in range(6):  # two epochs

@@ -5,7 +5,7 @@ import pytest
 
 from arcface_jax.data import sources
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
-from arcface_jax.data.pipeline import TrainLoader
+from arcface_jax.data.pipeline import TrainLoader, prefetch_to_device
 
 
 class CountingSource:
@@ -53,20 +53,60 @@ def test_every_sample_once_per_epoch_and_epochs_reshuffled():
   assert not np.array_equal(epoch0, epoch1)
 
 
-def test_normalisation_and_flip():
-  source = CountingSource()
-  batch = next(_loader(source, mean=127.5, std=127.5).iterate(0))
-  labels = batch['label']
-  np.testing.assert_allclose(batch['image'][:, 0, 0, 0], (labels % 251 - 127.5) / 127.5,
-                             rtol=1e-6)
-  assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
+def test_batches_are_uint8_pixels_as_read():
+  batch = next(_loader(CountingSource()).iterate(0))
+  assert batch['image'].dtype == np.uint8 and batch['label'].dtype == np.int32
+  np.testing.assert_array_equal(batch['image'][:, 0, 0, 0], batch['label'] % 251)
+
+
+def test_device_normalisation_matches_float64():
+  import jax
+
+  from arcface_jax.data.normalise import normalise_images
+  images = np.random.default_rng(0).integers(0, 256, (4, 3, 3, 3), dtype=np.uint8)
+  mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+  got = np.asarray(jax.jit(lambda x: normalise_images(x, mean, std))(images))
+  want = (images.astype(np.float64) - np.array(mean)) / np.array(std)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(normalise_images(images, 127.5, 127.5)),
+                             (images.astype(np.float64) - 127.5) / 127.5, rtol=1e-6, atol=1e-6)
+  already = want.astype(np.float32)  # floating images are taken as normalised
+  np.testing.assert_array_equal(np.asarray(normalise_images(already, mean, std)), already)
+  with pytest.raises(ValueError, match='one per RGB channel'):
+    normalise_images(images, (1.0, 2.0), 1.0)
+
+
+def test_prefetch_to_device_keeps_order_places_ahead_and_closes():
+  placed, closed = [], []
+
+  def batches():
+    try:
+      for i in range(5):
+        yield {'image': np.full((2, 1, 1, 3), i, np.uint8)}
+    finally:
+      closed.append(True)
+
+  def place(batch):
+    placed.append(int(batch['image'][0, 0, 0, 0]))
+    return placed[-1]
+
+  prefetched = prefetch_to_device(batches(), place, depth=2)
+  assert next(prefetched) == 0 and placed == [0, 1]  # the next one is on its way already
+  assert next(prefetched) == 1 and placed == [0, 1, 2]
+  assert list(prefetched) == [2, 3, 4]
+  assert closed == [True]
+  early = prefetch_to_device(batches(), place, depth=3)
+  next(early)
+  early.close()  # the trainer stopping early closes the host pipeline too
+  assert closed == [True, True]
 
 
 def test_flip_mirrors_the_image():
   class Gradient(CountingSource):
     def __getitem__(self, i):
       return np.tile(np.arange(8, dtype=np.uint8)[None, :, None], (8, 1, 3)), i
-  flipped = next(_loader(Gradient(), flip=True, std=1.0, mean=0.0).iterate(0))['image']
+  flipped = next(_loader(Gradient(), flip=True).iterate(0))['image']
   rows = flipped[:, 0, :, 0]
   assert any(np.array_equal(r, np.arange(8)) for r in rows)
   assert any(np.array_equal(r, np.arange(8)[::-1]) for r in rows)
@@ -130,7 +170,7 @@ def test_augmentation_is_redrawn_each_epoch():
     def __getitem__(self, i):
       return np.tile(np.arange(8, dtype=np.uint8)[None, :, None], (8, 1, 3)), i
 
-  loader = _loader(Gradient(), flip=True, mean=0.0, std=1.0)
+  loader = _loader(Gradient(), flip=True)
   batches = _take(loader.iterate(0), 10)
 
   def flipped_by_label(epoch_batches):
@@ -143,7 +183,7 @@ def test_augmentation_is_redrawn_each_epoch():
 
 def test_other_native_sizes_are_resized():
   source = CountingSource(size=20)
-  batch = next(_loader(source, image_size=8, mean=0.0, std=1.0).iterate(0))
+  batch = next(_loader(source, image_size=8).iterate(0))
   assert batch['image'].shape == (8, 8, 8, 3)
   # A constant image stays constant through INTER_AREA.
   np.testing.assert_array_equal(batch['image'][:, 3, 3, 0], batch['label'] % 251)
@@ -155,7 +195,7 @@ def test_grey_images_become_rgb():
   class Grey(CountingSource):
     def __getitem__(self, i):
       return np.full((8, 8), i, np.uint8), i
-  batch = next(_loader(Grey(), mean=0.0, std=1.0).iterate(0))
+  batch = next(_loader(Grey()).iterate(0))
   assert batch['image'].shape == (8, 8, 8, 3)
   np.testing.assert_array_equal(batch['image'][:, 0, 0, 2], batch['label'])
 
@@ -219,7 +259,7 @@ def test_non_square_images_are_centre_cropped_before_resizing():
       image = np.zeros((8, 16, 3), np.uint8)
       image[:, 4:12] = 100 + i % 100
       return image, i
-  batch = next(_loader(Wide(), image_size=4, mean=0.0, std=1.0).iterate(0))
+  batch = next(_loader(Wide(), image_size=4).iterate(0))
   assert batch['image'].shape == (8, 4, 4, 3)
   np.testing.assert_array_equal(batch['image'], np.broadcast_to(
       (100 + batch['label'] % 100)[:, None, None, None], batch['image'].shape))

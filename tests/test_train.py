@@ -8,7 +8,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,7 +71,7 @@ def test_missing_dataset_path(tiny_config, tmp_path):
 # ------------------------------------------------------------------ the step
 
 
-def _step_on_mesh(config, mesh, batch, num_steps=2):
+def _step_on_mesh(config, mesh, batch, num_steps=2, **normalisation):
   model = models.from_config(config)
   objective = losses.build_objective(config.loss, num_classes=10,
                                      embedding_dim=config.model.embedding_dim)
@@ -82,7 +81,8 @@ def _step_on_mesh(config, mesh, batch, num_steps=2):
                                                 config.data.image_size),
                  out_shardings=parallel.replicated(mesh))
   state = init(seeding.keys(0))
-  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
+  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1),
+                                 **normalisation),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
   losses_seen = []
@@ -110,6 +110,25 @@ def test_sharded_step_equals_single_device(tiny_config):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(state8.batch_stats), jax.tree.leaves(state1.batch_stats)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_uint8_batches_are_normalised_in_the_step(tiny_config):
+  # The pipeline's uint8 images, normalised on the device with config.data-style per-channel
+  # constants, train exactly as the same images normalised on the host in float64.
+  mesh = parallel.make_mesh(1)
+  rng = np.random.default_rng(1)
+  size, batch = tiny_config.data.image_size, tiny_config.train.batch_size
+  pixels = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, size=batch).astype(np.int32)
+  mean, std = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
+  on_host = ((pixels - np.array(mean)) / np.array(std)).astype(np.float32)
+  state_u8, loss_u8 = _step_on_mesh(tiny_config, mesh, {'image': pixels, 'label': labels},
+                                    num_steps=1, image_mean=mean, image_std=std)
+  state_f32, loss_f32 = _step_on_mesh(tiny_config, mesh, {'image': on_host, 'label': labels},
+                                      num_steps=1, image_mean=mean, image_std=std)
+  np.testing.assert_allclose(loss_u8, loss_f32, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state_u8.params), jax.tree.leaves(state_f32.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_non_finite_step_is_skipped_and_counted(tiny_config):
@@ -244,19 +263,41 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def test_sigterm_on_the_command_line_saves_and_exits_cleanly(tmp_path, tiny_config):
+def _read_until(process, marker, deadline_s):
+  seen, deadline = '', time.time() + deadline_s
+  for line in process.stdout:
+    seen += line
+    if marker in line or time.time() > deadline:
+      break
+  return seen
+
+
+def test_sigterm_on_the_command_line_while_compiling_and_mid_run(tmp_path, tiny_config):
   workdir = tmp_path / 'run'
   command = [sys.executable, '-m', 'arcface_jax.train', '--config', TINY, '--workdir',
              str(workdir), '--config.train.num_steps=100000', '--config.train.log_every=1',
              f'--config.data.data_dir={tiny_config.data.data_dir}']
+  # While the train step compiles: IResNet-50's step compiles for far longer than the few
+  # seconds allowed (a fresh compilation cache, so no earlier run serves it), yet the process
+  # stops at once, with nothing to save before the first step.
+  compiling = subprocess.Popen(
+      command + ['--config.model.name=iresnet50'], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True,
+      env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'empty_cache')))
+  seen = _read_until(compiling, 'compiling the train step', 240)
+  sent = time.time()
+  compiling.send_signal(signal.SIGTERM)
+  rest, _ = compiling.communicate(timeout=120)
+  took, seen = time.time() - sent, seen + rest
+  assert compiling.returncode == 0, seen[-3000:]
+  assert 'stopped by a signal while compiling the train step, before the first step' in seen
+  assert 'compiled the train step' not in seen and took < 10, (took, seen[-3000:])
+  saved = workdir / 'checkpoints'
+  assert not saved.exists() or not [s for s in os.listdir(saved) if s.isdigit()]
+  # Started again (the workdir is free), it trains; SIGTERM mid-run saves and exits cleanly.
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
-  deadline = time.time() + 240
-  seen = ''
-  for line in process.stdout:
-    seen += line
-    if 'step 3/' in line or time.time() > deadline:
-      break
+  seen = _read_until(process, 'step 3/', 240)
   process.send_signal(signal.SIGTERM)
   rest, _ = process.communicate(timeout=120)
   seen += rest

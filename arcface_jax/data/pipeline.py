@@ -9,19 +9,24 @@ and this process keeps rows
 the batches k, k+1, ... of an uninterrupted `iterate(0)`: the checkpoint stores only the step.
 
 Grain layout: MapDataset.range(steps) → map(read, decode, augment and stack one uint8 local
-batch) → to_iter_dataset(ReadOptions: reader threads build whole batches ahead of the consumer) →
-normalise to float32 (in the reader threads; or, with worker processes, mp_prefetch — each worker
-produces whole batches, interleaved in step order, so the output is identical for any number of
-workers — then normalisation on a background thread here, so uint8 crosses processes). The
-consumer only dequeues finished batches. A bad sample (`CorruptSampleError`) is
-replaced by the next entry of the same permutation that reads, counted and logged.
+batch) → to_iter_dataset(ReadOptions: reader threads build whole batches ahead of the consumer),
+or with worker processes mp_prefetch (each worker produces whole batches, interleaved in step
+order, so the output is identical for any number of workers). The consumer only dequeues
+finished batches. A bad sample (`CorruptSampleError`) is replaced by the next entry of the same
+permutation that reads, counted and logged.
+
+Batches stay uint8 to the devices: the jitted step normalises them (`normalise.py`), which
+moves a quarter of float32's bytes and takes a pass over every batch off the host's cores.
+`prefetch_to_device` keeps the next batches' transfers in flight while the device computes.
 """
 from __future__ import annotations
 
 import atexit
+import collections
+import itertools
 import os
 import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import cv2
 import grain
@@ -68,8 +73,8 @@ class _BatchMaker:
 
   def __init__(self, source, *, order: UniformOrder | IdentityBalancedOrder, global_batch: int,
                local_batch: int, process_index: int, steps_per_epoch: int, seed: int,
-               image_size: int, mean: float, std: float, flip: bool, rotation_degrees: float,
-               color_jitter: float, low_resolution_prob: float):
+               image_size: int, flip: bool, rotation_degrees: float, color_jitter: float,
+               low_resolution_prob: float):
     self.source = source
     self.order = order
     self.num_samples = order.length  # entries per epoch (identity top-ups included)
@@ -78,7 +83,6 @@ class _BatchMaker:
     self.steps_per_epoch = steps_per_epoch
     self.seed = seed
     self.image_size = image_size
-    self.mean, self.std = np.float32(mean), np.float32(std)
     self.flip, self.rotation = flip, rotation_degrees
     self.color_jitter, self.low_resolution_prob = color_jitter, low_resolution_prob
     self._perm: tuple[int, np.ndarray] | None = None
@@ -121,13 +125,6 @@ class _BatchMaker:
       images[row] = self.augment(np.asarray(image), draws[row])
     return {'image': images, 'label': np.array([r[1] for r in reads], np.int32),
             'substitutions': np.array([r[3] for r in reads], np.int32)}
-
-  def normalise(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """uint8 → float32 (x - mean) / std for the whole batch in one vectorised pass."""
-    image = batch['image'].astype(np.float32)
-    image -= self.mean
-    image /= self.std
-    return {**batch, 'image': image}
 
   def augment(self, image: np.ndarray, draws: np.ndarray) -> np.ndarray:
     """RGB uint8 → RGB uint8 (S, S, 3), given this sample's `augmentation_draws` row."""
@@ -176,7 +173,9 @@ class _BatchMaker:
 
 
 class TrainLoader:
-  """Batches {'image': float32 (B_local, S, S, 3), 'label': int32 (B_local,)} from a source.
+  """Batches {'image': uint8 RGB (B_local, S, S, 3), 'label': int32 (B_local,)} from a source.
+
+  The images are not normalised: the consumer does it on the device (`normalise.py`).
 
   Args:
     source: random access, `len(source)`, `source[i] -> (RGB uint8 HWC, int label)`.
@@ -184,7 +183,6 @@ class TrainLoader:
     seed: with the step, determines everything (order, augmentation).
     image_size: output side S; other native sizes are resized (INTER_AREA down, LINEAR up), a
       non-square image first centre-cropped to a square (decode.center_crop_square).
-    mean, std: normalisation (x - mean) / std.
     flip, rotation_degrees, color_jitter, low_resolution_prob: augmentation.
     process_index, process_count: this host's slice of the global batch.
     images_per_identity: K > 0 makes every batch P identities × K images (`sampling.py`); needs
@@ -195,7 +193,7 @@ class TrainLoader:
   """
 
   def __init__(self, source, *, global_batch_size: int, seed: int, image_size: int,
-               mean: float = 127.5, std: float = 127.5, flip: bool = True,
+               flip: bool = True,
                rotation_degrees: float = 0.0, color_jitter: float = 0.0,
                low_resolution_prob: float = 0.0, process_index: int = 0, process_count: int = 1,
                num_workers: int = 0, prefetch: int = 2, images_per_identity: int = 0,
@@ -226,15 +224,15 @@ class TrainLoader:
     self._make = _BatchMaker(
         source, order=order, global_batch=global_batch_size,
         local_batch=self.local_batch, process_index=process_index,
-        steps_per_epoch=self.steps_per_epoch, seed=seed, image_size=image_size, mean=mean,
-        std=std, flip=flip, rotation_degrees=rotation_degrees, color_jitter=color_jitter,
+        steps_per_epoch=self.steps_per_epoch, seed=seed, image_size=image_size, flip=flip,
+        rotation_degrees=rotation_degrees, color_jitter=color_jitter,
         low_resolution_prob=low_resolution_prob)
     self.bad_samples = 0
     self.bad_keys: list[Any] = []
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """The batch of `step`, computed directly in this thread (what `iterate` yields)."""
-    out = self._make.normalise(self._make(step))
+    out = self._make(step)
     self._account(step, out.pop('substitutions'))
     return out
 
@@ -258,17 +256,11 @@ class TrainLoader:
     # Reader threads each build whole batches, one per core; the buffer holds `prefetch`
     # finished batches beyond the ones in flight. Decoding (cv2, PNG/JPEG) releases the GIL.
     threads = max(1, min(os.cpu_count() or 1, 16))
-    if self.num_workers == 0:
-      dataset = dataset.map(self._make.normalise)
     iterable = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=threads, prefetch_buffer_size=threads + self.prefetch))
     if self.num_workers > 0:
       iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
-      # Batches cross processes as uint8 (4x fewer bytes than float32) and are normalised on a
-      # background thread here, ahead of the consumer.
-      iterable = grain.experimental.ThreadPrefetchIterDataset(
-          iterable.map(self._make.normalise), prefetch_buffer_size=self.prefetch)
     iterator = iter(iterable)
     _OPEN_ITERATORS.add(iterator)
     try:
@@ -279,6 +271,36 @@ class TrainLoader:
       # Stop prefetch threads and workers now rather than in a finaliser.
       _OPEN_ITERATORS.discard(iterator)
       iterator.close()
+
+
+_Placed = TypeVar('_Placed')
+
+
+def prefetch_to_device(batches: Iterator[dict[str, np.ndarray]],
+                       place: Callable[[dict[str, np.ndarray]], _Placed],
+                       depth: int = 2) -> Iterator[_Placed]:
+  """`place(batch)` for each host batch, issued `depth - 1` batches ahead of the consumer.
+
+  `place` starts the host-to-device transfer (e.g. `parallel.global_batch`, which puts each
+  process's rows on its devices with the batch sharding) and returns without waiting for it. With
+  depth 2 (double buffering) the next batch is already on its way when the current step is
+  dispatched, and the one after is taken from the host pipeline and sent while that step runs, so
+  the step never waits for a transfer. Closing this iterator closes `batches`.
+  """
+  if depth < 1:
+    raise ValueError(f'prefetch depth {depth} must be at least 1')
+  queue: collections.deque = collections.deque()
+  try:
+    for batch in itertools.islice(batches, depth):
+      queue.append(place(batch))
+    while queue:
+      yield queue.popleft()
+      for batch in itertools.islice(batches, 1):
+        queue.append(place(batch))
+  finally:
+    close = getattr(batches, 'close', None)
+    if close is not None:
+      close()
 
 
 # Iterators still open at interpreter exit are closed while grain's modules are intact: its
