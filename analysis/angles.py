@@ -13,6 +13,7 @@ Writes <name>.png (rows = checkpoints; columns = to own centre, between centres,
 <name>.csv (step, kind, bin edges, count) and <name>.json (bin edges, counts and summary
 statistics per step). `write_for_run(workdir, out_dir)` is what `make demo` calls.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.rad2deg(np.arccos(np.clip(np.sum(an * bn, axis=-1), -1.0, 1.0)))
 
 
-def feature_centre_angles(features: np.ndarray, labels: np.ndarray,
-                          centres: np.ndarray) -> np.ndarray:
+def feature_centre_angles(
+  features: np.ndarray, labels: np.ndarray, centres: np.ndarray
+) -> np.ndarray:
   """θ (degrees) between each feature and the centre of its own class, (N,)."""
   return angle_deg(features, np.asarray(centres)[np.asarray(labels)])
 
@@ -68,13 +70,23 @@ def summarise(theta: np.ndarray) -> dict[str, float]:
   theta = np.asarray(theta, np.float64)
   if theta.size == 0:
     return {'count': 0}
-  return {'count': int(theta.size), 'mean': float(theta.mean()), 'std': float(theta.std()),
-          'min': float(theta.min()), 'median': float(np.median(theta)),
-          'max': float(theta.max())}
+  return {
+    'count': int(theta.size),
+    'mean': float(theta.mean()),
+    'std': float(theta.std()),
+    'min': float(theta.min()),
+    'median': float(np.median(theta)),
+    'max': float(theta.max()),
+  }
 
 
-def angles_at_step(run: Any, step: int, images: np.ndarray, labels: np.ndarray,
-                   pairs: tuple[str, np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+def angles_at_step(
+  run: Any,
+  step: int,
+  images: np.ndarray,
+  labels: np.ndarray,
+  pairs: tuple[str, np.ndarray, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
   """The raw angles of every kind at one checkpoint of `run` (an analysis.runs.Run)."""
   variables = run.variables(step)
   result = {}
@@ -91,12 +103,18 @@ def angles_at_step(run: Any, step: int, images: np.ndarray, labels: np.ndarray,
   return result
 
 
-def compute_for_run(workdir: str, steps: Sequence[int] | None = None, *,
-                    max_samples: int = 2000, num_pairs: int | None = None,
-                    bin_width: float = 2.0) -> dict[str, Any]:
+def compute_for_run(
+  workdir: str,
+  steps: Sequence[int] | None = None,
+  *,
+  max_samples: int = 2000,
+  num_pairs: int | None = None,
+  bin_width: float = 2.0,
+) -> dict[str, Any]:
   """Histograms and statistics of every kind at `steps` (default: every kept checkpoint)."""
   from analysis.runs import Run
   from arcface_jax.evaluation import verification
+
   run = Run(workdir)
   steps = list(steps) if steps else run.steps
   if not steps:
@@ -107,26 +125,40 @@ def compute_for_run(workdir: str, steps: Sequence[int] | None = None, *,
   per_step = {}
   for step in steps:
     raw = angles_at_step(run, step, images, labels, pairs)
-    entry = {'counts': {k: histogram(raw[k], edges) for k in KINDS if k in raw},
-             'stats': {k: summarise(raw[k]) for k in KINDS if k in raw}}
+    entry = {
+      'counts': {k: histogram(raw[k], edges) for k in KINDS if k in raw},
+      'stats': {k: summarise(raw[k]) for k in KINDS if k in raw},
+    }
     if pairs is not None and len(pairs[2]) >= 10:
       scores = verification.evaluate(raw['_pair_embeddings'], pairs[2], nfolds=10)
-      entry['verification'] = {'set': pairs[0], 'accuracy': float(scores['accuracy']),
-                               'std': float(scores['std']), 'pairs': int(len(pairs[2]))}
+      entry['verification'] = {
+        'set': pairs[0],
+        'accuracy': float(scores['accuracy']),
+        'std': float(scores['std']),
+        'pairs': int(len(pairs[2])),
+      }
     per_step[int(step)] = entry
-  return {'workdir': workdir, 'label': run.label, 'bin_edges_deg': edges,
-          'pairs': None if pairs is None else pairs[0], 'steps': per_step}
+  return {
+    'workdir': workdir,
+    'label': run.label,
+    'bin_edges_deg': edges,
+    'pairs': None if pairs is None else pairs[0],
+    'steps': per_step,
+  }
 
 
 def plot(data: dict[str, Any]):
   import matplotlib.pyplot as plt
+
   edges = data['bin_edges_deg']
   centres = 0.5 * (edges[:-1] + edges[1:])
   width = edges[1] - edges[0]
   steps = sorted(data['steps'])
   fig, axes = plt.subplots(len(steps), 3, figsize=(13, 2.6 * len(steps)), squeeze=False)
-  panels = (('to_own_centre', 'θ(feature, own centre)', 'tab:green'),
-            ('between_centres', 'θ(centre i, centre j)', 'tab:purple'))
+  panels = (
+    ('to_own_centre', 'θ(feature, own centre)', 'tab:green'),
+    ('between_centres', 'θ(centre i, centre j)', 'tab:purple'),
+  )
   for row, step in zip(axes, steps):
     entry = data['steps'][step]
     for ax, (kind, title, colour) in zip(row[:2], panels):
@@ -138,8 +170,10 @@ def plot(data: dict[str, Any]):
         ax.set_title(f'step {step}: {title}: no class centres', fontsize=9)
     ax = row[2]
     if 'positive_pairs' in entry['counts']:
-      for kind, colour, name in (('positive_pairs', 'tab:red', 'same'),
-                                 ('negative_pairs', 'tab:blue', 'different')):
+      for kind, colour, name in (
+        ('positive_pairs', 'tab:red', 'same'),
+        ('negative_pairs', 'tab:blue', 'different'),
+      ):
         ax.bar(centres, entry['counts'][kind], width=width, color=colour, alpha=0.55, label=name)
       accuracy = entry.get('verification', {}).get('accuracy')
       suffix = f', accuracy {accuracy:.3f}' if accuracy is not None else ''
@@ -157,26 +191,38 @@ def plot(data: dict[str, Any]):
   return fig
 
 
-def write_for_run(workdir: str, out_dir: str, steps: Sequence[int] | None = None, *,
-                  max_samples: int = 2000, num_pairs: int | None = None,
-                  bin_width: float = 2.0, name: str = NAME) -> dict[str, str]:
+def write_for_run(
+  workdir: str,
+  out_dir: str,
+  steps: Sequence[int] | None = None,
+  *,
+  max_samples: int = 2000,
+  num_pairs: int | None = None,
+  bin_width: float = 2.0,
+  name: str = NAME,
+) -> dict[str, str]:
   """Angle histograms of `workdir` at `steps` (default: every kept checkpoint) into `out_dir`.
 
   Writes <name>.png, <name>.csv and <name>.json; returns their paths by extension.
   """
-  data = compute_for_run(workdir, steps, max_samples=max_samples, num_pairs=num_pairs,
-                         bin_width=bin_width)
+  data = compute_for_run(
+    workdir, steps, max_samples=max_samples, num_pairs=num_pairs, bin_width=bin_width
+  )
   return write_data(data, out_dir, name)
 
 
 def write_data(data: dict[str, Any], out_dir: str, name: str = NAME) -> dict[str, str]:
   """Writes the figure and files of `compute_for_run`'s result; returns paths by extension."""
   edges = data['bin_edges_deg']
-  rows = ((step, kind, edges[i], edges[i + 1], int(counts[i]))
-          for step, entry in sorted(data['steps'].items())
-          for kind, counts in entry['counts'].items() for i in range(len(counts)))
-  csv_path = output.write_csv(('step', 'kind', 'bin_lo_deg', 'bin_hi_deg', 'count'), rows,
-                              out_dir, name)
+  rows = (
+    (step, kind, edges[i], edges[i + 1], int(counts[i]))
+    for step, entry in sorted(data['steps'].items())
+    for kind, counts in entry['counts'].items()
+    for i in range(len(counts))
+  )
+  csv_path = output.write_csv(
+    ('step', 'kind', 'bin_lo_deg', 'bin_hi_deg', 'count'), rows, out_dir, name
+  )
   json_path = output.write_json(data, out_dir, name)
   png_path = output.save_figure(plot(data), out_dir, name)
   return {'png': png_path, 'csv': csv_path, 'json': json_path}
@@ -184,20 +230,38 @@ def write_data(data: dict[str, Any], out_dir: str, name: str = NAME) -> dict[str
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--workdir', required=True, help='a training run')
   parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--steps', type=int, nargs='*', default=None,
-                      help='checkpoint steps (default: every kept checkpoint)')
-  parser.add_argument('--max_samples', type=int, default=2000,
-                      help='training images for the feature-to-centre angles')
-  parser.add_argument('--num_pairs', type=int, default=None,
-                      help='verification pairs (default: the config\'s, or 1000)')
+  parser.add_argument(
+    '--steps',
+    type=int,
+    nargs='*',
+    default=None,
+    help='checkpoint steps (default: every kept checkpoint)',
+  )
+  parser.add_argument(
+    '--max_samples', type=int, default=2000, help='training images for the feature-to-centre angles'
+  )
+  parser.add_argument(
+    '--num_pairs',
+    type=int,
+    default=None,
+    help='verification pairs (default: the config\'s, or 1000)',
+  )
   parser.add_argument('--bin_width', type=float, default=2.0, help='histogram bin, degrees')
   parser.add_argument('--name', default=NAME, help='file name stem')
   args = parser.parse_args(argv)
-  paths = write_for_run(args.workdir, args.out, args.steps, max_samples=args.max_samples,
-                        num_pairs=args.num_pairs, bin_width=args.bin_width, name=args.name)
+  paths = write_for_run(
+    args.workdir,
+    args.out,
+    args.steps,
+    max_samples=args.max_samples,
+    num_pairs=args.num_pairs,
+    bin_width=args.bin_width,
+    name=args.name,
+  )
   for path in paths.values():
     print(path)
 

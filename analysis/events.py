@@ -6,6 +6,7 @@ uint64 length, masked CRC-32C of the length, the serialised `Event`, masked CRC-
 A record cut short at the end (a run still writing) ends the file quietly; a record whose length
 checksum fails means the file is corrupt, and reading stops there with a warning.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ Scalars = dict[str, tuple[np.ndarray, np.ndarray]]  # tag → (steps int64, valu
 
 def _masked_crc(data: bytes) -> int:
   from tensorboardX.crc32c import crc32c
+
   crc = crc32c(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -30,16 +32,18 @@ def read_records(path: str) -> list[bytes]:
   data = epath.Path(path).read_bytes()  # local or gs://
   pos = 0
   while pos + 12 <= len(data):
-    header = data[pos:pos + 8]
-    (length,), (length_crc,) = struct.unpack('<Q', header), struct.unpack('<I',
-                                                                          data[pos + 8:pos + 12])
+    header = data[pos : pos + 8]
+    (length,), (length_crc,) = (
+      struct.unpack('<Q', header),
+      struct.unpack('<I', data[pos + 8 : pos + 12]),
+    )
     if _masked_crc(header) != length_crc:
       warnings.warn(f'{path}: corrupt record header at byte {pos}; reading stops there')
       break
     end = pos + 12 + length + 4
     if end > len(data):
       break  # the writer has not finished this record
-    records.append(data[pos + 12:pos + 12 + length])
+    records.append(data[pos + 12 : pos + 12 + length])
     pos = end
   return records
 
@@ -58,6 +62,7 @@ def event_files(workdir: str | os.PathLike) -> list[str]:
   root = epath.Path(workdir) / 'tensorboard'
   root = root if root.is_dir() else epath.Path(workdir)
   files = [path for path in _tree(root) if 'tfevents' in path.name]
+
   # Names are events.out.tfevents.<unix time>.<host>...: sorting by the time field keeps the
   # order of a resumed run's files, so a step written twice keeps its latest value.
   def written(path: epath.Path) -> tuple[float, str]:
@@ -66,12 +71,14 @@ def event_files(workdir: str | os.PathLike) -> list[str]:
       return float(parts[3]), os.fspath(path)
     except (IndexError, ValueError):
       return path.stat().mtime, os.fspath(path)
+
   return [os.fspath(path) for path in sorted(files, key=written)]
 
 
 def read_scalars(workdir: str) -> Scalars:
   """Every scalar tag of a run → (steps, values), sorted by step, last write of a step wins."""
   from tensorboardX.proto import event_pb2
+
   by_tag: dict[str, dict[int, float]] = {}
   for path in event_files(workdir):
     for record in read_records(path):

@@ -8,6 +8,7 @@ fallback branches included. (target_logit goes through cos θ, so at exactly 0°
 sin θ = 0, its gradient is 0; the CSV keeps those values, the plot leaves them out.) Writes logit_curves.png, logit_curves.csv (θ, value and d/dθ per
 margin) and logit_curves.json (labels and margin parameters).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,15 @@ def compute(num: int = 721, specs: Sequence[MarginSpec] | None = None) -> dict[s
   for spec in specs or all_specs():
     mg = spec.build()
     value, grad = target_logit_and_grad(mg, np.deg2rad(theta_deg))
-    curves[spec.key] = dict(label=spec.label, name=spec.name, value=value, grad=grad,
-                            params=describe(mg), note=spec.note)
+    curves[spec.key] = dict(
+      label=spec.label, name=spec.name, value=value, grad=grad, params=describe(mg), note=spec.note
+    )
   return {'theta_deg': theta_deg, 'curves': curves}
 
 
 def plot(data: dict[str, Any]):
   import matplotlib.pyplot as plt
+
   theta = data['theta_deg']
   fig, (ax_v, ax_g) = plt.subplots(1, 2, figsize=(13, 5))
   for curve in data['curves'].values():
@@ -55,13 +58,21 @@ def plot(data: dict[str, Any]):
     # At exactly 0° and 180° sin θ = 0 and the chain rule through cos θ gives 0: the limit from
     # inside differs (e.g. −sin m for ArcFace), so the panel leaves the two end points out.
     ax_g.plot(theta[1:-1], curve['grad'][1:-1], label=curve['label'], **style)
-  ax_v.set(xlabel='θ between feature and target centre (degrees)', ylabel='target logit',
-           title='Target logit (paper Fig. 4b)', xlim=(0, 180))
+  ax_v.set(
+    xlabel='θ between feature and target centre (degrees)',
+    ylabel='target logit',
+    title='Target logit (paper Fig. 4b)',
+    xlim=(0, 180),
+  )
   # A-softmax with m = 4 falls to −7 at 180°: clip the view so the other curves stay readable
   # (the CSV holds the full range).
   ax_v.set_ylim(max(-2.5, ax_v.get_ylim()[0]), 1.1)
-  ax_g.set(xlabel='θ (degrees)', ylabel='d target logit / dθ (per radian)',
-           title='Gradient of the target logit (jax.grad)', xlim=(0, 180))
+  ax_g.set(
+    xlabel='θ (degrees)',
+    ylabel='d target logit / dθ (per radian)',
+    title='Gradient of the target logit (jax.grad)',
+    xlim=(0, 180),
+  )
   for ax in (ax_v, ax_g):
     ax.set_xticks(np.arange(0, 181, 30))
     ax.grid(alpha=0.3)
@@ -75,12 +86,15 @@ def write(out_dir: str, num: int = 721) -> dict[str, str]:
   keys = list(data['curves'])
   header = ['theta_deg'] + keys + [f'd_{k}' for k in keys]
   rows = (
-      [data['theta_deg'][i]] + [data['curves'][k]['value'][i] for k in keys]
-      + [data['curves'][k]['grad'][i] for k in keys]
-      for i in range(len(data['theta_deg'])))
+    [data['theta_deg'][i]]
+    + [data['curves'][k]['value'][i] for k in keys]
+    + [data['curves'][k]['grad'][i] for k in keys]
+    for i in range(len(data['theta_deg']))
+  )
   csv_path = output.write_csv(header, rows, out_dir, NAME)
-  meta = {k: {f: v for f, v in c.items() if f not in ('value', 'grad')}
-          for k, c in data['curves'].items()}
+  meta = {
+    k: {f: v for f, v in c.items() if f not in ('value', 'grad')} for k, c in data['curves'].items()
+  }
   json_path = output.write_json({'gradient_units': 'per radian', 'curves': meta}, out_dir, NAME)
   png_path = output.save_figure(plot(data), out_dir, NAME)
   return {'png': png_path, 'csv': csv_path, 'json': json_path}
@@ -88,7 +102,8 @@ def write(out_dir: str, num: int = 721) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--num', type=int, default=721, help='θ grid points over [0°, 180°]')
   args = parser.parse_args(argv)

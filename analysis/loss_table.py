@@ -21,6 +21,7 @@ With a CASIA-WebFace config and LFW/CFP-FP/AgeDB .bin files this is the ArcFace 
 protocol with the later losses added; the committed docs/loss_table.md is the embedded digits
 benchmark; its CPU-time column shows what the whole table costs on this CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,20 +38,22 @@ from analysis import output
 
 # table row → (config.loss overrides, paper). Plain softmax and SphereFace keep their own scale.
 LOSSES: dict[str, tuple[dict[str, Any], str]] = {
-    'softmax': (dict(name='softmax'), 'unnormalised softmax with bias'),
-    'norm_softmax': (dict(name='norm_softmax'), 'NormFace, Wang et al., ACM MM 2017'),
-    'sphereface': (dict(name='sphereface'), 'SphereFace, Liu et al., CVPR 2017'),
-    'cosface': (dict(name='cosface'), 'CosFace, Wang et al., CVPR 2018'),
-    'arcface': (dict(name='arcface'), 'ArcFace, Deng et al., CVPR 2019'),
-    'combined': (dict(name='combined'), 'ArcFace paper, combined margin CM1'),
-    'subcenter': (dict(name='subcenter'), 'Sub-center ArcFace, Deng et al., ECCV 2020'),
-    'curricularface': (dict(name='curricularface'), 'CurricularFace, Huang et al., CVPR 2020'),
-    'magface': (dict(name='magface'), 'MagFace, Meng et al., CVPR 2021'),
-    'adaface': (dict(name='adaface'), 'AdaFace, Kim et al., CVPR 2022'),
-    'elasticface_arc': (dict(name='elasticface_arc'), 'ElasticFace, Boutros et al., CVPRW 2022'),
-    'elasticface_cos': (dict(name='elasticface_cos'), 'ElasticFace, Boutros et al., CVPRW 2022'),
-    'elasticface_arc_plus': (dict(name='elasticface_arc', plus=True),
-                             'ElasticFace+, Boutros et al., CVPRW 2022'),
+  'softmax': (dict(name='softmax'), 'unnormalised softmax with bias'),
+  'norm_softmax': (dict(name='norm_softmax'), 'NormFace, Wang et al., ACM MM 2017'),
+  'sphereface': (dict(name='sphereface'), 'SphereFace, Liu et al., CVPR 2017'),
+  'cosface': (dict(name='cosface'), 'CosFace, Wang et al., CVPR 2018'),
+  'arcface': (dict(name='arcface'), 'ArcFace, Deng et al., CVPR 2019'),
+  'combined': (dict(name='combined'), 'ArcFace paper, combined margin CM1'),
+  'subcenter': (dict(name='subcenter'), 'Sub-center ArcFace, Deng et al., ECCV 2020'),
+  'curricularface': (dict(name='curricularface'), 'CurricularFace, Huang et al., CVPR 2020'),
+  'magface': (dict(name='magface'), 'MagFace, Meng et al., CVPR 2021'),
+  'adaface': (dict(name='adaface'), 'AdaFace, Kim et al., CVPR 2022'),
+  'elasticface_arc': (dict(name='elasticface_arc'), 'ElasticFace, Boutros et al., CVPRW 2022'),
+  'elasticface_cos': (dict(name='elasticface_cos'), 'ElasticFace, Boutros et al., CVPRW 2022'),
+  'elasticface_arc_plus': (
+    dict(name='elasticface_arc', plus=True),
+    'ElasticFace+, Boutros et al., CVPRW 2022',
+  ),
 }
 # The ArcFace paper's comparison (blue bars); the later losses are orange.
 WAVE1 = ('softmax', 'norm_softmax', 'sphereface', 'cosface', 'arcface', 'combined')
@@ -61,6 +64,7 @@ FAR_TARGET = 1e-3
 def recipe(config_spec: str, loss: str, seed: int) -> Any:
   """The shared recipe with config.loss set to the row `loss` and config.seed to `seed`."""
   from arcface_jax.config_files import load_config
+
   config = load_config(config_spec)
   base_scale = config.loss.s
   for key in ('m', 'm1', 'm2', 'm3', 'easy_margin', 'plus', 'sigma'):
@@ -76,16 +80,23 @@ def score_run(workdir: str, num_pairs: int) -> dict[str, float]:
   """Accuracy (10-fold) and TAR@FAR=1e-3 of the run's last checkpoint on held-out pairs."""
   from analysis.runs import Run
   from arcface_jax.evaluation import verification
+
   run = Run(workdir)
   pairs = run.verification_pairs(num_pairs)
   if pairs is None:
-    raise SystemExit(f'{workdir}: the config has no verification pairs (data.source digits or '
-                     'synthetic, or eval.bins)')
+    raise SystemExit(
+      f'{workdir}: the config has no verification pairs (data.source digits or '
+      'synthetic, or eval.bins)'
+    )
   set_name, images, issame = pairs
   embeddings = run.embed(run.variables(run.resolve_step(None)), images, flip=True)
   scores = verification.evaluate(embeddings, issame, nfolds=10, far_target=FAR_TARGET)
-  return {'set': set_name, 'pairs': int(len(issame)), 'accuracy': float(scores['accuracy']),
-          'tar_at_far': float(scores['tar_at_far'])}
+  return {
+    'set': set_name,
+    'pairs': int(len(issame)),
+    'accuracy': float(scores['accuracy']),
+    'tar_at_far': float(scores['tar_at_far']),
+  }
 
 
 def cpu_seconds() -> float:
@@ -104,20 +115,29 @@ def train_run(config: Any, workdir: str) -> dict[str, Any]:
   """
   from arcface_jax import trainer
   from arcface_jax.inference import checkpoint_steps
+
   timing = os.path.join(workdir, 'loss_table_time.json')
   if os.path.exists(timing) and checkpoint_steps(workdir)[-1:] == [config.train.num_steps]:
     with open(timing) as f:
       recorded = json.load(f)
-    return {'seconds': float(recorded['seconds']), 'cpu_seconds': recorded.get('cpu_seconds'),
-            'resumed_from': int(recorded.get('resumed_from', 0))}
+    return {
+      'seconds': float(recorded['seconds']),
+      'cpu_seconds': recorded.get('cpu_seconds'),
+      'resumed_from': int(recorded.get('resumed_from', 0)),
+    }
   done = checkpoint_steps(workdir) if os.path.isdir(workdir) else []
   start, start_cpu = time.perf_counter(), cpu_seconds()
   trainer.train_and_evaluate(config, workdir)
-  times = {'seconds': time.perf_counter() - start, 'cpu_seconds': cpu_seconds() - start_cpu,
-           'resumed_from': done[-1] if done else 0}
+  times = {
+    'seconds': time.perf_counter() - start,
+    'cpu_seconds': cpu_seconds() - start_cpu,
+    'resumed_from': done[-1] if done else 0,
+  }
   if checkpoint_steps(workdir)[-1:] != [config.train.num_steps]:
-    raise SystemExit(f'[loss_table] {workdir} stopped before step {config.train.num_steps}; run '
-                     'the same command again to resume')
+    raise SystemExit(
+      f'[loss_table] {workdir} stopped before step {config.train.num_steps}; run '
+      'the same command again to resume'
+    )
   with open(timing, 'w') as f:
     json.dump(times, f)
   return times
@@ -132,67 +152,106 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tar = np.array([r['tar_at_far'] for r in runs])
     secs = np.array([r['seconds'] for r in runs])
     cpus = [r.get('cpu_seconds') for r in runs]
-    rows.append(dict(loss=loss, paper=LOSSES[loss][1], config=LOSSES[loss][0], seeds=len(runs),
-                     seed_list=[r['seed'] for r in runs],
-                     accuracy=acc.mean(), accuracy_std=acc.std(), tar_at_far=tar.mean(),
-                     tar_at_far_std=tar.std(), seconds=secs.mean(),
-                     cpu_seconds=None if None in cpus else float(np.mean(cpus)),
-                     set=runs[0]['set'], pairs=runs[0]['pairs']))
+    rows.append(
+      dict(
+        loss=loss,
+        paper=LOSSES[loss][1],
+        config=LOSSES[loss][0],
+        seeds=len(runs),
+        seed_list=[r['seed'] for r in runs],
+        accuracy=acc.mean(),
+        accuracy_std=acc.std(),
+        tar_at_far=tar.mean(),
+        tar_at_far_std=tar.std(),
+        seconds=secs.mean(),
+        cpu_seconds=None if None in cpus else float(np.mean(cpus)),
+        set=runs[0]['set'],
+        pairs=runs[0]['pairs'],
+      )
+    )
   return rows
 
 
-def _status_lines(results: list[dict[str, Any]], config_spec: str, seeds: int,
-                  losses: Sequence[str], out_dir: str, runs_dir: str, note: str) -> list[str]:
+def _status_lines(
+  results: list[dict[str, Any]],
+  config_spec: str,
+  seeds: int,
+  losses: Sequence[str],
+  out_dir: str,
+  runs_dir: str,
+  note: str,
+) -> list[str]:
   """The machine, the totals, and (when runs are missing) which ones and how to resume."""
   cpus = [r.get('cpu_seconds') for r in results]
   timed = [c for c in cpus if c is not None]
   load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
-  lines = [f'Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
-           f'load average {load} when this table was written. {note}'.rstrip(), '',
-           f'Total over the {len(results)} runs present: wall time '
-           f'{sum(r["seconds"] for r in results) / 60:.1f} min'
-           + (f', CPU time {sum(timed) / 60:.1f} min' + (
-               f' ({len(timed)} runs timed)' if len(timed) < len(results) else '')
-              if timed else '') + '.']
+  lines = [
+    f'Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
+    f'load average {load} when this table was written. {note}'.rstrip(),
+    '',
+    f'Total over the {len(results)} runs present: wall time '
+    f'{sum(r["seconds"] for r in results) / 60:.1f} min'
+    + (
+      f', CPU time {sum(timed) / 60:.1f} min'
+      + (f' ({len(timed)} runs timed)' if len(timed) < len(results) else '')
+      if timed
+      else ''
+    )
+    + '.',
+  ]
   resumed = [f'{r["loss"]} seed {r["seed"]}' for r in results if r.get('resumed_from')]
   if resumed:
-    lines.append(f'Resumed after an interruption (times cover the last part only): '
-                 f'{", ".join(resumed)}.')
+    lines.append(
+      f'Resumed after an interruption (times cover the last part only): {", ".join(resumed)}.'
+    )
   earlier = [f'{r["loss"]} seed {r["seed"]}' for r in results if r.get('earlier')]
   if earlier:
-    lines.append(f'From an earlier invocation whose run directory is gone (no CPU time '
-                 f'recorded): {", ".join(earlier)}.')
+    lines.append(
+      f'From an earlier invocation whose run directory is gone (no CPU time '
+      f'recorded): {", ".join(earlier)}.'
+    )
   present = {(r['loss'], r['seed']) for r in results}
-  missing = [f'{loss} seed {seed}' for seed in range(seeds) for loss in losses
-             if (loss, seed) not in present]
+  missing = [
+    f'{loss} seed {seed}' for seed in range(seeds) for loss in losses if (loss, seed) not in present
+  ]
   if missing:
-    lines += ['', f'**Partial: {len(present)} of {len(losses) * seeds} runs '
-              f'({len(losses)} losses × {seeds} seeds) are present; missing: '
-              f'{", ".join(missing)}.** Resume with `python -m analysis.loss_table --config '
-              f"'{config_spec}' --seeds {seeds} --out {out_dir} --runs {runs_dir}`: finished runs "
-              f'in {runs_dir} are reused and an interrupted one continues from its checkpoint.']
+    lines += [
+      '',
+      f'**Partial: {len(present)} of {len(losses) * seeds} runs '
+      f'({len(losses)} losses × {seeds} seeds) are present; missing: '
+      f'{", ".join(missing)}.** Resume with `python -m analysis.loss_table --config '
+      f"'{config_spec}' --seeds {seeds} --out {out_dir} --runs {runs_dir}`: finished runs "
+      f'in {runs_dir} are reused and an interrupted one continues from its checkpoint.',
+    ]
   return lines
 
 
-def markdown(rows: list[dict[str, Any]], config_spec: str, steps: int,
-             status: Sequence[str] = ()) -> str:
+def markdown(
+  rows: list[dict[str, Any]], config_spec: str, steps: int, status: Sequence[str] = ()
+) -> str:
   config_names = lambda r: ', '.join(f'{k}={v}' for k, v in r['config'].items())
-  lines = [f'# Loss comparison: `{config_spec}`, {steps} steps, up to '
-           f'{max(r["seeds"] for r in rows)} seed(s)', '',
-           f'Verification on {rows[0]["pairs"]} held-out pairs ({rows[0]["set"]}), 10-fold '
-           'protocol; mean ± std over seeds. Times are per run (mean over seeds), compilation '
-           'included: wall clock, and CPU time (user + system of the training process, from '
-           'getrusage), which does not grow when other jobs share the machine. Made by '
-           '`python -m analysis.loss_table`.', '',
-           '| loss | config.loss | paper | accuracy (%) | TAR@FAR=1e-3 (%) | seeds '
-           '| wall time (s) | CPU time (s) |',
-           '|---|---|---|---|---|---|---|---|']
+  lines = [
+    f'# Loss comparison: `{config_spec}`, {steps} steps, up to '
+    f'{max(r["seeds"] for r in rows)} seed(s)',
+    '',
+    f'Verification on {rows[0]["pairs"]} held-out pairs ({rows[0]["set"]}), 10-fold '
+    'protocol; mean ± std over seeds. Times are per run (mean over seeds), compilation '
+    'included: wall clock, and CPU time (user + system of the training process, from '
+    'getrusage), which does not grow when other jobs share the machine. Made by '
+    '`python -m analysis.loss_table`.',
+    '',
+    '| loss | config.loss | paper | accuracy (%) | TAR@FAR=1e-3 (%) | seeds '
+    '| wall time (s) | CPU time (s) |',
+    '|---|---|---|---|---|---|---|---|',
+  ]
   for r in rows:
     cpu = '—' if r.get('cpu_seconds') is None else f'{r["cpu_seconds"]:.0f}'
-    lines.append(f'| {r["loss"]} | {config_names(r)} | {r["paper"]} | '
-                 f'{100 * r["accuracy"]:.2f} ± {100 * r["accuracy_std"]:.2f} | '
-                 f'{100 * r["tar_at_far"]:.2f} ± {100 * r["tar_at_far_std"]:.2f} | '
-                 f'{r["seeds"]} | {r["seconds"]:.0f} | {cpu} |')
+    lines.append(
+      f'| {r["loss"]} | {config_names(r)} | {r["paper"]} | '
+      f'{100 * r["accuracy"]:.2f} ± {100 * r["accuracy_std"]:.2f} | '
+      f'{100 * r["tar_at_far"]:.2f} ± {100 * r["tar_at_far_std"]:.2f} | '
+      f'{r["seeds"]} | {r["seconds"]:.0f} | {cpu} |'
+    )
   if status:
     lines += [''] + list(status)
   return '\n'.join(lines) + '\n'
@@ -200,14 +259,23 @@ def markdown(rows: list[dict[str, Any]], config_spec: str, steps: int,
 
 def plot(rows: list[dict[str, Any]], title: str):
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   x = np.arange(len(rows))
-  for ax, key, label in ((axes[0], 'accuracy', 'verification accuracy (%)'),
-                         (axes[1], 'tar_at_far', 'TAR @ FAR = 1e-3 (%)')):
-    ax.bar(x, [100 * r[key] for r in rows], yerr=[100 * r[key + '_std'] for r in rows],
-           color=['tab:blue' if r['loss'] in WAVE1 else 'tab:orange' for r in rows], capsize=3)
+  for ax, key, label in (
+    (axes[0], 'accuracy', 'verification accuracy (%)'),
+    (axes[1], 'tar_at_far', 'TAR @ FAR = 1e-3 (%)'),
+  ):
+    ax.bar(
+      x,
+      [100 * r[key] for r in rows],
+      yerr=[100 * r[key + '_std'] for r in rows],
+      color=['tab:blue' if r['loss'] in WAVE1 else 'tab:orange' for r in rows],
+      capsize=3,
+    )
     ax.set_xticks(x, [r['loss'] for r in rows], rotation=60, ha='right', fontsize=8)
     ax.set_ylabel(label)
     low = min(100 * (r[key] - r[key + '_std']) for r in rows)
@@ -227,14 +295,25 @@ def earlier_results(out_dir: str, config_spec: str, steps: int) -> list[dict[str
     recorded = json.load(f)
   if recorded.get('config') != config_spec or recorded.get('steps') != steps:
     return []
-  return [dict(r, earlier=r.get('earlier', False) or not os.path.isdir(r['workdir']))
-          for r in recorded.get('runs', []) if r.get('loss') in LOSSES]
+  return [
+    dict(r, earlier=r.get('earlier', False) or not os.path.isdir(r['workdir']))
+    for r in recorded.get('runs', [])
+    if r.get('loss') in LOSSES
+  ]
 
 
-def run_table(config_spec: str, seeds: int, out_dir: str, runs_dir: str,
-              losses: Sequence[str] | None = None, num_pairs: int = 3000, note: str = '') -> str:
+def run_table(
+  config_spec: str,
+  seeds: int,
+  out_dir: str,
+  runs_dir: str,
+  losses: Sequence[str] | None = None,
+  num_pairs: int = 3000,
+  note: str = '',
+) -> str:
   """Trains and scores every (loss, seed), writes the table files; returns the .md path."""
   from arcface_jax.search import enable_compilation_cache
+
   losses = list(losses) if losses else list(LOSSES)
   unknown = sorted(set(losses) - set(LOSSES))
   if unknown:
@@ -242,15 +321,20 @@ def run_table(config_spec: str, seeds: int, out_dir: str, runs_dir: str,
   steps = recipe(config_spec, losses[0], 0).train.num_steps
   os.makedirs(runs_dir, exist_ok=True)
   print(f'[loss_table] compilation cache: {enable_compilation_cache(runs_dir)}', flush=True)
-  earlier = {(r['loss'], r['seed']): r for r in earlier_results(out_dir, config_spec, steps)
-             if r['loss'] in losses and r['seed'] < seeds}
+  earlier = {
+    (r['loss'], r['seed']): r
+    for r in earlier_results(out_dir, config_spec, steps)
+    if r['loss'] in losses and r['seed'] < seeds
+  }
   finished = lambda loss, seed: os.path.exists(
-      os.path.join(runs_dir, loss, f'seed{seed}', 'loss_table_time.json'))
+    os.path.join(runs_dir, loss, f'seed{seed}', 'loss_table_time.json')
+  )
   # First the runs the table lacks, seeds outermost (every loss gets one run before the spread),
   # then those it only has from an earlier invocation (to time them again).
-  order = sorted(((loss, seed) for seed in range(seeds) for loss in losses),
-                 key=lambda ls: (ls in earlier and not finished(*ls), ls[1],
-                                 losses.index(ls[0])))
+  order = sorted(
+    ((loss, seed) for seed in range(seeds) for loss in losses),
+    key=lambda ls: (ls in earlier and not finished(*ls), ls[1], losses.index(ls[0])),
+  )
   results: dict[tuple[str, int], dict[str, Any]] = dict(earlier)
   path = ''
   for loss, seed in order:
@@ -260,24 +344,44 @@ def run_table(config_spec: str, seeds: int, out_dir: str, runs_dir: str,
     times = train_run(config, workdir)
     scores = score_run(workdir, num_pairs)
     cpu = times['cpu_seconds']
-    print(f'[loss_table] {loss} seed {seed}: accuracy {scores["accuracy"]:.4f}, TAR@FAR=1e-3 '
-          f'{scores["tar_at_far"]:.4f}, wall {times["seconds"]:.0f} s, CPU '
-          f'{"?" if cpu is None else f"{cpu:.0f}"} s', flush=True)
+    print(
+      f'[loss_table] {loss} seed {seed}: accuracy {scores["accuracy"]:.4f}, TAR@FAR=1e-3 '
+      f'{scores["tar_at_far"]:.4f}, wall {times["seconds"]:.0f} s, CPU '
+      f'{"?" if cpu is None else f"{cpu:.0f}"} s',
+      flush=True,
+    )
     results[loss, seed] = dict(loss=loss, seed=seed, workdir=workdir, **times, **scores)
     # Rewritten after every run: an interrupted table still shows what is done.
-    path = write_table(list(results.values()), config_spec, steps, seeds, out_dir,
-                       losses=losses, runs_dir=runs_dir, note=note)
+    path = write_table(
+      list(results.values()),
+      config_spec,
+      steps,
+      seeds,
+      out_dir,
+      losses=losses,
+      runs_dir=runs_dir,
+      note=note,
+    )
   return path
 
 
-def write_table(results: list[dict[str, Any]], config_spec: str, steps: int, seeds: int,
-                out_dir: str, *, losses: Sequence[str] | None = None,
-                runs_dir: str = 'runs/loss_table', note: str = '') -> str:
+def write_table(
+  results: list[dict[str, Any]],
+  config_spec: str,
+  steps: int,
+  seeds: int,
+  out_dir: str,
+  *,
+  losses: Sequence[str] | None = None,
+  runs_dir: str = 'runs/loss_table',
+  note: str = '',
+) -> str:
   """loss_table.md/.png/.csv/.json of the runs so far; returns the .md path."""
   results = sorted(results, key=lambda r: (list(LOSSES).index(r['loss']), r['seed']))
   rows = summarise(results)
-  status = _status_lines(results, config_spec, seeds, list(losses or LOSSES), out_dir, runs_dir,
-                         note)
+  status = _status_lines(
+    results, config_spec, seeds, list(losses or LOSSES), out_dir, runs_dir, note
+  )
   output.ensure_dir(out_dir)
   path = os.path.join(out_dir, f'{NAME}.md')
   with open(path, 'w') as f:
@@ -285,28 +389,58 @@ def write_table(results: list[dict[str, Any]], config_spec: str, steps: int, see
   fig = plot(rows, f'{config_spec}: {steps} steps, up to {seeds} seed(s) per loss')
   fig.savefig(os.path.join(out_dir, f'{NAME}.png'), dpi=120)
   import matplotlib.pyplot as plt
+
   plt.close(fig)
-  output.write_csv(('loss', 'seed', 'accuracy', 'tar_at_far', 'seconds', 'cpu_seconds',
-                    'resumed_from', 'earlier', 'workdir'),
-                   [(r['loss'], r['seed'], r['accuracy'], r['tar_at_far'], r['seconds'],
-                     r.get('cpu_seconds'), r.get('resumed_from', 0), bool(r.get('earlier')),
-                     r['workdir']) for r in results], out_dir, NAME)
-  output.write_json({'config': config_spec, 'steps': steps, 'seeds': seeds, 'rows': rows,
-                     'runs': results}, out_dir, NAME)
+  output.write_csv(
+    (
+      'loss',
+      'seed',
+      'accuracy',
+      'tar_at_far',
+      'seconds',
+      'cpu_seconds',
+      'resumed_from',
+      'earlier',
+      'workdir',
+    ),
+    [
+      (
+        r['loss'],
+        r['seed'],
+        r['accuracy'],
+        r['tar_at_far'],
+        r['seconds'],
+        r.get('cpu_seconds'),
+        r.get('resumed_from', 0),
+        bool(r.get('earlier')),
+        r['workdir'],
+      )
+      for r in results
+    ],
+    out_dir,
+    NAME,
+  )
+  output.write_json(
+    {'config': config_spec, 'steps': steps, 'seeds': seeds, 'rows': rows, 'runs': results},
+    out_dir,
+    NAME,
+  )
   return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--config', required=True, help='the shared recipe, e.g. configs/toy.py:3d')
   parser.add_argument('--seeds', type=int, default=1, help='runs per loss (seeds 0..N-1)')
   parser.add_argument('--out', default='figs/loss_table', help='where the table files go')
   parser.add_argument('--runs', default='runs/loss_table', help='where the runs are trained')
   parser.add_argument('--losses', nargs='*', default=None, help=f'a subset of {list(LOSSES)}')
   parser.add_argument('--pairs', type=int, default=3000, help='held-out verification pairs')
-  parser.add_argument('--note', default='', help='a sentence for the table, e.g. what else ran '
-                      'on the machine')
+  parser.add_argument(
+    '--note', default='', help='a sentence for the table, e.g. what else ran on the machine'
+  )
   args = parser.parse_args(argv)
   if args.seeds < 1:
     parser.error(f'--seeds={args.seeds} must be >= 1')

@@ -15,6 +15,7 @@ Top row: target logit against θ; bottom row: class 1's decision boundary θ2 = 
 (analysis.decision_margins: above it class 1 wins; the diagonal is the margin-free boundary).
 Every curve comes from `margins.get(...).target_logit`. Writes margin_families.{png,csv,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,22 +35,38 @@ TARGET_DEG = 60.0
 
 def families() -> dict[str, dict[str, Any]]:
   """Per loss: label, parameter name, and (value, member label) pairs."""
-  mag, ada = margins.get('magface'), margins.get('adaface')
+  mag = margins.get('magface')
   arc, cos = margins.get('elasticface_arc'), margins.get('elasticface_cos')
   return {
-      'magface': dict(label='MagFace: m(a), feature norm a', param='a',
-                      members=[(a, f'a = {a:g}') for a in np.linspace(mag.l_a, mag.u_a, 5)]),
-      'adaface': dict(label='AdaFace: standardised norm ẑ', param='z',
-                      members=[(z, f'ẑ = {z:+g}') for z in (-1.0, -0.5, 0.0, 0.5, 1.0)]),
-      'elasticface_arc': dict(label=f'ElasticFace-Arc: m ~ N({arc.m}, {arc.sigma}²)', param='m',
-                              members=[(arc.m + k * arc.sigma, f'm = {arc.m + k * arc.sigma:.2f}')
-                                       for k in (-2, -1, 0, 1, 2)]),
-      'elasticface_cos': dict(label=f'ElasticFace-Cos: m ~ N({cos.m}, {cos.sigma}²)', param='m',
-                              members=[(cos.m + k * cos.sigma, f'm = {cos.m + k * cos.sigma:.2f}')
-                                       for k in (-2, -1, 0, 1, 2)]),
-      'curricularface': dict(label=f'CurricularFace: negatives vs a target at {TARGET_DEG:g}°',
-                             param='t', members=[(t, f't = {t:.2f}')
-                                                 for t in (0.0, 1 / 3, 2 / 3, 1.0)]),
+    'magface': dict(
+      label='MagFace: m(a), feature norm a',
+      param='a',
+      members=[(a, f'a = {a:g}') for a in np.linspace(mag.l_a, mag.u_a, 5)],
+    ),
+    'adaface': dict(
+      label='AdaFace: standardised norm ẑ',
+      param='z',
+      members=[(z, f'ẑ = {z:+g}') for z in (-1.0, -0.5, 0.0, 0.5, 1.0)],
+    ),
+    'elasticface_arc': dict(
+      label=f'ElasticFace-Arc: m ~ N({arc.m}, {arc.sigma}²)',
+      param='m',
+      members=[
+        (arc.m + k * arc.sigma, f'm = {arc.m + k * arc.sigma:.2f}') for k in (-2, -1, 0, 1, 2)
+      ],
+    ),
+    'elasticface_cos': dict(
+      label=f'ElasticFace-Cos: m ~ N({cos.m}, {cos.sigma}²)',
+      param='m',
+      members=[
+        (cos.m + k * cos.sigma, f'm = {cos.m + k * cos.sigma:.2f}') for k in (-2, -1, 0, 1, 2)
+      ],
+    ),
+    'curricularface': dict(
+      label=f'CurricularFace: negatives vs a target at {TARGET_DEG:g}°',
+      param='t',
+      members=[(t, f't = {t:.2f}') for t in (0.0, 1 / 3, 2 / 3, 1.0)],
+    ),
   }
 
 
@@ -63,8 +80,7 @@ def curve(key: str, value: float, theta: np.ndarray) -> np.ndarray:
   elif key.startswith('elasticface'):
     out = margins.get(key).target_logit(t, m=value)
   else:
-    out = margins.get('curricularface').negative_logit(jnp.cos(t), math.radians(TARGET_DEG),
-                                                       value)
+    out = margins.get('curricularface').negative_logit(jnp.cos(t), math.radians(TARGET_DEG), value)
   return np.asarray(out, np.float64)
 
 
@@ -78,17 +94,20 @@ def compute(num: int = 361) -> dict[str, Any]:
     members = []
     for value, label in family['members']:
       f = curve(key, value, theta)
-      members.append(dict(value=float(value), label=label, f=f,
-                          boundary_deg=np.rad2deg(boundary(f))))
+      members.append(
+        dict(value=float(value), label=label, f=f, boundary_deg=np.rad2deg(boundary(f)))
+      )
     out[key] = dict(label=family['label'], param=family['param'], members=members)
   curricular = margins.get('curricularface')
   out['curricularface']['target'] = np.asarray(
-      curricular.target_logit(jnp.asarray(theta, jnp.float32)), np.float64)
+    curricular.target_logit(jnp.asarray(theta, jnp.float32)), np.float64
+  )
   return {'theta_deg': theta_deg, 'families': out}
 
 
 def plot(data: dict[str, Any]):
   import matplotlib.pyplot as plt
+
   theta = data['theta_deg']
   fams = data['families']
   fig, axes = plt.subplots(2, len(fams), figsize=(4.2 * len(fams), 8.5))
@@ -107,10 +126,17 @@ def plot(data: dict[str, Any]):
     else:
       top.set(ylabel='target logit / s', xlabel='θ (degrees)')
     bottom.plot([0, 180], [0, 180], 'k:', lw=0.6)
-    bottom.set(xlabel='θ1 (degrees)', ylabel='θ2 on class 1\'s boundary (degrees)',
-               xlim=(0, 180), ylim=(0, 180))
-    top.set(title=fam['label'], xlim=(0, 180), ylim=(-1.6, 1.6) if key != 'curricularface'
-            else (-1.1, 2.1))
+    bottom.set(
+      xlabel='θ1 (degrees)',
+      ylabel='θ2 on class 1\'s boundary (degrees)',
+      xlim=(0, 180),
+      ylim=(0, 180),
+    )
+    top.set(
+      title=fam['label'],
+      xlim=(0, 180),
+      ylim=(-1.6, 1.6) if key != 'curricularface' else (-1.1, 2.1),
+    )
     top.title.set_fontsize(9)
     for ax in (top, bottom):
       ax.set_xticks(range(0, 181, 45))
@@ -126,14 +152,21 @@ def write(out_dir: str, num: int = 361) -> dict[str, str]:
   data = compute(num)
   columns = [(k, m) for k, fam in data['families'].items() for m in fam['members']]
   header = ['theta_deg'] + [f"{k}_{fam_param(data, k)}={m['value']:.4g}" for k, m in columns]
-  rows = ([data['theta_deg'][i]] + [m['f'][i] for _, m in columns]
-          for i in range(len(data['theta_deg'])))
+  rows = (
+    [data['theta_deg'][i]] + [m['f'][i] for _, m in columns] for i in range(len(data['theta_deg']))
+  )
   csv_path = output.write_csv(header, rows, out_dir, NAME)
-  meta = {k: {'label': fam['label'], 'param': fam['param'],
-              'values': [m['value'] for m in fam['members']]}
-          for k, fam in data['families'].items()}
-  json_path = output.write_json({'target_deg_for_curricularface': TARGET_DEG, 'families': meta},
-                                out_dir, NAME)
+  meta = {
+    k: {
+      'label': fam['label'],
+      'param': fam['param'],
+      'values': [m['value'] for m in fam['members']],
+    }
+    for k, fam in data['families'].items()
+  }
+  json_path = output.write_json(
+    {'target_deg_for_curricularface': TARGET_DEG, 'families': meta}, out_dir, NAME
+  )
   png_path = output.save_figure(plot(data), out_dir, NAME)
   return {'png': png_path, 'csv': csv_path, 'json': json_path}
 
@@ -144,7 +177,8 @@ def fam_param(data: dict[str, Any], key: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--num', type=int, default=361, help='θ grid points over [0°, 180°]')
   args = parser.parse_args(argv)

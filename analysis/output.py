@@ -3,6 +3,7 @@
 Every analysis command writes a PNG together with the numbers it was drawn from, so a figure can
 be re-checked (and tested) without reading pixels.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,16 +64,16 @@ def write_json(data: Any, out_dir: str, name: str) -> str:
   return os.fspath(path)
 
 
-def write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], out_dir: str,
-              name: str) -> str:
+def write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], out_dir: str, name: str) -> str:
   """A CSV with `header`; floats written with repr precision, NaN as an empty cell."""
   path = _in(out_dir, f'{name}.csv')
   table = io.StringIO(newline='')
   writer = csv.writer(table)
   writer.writerow(header)
   for row in rows:
-    writer.writerow(['' if isinstance(v, float) and not np.isfinite(v) else v
-                     for v in (_plain(v) for v in row)])
+    writer.writerow(
+      ['' if isinstance(v, float) and not np.isfinite(v) else v for v in (_plain(v) for v in row)]
+    )
   path.write_text(table.getvalue())
   return os.fspath(path)
 

@@ -6,6 +6,7 @@ A run is a training workdir, read only through the library's loading API
 checkpoints cost one compilation), reads the class centres, and draws the images the figures embed: a fixed
 sample of the training source and the held-out verification pairs.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,6 +32,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   if images.shape[1] == size and images.shape[2] == size:
     return images
   from arcface_jax.data.decode import resize
+
   return np.stack([resize(image, (size, size)) for image in images])
 
 
@@ -65,14 +67,21 @@ class Run:
     config = self.config
     images = resize_images(np.asarray(images), config.data.image_size)
     embeddings, _ = extract_embeddings(
-        lambda batch: self._embed(variables, batch), images, batch_size=config.eval.batch_size,
-        mean=config.data.mean, std=config.data.std, flip=flip, mesh=self.mesh)
+      lambda batch: self._embed(variables, batch),
+      images,
+      batch_size=config.eval.batch_size,
+      mean=config.data.mean,
+      std=config.data.std,
+      flip=flip,
+      mesh=self.mesh,
+    )
     return embeddings
 
   @property
   def source(self) -> Any:
     if self._source is None:
       from arcface_jax.data.sources import get_train_source
+
       self._source = get_train_source(self.config.data)
     return self._source
 
@@ -94,8 +103,9 @@ class Run:
     images = resize_images(np.stack([s[0] for s in samples]), self.config.data.image_size)
     return images, np.array([s[1] for s in samples], np.int64)
 
-  def verification_pairs(self, num_pairs: int | None = None
-                         ) -> tuple[str, np.ndarray, np.ndarray] | None:
+  def verification_pairs(
+    self, num_pairs: int | None = None
+  ) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(set name, images (2N, ...), issame (N,)) of held-out pairs, or None when there are none.
 
     Digits runs pair held-out digits, synthetic runs held-out identities; other runs use the
@@ -104,19 +114,24 @@ class Run:
     config = self.config
     if config.data.source == 'digits':
       from arcface_jax.data.digits import digits_verification_pairs
-      images, issame = digits_verification_pairs(num_pairs or 1000, config.data.image_size,
-                                                 num_classes=config.data.num_classes or 10)
+
+      images, issame = digits_verification_pairs(
+        num_pairs or 1000, config.data.image_size, num_classes=config.data.num_classes or 10
+      )
       return 'digits_heldout', images, issame
     if config.data.source == 'synthetic':
       from arcface_jax.data.synthetic import synthetic_verification_pairs
+
       num = num_pairs or config.eval.synthetic_pairs or 1000
-      images, issame = synthetic_verification_pairs(config.data.synthetic_variant,
-                                                    config.data.data_dir, num)
+      images, issame = synthetic_verification_pairs(
+        config.data.synthetic_variant, config.data.data_dir, num
+      )
       return 'synthetic_heldout', images, issame
     if config.eval.bins:
       from arcface_jax.evaluation.evaluators import load_sets
+
       name, images, issame = load_sets(config)[-1]
       if num_pairs:
-        images, issame = images[:2 * num_pairs], issame[:num_pairs]
+        images, issame = images[: 2 * num_pairs], issame[:num_pairs]
       return name, images, issame
     return None

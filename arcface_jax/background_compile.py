@@ -11,6 +11,7 @@ C++), so an exit hook waits for it instead: the exit status stays right, the exi
 command-line entry point, which knows its exit status, calls `exit_now_if_abandoned(status)` to
 end the process at once instead (`os._exit` after flushing the logs and streams).
 """
+
 from __future__ import annotations
 
 import atexit

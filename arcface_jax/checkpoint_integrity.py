@@ -12,6 +12,7 @@ A step without SHA256SUMS (the process stopped between orbax's finalisation and 
 an older version of this code wrote it) is restored unverified with a warning: its files may be
 fine, and refusing it would throw away the newest work. If orbax cannot read it, it is damaged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ DAMAGE_NOTE = 'DAMAGE.txt'
 @dataclasses.dataclass(frozen=True)
 class Damage:
   """Why a step cannot be used: `reason` is a short slug for the directory name."""
+
   reason: str
   detail: str
 
@@ -42,8 +44,11 @@ class Damage:
 
 
 def _relative_files(step_dir: paths.PathLike) -> list[str]:
-  return [name for name in paths.relative_files(step_dir)
-          if name not in (SUMS_FILE, SUMS_FILE + '.partial')]
+  return [
+    name
+    for name in paths.relative_files(step_dir)
+    if name not in (SUMS_FILE, SUMS_FILE + '.partial')
+  ]
 
 
 def _sha256(path: epath.Path) -> str:
@@ -108,25 +113,37 @@ def verify(step_dir: paths.PathLike, items: Iterable[str] | None = None) -> Dama
   present = {name for name in _relative_files(step_dir) if _in_scope(name, items)}
   missing = sorted(set(expected) - present)
   if missing:
-    items_gone = sorted({name.split('/', 1)[0] for name in missing if '/' in name
-                         and not (step_dir / name.split('/', 1)[0]).is_dir()})
+    items_gone = sorted(
+      {
+        name.split('/', 1)[0]
+        for name in missing
+        if '/' in name and not (step_dir / name.split('/', 1)[0]).is_dir()
+      }
+    )
     if items_gone:
       return Damage(f'missing-{items_gone[0]}', f'item {items_gone[0]}/ is missing')
     return Damage('missing-files', f'{len(missing)} files are missing: {_listing(missing)}')
   unexpected = sorted(present - set(expected))
   if unexpected:
-    return Damage('unexpected-files', f'{len(unexpected)} files are not in its {SUMS_FILE}: '
-                  f'{_listing(unexpected)}')
-  altered = [name for name, digest in sorted(expected.items())
-             if _sha256(step_dir / name) != digest]
+    return Damage(
+      'unexpected-files',
+      f'{len(unexpected)} files are not in its {SUMS_FILE}: {_listing(unexpected)}',
+    )
+  altered = [
+    name for name, digest in sorted(expected.items()) if _sha256(step_dir / name) != digest
+  ]
   if altered:
-    return Damage('checksum-mismatch', f'{len(altered)} files do not match their checksum '
-                  f'(truncated or altered): {_listing(altered)}')
+    return Damage(
+      'checksum-mismatch',
+      f'{len(altered)} files do not match their checksum '
+      f'(truncated or altered): {_listing(altered)}',
+    )
   return None
 
 
-def set_aside(workdir: paths.PathLike, step_dir: paths.PathLike, step: int,
-              damage: Damage) -> epath.Path:
+def set_aside(
+  workdir: paths.PathLike, step_dir: paths.PathLike, step: int, damage: Damage
+) -> epath.Path:
   """Moves a damaged step to `<workdir>/damaged_checkpoints/<step>-<reason>` and returns it.
 
   On an object store the move is a copy of each object and a delete (there are no directories
@@ -141,10 +158,12 @@ def set_aside(workdir: paths.PathLike, step_dir: paths.PathLike, step: int,
     suffix += 1
     target = parent / f'{step}-{slug}-{suffix}'
   epath.Path(step_dir).rename(target)
-  note = (f'Checkpoint step {step} was set aside on {time.strftime("%Y-%m-%d %H:%M:%S %Z")} by '
-          f'pid {os.getpid()} on {socket.gethostname()}: {damage.detail}.\n'
-          f'It was moved here from {step_dir} and is not read again. Delete it when you no '
-          'longer need it for inspection.\n')
+  note = (
+    f'Checkpoint step {step} was set aside on {time.strftime("%Y-%m-%d %H:%M:%S %Z")} by '
+    f'pid {os.getpid()} on {socket.gethostname()}: {damage.detail}.\n'
+    f'It was moved here from {step_dir} and is not read again. Delete it when you no '
+    'longer need it for inspection.\n'
+  )
   try:
     (target / DAMAGE_NOTE).write_text(note)
   except OSError:

@@ -11,6 +11,7 @@ a checksum file, and a restore takes the newest step that verifies, reads and is
 damaged ones aside (`checkpoint_integrity`). A failed write (disk full) is one
 `WorkdirWriteError`; the earlier checkpoints stay as they are.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,41 +64,57 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeErr
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
 def _split(state: TrainState) -> dict[str, Any]:
   model = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
-  train = {'head': state.params['head'], 'head_state': state.head_state,
-           'opt_state': state.opt_state, 'step': state.step,
-           'skipped_steps': state.skipped_steps, 'consecutive_skips': state.consecutive_skips}
+  train = {
+    'head': state.params['head'],
+    'head_state': state.head_state,
+    'opt_state': state.opt_state,
+    'step': state.step,
+    'skipped_steps': state.skipped_steps,
+    'consecutive_skips': state.consecutive_skips,
+  }
   return {MODEL_ITEM: model, TRAIN_ITEM: train}
 
 
 def _join(items: dict[str, Any]) -> TrainState:
   model, train = items[MODEL_ITEM], items[TRAIN_ITEM]
-  return TrainState(step=train['step'],
-                    params={'backbone': model['params'], 'head': train['head']},
-                    batch_stats=model['batch_stats'], head_state=train['head_state'],
-                    opt_state=train['opt_state'], skipped_steps=train['skipped_steps'],
-                    consecutive_skips=train['consecutive_skips'])
+  return TrainState(
+    step=train['step'],
+    params={'backbone': model['params'], 'head': train['head']},
+    batch_stats=model['batch_stats'],
+    head_state=train['head_state'],
+    opt_state=train['opt_state'],
+    skipped_steps=train['skipped_steps'],
+    consecutive_skips=train['consecutive_skips'],
+  )
 
 
 class Checkpointer:
   """Policy over orbax's CheckpointManager for TrainState: when to save, what to trust."""
 
-  def __init__(self, workdir: paths.PathLike, *, save_every: int = 0, keep: int = 3,
-               asynchronous: bool = True):
+  def __init__(
+    self, workdir: paths.PathLike, *, save_every: int = 0, keep: int = 3, asynchronous: bool = True
+  ):
     if keep < 1:
       raise ValueError(f'keep={keep}: at least one checkpoint must be kept')
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(save_every, 1),
-        enable_async_checkpointing=asynchronous, create=True, cleanup_tmp_directories=True)
+      max_to_keep=keep,
+      save_interval_steps=max(save_every, 1),
+      enable_async_checkpointing=asynchronous,
+      create=True,
+      cleanup_tmp_directories=True,
+    )
     self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
     self._save_every = save_every
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=(MODEL_ITEM, TRAIN_ITEM))
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=(MODEL_ITEM, TRAIN_ITEM)
+    )
     self._sums_thread: threading.Thread | None = None
     self._sums_error: BaseException | None = None
     self._failed = False
@@ -133,8 +150,9 @@ class Checkpointer:
       self._finish_sums()
       saved = self.manager.save(step, args=args, force=True)
     if saved and jax.process_index() == 0:
-      self._sums_thread = threading.Thread(target=self._write_sums_when_final, args=(step,),
-                                           name=f'checksums-{step}', daemon=True)
+      self._sums_thread = threading.Thread(
+        target=self._write_sums_when_final, args=(step,), name=f'checksums-{step}', daemon=True
+      )
       self._sums_thread.start()
     return saved
 
@@ -195,25 +213,30 @@ class Checkpointer:
       if damage is None:
         verified = integrity.has_sums(step_dir)
         if not verified:
-          logging.warning('checkpoint step %d has no %s (the process stopped before it was '
-                          'written, or an older version saved it): restoring it unverified',
-                          step, integrity.SUMS_FILE)
+          logging.warning(
+            'checkpoint step %d has no %s (the process stopped before it was '
+            'written, or an older version saved it): restoring it unverified',
+            step,
+            integrity.SUMS_FILE,
+          )
         try:
           state = self.restore(abstract_state, step)
         except _READ_ERRORS as e:
           if verified:
             raise CheckpointError(
-                f'checkpoint step {step} in {self.directory} is intact but does not fit this '
-                f'run\'s config ({_first_line(e)}). Resume with the config it was trained with '
-                f'({paths.resolve(self.workdir) / "config.json"}) or use a new --workdir.'
+              f'checkpoint step {step} in {self.directory} is intact but does not fit this '
+              f'run\'s config ({_first_line(e)}). Resume with the config it was trained with '
+              f'({paths.resolve(self.workdir) / "config.json"}) or use a new --workdir.'
             ) from None
           damage = Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
         else:
           problems = state_health.train_state_problems(state)
           if not problems:
             return state
-          damage = Damage('unsound', 'it holds a diverged state, which would fail again at '
-                          'once: ' + '; '.join(problems))
+          damage = Damage(
+            'unsound',
+            'it holds a diverged state, which would fail again at once: ' + '; '.join(problems),
+          )
       self.set_aside(step, damage)
     return None
 
@@ -251,12 +274,15 @@ def kept_message(workdir: paths.PathLike) -> str:
     steps = []
   if not steps:
     return 'No checkpoint had been saved yet.'
-  return (f'The finished checkpoints in {directory} are kept (newest: step {steps[-1]}); an '
-          'unfinished one is removed on the next start.')
+  return (
+    f'The finished checkpoints in {directory} are kept (newest: step {steps[-1]}); an '
+    'unfinished one is removed on the next start.'
+  )
 
 
-def _report_and_set_aside(workdir: paths.PathLike, step: int, damage: Damage, *,
-                          move: bool) -> None:
+def _report_and_set_aside(
+  workdir: paths.PathLike, step: int, damage: Damage, *, move: bool
+) -> None:
   """Warns about a damaged step and moves it aside (process 0 only), or says why it stays."""
   step_dir = checkpoint_dir(workdir) / str(step)
   if move and jax.process_index() == 0:
@@ -269,12 +295,19 @@ def _report_and_set_aside(workdir: paths.PathLike, step: int, damage: Damage, *,
     where = 'process 0 moves it aside'
   else:
     where = 'left in place while a training process holds the workdir'
-  logging.warning('checkpoint step %d in %s is damaged (%s); %s and falling back to the newest '
-                  'earlier checkpoint', step, checkpoint_dir(workdir), damage, where)
+  logging.warning(
+    'checkpoint step %d in %s is damaged (%s); %s and falling back to the newest '
+    'earlier checkpoint',
+    step,
+    checkpoint_dir(workdir),
+    damage,
+    where,
+  )
 
 
-def restore_model_variables(workdir: paths.PathLike, abstract_variables: Any,
-                            step: int | None = None) -> tuple[Any, int]:
+def restore_model_variables(
+  workdir: paths.PathLike, abstract_variables: Any, step: int | None = None
+) -> tuple[Any, int]:
   """Only the backbone variables of a checkpoint (latest by default), and the step they are from.
 
   The latest step that verifies, reads and holds finite, bounded values is used; damaged ones
@@ -289,40 +322,49 @@ def restore_model_variables(workdir: paths.PathLike, abstract_variables: Any,
   try:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
-      raise FileNotFoundError(f'no checkpoint in {directory}: train first, or pass the '
-                              '--workdir of a run that saved one')
+      raise FileNotFoundError(
+        f'no checkpoint in {directory}: train first, or pass the --workdir of a run that saved one'
+      )
     if step is not None and step not in steps:
-      raise FileNotFoundError(f'no checkpoint for step {step} in {directory}; available '
-                              f'steps: {sorted(steps)}')
-    for candidate in ([step] if step is not None else steps):
+      raise FileNotFoundError(
+        f'no checkpoint for step {step} in {directory}; available steps: {sorted(steps)}'
+      )
+    for candidate in [step] if step is not None else steps:
       variables, damage = _read_model_item(manager, directory, candidate, abstract)
       if damage is None:
         return variables, candidate
       if step is not None:
-        raise CheckpointError(f'checkpoint step {step} in {directory} is damaged ({damage}); '
-                              f'choose another step ({sorted(steps)}) or leave --step out to '
-                              'use the newest intact one')
+        raise CheckpointError(
+          f'checkpoint step {step} in {directory} is damaged ({damage}); '
+          f'choose another step ({sorted(steps)}) or leave --step out to '
+          'use the newest intact one'
+        )
       holder = workdir_lock.live_holder(workdir)
       _report_and_set_aside(workdir, candidate, damage, move=holder is None)
-    raise CheckpointError(f'no intact checkpoint in {directory}: every one is damaged (see the '
-                          'warnings above)')
+    raise CheckpointError(
+      f'no intact checkpoint in {directory}: every one is damaged (see the warnings above)'
+    )
   finally:
     manager.close()
 
 
-def _read_model_item(manager: ocp.CheckpointManager, directory: epath.Path, step: int,
-                     abstract: Any) -> tuple[Any, Damage | None]:
+def _read_model_item(
+  manager: ocp.CheckpointManager, directory: epath.Path, step: int, abstract: Any
+) -> tuple[Any, Damage | None]:
   step_dir = directory / str(step)
   damage = integrity.verify(step_dir, items=(MODEL_ITEM,))
   if damage is not None:
     return None, damage
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{MODEL_ITEM: ocp.args.StandardRestore(abstract)}))
+    restored = manager.restore(
+      step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)})
+    )
   except _READ_ERRORS as e:
     if integrity.has_sums(step_dir):
-      raise CheckpointError(f'checkpoint step {step} in {directory} is intact but its backbone '
-                            f'does not fit the run\'s config.json ({_first_line(e)})') from None
+      raise CheckpointError(
+        f'checkpoint step {step} in {directory} is intact but its backbone '
+        f'does not fit the run\'s config.json ({_first_line(e)})'
+      ) from None
     return None, Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
   variables = restored[MODEL_ITEM]
   problems = state_health.model_variables_problems(variables)

@@ -6,6 +6,7 @@ ml_collections flag style, without absl flags: every command parses its argument
 Recipes find `base.py` next to themselves with `load_base`, so a recipe works from any working
 directory and without installing `configs/` as a package.
 """
+
 from __future__ import annotations
 
 import ast
@@ -46,15 +47,18 @@ def recipe_options(recipe_file: str, arg: str | None, allowed: set[str]) -> set[
   options = {option for option in (arg or '').split(',') if option}
   unknown = options - allowed
   if unknown:
-    raise RecipeOptionError(f'configs/{os.path.basename(recipe_file)}: unknown option(s) '
-                     f'{sorted(unknown)}; valid: {", ".join(sorted(allowed))}')
+    raise RecipeOptionError(
+      f'configs/{os.path.basename(recipe_file)}: unknown option(s) '
+      f'{sorted(unknown)}; valid: {", ".join(sorted(allowed))}'
+    )
   return options
 
 
 def recipe_row(recipe_file: str, name: str) -> dict[str, Any]:
   """Row `name` of the published recipes' table, `recipes.py` next to `recipe_file`."""
-  table = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(recipe_file)),
-                                      'recipes.py'))['RECIPES']
+  table = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(recipe_file)), 'recipes.py'))[
+    'RECIPES'
+  ]
   return table[name]
 
 
@@ -65,8 +69,13 @@ def apply_recipe_row(config: ml_collections.ConfigDict, row: dict[str, Any]) -> 
   rows: the reference trainer's schedule (`apply_reference_recipe`) over `epochs`.
   """
   if row['schedule'] == 'warmup_poly':
-    apply_reference_recipe(config, num_images=row['images'], num_classes=row['identities'],
-                           batch_size=row['batch'], epochs=row['epochs'])
+    apply_reference_recipe(
+      config,
+      num_images=row['images'],
+      num_classes=row['identities'],
+      batch_size=row['batch'],
+      epochs=row['epochs'],
+    )
   else:
     config.data.source = 'recordio'
     config.data.image_size = 112
@@ -86,8 +95,14 @@ def apply_recipe_row(config: ml_collections.ConfigDict, row: dict[str, Any]) -> 
   config.head.sample_rate = row['sample_rate']
 
 
-def apply_reference_recipe(config: ml_collections.ConfigDict, *, num_images: int,
-                           num_classes: int, batch_size: int = 1024, epochs: int = 20) -> None:
+def apply_reference_recipe(
+  config: ml_collections.ConfigDict,
+  *,
+  num_images: int,
+  num_classes: int,
+  batch_size: int = 1024,
+  epochs: int = 20,
+) -> None:
   """The current reference trainer's large-scale schedule (REFERENCE §7), shared by the recipes.
 
   RecordIO data with the class count known up front, 112-px crops, 512-d embeddings, bf16 trunk,
@@ -146,9 +161,12 @@ class ConfigOverrideError(ValueError):
 
 def _typed_like(key: str, text: str, current: Any) -> Any:
   """`text` read as the type of the key's `current` value, as ml_collections' flags type it."""
+
   def fail(kind: str) -> ConfigOverrideError:
-    return ConfigOverrideError(f'--config.{key}={text}: expected {kind} (the current value is '
-                               f'{current!r})')
+    return ConfigOverrideError(
+      f'--config.{key}={text}: expected {kind} (the current value is {current!r})'
+    )
+
   if isinstance(current, bool):
     if text.lower() in ('true', '1', 'yes'):
       return True
@@ -208,12 +226,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     for part in parents:
       node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise ConfigOverrideError(f'--config.{key}: the config has no key {key!r} (every key is '
-                                'declared in configs/base.py); check the spelling')
+      raise ConfigOverrideError(
+        f'--config.{key}: the config has no key {key!r} (every key is '
+        'declared in configs/base.py); check the spelling'
+      )
     current = node[leaf]
     if isinstance(current, ml_collections.ConfigDict):
-      raise ConfigOverrideError(f'--config.{key}: {key!r} is a group of keys; set one of '
-                                f'{", ".join(sorted(current.keys()))}')
+      raise ConfigOverrideError(
+        f'--config.{key}: {key!r} is a group of keys; set one of '
+        f'{", ".join(sorted(current.keys()))}'
+      )
     node[leaf] = _typed_like(key, text, current)
 
 
@@ -224,7 +246,7 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   while args:
     arg = args.pop(0)
     if arg.startswith('--config.'):
-      body = arg[len('--config.'):]
+      body = arg[len('--config.') :]
       if '=' not in body:
         if not args:
           raise ConfigOverrideError(f'{arg}: expected --config.KEY=VALUE')

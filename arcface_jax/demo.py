@@ -8,6 +8,7 @@ from the finished run (`make demo` runs `analysis.logit_curves` and `analysis.an
 
   python -m arcface_jax.demo --workdir runs/demo [--config configs/synthetic.py]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,13 +57,19 @@ def main(args: argparse.Namespace) -> None:
   untrained_vars = models.initial_variables(config)
   trained_vars = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
   untrained, trained = (
-      evaluator.score(embedder_from_variables(config, embed, variables, step, mesh), name, images,
-                      issame)
-      for variables, step in ((untrained_vars, 0), (trained_vars, int(state.step))))
-  print(f'untrained network accuracy: {untrained["accuracy"]:.4f} ± {untrained["std"]:.4f} '
-        f'({len(issame)} pairs)')
-  print(f'held-out verification accuracy: {trained["accuracy"]:.4f} ± {trained["std"]:.4f} '
-        f'({len(issame)} pairs)')
+    evaluator.score(
+      embedder_from_variables(config, embed, variables, step, mesh), name, images, issame
+    )
+    for variables, step in ((untrained_vars, 0), (trained_vars, int(state.step)))
+  )
+  print(
+    f'untrained network accuracy: {untrained["accuracy"]:.4f} ± {untrained["std"]:.4f} '
+    f'({len(issame)} pairs)'
+  )
+  print(
+    f'held-out verification accuracy: {trained["accuracy"]:.4f} ± {trained["std"]:.4f} '
+    f'({len(issame)} pairs)'
+  )
 
 
 if __name__ == '__main__':

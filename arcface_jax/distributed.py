@@ -13,6 +13,7 @@ head all-gathers embeddings and reduces its softmax across every device): gloo i
 JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise. GPUs use NCCL and TPUs their ICI regardless.
 See launch/README.md for the launchers and their variables.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,14 +45,23 @@ def initialize_if_launched() -> bool:
   if kind == 'explicit':
     missing = [v for v in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID') if v not in os.environ]
     if missing:
-      raise ValueError(f'JAX_COORDINATOR_ADDRESS is set but {missing} are not: set all three '
-                       '(see launch/README.md)')
-    jax.distributed.initialize(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
-                               num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-                               process_id=int(os.environ['JAX_PROCESS_ID']))
+      raise ValueError(
+        f'JAX_COORDINATOR_ADDRESS is set but {missing} are not: set all three '
+        '(see launch/README.md)'
+      )
+    jax.distributed.initialize(
+      coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+      num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+      process_id=int(os.environ['JAX_PROCESS_ID']),
+    )
   else:
     jax.distributed.initialize()
-  logging.info('joined a %s job as process %d of %d with %d local / %d global devices', kind,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    'joined a %s job as process %d of %d with %d local / %d global devices',
+    kind,
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

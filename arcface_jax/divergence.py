@@ -7,6 +7,7 @@ checkpointed, and a checkpoint is only known good once the step after it was fin
 divergence the checkpoints the failing steps started from are set aside, so the next start resumes
 from one that trained.
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,8 +31,9 @@ class DivergenceCheck:
   rate. Nothing is saved on divergence: the state then is the one that keeps failing.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, checkpointer: Checkpointer,
-               first_step: int):
+  def __init__(
+    self, config: ml_collections.ConfigDict, checkpointer: Checkpointer, first_step: int
+  ):
     self.config, self.checkpointer, self.first_step = config, checkpointer, first_step
 
   def check(self, state: TrainState, step: int) -> None:
@@ -48,38 +50,52 @@ class DivergenceCheck:
     except UnsoundStateError as e:
       raise self._error(step, problems=e.problems) from None
 
-  def _error(self, step: int, *, consecutive: int = 0,
-             problems: list[str] | None = None) -> TrainingDivergedError:
+  def _error(
+    self, step: int, *, consecutive: int = 0, problems: list[str] | None = None
+  ) -> TrainingDivergedError:
     self.checkpointer.wait()
     if consecutive:
       self._set_aside_failing(first_bad=step - consecutive + 1, last_bad=step)
     newest = self.checkpointer.latest_step()
-    resumes = (f'the next start resumes from step {newest}' if newest is not None
-               else 'the next start begins afresh')
+    resumes = (
+      f'the next start resumes from step {newest}'
+      if newest is not None
+      else 'the next start begins afresh'
+    )
     if consecutive and self.first_step > 0 and consecutive >= step - self.first_step:
       return TrainingDivergedError(
-          f'every step since resuming from checkpoint step {self.first_step} ({consecutive} '
-          'steps) had a non-finite loss, gradients or batch statistics: the restored state itself is '
-          'the cause, not config.train.learning_rate (a step\'s forward and backward pass do '
-          'not depend on it). '
-          f'That checkpoint is set aside; {resumes}.')
+        f'every step since resuming from checkpoint step {self.first_step} ({consecutive} '
+        'steps) had a non-finite loss, gradients or batch statistics: the restored state itself is '
+        'the cause, not config.train.learning_rate (a step\'s forward and backward pass do '
+        'not depend on it). '
+        f'That checkpoint is set aside; {resumes}.'
+      )
     if consecutive:
-      what = (f'the loss, gradients or batch statistics were not finite for {consecutive} '
-              f'consecutive steps (up to step {step})')
+      what = (
+        f'the loss, gradients or batch statistics were not finite for {consecutive} '
+        f'consecutive steps (up to step {step})'
+      )
     else:
       what = f'the state blew up by step {step} ({"; ".join(problems or [])})'
-    kept = (f'the newest sound checkpoint is step {newest}, where the next start resumes'
-            if newest is not None else 'no sound checkpoint is left, so the next start begins '
-            'afresh')
+    kept = (
+      f'the newest sound checkpoint is step {newest}, where the next start resumes'
+      if newest is not None
+      else 'no sound checkpoint is left, so the next start begins afresh'
+    )
     return TrainingDivergedError(
-        f'{what}; nothing later is saved: {kept}. Lower config.train.learning_rate (now '
-        f'{self.config.train.learning_rate:g}) or check the data, then start again.')
+      f'{what}; nothing later is saved: {kept}. Lower config.train.learning_rate (now '
+      f'{self.config.train.learning_rate:g}) or check the data, then start again.'
+    )
 
   def _set_aside_failing(self, first_bad: int, last_bad: int) -> None:
     """The checkpoint of step S is the state step S + 1 starts from: those from `first_bad - 1`
     on gave only non-finite steps, so resuming from them would fail again at once."""
     for saved in sorted(self.checkpointer.manager.all_steps()):
       if saved >= first_bad - 1:
-        self.checkpointer.set_aside(saved, Damage(
-            'diverged', f'training from it gave non-finite values at every step '
-            f'from {first_bad} to {last_bad}'))
+        self.checkpointer.set_aside(
+          saved,
+          Damage(
+            'diverged',
+            f'training from it gave non-finite values at every step from {first_bad} to {last_bad}',
+          ),
+        )

@@ -17,6 +17,7 @@ the command wrote there (a verification set replaces only its own entry), and IJ
 TAR@FAR table and the ROC figure to <workdir>/eval/step_<N>/. Test accuracy also goes to
 TensorBoard (<workdir>/tensorboard, `test/...`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,18 @@ from etils import epath
 from arcface_jax import paths
 
 
-def requested_evaluators(config: ml_collections.ConfigDict, *, bins: Sequence[str] | None = None,
-                         ijb_dir: str | None = None, ijb_target: str | None = None,
-                         gallery: str | None = None, probe: str | None = None,
-                         test: bool = False, workdir: str | None = None,
-                         batch_size: int | None = None) -> list[Any]:
+def requested_evaluators(
+  config: ml_collections.ConfigDict,
+  *,
+  bins: Sequence[str] | None = None,
+  ijb_dir: str | None = None,
+  ijb_target: str | None = None,
+  gallery: str | None = None,
+  probe: str | None = None,
+  test: bool = False,
+  workdir: str | None = None,
+  batch_size: int | None = None,
+) -> list[Any]:
   """The registry's evaluators the command line names, else those of config.eval.evaluators.
 
   Asking for one thing does not pay for the others: naming any evaluation (bins, IJB, gallery,
@@ -50,23 +58,22 @@ def requested_evaluators(config: ml_collections.ConfigDict, *, bins: Sequence[st
     if not (gallery and probe):
       raise ValueError('identification needs both --gallery and --probe')
   if bins is None and not (ijb_dir or gallery or test):
-    return [evaluators.get(name, config, **common)
-            for name in evaluators.configured_names(config)]
+    return [evaluators.get(name, config, **common) for name in evaluators.configured_names(config)]
   chosen = []
   if bins is not None:
     chosen.append(evaluators.get('verification', config, bins=bins, **common))
   if ijb_dir:
     chosen.append(evaluators.get('ijb', config, dir=ijb_dir, target=ijb_target, **common))
   if gallery:
-    chosen.append(evaluators.get('identification', config, gallery=gallery, probe=probe,
-                                 **common))
+    chosen.append(evaluators.get('identification', config, gallery=gallery, probe=probe, **common))
   if test:
     chosen.append(evaluators.get('test', config, **common))
   return chosen
 
 
-def evaluate_embedder(embedder: Any, chosen: Sequence[Any] | None = None,
-                      **kwargs: Any) -> dict[str, Any]:
+def evaluate_embedder(
+  embedder: Any, chosen: Sequence[Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
   """Every requested evaluation of one embedder (see arcface_jax.inference.Embedder).
 
   `chosen` evaluators, or those `requested_evaluators(embedder.config, **kwargs)` picks; `test`
@@ -100,8 +107,9 @@ def _write_results(path: epath.Path, results: dict[str, Any]) -> dict[str, Any]:
     try:
       previous = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-      logging.warning('%s is unreadable (%s); it is kept as %s.bad and a new one is written',
-                      path, e, path)
+      logging.warning(
+        '%s is unreadable (%s); it is kept as %s.bad and a new one is written', path, e, path
+      )
       path.replace(f'{path}.bad')
   merged = merge_results(previous, results)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +121,7 @@ def _write_test_scalars(workdir: paths.PathLike, step: int, outcome: dict[str, A
   import tempfile
 
   from tensorboardX import SummaryWriter
+
   # SummaryWriter appends to a local file; a new event file is copied next to the run's others.
   with tempfile.TemporaryDirectory(prefix='arcface_jax_test_scalars_') as local:
     writer = SummaryWriter(local)
@@ -143,6 +152,7 @@ def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any
   chosen = requested_evaluators(reporting.read_config(workdir), workdir=workdir, **kwargs)
 
   import jax
+
   from arcface_jax.inference import load_embedder
 
   embedder = load_embedder(workdir, step)
@@ -151,8 +161,9 @@ def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any
   if jax.process_index() == 0:
     merged = _write_results(path, results)
     kept = sorted(set(merged) - set(results) - {'step'})
-    logging.info('results written to %s%s', path,
-                 f' (earlier results kept: {", ".join(kept)})' if kept else '')
+    logging.info(
+      'results written to %s%s', path, f' (earlier results kept: {", ".join(kept)})' if kept else ''
+    )
     if 'test' in results:
       _write_test_scalars(workdir, embedder.step, results['test'])
   results['path'] = os.fspath(path)
@@ -162,23 +173,37 @@ def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any
 def parse_args(argv: list[str]) -> argparse.Namespace:
   # argparse (with absl's logging flags) rather than absl flags: --bins takes several paths.
   parser = argparse_flags.ArgumentParser(
-      description='Evaluate a training run\'s checkpoint.',
-      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    description='Evaluate a training run\'s checkpoint.',
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=__doc__,
+  )
   parser.add_argument('--workdir', required=True, help='the training run directory')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default latest)')
-  parser.add_argument('--bins', nargs='+', default=None,
-                      help='verification .bin paths or names (default: config.eval of the run)')
+  parser.add_argument(
+    '--bins',
+    nargs='+',
+    default=None,
+    help='verification .bin paths or names (default: config.eval of the run)',
+  )
   parser.add_argument('--ijb', default=None, help='IJB-B/C root (meta/, loose_crop/)')
-  parser.add_argument('--ijb_target', default=None, choices=('IJBB', 'IJBC'),
-                      help='which IJB protocol (default config.eval.ijb.target, IJBC)')
+  parser.add_argument(
+    '--ijb_target',
+    default=None,
+    choices=('IJBB', 'IJBC'),
+    help='which IJB protocol (default config.eval.ijb.target, IJBC)',
+  )
   parser.add_argument('--gallery', default=None, help='gallery folder, one sub-folder per id')
   parser.add_argument('--probe', default=None, help='probe folder, one sub-folder per identity')
-  parser.add_argument('--test', action='store_true',
-                      help='closed-set top-1 accuracy (classifier head, nearest class centre) on '
-                      'the run\'s test split (folder runs with data.split_by=image, '
-                      'data.test_fraction > 0)')
-  parser.add_argument('--batch_size', type=int, default=None,
-                      help='images per batch (default config.eval.batch_size)')
+  parser.add_argument(
+    '--test',
+    action='store_true',
+    help='closed-set top-1 accuracy (classifier head, nearest class centre) on '
+    'the run\'s test split (folder runs with data.split_by=image, '
+    'data.test_fraction > 0)',
+  )
+  parser.add_argument(
+    '--batch_size', type=int, default=None, help='images per batch (default config.eval.batch_size)'
+  )
   return parser.parse_args(argv[1:])
 
 
@@ -189,9 +214,17 @@ def main(args: argparse.Namespace) -> None:
 
   distributed.initialize_if_launched()
   try:
-    evaluate_run(args.workdir, args.step, bins=args.bins, ijb_dir=args.ijb,
-                 ijb_target=args.ijb_target, gallery=args.gallery, probe=args.probe,
-                 test=args.test, batch_size=args.batch_size)
+    evaluate_run(
+      args.workdir,
+      args.step,
+      bins=args.bins,
+      ijb_dir=args.ijb,
+      ijb_target=args.ijb_target,
+      gallery=args.gallery,
+      probe=args.probe,
+      test=args.test,
+      batch_size=args.batch_size,
+    )
   except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

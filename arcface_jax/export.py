@@ -22,6 +22,7 @@ Commands:
     python -m arcface_jax.export --workdir runs/ms1m --format onnx --out model.onnx
     python -m arcface_jax.export --imported DIR --out backbone.jax_export   # from import_onnx
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,21 +42,29 @@ DEFAULT_PLATFORMS = ('cpu', 'cuda')
 FORMATS = ('stablehlo', 'onnx')
 
 
-def export_embedder(model: nn.Module, variables: Any, image_size: int, *,
-                    platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
+def export_embedder(
+  model: nn.Module, variables: Any, image_size: int, *, platforms: Sequence[str] = DEFAULT_PLATFORMS
+) -> jax.export.Exported:
   """The eval-mode embedding function of `model` with `variables` baked in, any batch size."""
   variables = jax.tree.map(jnp.asarray, variables)
 
   def embed(images: jax.Array) -> jax.Array:
     return model.apply(variables, images, train=False).astype(jnp.float32)
 
-  batch, = jax.export.symbolic_shape('batch')
+  (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
   return jax.export.export(jax.jit(embed), platforms=tuple(platforms))(spec)
 
 
-def save(path: str | os.PathLike, model: nn.Module, variables: Any, image_size: int, *,
-         platforms: Sequence[str] = DEFAULT_PLATFORMS, info: ModelInfo | None = None) -> int:
+def save(
+  path: str | os.PathLike,
+  model: nn.Module,
+  variables: Any,
+  image_size: int,
+  *,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+  info: ModelInfo | None = None,
+) -> int:
   """Writes the serialised export to `path` (and `info` to `<path>.json`); returns its size."""
   data = export_embedder(model, variables, image_size, platforms=platforms).serialize()
   epath.Path(path).write_bytes(bytes(data))
@@ -81,8 +90,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
   if args.workdir and not epath.Path(args.workdir).is_dir():
     _usage_error(f'--workdir {args.workdir}: no such directory (a training run\'s workdir)')
   if args.imported and not os.path.isfile(os.path.join(args.imported, 'model.json')):
-    _usage_error(f'--imported {args.imported}: no model.json there; write the directory with '
-                 '`python -m arcface_jax.models.import_onnx`')
+    _usage_error(
+      f'--imported {args.imported}: no model.json there; write the directory with '
+      '`python -m arcface_jax.models.import_onnx`'
+    )
   if args.format == 'onnx':
     try:
       import onnx  # noqa: F401
@@ -92,32 +103,46 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='a training run (its latest checkpoint)')
   source.add_argument('--imported', help='a directory written by models.import_onnx')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default latest)')
-  parser.add_argument('--format', default='stablehlo',
-                      help='stablehlo (default: jax.export) or onnx (insightface\'s interface)')
+  parser.add_argument(
+    '--format',
+    default='stablehlo',
+    help='stablehlo (default: jax.export) or onnx (insightface\'s interface)',
+  )
   parser.add_argument('--out', required=True)
-  parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
-                      help='StableHLO only: the platforms to lower for')
+  parser.add_argument(
+    '--platforms',
+    default=','.join(DEFAULT_PLATFORMS),
+    help='StableHLO only: the platforms to lower for',
+  )
   args = parser.parse_args(argv)
   _check_arguments(args)
   if args.workdir:
     from arcface_jax import inference, models  # JAX and orbax, only for this source
+
     embedder = inference.load_embedder(args.workdir, args.step)
     model = models.from_config(embedder.config)
     variables, size = embedder.variables, embedder.image_size
     info = model_info.from_config(embedder.config, variables)
   else:
     from arcface_jax.models import import_onnx
+
     model, variables, meta = import_onnx.load(args.imported)
     size = meta['image_size']
     # insightface's recognition models take RGB normalised as (x - 127.5) / 127.5.
-    info = ModelInfo(model_name=meta['arch'], embedding_dim=int(meta['embedding_dim']),
-                     image_size=int(size), mean=127.5, std=127.5,
-                     fingerprint=model_info.fingerprint(variables))
+    info = ModelInfo(
+      model_name=meta['arch'],
+      embedding_dim=int(meta['embedding_dim']),
+      image_size=int(size),
+      mean=127.5,
+      std=127.5,
+      fingerprint=model_info.fingerprint(variables),
+    )
   if args.format == 'onnx':
     _export_onnx(args.out, model, variables, int(size), info)
     return
@@ -127,11 +152,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _export_onnx(path: str, model: nn.Module, variables: Any, size: int, info: ModelInfo) -> None:
   from arcface_jax import onnx_export
+
   print(f'tracing {info.model_name} and writing ONNX (opset {onnx_export.OPSET})...', flush=True)
   n = onnx_export.save(path, model, variables, size, mean=info.mean, std=info.std, info=info)
-  print(f'wrote {path} ({n / 2**20:.1f} MiB): float32 RGB pixels 0-255 (B, 3, {size}, {size}) '
-        f'→ (B, {info.embedding_dim}) embeddings; normalised inside as (x - {info.mean}) / '
-        f'{info.std}; info in {model_info.sidecar_path(path)}')
+  print(
+    f'wrote {path} ({n / 2**20:.1f} MiB): float32 RGB pixels 0-255 (B, 3, {size}, {size}) '
+    f'→ (B, {info.embedding_dim}) embeddings; normalised inside as (x - {info.mean}) / '
+    f'{info.std}; info in {model_info.sidecar_path(path)}'
+  )
   try:
     import onnxruntime  # noqa: F401  (the `export` extra)
   except ImportError:

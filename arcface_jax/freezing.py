@@ -11,6 +11,7 @@ step itself cheaper and, on request, freezes batch-norm statistics:
 A BatchNorm without parameters counts as frozen when a freeze expression matches its statistics'
 path (`backbone/<module path>/mean`).
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,7 @@ class FrozenLayersModel:
   Only `init` and `apply` are used by the train step; other attributes come from `model`.
   """
 
-  def __init__(self, model: nn.Module, frozen_params: set[str],
-               frozen_norms: set[tuple[str, ...]]):
+  def __init__(self, model: nn.Module, frozen_params: set[str], frozen_norms: set[tuple[str, ...]]):
     self.model = model
     self.frozen_params = frozen_params  # paths inside the backbone's params, 'A/B/kernel'
     self.frozen_norms = frozen_norms  # module paths of BatchNorms kept in eval mode
@@ -55,8 +55,12 @@ class FrozenLayersModel:
 
   def _eval_mode_norms(self, next_fun, args, kwargs, context):
     module = context.module
-    if (context.method_name == '__call__' and isinstance(module, nn.BatchNorm)
-        and tuple(module.path) in self.frozen_norms and not module.use_running_average):
+    if (
+      context.method_name == '__call__'
+      and isinstance(module, nn.BatchNorm)
+      and tuple(module.path) in self.frozen_norms
+      and not module.use_running_average
+    ):
       # Flax refuses use_running_average at both construction and call time, and the models
       # construct it; this instance is created afresh by its parent on every call, so switching
       # the field for the duration of this call affects nothing else.
@@ -68,11 +72,14 @@ class FrozenLayersModel:
     return next_fun(*args, **kwargs)
 
 
-def frozen_norm_paths(train_config: ml_collections.ConfigDict, backbone_params: Any,
-                      batch_stats: Any, frozen: set[str]) -> set[tuple[str, ...]]:
+def frozen_norm_paths(
+  train_config: ml_collections.ConfigDict, backbone_params: Any, batch_stats: Any, frozen: set[str]
+) -> set[tuple[str, ...]]:
   """Module paths of the BatchNorms whose parameters (or, lacking any, statistics) are frozen."""
-  norms = {tuple(optim.path_string(p).split('/')[:-1])
-           for p, _ in jax.tree_util.tree_flatten_with_path(batch_stats)[0]}
+  norms = {
+    tuple(optim.path_string(p).split('/')[:-1])
+    for p, _ in jax.tree_util.tree_flatten_with_path(batch_stats)[0]
+  }
   params_of: dict[tuple[str, ...], list[str]] = {}
   for path in optim.param_paths(backbone_params):
     parts = tuple(path.split('/'))
@@ -88,13 +95,20 @@ def frozen_norm_paths(train_config: ml_collections.ConfigDict, backbone_params: 
   return chosen
 
 
-def for_training(model: nn.Module, train_config: ml_collections.ConfigDict,
-                 abstract_params: Any, abstract_batch_stats: Any) -> Any:
+def for_training(
+  model: nn.Module,
+  train_config: ml_collections.ConfigDict,
+  abstract_params: Any,
+  abstract_batch_stats: Any,
+) -> Any:
   """`model` itself when nothing is frozen, else the `FrozenLayersModel` the train step uses."""
   if not train_config.freeze:
     return model
   frozen = optim.frozen_paths(train_config, abstract_params)
   backbone = {p.partition('/')[2] for p in frozen if p.startswith('backbone/')}
-  norms = (frozen_norm_paths(train_config, abstract_params['backbone'], abstract_batch_stats,
-                             backbone) if train_config.freeze_batch_stats else set())
+  norms = (
+    frozen_norm_paths(train_config, abstract_params['backbone'], abstract_batch_stats, backbone)
+    if train_config.freeze_batch_stats
+    else set()
+  )
   return FrozenLayersModel(model, backbone, norms)

@@ -7,6 +7,7 @@ checkpoint's `model` item (backbone params and batch statistics) is read for emb
 evaluating a run trained with millions of class centres does not load them. Nothing here imports
 the training loop.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from arcface_jax import models, parallel, reporting
-from arcface_jax.checkpointing import MODEL_ITEM, TRAIN_ITEM, checkpoint_dir, restore_model_variables
+from arcface_jax.checkpointing import (
+  MODEL_ITEM,
+  TRAIN_ITEM,
+  checkpoint_dir,
+  restore_model_variables,
+)
 
 
 @dataclasses.dataclass
@@ -33,14 +39,14 @@ class Embedder:
   variables: Any
 
 
-def abstract_model_variables(config: ml_collections.ConfigDict,
-                             mesh: jax.sharding.Mesh) -> Any:
+def abstract_model_variables(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
   """The backbone of `config` and the shapes, dtypes and (replicated) shardings of its variables."""
   model = models.from_config(config)
   abstract = models.abstract_variables(model, config.data.image_size)
   sharding = parallel.replicated(mesh)
   return model, jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+  )
 
 
 def restore_variables(workdir: str, abstract: Any, step: int | None = None) -> tuple[Any, int]:
@@ -49,25 +55,38 @@ def restore_variables(workdir: str, abstract: Any, step: int | None = None) -> t
   return restore_model_variables(workdir, abstract, step)
 
 
-def embedder_from_variables(config: ml_collections.ConfigDict,
-                            embed: Callable[[Any, jax.Array], jax.Array], variables: Any,
-                            step: int, mesh: jax.sharding.Mesh) -> Embedder:
+def embedder_from_variables(
+  config: ml_collections.ConfigDict,
+  embed: Callable[[Any, jax.Array], jax.Array],
+  variables: Any,
+  step: int,
+  mesh: jax.sharding.Mesh,
+) -> Embedder:
   """An Embedder over live variables (the trainer's periodic evaluation): `embed(variables,
   images)` is the (jitted) backbone, as `load_embedder` builds it from a checkpoint."""
-  return Embedder(apply=lambda images: embed(variables, images),
-                  image_size=config.data.image_size, mean=config.data.mean, std=config.data.std,
-                  config=config, step=int(step), mesh=mesh, variables=variables)
+  return Embedder(
+    apply=lambda images: embed(variables, images),
+    image_size=config.data.image_size,
+    mean=config.data.mean,
+    std=config.data.std,
+    config=config,
+    step=int(step),
+    mesh=mesh,
+    variables=variables,
+  )
 
 
-def load_embedder(workdir: str, step: int | None = None,
-                  mesh: jax.sharding.Mesh | None = None) -> Embedder:
+def load_embedder(
+  workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
+) -> Embedder:
   """The backbone of `workdir`'s latest (or given) checkpoint, ready to embed images."""
   config = reporting.read_config(workdir)
   mesh = parallel.make_mesh() if mesh is None else mesh
   model, abstract = abstract_model_variables(config, mesh)
   variables, step = restore_variables(workdir, abstract, step)
-  return embedder_from_variables(config, jax.jit(models.make_embed_fn(model)), variables, step,
-                                 mesh)
+  return embedder_from_variables(
+    config, jax.jit(models.make_embed_fn(model)), variables, step, mesh
+  )
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -79,8 +98,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
     manager.close()
 
 
-def read_class_centres(workdir: str, step: int, num_classes: int | None = None
-                       ) -> np.ndarray | None:
+def read_class_centres(
+  workdir: str, step: int, num_classes: int | None = None
+) -> np.ndarray | None:
   """The head's class centres (C, D) or (C, K, D) at `step` as host float32, or None when the
   loss has none (loss.name='triplet').
 
@@ -90,10 +110,13 @@ def read_class_centres(workdir: str, step: int, num_classes: int | None = None
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM))
   try:
     if step not in manager.all_steps():
-      raise FileNotFoundError(f'no checkpoint for step {step} in {checkpoint_dir(workdir)}; '
-                              f'available steps: {sorted(manager.all_steps())}')
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{TRAIN_ITEM: ocp.args.StandardRestore()}))
+      raise FileNotFoundError(
+        f'no checkpoint for step {step} in {checkpoint_dir(workdir)}; '
+        f'available steps: {sorted(manager.all_steps())}'
+      )
+    restored = manager.restore(
+      step, args=ocp.args.Composite(**{TRAIN_ITEM: ocp.args.StandardRestore()})
+    )
   finally:
     manager.close()
   head = restored[TRAIN_ITEM].get('head', {})

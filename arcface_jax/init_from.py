@@ -20,6 +20,7 @@ same data, resume it in its own workdir). Every source variable must match this 
 path and shape; the first that does not is named in one error. This happens only at the start of
 a run: a run resuming from its own checkpoint ignores `init_from` (and logs that it does).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,8 +67,9 @@ def fetch(url: str, sha256: str = '') -> str:
   bare = urllib.parse.urlunsplit(parsed._replace(fragment=''))
   if len(expected) != 64 or any(c not in '0123456789abcdef' for c in expected):
     raise InitFromError(
-        f'config.model.init_from={url!r}: a URL needs its sha256 checksum (64 hex digits), as '
-        f'{bare}#sha256=HEX or --config.model.init_from_sha256=HEX; `sha256sum FILE` prints it')
+      f'config.model.init_from={url!r}: a URL needs its sha256 checksum (64 hex digits), as '
+      f'{bare}#sha256=HEX or --config.model.init_from_sha256=HEX; `sha256sum FILE` prints it'
+    )
   name = os.path.basename(parsed.path) or 'model'
   target = os.path.join(cache_dir(), f'{expected[:16]}-{name}')
   if os.path.exists(target) and _sha256_of(target) == expected:
@@ -78,10 +80,16 @@ def fetch(url: str, sha256: str = '') -> str:
   digest = hashlib.sha256()
   try:
     from tqdm import tqdm
+
     with urllib.request.urlopen(bare) as response, open(partial, 'wb') as out:
       total = int(response.headers.get('Content-Length') or 0) or None
-      with tqdm(total=total, unit='B', unit_scale=True, desc=f'downloading {name}',
-                disable=total is not None and total < 8 * _CHUNK) as progress:
+      with tqdm(
+        total=total,
+        unit='B',
+        unit_scale=True,
+        desc=f'downloading {name}',
+        disable=total is not None and total < 8 * _CHUNK,
+      ) as progress:
         for chunk in iter(lambda: response.read(_CHUNK), b''):
           out.write(chunk)
           digest.update(chunk)
@@ -92,8 +100,10 @@ def fetch(url: str, sha256: str = '') -> str:
   found = digest.hexdigest()
   if found != expected:
     _remove(partial)
-    raise InitFromError(f'config.model.init_from: {bare} has sha256 {found}, expected {expected}; '
-                        'the download was deleted. Check the URL and the checksum.')
+    raise InitFromError(
+      f'config.model.init_from: {bare} has sha256 {found}, expected {expected}; '
+      'the download was deleted. Check the URL and the checksum.'
+    )
   os.replace(partial, target)
   logging.info('init_from: downloaded %s to %s (sha256 verified)', bare, target)
   return target
@@ -108,15 +118,19 @@ def _remove(path: str) -> None:
 
 # ---------------------------------------------------------------- reading each kind of source
 
+
 def _from_workdir(workdir: str, abstract: dict[str, Any]) -> dict[str, Any]:
   from arcface_jax import checkpointing, reporting
+
   source_config = reporting.read_config(workdir)
-  source_model = models.get(source_config.model.name,
-                            embedding_dim=source_config.model.embedding_dim)
+  source_model = models.get(
+    source_config.model.name, embedding_dim=source_config.model.embedding_dim
+  )
   size = source_config.data.image_size
   source_shapes = models.abstract_variables(source_model, size)
-  check_compatible(abstract, source_shapes,
-                   f'{workdir} ({source_config.model.name}, {size}×{size} input)')
+  check_compatible(
+    abstract, source_shapes, f'{workdir} ({source_config.model.name}, {size}×{size} input)'
+  )
   variables, step = checkpointing.restore_model_variables(workdir, abstract)
   logging.info('init_from: backbone of %s at step %d', workdir, step)
   return variables
@@ -126,25 +140,34 @@ def _from_onnx(path: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   try:
     import onnx
   except ImportError:
-    raise InitFromError(f'config.model.init_from={path!r}: reading ONNX needs the `onnx` package '
-                        "(pip install 'arcface_jax[compare]')") from None
+    raise InitFromError(
+      f'config.model.init_from={path!r}: reading ONNX needs the `onnx` package '
+      "(pip install 'arcface_jax[compare]')"
+    ) from None
   from arcface_jax.models import import_onnx
+
   try:
-    _, variables = import_onnx.convert(onnx.load(path), config.model.name,
-                                       image_size=config.data.image_size)
+    _, variables = import_onnx.convert(
+      onnx.load(path), config.model.name, image_size=config.data.image_size
+    )
   except (ValueError, KeyError) as e:
-    raise InitFromError(f'config.model.init_from={path!r} is not a {config.model.name} with '
-                        f'{config.data.image_size}×{config.data.image_size} input: {e}') from None
+    raise InitFromError(
+      f'config.model.init_from={path!r} is not a {config.model.name} with '
+      f'{config.data.image_size}×{config.data.image_size} input: {e}'
+    ) from None
   return variables
 
 
 def _from_imported(directory: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   from arcface_jax.models import import_onnx
+
   _, variables, meta = import_onnx.load(directory)
   if meta['arch'] != config.model.name:
-    raise InitFromError(f'config.model.init_from={directory!r} holds a {meta["arch"]!r} model, '
-                        f'but config.model.name={config.model.name!r}; set '
-                        f'--config.model.name={meta["arch"]}')
+    raise InitFromError(
+      f'config.model.init_from={directory!r} holds a {meta["arch"]!r} model, '
+      f'but config.model.name={config.model.name!r}; set '
+      f'--config.model.name={meta["arch"]}'
+    )
   return variables
 
 
@@ -155,29 +178,38 @@ def resolve(spec: str, sha256: str = '') -> tuple[str, str]:
   if paths.is_remote(spec):  # gs://...: a training workdir is read through epath and orbax
     if (epath.Path(spec) / 'checkpoints').is_dir():
       return 'workdir', spec
-    raise InitFromError(f'config.model.init_from={spec!r} has no checkpoints/: a remote '
-                        'init_from must be a training workdir (copy an ONNX file or import_onnx '
-                        'directory to a local disk first)')
+    raise InitFromError(
+      f'config.model.init_from={spec!r} has no checkpoints/: a remote '
+      'init_from must be a training workdir (copy an ONNX file or import_onnx '
+      'directory to a local disk first)'
+    )
   path = os.path.expanduser(spec)
   if os.path.isdir(path):
     if os.path.isdir(os.path.join(path, 'checkpoints')):
       return 'workdir', path
     if os.path.exists(os.path.join(path, 'variables.msgpack')):
       return 'imported', path
-    raise InitFromError(f'config.model.init_from={spec!r} is a directory with neither checkpoints/ '
-                        '(a training workdir) nor variables.msgpack (an import_onnx output)')
+    raise InitFromError(
+      f'config.model.init_from={spec!r} is a directory with neither checkpoints/ '
+      '(a training workdir) nor variables.msgpack (an import_onnx output)'
+    )
   if not os.path.exists(path):
-    raise InitFromError(f'config.model.init_from={spec!r} does not exist; give a training workdir, '
-                        'an import_onnx directory, an .onnx file or an https URL of one')
+    raise InitFromError(
+      f'config.model.init_from={spec!r} does not exist; give a training workdir, '
+      'an import_onnx directory, an .onnx file or an https URL of one'
+    )
   if path.endswith('.jax_export'):
     raise InitFromError(
-        f'config.model.init_from={spec!r} is a StableHLO export: its weights are constants baked '
-        'into a compiled program and cannot be trained further. Start from the training workdir '
-        'or the ONNX file it was exported from.')
+      f'config.model.init_from={spec!r} is a StableHLO export: its weights are constants baked '
+      'into a compiled program and cannot be trained further. Start from the training workdir '
+      'or the ONNX file it was exported from.'
+    )
   if path.lower().endswith('.onnx'):
     return 'onnx', path
-  raise InitFromError(f'config.model.init_from={spec!r}: unknown kind of file (expected .onnx, a '
-                      'training workdir or an import_onnx directory)')
+  raise InitFromError(
+    f'config.model.init_from={spec!r}: unknown kind of file (expected .onnx, a '
+    'training workdir or an import_onnx directory)'
+  )
 
 
 def load_backbone(config: ml_collections.ConfigDict, abstract: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +218,7 @@ def load_backbone(config: ml_collections.ConfigDict, abstract: dict[str, Any]) -
   kind, path = resolve(spec, config.model.init_from_sha256)
   if kind == 'workdir':
     return _from_workdir(path, abstract)
-  variables = (_from_onnx(path, config) if kind == 'onnx'
-               else _from_imported(path, config))
+  variables = _from_onnx(path, config) if kind == 'onnx' else _from_imported(path, config)
   variables = {k: variables.get(k, {}) for k in ('params', 'batch_stats')}
   check_compatible(abstract, variables, spec)
   return variables
@@ -208,18 +239,24 @@ def check_compatible(expected: dict[str, Any], found: dict[str, Any], source: st
   want, have = _shapes(expected), _shapes(found)
   for path, shape in want.items():
     if path not in have:
-      raise InitFromError(f'init_from {source}: {path}: this model expects shape {shape}, the '
-                          'source has no such variable (a different architecture? check '
-                          'config.model.name)')
+      raise InitFromError(
+        f'init_from {source}: {path}: this model expects shape {shape}, the '
+        'source has no such variable (a different architecture? check '
+        'config.model.name)'
+      )
     if have[path] != shape:
-      raise InitFromError(f'init_from {source}: {path}: this model expects shape {shape}, the '
-                          f'source has {have[path]} (check config.model.name, embedding_dim and '
-                          'data.image_size)')
+      raise InitFromError(
+        f'init_from {source}: {path}: this model expects shape {shape}, the '
+        f'source has {have[path]} (check config.model.name, embedding_dim and '
+        'data.image_size)'
+      )
   extra = [p for p in have if p not in want]
   if extra:
-    raise InitFromError(f'init_from {source}: {extra[0]} (shape {have[extra[0]]}) has no '
-                        'counterpart in this model (a different architecture? check '
-                        'config.model.name)')
+    raise InitFromError(
+      f'init_from {source}: {extra[0]} (shape {have[extra[0]]}) has no '
+      'counterpart in this model (a different architecture? check '
+      'config.model.name)'
+    )
 
 
 def initialize(state: Any, config: ml_collections.ConfigDict) -> Any:
@@ -227,13 +264,21 @@ def initialize(state: Any, config: ml_collections.ConfigDict) -> Any:
   if not config.model.init_from:
     return state
   current = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          current)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), current
+  )
   loaded = load_backbone(config, abstract)
-  placed = jax.tree.map(lambda value, like: jax.device_put(np.asarray(value, like.dtype),
-                                                           like.sharding), loaded, current)
+  placed = jax.tree.map(
+    lambda value, like: jax.device_put(np.asarray(value, like.dtype), like.sharding),
+    loaded,
+    current,
+  )
   count = len(jax.tree.leaves(placed))
-  logging.info('init_from: backbone (%d arrays) from %s; the classifier head starts fresh',
-               count, config.model.init_from)
-  return state.replace(params={**state.params, 'backbone': placed['params']},
-                       batch_stats=placed['batch_stats'])
+  logging.info(
+    'init_from: backbone (%d arrays) from %s; the classifier head starts fresh',
+    count,
+    config.model.init_from,
+  )
+  return state.replace(
+    params={**state.params, 'backbone': placed['params']}, batch_stats=placed['batch_stats']
+  )

@@ -25,6 +25,7 @@ Everything after the backbone runs in float32. Metrics always include 'loss', 't
 'cos_target', 'cos_hardest_negative' (the margin at work: a loss stuck at 69.0776 = −ln 1e−30 with
 θ_y near 90° is the classic collapse), plus one '<name>_loss' per active term.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,19 @@ import jax.numpy as jnp
 from arcface_jax import margin_head, margins, seeding
 from arcface_jax.class_centres import initial_centres
 
-MARGIN_NAMES = ('norm_softmax', 'cosface', 'arcface', 'combined', 'sphereface', 'subcenter',
-                'curricularface', 'magface', 'adaface', 'elasticface_arc', 'elasticface_cos')
+MARGIN_NAMES = (
+  'norm_softmax',
+  'cosface',
+  'arcface',
+  'combined',
+  'sphereface',
+  'subcenter',
+  'curricularface',
+  'magface',
+  'adaface',
+  'elasticface_arc',
+  'elasticface_cos',
+)
 NAMES = ('softmax', 'triplet') + MARGIN_NAMES
 
 
@@ -64,6 +76,7 @@ def _target_fn(margin):
   def target(c):
     t = margin.target_cos(c)
     return margins.straight_through_target(c, t) if margin.straight_through else t
+
   return target
 
 
@@ -108,8 +121,9 @@ def _fused_ce(cos: jax.Array, labels: jax.Array, margin: Any) -> jax.Array:
 _fused_ce.defvjp(_fused_margin_ce_fwd, _fused_margin_ce_bwd)
 
 
-def fused_margin_cross_entropy(cos: jax.Array, labels: jax.Array,
-                               margin: margins.CombinedMargin) -> jax.Array:
+def fused_margin_cross_entropy(
+  cos: jax.Array, labels: jax.Array, margin: margins.CombinedMargin
+) -> jax.Array:
   """margin_softmax_cross_entropy(margin(cos, labels), labels) with a hand-written backward.
 
   Same value and gradient as the composition, but the (B, C) array is read three times forward
@@ -126,8 +140,11 @@ def angle_metrics(cos: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
   cos_target = jnp.sum(jnp.where(is_target, cos, 0.0), axis=-1)
   hardest = jnp.max(jnp.where(is_target, -jnp.inf, cos), axis=-1)
   theta = jnp.degrees(jnp.arccos(jnp.clip(cos_target, -1.0, 1.0)))
-  return {'theta_target_deg': theta.mean(), 'cos_target': cos_target.mean(),
-          'cos_hardest_negative': hardest.mean()}
+  return {
+    'theta_target_deg': theta.mean(),
+    'cos_target': cos_target.mean(),
+    'cos_hardest_negative': hardest.mean(),
+  }
 
 
 def intra_loss(cos_target: jax.Array) -> jax.Array:
@@ -148,8 +165,9 @@ def inter_loss(weight_normed: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.sum(angles) / (jnp.pi * labels.shape[0] * max(num_classes - 1, 1))
 
 
-def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.35
-                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def triplet_loss(
+  embeddings: jax.Array, labels: jax.Array, margin: float = 0.35
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Angular triplet loss, mean over all anchor-positive pairs of [θ_ap − θ_an + margin]_+.
 
   Online semi-hard mining within the batch (FaceNet): for each pair (a, p) the negative is the
@@ -186,13 +204,17 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.35
   has_neg = jnp.any(negative, axis=-1)
   neg_cos = jnp.max(jnp.where(negative, cs, -jnp.inf), axis=-1)
   neg_cos = jnp.sum(jnp.where(has_neg, neg_cos, 0.0)) / jnp.maximum(jnp.sum(has_neg), 1)
-  metrics = {'theta_target_deg': jnp.degrees(jnp.arccos(jnp.clip(pos_cos, -1.0, 1.0))),
-             'cos_target': pos_cos, 'cos_hardest_negative': neg_cos}
+  metrics = {
+    'theta_target_deg': jnp.degrees(jnp.arccos(jnp.clip(pos_cos, -1.0, 1.0))),
+    'cos_target': pos_cos,
+    'cos_hardest_negative': neg_cos,
+  }
   return loss, metrics
 
 
-def center_loss(embeddings: jax.Array, labels: jax.Array, centres: jax.Array, alpha: float
-                ) -> tuple[jax.Array, jax.Array]:
+def center_loss(
+  embeddings: jax.Array, labels: jax.Array, centres: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array]:
   """Centre loss (Wen et al. 2016): ½·mean ||x_i − c_yi||², and the centres moved by rate α.
 
   Centres are state, not parameters: the loss pulls features only, and each centre present in
@@ -211,6 +233,7 @@ def center_loss(embeddings: jax.Array, labels: jax.Array, centres: jax.Array, al
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """The head: class centres (unless triplet-only), the main loss and the auxiliary terms."""
+
   num_classes: int
   embedding_dim: int
   name: str = 'arcface'
@@ -231,8 +254,11 @@ class Objective:
     margin's state under 'margin' when it has one."""
     params: dict[str, jax.Array] = {}
     if self.name != 'triplet':
-      shape = (self.num_classes,) + ((self.subcenters,) if self.subcenters > 1 else ()) + (
-          self.embedding_dim,)
+      shape = (
+        (self.num_classes,)
+        + ((self.subcenters,) if self.subcenters > 1 else ())
+        + (self.embedding_dim,)
+      )
       params['weight'] = self.init_std * jax.random.normal(rng, shape, jnp.float32)
       if self.init_centres:
         params['weight'] = jnp.asarray(initial_centres(self.init_centres, shape))
@@ -246,9 +272,15 @@ class Objective:
       state['margin'] = margin_state
     return params, state
 
-  def __call__(self, head_params: dict, head_state: dict, embeddings: jax.Array,
-               labels: jax.Array, step: jax.Array, rng: jax.Array | None = None
-               ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
+  def __call__(
+    self,
+    head_params: dict,
+    head_state: dict,
+    embeddings: jax.Array,
+    labels: jax.Array,
+    step: jax.Array,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
     embeddings = margins.as_compute_dtype(embeddings)
     labels = labels.astype(jnp.int32)
     metrics: dict[str, jax.Array] = {}
@@ -257,7 +289,8 @@ class Objective:
       metrics['triplet_loss'] = loss
     else:
       loss, margin_state, metrics = self._classification_loss(
-          head_params, head_state.get('margin', {}), embeddings, labels, step, rng, metrics)
+        head_params, head_state.get('margin', {}), embeddings, labels, step, rng, metrics
+      )
     new_state = dict(head_state)
     if self.name != 'triplet' and margin_state:
       new_state['margin'] = margin_state
@@ -266,15 +299,15 @@ class Objective:
       metrics['triplet_loss'] = term
       loss = loss + self.triplet_weight * term
     if self.center_weight > 0:
-      term, new_state['centres'] = center_loss(embeddings, labels, head_state['centres'],
-                                               self.center_alpha)
+      term, new_state['centres'] = center_loss(
+        embeddings, labels, head_state['centres'], self.center_alpha
+      )
       metrics['center_loss'] = term
       loss = loss + self.center_weight * term
     metrics['loss'] = loss
     return loss, new_state, metrics
 
-  def _classification_loss(self, head_params, margin_state, embeddings, labels, step, rng,
-                           metrics):
+  def _classification_loss(self, head_params, margin_state, embeddings, labels, step, rng, metrics):
     weight = margins.as_compute_dtype(head_params['weight'])
     if margin_head.supports(self.margin, weight) and not (self.intra_weight or self.inter_weight):
       # The common case as one kernel (three matmuls, one (B, C) array kept; margin_head.py).
@@ -300,8 +333,9 @@ class Objective:
       logits = None
     else:
       norms = jnp.sqrt(jnp.maximum(sq_norm[:, 0], 1e-12))
-      logits, margin_state = self.margin.apply(cos, labels, state=margin_state, norms=norms,
-                                               rng=rng)
+      logits, margin_state = self.margin.apply(
+        cos, labels, state=margin_state, norms=norms, rng=rng
+      )
     if logits is None:
       loss = fused_margin_cross_entropy(cos, labels, self.margin)
     else:
@@ -322,31 +356,51 @@ class Objective:
     return loss, margin_state, metrics
 
 
-def build_objective(loss_config: Any, *, num_classes: int, embedding_dim: int,
-                    init_std: float = 0.01, subcenters: int | None = None,
-                    init_centres: str | None = None) -> Objective:
+def build_objective(
+  loss_config: Any,
+  *,
+  num_classes: int,
+  embedding_dim: int,
+  init_std: float = 0.01,
+  subcenters: int | None = None,
+  init_centres: str | None = None,
+) -> Objective:
   """The objective of a `config.loss` section (None placeholders resolved to paper defaults);
   `init_std`, `subcenters` and `init_centres` are those of `config.head`."""
   name = loss_config.name
   if name not in NAMES:
     raise ValueError(f'unknown loss.name {name!r}; valid names: {sorted(NAMES)}')
   if name == 'triplet' and (loss_config.intra_weight > 0 or loss_config.inter_weight > 0):
-    raise ValueError('loss.name=triplet has no class centres: intra_weight and inter_weight '
-                     'need a classification loss (e.g. loss.name=arcface)')
+    raise ValueError(
+      'loss.name=triplet has no class centres: intra_weight and inter_weight '
+      'need a classification loss (e.g. loss.name=arcface)'
+    )
   margin = margins.from_config(loss_config) if name in MARGIN_NAMES else None
   k = margins.subcenters_for(name, subcenters)
-  if k > 1 and (name in ('softmax', 'triplet', 'sphereface') or loss_config.inter_weight > 0
-                or loss_config.center_weight > 0):
-    raise ValueError(f'config.head.subcenters={k} needs a normalised margin loss without '
-                     f'inter_weight/center_weight (loss.name={name!r}); set head.subcenters=1')
+  if k > 1 and (
+    name in ('softmax', 'triplet', 'sphereface')
+    or loss_config.inter_weight > 0
+    or loss_config.center_weight > 0
+  ):
+    raise ValueError(
+      f'config.head.subcenters={k} needs a normalised margin loss without '
+      f'inter_weight/center_weight (loss.name={name!r}); set head.subcenters=1'
+    )
   return Objective(
-      num_classes=num_classes, embedding_dim=embedding_dim, name=name, margin=margin,
-      intra_weight=float(loss_config.intra_weight), inter_weight=float(loss_config.inter_weight),
-      triplet_weight=float(loss_config.triplet_weight),
-      triplet_margin=float(loss_config.triplet_margin),
-      center_weight=float(loss_config.center_weight),
-      center_alpha=float(loss_config.center_alpha), init_std=float(init_std), subcenters=k,
-      init_centres=init_centres or None)
+    num_classes=num_classes,
+    embedding_dim=embedding_dim,
+    name=name,
+    margin=margin,
+    intra_weight=float(loss_config.intra_weight),
+    inter_weight=float(loss_config.inter_weight),
+    triplet_weight=float(loss_config.triplet_weight),
+    triplet_margin=float(loss_config.triplet_margin),
+    center_weight=float(loss_config.center_weight),
+    center_alpha=float(loss_config.center_alpha),
+    init_std=float(init_std),
+    subcenters=k,
+    init_centres=init_centres or None,
+  )
 
 
 def from_config(config: Any, *, num_classes: int, mesh: Any = None) -> Any:
@@ -354,12 +408,20 @@ def from_config(config: Any, *, num_classes: int, mesh: Any = None) -> Any:
   `mesh`, default every device) or dense. Raises ValueError naming the offending key."""
   if config.head.model_parallel:
     from arcface_jax import parallel  # the dense head needs no mesh machinery
+
     return parallel.ModelParallelObjective(
-        config.loss, config.head, num_classes=num_classes,
-        embedding_dim=config.model.embedding_dim,
-        mesh=parallel.make_mesh() if mesh is None else mesh,
-        seed=seeding.integer_seed(seeding.keys(config)['sampling']))
-  return build_objective(config.loss, num_classes=num_classes,
-                         embedding_dim=config.model.embedding_dim,
-                         init_std=config.head.init_std, subcenters=config.head.get('subcenters'),
-                         init_centres=config.head.get('init_centres'))
+      config.loss,
+      config.head,
+      num_classes=num_classes,
+      embedding_dim=config.model.embedding_dim,
+      mesh=parallel.make_mesh() if mesh is None else mesh,
+      seed=seeding.integer_seed(seeding.keys(config)['sampling']),
+    )
+  return build_objective(
+    config.loss,
+    num_classes=num_classes,
+    embedding_dim=config.model.embedding_dim,
+    init_std=config.head.init_std,
+    subcenters=config.head.get('subcenters'),
+    init_centres=config.head.get('init_centres'),
+  )

@@ -19,6 +19,7 @@ Margins: those of `margins.CombinedMargin` (norm_softmax, cosface, arcface, comb
 easy_margin / straight_through); the others change more than the target column or need per-row
 state and go through `losses` ' general path.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,6 +40,7 @@ def _target_fn(margin):
   def target(c):
     t = margin.target_cos(c)
     return margins.straight_through_target(c, t) if margin.straight_through else t
+
   return target
 
 
@@ -57,8 +59,9 @@ def _forward(x, w, labels, margin):
   is_target = _is_target(labels, w.shape[0])
   valid = labels >= 0
   # The target cosine by a gather of B values (a (B, C) masked sum would be one more pass).
-  c_t = jnp.where(valid, jnp.take_along_axis(cos, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0],
-                  0.0)
+  c_t = jnp.where(
+    valid, jnp.take_along_axis(cos, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0], 0.0
+  )
   hardest = jnp.max(jnp.where(is_target, -jnp.inf, cos), axis=-1)
   t = _target_fn(margin)(jnp.clip(c_t, -1.0, 1.0))
   neg_max = jnp.clip(hardest, -1.0, 1.0)  # max of the clipped = clip of the max
@@ -125,18 +128,24 @@ def supports(margin: Any, weight: jax.Array) -> bool:
   return isinstance(margin, margins.CombinedMargin) and weight.ndim == 2
 
 
-def margin_head(embeddings: jax.Array, weight: jax.Array, labels: jax.Array,
-                margin: margins.CombinedMargin) -> tuple[jax.Array, dict[str, jax.Array]]:
+def margin_head(
+  embeddings: jax.Array, weight: jax.Array, labels: jax.Array, margin: margins.CombinedMargin
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(mean margin cross-entropy, angle metrics) of un-normalised embeddings (B, D) against
   centres (C, D); gradients reach both. Metrics (no gradient): 'theta_target_deg', 'cos_target',
   'cos_hardest_negative', as `losses.angle_metrics`."""
   if not supports(margin, weight):
-    raise ValueError(f'margin_head takes a CombinedMargin and (C, D) centres, got {margin!r} and '
-                     f'centres of shape {weight.shape}')
+    raise ValueError(
+      f'margin_head takes a CombinedMargin and (C, D) centres, got {margin!r} and '
+      f'centres of shape {weight.shape}'
+    )
   if embeddings.ndim != 2 or embeddings.shape[1] != weight.shape[1]:
     raise ValueError(f'embeddings {embeddings.shape} do not match centres {weight.shape}')
   loss, c_t, hardest = _head(embeddings, weight, labels.astype(jnp.int32), margin)
   c_t, hardest = jax.lax.stop_gradient(c_t), jax.lax.stop_gradient(hardest)
   theta = jnp.degrees(jnp.arccos(jnp.clip(c_t, -1.0, 1.0)))
-  return loss, {'theta_target_deg': theta.mean(), 'cos_target': c_t.mean(),
-                'cos_hardest_negative': hardest.mean()}
+  return loss, {
+    'theta_target_deg': theta.mean(),
+    'cos_target': c_t.mean(),
+    'cos_hardest_negative': hardest.mean(),
+  }

@@ -6,6 +6,7 @@ check raises `MarginRangeError`, a ValueError carrying the offending argument's 
 config layer (arcface_jax.config_checks) can name its own key. Why each range is what it is is
 said beside each check.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,42 +56,63 @@ def check_combined(name: str, m1: float, m2: float, m3: float, given_as: dict[st
   def arg(key: str) -> str:  # the config key the user wrote (e.g. `m` for CosFace's m3)
     return given_as.get(key, key)
 
-  _require(math.isfinite(m1) and m1 > 0, arg('m1'),
-           f'{name}: multiplicative margin {arg("m1")}={m1} must be positive (1 = none, '
-           'SphereFace 1.35); at 0 the target logit is a constant and nothing is learnt')
-  _require(math.isfinite(m2) and 0 <= m2 < math.pi / 2, arg('m2'),
-           f'{name}: additive angular margin {arg("m2")}={m2} must lie in [0, π/2) (paper: 0.5); '
-           'a negative one is a bonus, and from π/2 on not even a feature on its own class centre '
-           'can meet it (beyond π the loss is 0 at once and nothing is learnt)')
-  _require(math.isfinite(m3) and 0 <= m3 < 1, arg('m3'),
-           f'{name}: additive cosine margin {arg("m3")}={m3} must lie in [0, 1) (paper: 0.35); a '
-           'negative one is a bonus, and from 1 on a feature on its own class centre still scores '
-           'below a class orthogonal to it')
-  _require(math.cos(m2) - m3 > 0, arg('m3'),
-           f'{name}: m2={m2} and m3={m3} together leave a feature on its own class centre a target '
-           f'cosine of cos(m2) − m3 = {math.cos(m2) - m3:.3f} ≤ 0; lower them so cos(m2) > m3')
+  _require(
+    math.isfinite(m1) and m1 > 0,
+    arg('m1'),
+    f'{name}: multiplicative margin {arg("m1")}={m1} must be positive (1 = none, '
+    'SphereFace 1.35); at 0 the target logit is a constant and nothing is learnt',
+  )
+  _require(
+    math.isfinite(m2) and 0 <= m2 < math.pi / 2,
+    arg('m2'),
+    f'{name}: additive angular margin {arg("m2")}={m2} must lie in [0, π/2) (paper: 0.5); '
+    'a negative one is a bonus, and from π/2 on not even a feature on its own class centre '
+    'can meet it (beyond π the loss is 0 at once and nothing is learnt)',
+  )
+  _require(
+    math.isfinite(m3) and 0 <= m3 < 1,
+    arg('m3'),
+    f'{name}: additive cosine margin {arg("m3")}={m3} must lie in [0, 1) (paper: 0.35); a '
+    'negative one is a bonus, and from 1 on a feature on its own class centre still scores '
+    'below a class orthogonal to it',
+  )
+  _require(
+    math.cos(m2) - m3 > 0,
+    arg('m3'),
+    f'{name}: m2={m2} and m3={m3} together leave a feature on its own class centre a target '
+    f'cosine of cos(m2) − m3 = {math.cos(m2) - m3:.3f} ≤ 0; lower them so cos(m2) > m3',
+  )
   if m1 < 1:  # with m1 ≥ 1, m2, m3 ≥ 0 the curve is below cos θ by construction
     theta = [math.pi * i / 2048 for i in range(2049)]
     reach = min(math.pi, (math.pi - m2) / m1)  # past θ0 the fallback stays below cos θ
     worst = max(math.cos(m1 * t + m2) - m3 - math.cos(t) for t in theta if t <= reach)
-    _require(worst <= 1e-12, arg('m1'),
-             f'{name}: m1={m1} < 1 with m2={m2}, m3={m3} rewards large angles (the target logit '
-             f'exceeds cos θ by up to {worst:.3f}); raise m1 towards 1 or m2/m3 (CM2: 0.9, 0.4, '
-             '0.15)')
+    _require(
+      worst <= 1e-12,
+      arg('m1'),
+      f'{name}: m1={m1} < 1 with m2={m2}, m3={m3} rewards large angles (the target logit '
+      f'exceeds cos θ by up to {worst:.3f}); raise m1 towards 1 or m2/m3 (CM2: 0.9, 0.4, '
+      '0.15)',
+    )
 
 
 def check_sphereface(params: dict[str, Any]) -> None:
   """A-softmax: an integer m ≥ 1 (ψ is piecewise in kπ/m), and a blend weight λ ≥ 0 — the blend
   divides by 1 + λ, so λ = −1 divides by zero and λ < 0 flips the target's sign."""
   m = params.get('m', 4)
-  _require(m == int(m) and m >= 1, 'm',
-           f'sphereface (A-softmax) needs an integer margin m >= 1, got {m}; the paper\'s '
-           'real-valued SphereFace 1.35 is combined with m1=1.35')
+  _require(
+    m == int(m) and m >= 1,
+    'm',
+    f'sphereface (A-softmax) needs an integer margin m >= 1, got {m}; the paper\'s '
+    'real-valued SphereFace 1.35 is combined with m1=1.35',
+  )
   if 'scale' in params:
     check_scale('sphereface', params['scale'])
   for key in ('lambda_base', 'lambda_min', 'lambda_gamma', 'lambda_power'):
     if key in params:
       value = params[key]
-      _require(math.isfinite(value) and value >= 0, key,
-               f'sphereface: {key}={value} must be >= 0 (the softmax blend weight λ = max(min, '
-               'base·(1 + gamma·step)^−power) must stay non-negative)')
+      _require(
+        math.isfinite(value) and value >= 0,
+        key,
+        f'sphereface: {key}={value} must be >= 0 (the softmax blend weight λ = max(min, '
+        'base·(1 + gamma·step)^−power) must stay non-negative)',
+      )

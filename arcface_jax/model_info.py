@@ -8,6 +8,7 @@ in unrelated spaces, and comparing them gives confident nonsense).
 The fingerprint hashes every variable's path, dtype, shape and bytes, so it is the same for a
 training checkpoint and every export made from it, and changes with any weight.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ NOT_FACES_SOURCES = ('synthetic', 'digits')
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
   """Input contract and identity of an embedding model."""
+
   model_name: str  # a name of `arcface_jax.models`, or 'onnx:<file>' for an imported model
   embedding_dim: int
   image_size: int  # square side in pixels
@@ -54,10 +56,15 @@ def fingerprint(variables: Any) -> str:
 
 def from_config(config: ml_collections.ConfigDict, variables: Any) -> ModelInfo:
   """The info of the backbone `variables` trained with `config`."""
-  return ModelInfo(model_name=config.model.name, embedding_dim=int(config.model.embedding_dim),
-                   image_size=int(config.data.image_size), mean=float(config.data.mean),
-                   std=float(config.data.std), fingerprint=fingerprint(variables),
-                   detect_faces=config.data.source not in NOT_FACES_SOURCES)
+  return ModelInfo(
+    model_name=config.model.name,
+    embedding_dim=int(config.model.embedding_dim),
+    image_size=int(config.data.image_size),
+    mean=float(config.data.mean),
+    std=float(config.data.std),
+    fingerprint=fingerprint(variables),
+    detect_faces=config.data.source not in NOT_FACES_SOURCES,
+  )
 
 
 def sidecar_path(model_path: str | epath.PathLike) -> epath.Path:
@@ -77,8 +84,10 @@ def read(path: str | epath.PathLike) -> ModelInfo:
   try:
     record = json.loads(path.read_text())
   except FileNotFoundError:
-    raise ValueError(f'{path}: no model info file; export the model with '
-                     '`python -m arcface_jax.export`, which writes it') from None
+    raise ValueError(
+      f'{path}: no model info file; export the model with '
+      '`python -m arcface_jax.export`, which writes it'
+    ) from None
   except json.JSONDecodeError as e:
     raise ValueError(f'{path}: not valid JSON ({e})') from None
   fields = {f.name for f in dataclasses.fields(ModelInfo)}

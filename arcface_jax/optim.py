@@ -22,6 +22,7 @@ Transfer learning (config.train):
 Each group is one branch of `optax.multi_transform`. An expression that matches no parameter is a
 `PatternError` naming it.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,9 @@ class PatternError(ValueError):
   """A freeze / lr_multipliers expression that is malformed or matches no parameter."""
 
 
-def make_schedule(train_config: ml_collections.ConfigDict,
-                  base: float | None = None) -> optax.Schedule:
+def make_schedule(
+  train_config: ml_collections.ConfigDict, base: float | None = None
+) -> optax.Schedule:
   """The learning rate as a function of the step (`base` replaces config's learning_rate)."""
   base = float(train_config.learning_rate if base is None else base)
   if train_config.schedule == 'step':
@@ -63,6 +65,7 @@ def make_schedule(train_config: ml_collections.ConfigDict,
 
 
 # ---------------------------------------------------------------- parameter paths and groups
+
 
 def path_string(path: tuple[Any, ...]) -> str:
   """A key path of jax.tree_util as 'backbone/IBasicBlock_0/Conv_0/kernel'."""
@@ -99,8 +102,10 @@ def parse_multipliers(entries: Any) -> list[tuple[str, float]]:
     except ValueError:
       value = None
     if not sep or not expression or value is None or value < 0:
-      raise PatternError(f'config.train.lr_multipliers: {entry!r} is not REGEX=FACTOR with a '
-                         "factor >= 0, e.g. '^head/=10'")
+      raise PatternError(
+        f'config.train.lr_multipliers: {entry!r} is not REGEX=FACTOR with a '
+        "factor >= 0, e.g. '^head/=10'"
+      )
     _compile(expression, 'config.train.lr_multipliers')
     parsed.append((expression, value))
   return parsed
@@ -112,8 +117,10 @@ def group_labels(train_config: ml_collections.ConfigDict, paths: list[str]) -> l
   PatternError names any expression that matches none of `paths`.
   """
   freeze = [(e, _compile(e, 'config.train.freeze')) for e in train_config.freeze]
-  multipliers = [(e, f, _compile(e, 'config.train.lr_multipliers'))
-                 for e, f in parse_multipliers(train_config.lr_multipliers)]
+  multipliers = [
+    (e, f, _compile(e, 'config.train.lr_multipliers'))
+    for e, f in parse_multipliers(train_config.lr_multipliers)
+  ]
   used: set[str] = set()
   labels = []
   for path in paths:
@@ -129,15 +136,18 @@ def group_labels(train_config: ml_collections.ConfigDict, paths: list[str]) -> l
         factor = value
         break
     labels.append(f'x{factor!r}')
-  for key, expressions in (('freeze', [e for e, _ in freeze]),
-                           ('lr_multipliers', [e for e, _, _ in multipliers])):
+  for key, expressions in (
+    ('freeze', [e for e, _ in freeze]),
+    ('lr_multipliers', [e for e, _, _ in multipliers]),
+  ):
     for expression in expressions:
       if expression not in used:
         # A multiplier shadowed by an earlier one for every path it matches also lands here.
         shadowed = ' not frozen or matched by an earlier expression' if key != 'freeze' else ''
         raise PatternError(
-            f'config.train.{key}: {expression!r} matches no parameter{shadowed} (paths look '
-            f'like {paths[0]!r}, {paths[-1]!r}; they start with backbone/ or head/)')
+          f'config.train.{key}: {expression!r} matches no parameter{shadowed} (paths look '
+          f'like {paths[0]!r}, {paths[-1]!r}; they start with backbone/ or head/)'
+        )
   return labels
 
 
@@ -149,6 +159,7 @@ def frozen_paths(train_config: ml_collections.ConfigDict, params: Any) -> set[st
 
 # ---------------------------------------------------------------- runtime hyperparameters
 
+
 class RuntimeHyperparamsState(NamedTuple):
   count: jax.Array  # int32 updates applied (indexes the schedule)
   hyperparams: dict[str, jax.Array]  # float32 scalars: learning_rate (base), momentum, weight_decay
@@ -156,9 +167,11 @@ class RuntimeHyperparamsState(NamedTuple):
   inner_state: Any
 
 
-def _with_runtime_hyperparams(build: Callable[..., optax.GradientTransformation],
-                              shape: optax.Schedule,
-                              values: dict[str, float]) -> optax.GradientTransformation:
+def _with_runtime_hyperparams(
+  build: Callable[..., optax.GradientTransformation],
+  shape: optax.Schedule,
+  values: dict[str, float],
+) -> optax.GradientTransformation:
   """`build(learning_rate=, momentum=, weight_decay=)` with those values carried in the state.
 
   `shape` is the schedule of a unit base rate; the rate of update `count` is
@@ -169,21 +182,27 @@ def _with_runtime_hyperparams(build: Callable[..., optax.GradientTransformation]
   def init(params):
     hyper = {k: jnp.asarray(values[k], jnp.float32) for k in HYPERPARAMS}
     rate = hyper['learning_rate'] * shape(0)
-    return RuntimeHyperparamsState(count=jnp.zeros((), jnp.int32), hyperparams=hyper,
-                                   learning_rate=jnp.asarray(rate, jnp.float32),
-                                   inner_state=build(**hyper).init(params))
+    return RuntimeHyperparamsState(
+      count=jnp.zeros((), jnp.int32),
+      hyperparams=hyper,
+      learning_rate=jnp.asarray(rate, jnp.float32),
+      inner_state=build(**hyper).init(params),
+    )
 
   def update(updates, state, params=None):
     hyper = state.hyperparams
     rate = hyper['learning_rate'] * shape(state.count)
-    inner = build(learning_rate=rate, momentum=hyper['momentum'],
-                  weight_decay=hyper['weight_decay'])
+    inner = build(
+      learning_rate=rate, momentum=hyper['momentum'], weight_decay=hyper['weight_decay']
+    )
     updates, inner_state = inner.update(updates, state.inner_state, params)
     count = optax.safe_int32_increment(state.count)
     return updates, RuntimeHyperparamsState(
-        count=count, hyperparams=hyper,
-        learning_rate=jnp.asarray(hyper['learning_rate'] * shape(count), jnp.float32),
-        inner_state=inner_state)
+      count=count,
+      hyperparams=hyper,
+      learning_rate=jnp.asarray(hyper['learning_rate'] * shape(count), jnp.float32),
+      inner_state=inner_state,
+    )
 
   return optax.GradientTransformation(init, update)
 
@@ -214,8 +233,10 @@ def applied_learning_rate(opt_state: Any) -> jax.Array | None:
 
 # ---------------------------------------------------------------- the optimizer
 
-def make_optimizer(train_config: ml_collections.ConfigDict, *,
-                   lazy_head: bool = False) -> optax.GradientTransformation:
+
+def make_optimizer(
+  train_config: ml_collections.ConfigDict, *, lazy_head: bool = False
+) -> optax.GradientTransformation:
   """SGD with momentum and coupled weight decay over params {'backbone': ..., 'head': ...}.
 
   The rate is config's learning_rate × the shape of `make_schedule`, frozen parameters and
@@ -235,8 +256,10 @@ def make_optimizer(train_config: ml_collections.ConfigDict, *,
     paths = param_paths(params)
     flat = group_labels(train_config, paths)
     if lazy_head:
-      flat = [label if label == FROZEN or not path.startswith('head/') else 'lazy' + label
-              for path, label in zip(paths, flat)]
+      flat = [
+        label if label == FROZEN or not path.startswith('head/') else 'lazy' + label
+        for path, label in zip(paths, flat)
+      ]
     return jax.tree.unflatten(jax.tree.structure(params), flat)
 
   def dense(rate, momentum, weight_decay):
@@ -255,14 +278,17 @@ def make_optimizer(train_config: ml_collections.ConfigDict, *,
     for factor in {1.0, *[f for _, f in multipliers]}:
       groups[f'x{factor!r}'] = dense(learning_rate * factor, momentum, weight_decay)
       if lazy_head:
-        groups[f'lazyx{factor!r}'] = lazy.lazy_sgd(learning_rate * factor, momentum=momentum,
-                                                   weight_decay=weight_decay)
+        groups[f'lazyx{factor!r}'] = lazy.lazy_sgd(
+          learning_rate * factor, momentum=momentum, weight_decay=weight_decay
+        )
     parts = []
     if clip > 0:
       # Clipping sees only the trained backbone parameters: frozen gradients must not count.
       def trained_backbone(params):
         return jax.tree.map(lambda label: label != FROZEN, labels_of(params)) | {
-            'head': jax.tree.map(lambda _: False, params['head'])}
+          'head': jax.tree.map(lambda _: False, params['head'])
+        }
+
       parts.append(optax.masked(optax.clip_by_global_norm(clip), trained_backbone))
     return optax.chain(*parts, optax.multi_transform(groups, labels_of))
 
@@ -272,6 +298,7 @@ def make_optimizer(train_config: ml_collections.ConfigDict, *,
 
 class Optimizer(NamedTuple):
   """What `from_config` builds: the update rule and the learning-rate schedule it follows."""
+
   tx: optax.GradientTransformation
   schedule: optax.Schedule
 
@@ -281,5 +308,6 @@ def from_config(config: ml_collections.ConfigDict) -> Optimizer:
   model-parallel and config.head.lazy_update is set. Freeze / lr-multiplier expressions are
   matched against the parameters at `tx.init`, which raises `PatternError` for a bad one."""
   lazy_head = bool(config.head.model_parallel and config.head.lazy_update)
-  return Optimizer(tx=make_optimizer(config.train, lazy_head=lazy_head),
-                   schedule=make_schedule(config.train))
+  return Optimizer(
+    tx=make_optimizer(config.train, lazy_head=lazy_head), schedule=make_schedule(config.train)
+  )

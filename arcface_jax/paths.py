@@ -11,6 +11,7 @@ Object stores differ from a disk in ways the callers handle: there is no rename 
 (a move is a copy and a delete), no advisory lock, and no partially written object (an upload
 appears whole or not at all, so atomic writes need no temporary name).
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@
 The table sits between the lines `<!-- recipes: begin -->` and `<!-- recipes: end -->`; the recipe
 files read the same rows, so the README cannot drift from what `--config configs/<row>.py` trains.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,25 +44,30 @@ def _schedule(row: dict[str, Any]) -> str:
 
 def render(table: dict[str, dict[str, Any]]) -> str:
   """The Markdown table, one line per row of `table`."""
-  lines = ['| recipe | data (images / identities) | backbone | loss | Partial FC | batch, lr | '
-           'lr schedule | published (source) |', '|---|---|---|---|---|---|---|---|']
+  lines = [
+    '| recipe | data (images / identities) | backbone | loss | Partial FC | batch, lr | '
+    'lr schedule | published (source) |',
+    '|---|---|---|---|---|---|---|---|',
+  ]
   for name, row in table.items():
     loss = row['loss']
     margin = f'{_LOSSES.get(loss["name"], loss["name"])} s={loss["s"]:g} m={loss["m"]:g}'
     backbone = _BACKBONES.get(row['backbone'], row['backbone'])
     lines.append(
-        f'| `configs/{name}.py` | {_data(row)} | {backbone} | '
-        f'{margin} | {"r=" + format(row["sample_rate"], "g") if row["sample_rate"] < 1 else "–"} | '
-        f'{row["batch"]}, {row["lr"]:g} | {_schedule(row)} | {row["published"]} '
-        f'({row["source"]}) |')
+      f'| `configs/{name}.py` | {_data(row)} | {backbone} | '
+      f'{margin} | {"r=" + format(row["sample_rate"], "g") if row["sample_rate"] < 1 else "–"} | '
+      f'{row["batch"]}, {row["lr"]:g} | {_schedule(row)} | {row["published"]} '
+      f'({row["source"]}) |'
+    )
   return '\n'.join(lines) + '\n'
 
 
 def replace_table(text: str, table_markdown: str, path: str = 'README.md') -> str:
   """`text` with the lines between BEGIN and END replaced by `table_markdown`."""
   if BEGIN not in text or END not in text:
-    raise ValueError(f'{path} has no recipes table markers; add the lines\n{BEGIN}\n{END}\n'
-                     'where the table belongs')
+    raise ValueError(
+      f'{path} has no recipes table markers; add the lines\n{BEGIN}\n{END}\nwhere the table belongs'
+    )
   head, rest = text.split(BEGIN, 1)
   _, tail = rest.split(END, 1)
   return f'{head}{BEGIN}\n{table_markdown}{END}{tail}'
@@ -69,8 +75,10 @@ def replace_table(text: str, table_markdown: str, path: str = 'README.md') -> st
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m arcface_jax.recipes_table', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog='python -m arcface_jax.recipes_table',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('--table', default=DEFAULT_TABLE, help='the recipes table (Python file)')
   action = parser.add_mutually_exclusive_group()
   action.add_argument('--write', metavar='FILE', help='replace the table in FILE')
@@ -90,8 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.check:
     if updated != text:
-      print(f'{target}: the recipes table differs from {args.table}; run python -m '
-            f'arcface_jax.recipes_table --write {target}', file=sys.stderr)
+      print(
+        f'{target}: the recipes table differs from {args.table}; run python -m '
+        f'arcface_jax.recipes_table --write {target}',
+        file=sys.stderr,
+      )
       return 1
     return 0
   with open(target, 'w', encoding='utf-8') as f:

@@ -10,6 +10,7 @@ are written to a local temporary file and the whole file is uploaded to `<workdi
 at most every `UPLOAD_EVERY_S` seconds and when the run ends (what tensorboardX's own GCS writer
 does on every flush, without the rate limit).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ class _QuietLibraries(logging_std.Filter):
       return True
     if record.levelno >= logging_std.ERROR:
       error = record.exc_info[1] if record.exc_info else None
-      return (write_errors.failed_write(error) is None
-              and 'os_error_code=' not in record.getMessage())
+      return (
+        write_errors.failed_write(error) is None and 'os_error_code=' not in record.getMessage()
+      )
     return record.levelno >= logging_std.WARNING
 
 
@@ -58,14 +60,18 @@ def _is_late_callback_on_closed_loop(unraisable: Any) -> bool:
   other writes' completion callbacks find it closed: harmless, and reported by the trainer."""
   error = unraisable.exc_value
   frames = traceback_std.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
-  return (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
-          and any(f.name == 'call_soon_threadsafe' for f in frames))
+  return (
+    isinstance(error, RuntimeError)
+    and str(error) == 'Event loop is closed'
+    and any(f.name == 'call_soon_threadsafe' for f in frames)
+  )
 
 
 def _quiet_unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
   def hook(unraisable: Any) -> None:
     if not _is_late_callback_on_closed_loop(unraisable):
       previous(unraisable)
+
   hook.quiets_closed_loops = True
   return hook
 
@@ -89,8 +95,15 @@ def format_duration(seconds: float) -> str:
 class Reporter:
   """Accumulates step metrics and writes console lines and TensorBoard scalars (process 0)."""
 
-  def __init__(self, workdir: paths.PathLike, *, total_steps: int, global_batch_size: int,
-               log_every: int, first_step: int = 0):
+  def __init__(
+    self,
+    workdir: paths.PathLike,
+    *,
+    total_steps: int,
+    global_batch_size: int,
+    log_every: int,
+    first_step: int = 0,
+  ):
     self.total_steps = total_steps
     self.global_batch_size = global_batch_size
     self.log_every = max(log_every, 1)
@@ -102,6 +115,7 @@ class Reporter:
     if jax.process_index() == 0:
       # Imported here: tensorboardX pulls in protobuf, which only process 0 needs.
       from tensorboardX.event_file_writer import EventsWriter
+
       logdir = epath.Path(workdir) / 'tensorboard'
       logdir.mkdir(parents=True, exist_ok=True)
       if paths.is_remote(logdir):
@@ -136,11 +150,21 @@ class Reporter:
     report['images_per_s'] = images_per_s
     self.restart_clock(step)
     self.last = report
-    extras = ' '.join(f'{k}={v:.4g}' for k, v in sorted(report.items())
-                      if k not in ('loss', 'learning_rate', 'images_per_s'))
-    logging.info('step %d/%d loss=%.4f lr=%.5f images/s=%.1f ETA %s %s', step,
-                 self.total_steps, report['loss'], report['learning_rate'], images_per_s,
-                 format_duration(eta), extras)
+    extras = ' '.join(
+      f'{k}={v:.4g}'
+      for k, v in sorted(report.items())
+      if k not in ('loss', 'learning_rate', 'images_per_s')
+    )
+    logging.info(
+      'step %d/%d loss=%.4f lr=%.5f images/s=%.1f ETA %s %s',
+      step,
+      self.total_steps,
+      report['loss'],
+      report['learning_rate'],
+      images_per_s,
+      format_duration(eta),
+      extras,
+    )
     self.scalars(step, report, prefix='train/')
     return report
 
@@ -149,10 +173,12 @@ class Reporter:
       return
     from tensorboardX.proto.event_pb2 import Event
     from tensorboardX.summary import scalar
+
     writer, self._writer = self._writer, None  # after a failed write, write nothing more
     for name, value in values.items():
-      writer.write_event(Event(wall_time=time.time(), step=int(step),
-                               summary=scalar(prefix + name, float(value))))
+      writer.write_event(
+        Event(wall_time=time.time(), step=int(step), summary=scalar(prefix + name, float(value)))
+      )
     writer.flush()
     if self._upload is not None:
       self._upload.maybe_upload()
@@ -202,9 +228,11 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 def config_changes(old: dict, new: dict) -> list[str]:
   """'key: old → new' for every leaf that differs between two config dicts (JSON form)."""
   old_flat, new_flat = _flatten(old), _flatten(new)
-  return [f'{key}: {old_flat.get(key, "(absent)")!r} → {new_flat.get(key, "(absent)")!r}'
-          for key in sorted(set(old_flat) | set(new_flat))
-          if old_flat.get(key) != new_flat.get(key)]
+  return [
+    f'{key}: {old_flat.get(key, "(absent)")!r} → {new_flat.get(key, "(absent)")!r}'
+    for key in sorted(set(old_flat) | set(new_flat))
+    if old_flat.get(key) != new_flat.get(key)
+  ]
 
 
 def write_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
@@ -223,9 +251,14 @@ def write_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> 
       except (OSError, ValueError):
         changes = ['(the previous config.json is unreadable)']
       if changes:
-        logging.warning('%s: this run\'s config differs from the one saved there (%d keys: %s); '
-                        'checkpoints in it were trained with the old values; use a new --workdir '
-                        'to start afresh', path, len(changes), '; '.join(changes[:10]))
+        logging.warning(
+          '%s: this run\'s config differs from the one saved there (%d keys: %s); '
+          'checkpoints in it were trained with the old values; use a new --workdir '
+          'to start afresh',
+          path,
+          len(changes),
+          '; '.join(changes[:10]),
+        )
     path.write_text(text)
   return path
 

@@ -27,6 +27,7 @@ persistent compilation cache (JAX's, in $JAX_COMPILATION_CACHE_DIR or --workdir/
 serves the second cell's train step without compiling it. Each cell's log says how many programs
 it compiled and how many it loaded.
 """
+
 from __future__ import annotations
 
 import csv
@@ -74,12 +75,16 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
       try:
         return kind(text) if kind is float else int(text)
       except ValueError:
-        raise SearchError(f'--grid {key}: {text!r} is not a{"n int" if kind is int else " float"}'
-                          f' (config {key} = {current!r})') from None
+        raise SearchError(
+          f'--grid {key}: {text!r} is not a{"n int" if kind is int else " float"}'
+          f' (config {key} = {current!r})'
+        ) from None
   if isinstance(current, str):
     return text
-  raise SearchError(f'--grid {key}: config values of type {type(current).__name__} cannot be '
-                    'searched (use numbers, strings or booleans)')
+  raise SearchError(
+    f'--grid {key}: config values of type {type(current).__name__} cannot be '
+    'searched (use numbers, strings or booleans)'
+  )
 
 
 def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[Cell]:
@@ -92,13 +97,15 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[
     key = key.strip()
     texts = [v.strip() for v in values.split(',')]
     if not sep or not key or not all(texts):
-      raise SearchError(f'--grid {spec!r}: expected KEY=V1,V2,... e.g. '
-                        'train.learning_rate=1e-3,1e-2')
+      raise SearchError(
+        f'--grid {spec!r}: expected KEY=V1,V2,... e.g. train.learning_rate=1e-3,1e-2'
+      )
     try:
       current = _lookup(config, key)
     except (AttributeError, KeyError):
-      raise SearchError(f'--grid {spec!r}: config has no key {key!r} (every key is declared in '
-                        'configs/base.py)') from None
+      raise SearchError(
+        f'--grid {spec!r}: config has no key {key!r} (every key is declared in configs/base.py)'
+      ) from None
     if any(key == k for k, _ in axes):
       raise SearchError(f'--grid {key} is given twice')
     axes.append((key, [_parse_value(key, t, current) for t in texts]))
@@ -137,15 +144,18 @@ def metric_direction(metric: str, lower: bool | None, higher: bool | None) -> bo
     return True
   if any(word in leaf for word in LOWER_IS_BETTER):
     return False
-  raise SearchError(f'--metric {metric}: is higher or lower better? Add --higher_is_better or '
-                    '--lower_is_better')
+  raise SearchError(
+    f'--metric {metric}: is higher or lower better? Add --higher_is_better or --lower_is_better'
+  )
 
 
 # ---------------------------------------------------------------- reading the runs' scalars
 
+
 def read_scalars(logdir: paths.PathLike) -> dict[str, float]:
   """The last value of every scalar in the TensorBoard event files under `logdir`."""
   from tensorboardX.proto import event_pb2
+
   last: dict[str, tuple[int, float]] = {}
   logdir = epath.Path(logdir)
   if not logdir.is_dir():
@@ -156,8 +166,8 @@ def read_scalars(logdir: paths.PathLike) -> dict[str, float]:
     data = child.read_bytes()
     offset = 0
     while offset + 12 <= len(data):  # TFRecord: length, crc, payload, crc
-      length, = struct.unpack('<Q', data[offset:offset + 8])
-      payload = data[offset + 12:offset + 12 + length]
+      (length,) = struct.unpack('<Q', data[offset : offset + 8])
+      payload = data[offset + 12 : offset + 12 + length]
       offset += 12 + length + 4
       if len(payload) < length:
         break  # a record still being written
@@ -172,11 +182,14 @@ def resolve_metric(metric: str, scalars: dict[str, float]) -> str:
   for candidate in (metric, f'eval/{metric}', f'train/{metric}'):
     if candidate in scalars:
       return candidate
-  raise SearchError(f'--metric {metric}: the run logged no such scalar; it logged '
-                    f'{", ".join(sorted(scalars)) or "nothing"}')
+  raise SearchError(
+    f'--metric {metric}: the run logged no such scalar; it logged '
+    f'{", ".join(sorted(scalars)) or "nothing"}'
+  )
 
 
 # ---------------------------------------------------------------- counting compilations
+
 
 class CompileCounter(logging_std.Handler):
   """Counts the programs XLA compiles and those the persistent cache serves, by name."""
@@ -216,8 +229,8 @@ def enable_compilation_cache(workdir: paths.PathLike) -> str:
   JAX reads and writes the cache through etils.epath, so a gs:// workdir holds it too.
   """
   import jax
-  directory = (jax.config.jax_compilation_cache_dir
-               or os.fspath(epath.Path(workdir) / '.jax_cache'))
+
+  directory = jax.config.jax_compilation_cache_dir or os.fspath(epath.Path(workdir) / '.jax_cache')
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
@@ -226,14 +239,23 @@ def enable_compilation_cache(workdir: paths.PathLike) -> str:
 
 # ---------------------------------------------------------------- the search
 
-def run_search(config: ml_collections.ConfigDict, workdir: paths.PathLike, cells: list[Cell], *,
-               metric: str, higher_is_better: bool,
-               train_fn: Callable[..., Any] | None = None, **train_kwargs: Any) -> dict[str, Any]:
+
+def run_search(
+  config: ml_collections.ConfigDict,
+  workdir: paths.PathLike,
+  cells: list[Cell],
+  *,
+  metric: str,
+  higher_is_better: bool,
+  train_fn: Callable[..., Any] | None = None,
+  **train_kwargs: Any,
+) -> dict[str, Any]:
   """Trains every unfinished cell, then writes the results; returns results.json's content."""
   import copy
 
   from arcface_jax import trainer
   from arcface_jax.data.errors import DatasetError
+
   train_fn = trainer.train_and_evaluate if train_fn is None else train_fn
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -242,8 +264,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: paths.PathLike, cells
     cell_dir = workdir / cell.name
     previous = _read_marker(cell_dir)
     if previous and previous['status'] in ('finished', 'diverged'):
-      logging.info('cell %d/%d %s: %s before, skipped', index, len(cells), cell.name,
-                   previous['status'])
+      logging.info(
+        'cell %d/%d %s: %s before, skipped', index, len(cells), cell.name, previous['status']
+      )
       continue
     cell_config = copy.deepcopy(config)
     for key, value in cell.values.items():
@@ -257,12 +280,25 @@ def run_search(config: ml_collections.ConfigDict, workdir: paths.PathLike, cells
         status, error = 'diverged', str(e)
       except (trainer.ConfigError, DatasetError) as e:
         status, error = 'failed', str(e)
-    logging.info('cell %d/%d %s: %s; compiled %d programs (%s), loaded %d from the compilation '
-                 'cache', index, len(cells), cell.name, status, len(counter.compiled),
-                 ', '.join(counter.compiled) or 'none', len(counter.loaded))
-    record = {'name': cell.name, 'values': cell.values, 'status': status, 'error': error,
-              'metrics': read_scalars(cell_dir / 'tensorboard'),
-              'compiled': counter.compiled, 'loaded_from_cache': counter.loaded}
+    logging.info(
+      'cell %d/%d %s: %s; compiled %d programs (%s), loaded %d from the compilation cache',
+      index,
+      len(cells),
+      cell.name,
+      status,
+      len(counter.compiled),
+      ', '.join(counter.compiled) or 'none',
+      len(counter.loaded),
+    )
+    record = {
+      'name': cell.name,
+      'values': cell.values,
+      'status': status,
+      'error': error,
+      'metrics': read_scalars(cell_dir / 'tensorboard'),
+      'compiled': counter.compiled,
+      'loaded_from_cache': counter.loaded,
+    }
     (cell_dir / DONE_MARKER).write_text(json.dumps(record, indent=2))
   return write_results(workdir, cells, metric=metric, higher_is_better=higher_is_better)
 
@@ -274,8 +310,9 @@ def _read_marker(cell_dir: epath.Path) -> dict[str, Any] | None:
     return None
 
 
-def write_results(workdir: paths.PathLike, cells: list[Cell], *, metric: str,
-                  higher_is_better: bool) -> dict[str, Any]:
+def write_results(
+  workdir: paths.PathLike, cells: list[Cell], *, metric: str, higher_is_better: bool
+) -> dict[str, Any]:
   workdir = epath.Path(workdir)
   records = [_read_marker(workdir / cell.name) for cell in cells]
   logged = set().union(*[r['metrics'] for r in records])
@@ -286,10 +323,13 @@ def write_results(workdir: paths.PathLike, cells: list[Cell], *, metric: str,
   ranked = [r for r in records if not math.isnan(r['metric'])]
   best = (max if higher_is_better else min)(ranked, key=lambda r: r['metric']) if ranked else None
   keys = list(cells[0].values)
-  result = {'metric': tag, 'higher_is_better': higher_is_better, 'grid': keys,
-            'best': best and {'name': best['name'], 'values': best['values'],
-                              'metric': best['metric']},
-            'cells': records}
+  result = {
+    'metric': tag,
+    'higher_is_better': higher_is_better,
+    'grid': keys,
+    'best': best and {'name': best['name'], 'values': best['values'], 'metric': best['metric']},
+    'cells': records,
+  }
   (workdir / 'results.json').write_text(json.dumps(result, indent=2))
   table = io.StringIO(newline='')
   writer = csv.writer(table)
@@ -302,12 +342,15 @@ def write_results(workdir: paths.PathLike, cells: list[Cell], *, metric: str,
   return result
 
 
-def _heatmap(workdir: epath.Path, records: list[dict], keys: list[str], tag: str,
-             higher_is_better: bool) -> str:
+def _heatmap(
+  workdir: epath.Path, records: list[dict], keys: list[str], tag: str, higher_is_better: bool
+) -> str:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   import numpy as np
+
   rows_key, cols_key = keys[0], (keys[1] if len(keys) > 1 else None)
   rows = sorted({r['values'][rows_key] for r in records})
   cols = sorted({r['values'][cols_key] for r in records}) if cols_key else [None]
@@ -315,8 +358,11 @@ def _heatmap(workdir: epath.Path, records: list[dict], keys: list[str], tag: str
   grid = np.full((len(rows), len(cols)), np.nan)
   for i, row in enumerate(rows):
     for j, col in enumerate(cols):
-      values = [r['metric'] for r in records if r['values'][rows_key] == row
-                and (cols_key is None or r['values'][cols_key] == col)]
+      values = [
+        r['metric']
+        for r in records
+        if r['values'][rows_key] == row and (cols_key is None or r['values'][cols_key] == col)
+      ]
       finite = [v for v in values if not math.isnan(v)]
       grid[i, j] = pick(finite) if finite else np.nan
   fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.8 * len(rows)))
@@ -327,11 +373,11 @@ def _heatmap(workdir: epath.Path, records: list[dict], keys: list[str], tag: str
   ax.set_xlabel(cols_key or '')
   ax.set_ylabel(rows_key)
   for (i, j), value in np.ndenumerate(grid):
-    ax.text(j, i, 'n/a' if np.isnan(value) else f'{value:.4g}', ha='center', va='center',
-            color='w')
+    ax.text(j, i, 'n/a' if np.isnan(value) else f'{value:.4g}', ha='center', va='center', color='w')
   reduced = f'; best over {", ".join(keys[2:])}' if len(keys) > 2 else ''
-  ax.set_title(f'{tag} ({"higher" if higher_is_better else "lower"} is better{reduced})',
-               fontsize=9)
+  ax.set_title(
+    f'{tag} ({"higher" if higher_is_better else "lower"} is better{reduced})', fontsize=9
+  )
   path = workdir / (_safe(tag.replace('/', '_')) + '.png')
   fig.tight_layout()
   with path.open('wb') as f:
@@ -344,6 +390,7 @@ def _log_hparams(workdir: epath.Path, records: list[dict], tag: str) -> None:
   import tempfile
 
   from tensorboardX import SummaryWriter
+
   logdir = workdir / 'tensorboard'
   if logdir.exists():
     logdir.rmtree()  # written afresh with every cell on each start
@@ -358,14 +405,22 @@ def _log_hparams(workdir: epath.Path, records: list[dict], tag: str) -> None:
 
 def parse_args(argv: Sequence[str]) -> Any:
   parser = train_cli.config_parser('arcface_jax.search', __doc__)
-  parser.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2,...',
-                      help='a config key and its values (repeat for more keys)')
-  parser.add_argument('--metric', default='eval/val/accuracy',
-                      help='TensorBoard scalar to rank the cells by')
-  parser.add_argument('--lower_is_better', action='store_true', default=None,
-                      help='the metric is better when lower')
-  parser.add_argument('--higher_is_better', action='store_true', default=None,
-                      help='the metric is better when higher')
+  parser.add_argument(
+    '--grid',
+    action='append',
+    default=[],
+    metavar='KEY=V1,V2,...',
+    help='a config key and its values (repeat for more keys)',
+  )
+  parser.add_argument(
+    '--metric', default='eval/val/accuracy', help='TensorBoard scalar to rank the cells by'
+  )
+  parser.add_argument(
+    '--lower_is_better', action='store_true', default=None, help='the metric is better when lower'
+  )
+  parser.add_argument(
+    '--higher_is_better', action='store_true', default=None, help='the metric is better when higher'
+  )
   return train_cli.parse_config_args(parser, argv)
 
 
@@ -378,10 +433,10 @@ def main(args: Any) -> None:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(2)
   from arcface_jax import distributed
+
   distributed.initialize_if_launched()
   try:
-    result = run_search(config, args.workdir, cells, metric=args.metric,
-                        higher_is_better=higher)
+    result = run_search(config, args.workdir, cells, metric=args.metric, higher_is_better=higher)
   except SearchError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -390,8 +445,10 @@ def main(args: Any) -> None:
   if best is None:
     print(f'no cell finished with a value of {result["metric"]}; see results.csv')
     sys.exit(1)
-  print(f'best: {best["name"]}  {result["metric"]}={best["metric"]:.5g} ({direction} is better; '
-        f'{len(result["cells"])} cells in {args.workdir}/results.csv)')
+  print(
+    f'best: {best["name"]}  {result["metric"]}={best["metric"]:.5g} ({direction} is better; '
+    f'{len(result["cells"])} cells in {args.workdir}/results.csv)'
+  )
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ another's (adding dropout does not change the initial weights):
   dropout  dropout masks and the objective's per-step draws (ElasticFace), folded with the step
   data     the input pipeline's shuffling and augmentation (numpy, as `integer_seed`)
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ NaN). Such a state is not a "last good state": resuming from it fails at once. `
 what is wrong so that checkpoints are only written of states that pass, and a restored checkpoint
 that does not pass is set aside instead of being trained on.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,14 +27,18 @@ def _summaries(groups: dict[str, Any]) -> dict[str, tuple[jax.Array, jax.Array]]
   """Per group: (all finite, largest finite magnitude), in one device round trip."""
   out = {}
   for name, tree in groups.items():
-    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    leaves = [
+      jnp.asarray(x)
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+    ]
     if not leaves:
       out[name] = (jnp.array(True), jnp.array(0.0, jnp.float32))
       continue
     finite = jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
-    largest = jnp.stack([jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0)).astype(jnp.float32)
-                         for x in leaves]).max()
+    largest = jnp.stack(
+      [jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0)).astype(jnp.float32) for x in leaves]
+    ).max()
     out[name] = (finite, largest)
   return out
 
@@ -50,17 +55,25 @@ def problems(groups: dict[str, Any], *, bounded: tuple[str, ...] = ()) -> list[s
     if not bool(finite):
       found.append(f'{name}: not finite (NaN or Inf)')
     elif name in bounded and float(largest) > MAGNITUDE_LIMIT:
-      found.append(f'{name}: largest value {float(np.float32(largest)):.2g} '
-                   f'(> {MAGNITUDE_LIMIT:.0e}: the weights or statistics have blown up)')
+      found.append(
+        f'{name}: largest value {float(np.float32(largest)):.2g} '
+        f'(> {MAGNITUDE_LIMIT:.0e}: the weights or statistics have blown up)'
+      )
   return found
 
 
 def train_state_problems(state: Any) -> list[str]:
   """`problems` of a TrainState: weights and statistics bounded, everything finite."""
-  return problems({'backbone params': state.params['backbone'],
-                   'head params': state.params['head'], 'batch_stats': state.batch_stats,
-                   'head_state': state.head_state, 'opt_state': state.opt_state},
-                  bounded=('backbone params', 'head params', 'batch_stats'))
+  return problems(
+    {
+      'backbone params': state.params['backbone'],
+      'head params': state.params['head'],
+      'batch_stats': state.batch_stats,
+      'head_state': state.head_state,
+      'opt_state': state.opt_state,
+    },
+    bounded=('backbone params', 'head params', 'batch_stats'),
+  )
 
 
 def model_variables_problems(variables: Any) -> list[str]:

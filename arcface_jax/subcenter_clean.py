@@ -20,6 +20,7 @@ flagged images (the command prints this line with the paths filled in):
       --config.loss.name=arcface --config.head.subcenters=1 \\
       --config.head.init_centres=<out>/dominant_centres.npy --config.data.exclude=<out>/exclude.txt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ MAX_ANGLE = 75.0
 CHUNK = 4096  # images embedded at a time
 
 
-def clean(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
-          max_angle: float = MAX_ANGLE) -> dict[str, np.ndarray]:
+def clean(
+  embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray, max_angle: float = MAX_ANGLE
+) -> dict[str, np.ndarray]:
   """The cleaning decision from embeddings (N, D), labels (N,) and sub-centres (C, K, D).
 
   Returns nearest (N,) sub-centre, counts (C, K) images per sub-centre, dominant (C,) (ties: the
@@ -52,20 +54,24 @@ def clean(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
   dominant = np.argmax(counts, axis=1)
   to_dominant = cos[np.arange(len(labels)), dominant[labels]]
   angle = np.degrees(np.arccos(np.clip(to_dominant, -1.0, 1.0)))
-  return dict(nearest=nearest, counts=counts, dominant=dominant, angle=angle,
-              flagged=angle > max_angle)
+  return dict(
+    nearest=nearest, counts=counts, dominant=dominant, angle=angle, flagged=angle > max_angle
+  )
 
 
-def embed_training_set(config: Any, workdir: str, step: int | None
-                       ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, int]:
+def embed_training_set(
+  config: Any, workdir: str, step: int | None
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, int]:
   """(embeddings (N, D), labels (N,), step, indices (N,), total) of every image the run trained
   on: indices are into the full training split of `total` images (they skip what
   config.data.exclude left out)."""
   import jax
   from tqdm import tqdm
+
   from arcface_jax import inference, models, parallel
   from arcface_jax.data.sources import get_train_source
   from arcface_jax.evaluation.extract import extract_embeddings
+
   mesh = parallel.make_mesh()
   model, abstract = inference.abstract_model_variables(config, mesh)
   variables, step = inference.restore_variables(workdir, abstract, step)
@@ -77,11 +83,18 @@ def embed_training_set(config: Any, workdir: str, step: int | None
   for start in tqdm(range(0, len(source), CHUNK), unit='chunk', file=sys.stderr):
     samples = [source[i] for i in range(start, min(start + CHUNK, len(source)))]
     from arcface_jax.data.decode import resize
-    images = np.stack([img if img.shape[:2] == (size, size) else resize(img, (size, size))
-                       for img, _ in samples])
-    emb, _ = extract_embeddings(lambda batch: embed(variables, batch), images,
-                                batch_size=config.eval.batch_size, mean=config.data.mean,
-                                std=config.data.std, mesh=mesh)
+
+    images = np.stack(
+      [img if img.shape[:2] == (size, size) else resize(img, (size, size)) for img, _ in samples]
+    )
+    emb, _ = extract_embeddings(
+      lambda batch: embed(variables, batch),
+      images,
+      batch_size=config.eval.batch_size,
+      mean=config.data.mean,
+      std=config.data.std,
+      mesh=mesh,
+    )
     embeddings.append(emb)
     labels.extend(int(label) for _, label in samples)
   kept = getattr(source, 'kept', None)  # an ExcludedSource: its indices into the full split
@@ -90,18 +103,23 @@ def embed_training_set(config: Any, workdir: str, step: int | None
   return np.concatenate(embeddings), np.asarray(labels, np.int64), step, indices, total
 
 
-def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | None = None
-        ) -> dict[str, Any]:
+def run(
+  workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | None = None
+) -> dict[str, Any]:
   """Cleans the run in `workdir` into `out_dir` (see the module docstring); returns the summary."""
   from arcface_jax import inference, reporting
+
   config = reporting.read_config(workdir)
   embeddings, labels, step, indices, total = embed_training_set(config, workdir, step)
   weight = inference.read_class_centres(workdir, step)
   if weight is None or weight.ndim != 3:
-    has = ('no class centres' if weight is None else
-           f'one centre per class (head weight {weight.shape})')
-    raise ValueError(f'{workdir} has {has}: only a '
-                     'run with config.head.subcenters > 1 (loss.name=subcenter) can be cleaned')
+    has = (
+      'no class centres' if weight is None else f'one centre per class (head weight {weight.shape})'
+    )
+    raise ValueError(
+      f'{workdir} has {has}: only a '
+      'run with config.head.subcenters > 1 (loss.name=subcenter) can be cleaned'
+    )
   num_classes = int(config.data.num_classes or labels.max() + 1)
   result = clean(embeddings, labels, weight[:num_classes], max_angle)
   out = epath.Path(out_dir)  # local or gs://
@@ -114,31 +132,43 @@ def run(workdir: str, out_dir: str, max_angle: float = MAX_ANGLE, step: int | No
   # What the continued run leaves out: these images, and what this run already left out.
   left_out = np.setdiff1d(np.arange(total), indices)
   with (out / 'exclude.txt').open('w') as f:
-    f.write(f'# config.data.exclude for continuing {workdir}: training-split indices more than '
-            f'{max_angle} degrees from their dominant sub-centre (see flagged.tsv)'
-            + (f', and those the run excluded ({config.data.get("exclude")})'
-               if len(left_out) else '') + '\n')
+    f.write(
+      f'# config.data.exclude for continuing {workdir}: training-split indices more than '
+      f'{max_angle} degrees from their dominant sub-centre (see flagged.tsv)'
+      + (f', and those the run excluded ({config.data.get("exclude")})' if len(left_out) else '')
+      + '\n'
+    )
     f.writelines(f'{i}\n' for i in np.union1d(indices[result['flagged']], left_out))
   dominant = weight[np.arange(num_classes), result['dominant']]
   with (out / 'dominant_centres.npy').open('wb') as f:
     np.save(f, dominant.astype(np.float32))
-  summary = {'workdir': os.fspath(workdir), 'step': int(step), 'max_angle': max_angle,
-             'images': int(len(labels)), 'flagged': int(result['flagged'].sum()),
-             'classes': num_classes, 'subcentres': int(weight.shape[1]),
-             'images_per_subcentre': result['counts'].sum(0).tolist(),
-             'images_on_dominant': int(result['counts'][np.arange(num_classes),
-                                                        result['dominant']].sum())}
+  summary = {
+    'workdir': os.fspath(workdir),
+    'step': int(step),
+    'max_angle': max_angle,
+    'images': int(len(labels)),
+    'flagged': int(result['flagged'].sum()),
+    'classes': num_classes,
+    'subcentres': int(weight.shape[1]),
+    'images_per_subcentre': result['counts'].sum(0).tolist(),
+    'images_on_dominant': int(result['counts'][np.arange(num_classes), result['dominant']].sum()),
+  }
   (out / 'summary.json').write_text(json.dumps(summary, indent=2))
   return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--workdir', required=True, help='a trained run with head.subcenters > 1')
   parser.add_argument('--out', required=True, help='where flagged.tsv etc. are written')
-  parser.add_argument('--max_angle', type=float, default=MAX_ANGLE,
-                      help='degrees from the dominant sub-centre beyond which an image is listed')
+  parser.add_argument(
+    '--max_angle',
+    type=float,
+    default=MAX_ANGLE,
+    help='degrees from the dominant sub-centre beyond which an image is listed',
+  )
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   args = parser.parse_args(argv)
   if not 0.0 < args.max_angle < 180.0:
@@ -150,23 +180,33 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(f'{summary["flagged"]} of {summary["images"]} images are more than {args.max_angle}° '
-        f'from their dominant sub-centre: listed in {os.path.join(args.out, "flagged.tsv")}.\n'
-        'Continue with one centre per class, from the dominant sub-centres, without them:\n'
-        + continue_command(args.workdir, args.out))
+  print(
+    f'{summary["flagged"]} of {summary["images"]} images are more than {args.max_angle}° '
+    f'from their dominant sub-centre: listed in {os.path.join(args.out, "flagged.tsv")}.\n'
+    'Continue with one centre per class, from the dominant sub-centres, without them:\n'
+    + continue_command(args.workdir, args.out)
+  )
   return 0
 
 
 def continue_command(workdir: str, out_dir: str) -> str:
   """The training command that continues `workdir` with K = 1 from `out_dir`'s cleaning."""
   import shlex
+
   run = os.path.normpath(workdir)
-  return ' '.join([
-      'python -m arcface_jax.train', '--config', shlex.quote(f'configs/from_run.py:{run}'),
-      '--workdir', shlex.quote(f'{run}_k1'), '--config.loss.name=arcface',
+  return ' '.join(
+    [
+      'python -m arcface_jax.train',
+      '--config',
+      shlex.quote(f'configs/from_run.py:{run}'),
+      '--workdir',
+      shlex.quote(f'{run}_k1'),
+      '--config.loss.name=arcface',
       '--config.head.subcenters=1',
       shlex.quote('--config.head.init_centres=' + os.path.join(out_dir, 'dominant_centres.npy')),
-      shlex.quote('--config.data.exclude=' + os.path.join(out_dir, 'exclude.txt'))])
+      shlex.quote('--config.data.exclude=' + os.path.join(out_dir, 'exclude.txt')),
+    ]
+  )
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ true/false, strings, tuples as `a,b` or `(1, 2)`); a key that configs/base.py do
 an error. Starting the same command again resumes from the workdir's latest checkpoint. SIGTERM or
 Ctrl-C saves a checkpoint and exits cleanly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,12 @@ from typing import Sequence
 from absl import app, logging
 
 from arcface_jax import commands
-from arcface_jax.config_files import (ConfigOverrideError, RecipeOptionError,
-                                      load_config_with_overrides, split_config_overrides)
+from arcface_jax.config_files import (
+  ConfigOverrideError,
+  RecipeOptionError,
+  load_config_with_overrides,
+  split_config_overrides,
+)
 
 
 def _usage_error(message: str) -> None:
@@ -31,11 +36,16 @@ def _usage_error(message: str) -> None:
 def config_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
   """The parser of a command that takes --config (with --config.KEY=VALUE) and --workdir."""
   parser = commands.parser(module, doc)
-  parser.add_argument('--config', required=True, metavar='FILE[:ARG]',
-                      help='recipe file, e.g. configs/ms1m.py or configs/ms1m.py:poly; then any '
-                      '--config.KEY=VALUE overrides, e.g. --config.train.learning_rate=0.05')
-  parser.add_argument('--workdir', required=True,
-                      help='directory for checkpoints, logs and the config')
+  parser.add_argument(
+    '--config',
+    required=True,
+    metavar='FILE[:ARG]',
+    help='recipe file, e.g. configs/ms1m.py or configs/ms1m.py:poly; then any '
+    '--config.KEY=VALUE overrides, e.g. --config.train.learning_rate=0.05',
+  )
+  parser.add_argument(
+    '--workdir', required=True, help='directory for checkpoints, logs and the config'
+  )
   return parser
 
 
@@ -74,8 +84,15 @@ def main(args: argparse.Namespace) -> None:
     trainer.train_and_evaluate(args.config, args.workdir)
     # Stopped by a signal while the step compiled: exit now, not once XLA has finished.
     background_compile.exit_now_if_abandoned(0)
-  except (trainer.ConfigError, trainer.TrainingDivergedError, DatasetError, FileNotFoundError,
-          CheckpointError, WorkdirLockedError, WorkdirWriteError) as e:
+  except (
+    trainer.ConfigError,
+    trainer.TrainingDivergedError,
+    DatasetError,
+    FileNotFoundError,
+    CheckpointError,
+    WorkdirLockedError,
+    WorkdirWriteError,
+  ) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -5,6 +5,7 @@ head (class centres, and a bias for plain softmax) belongs to the objective. Thi
 below the train step and the checkpoints, so that restoring a checkpoint or loading a model never
 imports the training loop.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -29,19 +30,24 @@ class TrainState:
   consecutive_skips: jax.Array  # int32: non-finite steps in a row, reset by a good step
 
 
-def create_train_state(keys: Mapping[str, jax.Array], model: nn.Module, objective: Any,
-                       tx: optax.GradientTransformation, image_size: int) -> TrainState:
+def create_train_state(
+  keys: Mapping[str, jax.Array],
+  model: nn.Module,
+  objective: Any,
+  tx: optax.GradientTransformation,
+  image_size: int,
+) -> TrainState:
   """Initialises backbone, head and optimizer state from `keys['params']` and `keys['head']`
   (`seeding.keys(config)`): the same seed gives bit-identical weights wherever they are drawn."""
   variables = models.init_variables(model, keys['params'], image_size)
   head_params, head_state = objective.init(keys['head'])
   params = {'backbone': variables['params'], 'head': head_params}
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables['batch_stats'],
-      head_state=head_state,
-      opt_state=tx.init(params),
-      skipped_steps=jnp.zeros((), jnp.int32),
-      consecutive_skips=jnp.zeros((), jnp.int32),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables['batch_stats'],
+    head_state=head_state,
+    opt_state=tx.init(params),
+    skipped_steps=jnp.zeros((), jnp.int32),
+    consecutive_skips=jnp.zeros((), jnp.int32),
   )

@@ -4,6 +4,7 @@ A step whose loss, gradients or batch statistics are not finite is skipped: the 
 old values, the step counter still moves on (so the data order is unchanged) and the skip is
 counted.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -26,10 +27,16 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
-def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, dropout_key: jax.Array, *,
-                    image_mean: Any = 127.5, image_std: Any = 127.5
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+def make_train_step(
+  model: nn.Module,
+  objective: Any,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  dropout_key: jax.Array,
+  *,
+  image_mean: Any = 127.5,
+  image_std: Any = 127.5,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The pure train step; the caller jits it with its shardings.
 
   The batch's uint8 images (the input pipeline's) are normalised here, (x − image_mean) /
@@ -46,16 +53,22 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
 
     def loss_fn(params):
       embeddings, new_model_state = model.apply(
-          {'params': params['backbone'], 'batch_stats': state.batch_stats}, images,
-          train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+        {'params': params['backbone'], 'batch_stats': state.batch_stats},
+        images,
+        train=True,
+        rngs={'dropout': dropout_rng},
+        mutable=['batch_stats'],
+      )
       # Margins and softmax run in fp32 whatever the trunk's dtype.
       embeddings = embeddings.astype(jnp.float32)
-      loss, new_head_state, metrics = objective(params['head'], state.head_state, embeddings,
-                                                labels, state.step, rng=head_rng)
+      loss, new_head_state, metrics = objective(
+        params['head'], state.head_state, embeddings, labels, state.step, rng=head_rng
+      )
       return loss, (new_model_state.get('batch_stats', {}), new_head_state, metrics)
 
-    (loss, (batch_stats, head_state, metrics)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, head_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -65,28 +78,29 @@ def make_train_step(model: nn.Module, objective: Any, tx: optax.GradientTransfor
     finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(batch_stats)
     keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(
-        step=state.step + 1,
-        params=keep_if_bad(params, state.params),
-        batch_stats=keep_if_bad(batch_stats, state.batch_stats),
-        head_state=keep_if_bad(head_state, state.head_state),
-        opt_state=keep_if_bad(opt_state, state.opt_state),
-        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
+      step=state.step + 1,
+      params=keep_if_bad(params, state.params),
+      batch_stats=keep_if_bad(batch_stats, state.batch_stats),
+      head_state=keep_if_bad(head_state, state.head_state),
+      opt_state=keep_if_bad(opt_state, state.opt_state),
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+      consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
     )
     metrics = dict(metrics)
     metrics.update(
-        loss=loss,
-        learning_rate=_applied_rate(state.opt_state, schedule, state.step),
-        grad_norm_backbone=optax.tree.norm(grads['backbone']),
-        skipped=(~finite).astype(jnp.float32),
+      loss=loss,
+      learning_rate=_applied_rate(state.opt_state, schedule, state.step),
+      grad_norm_backbone=optax.tree.norm(grads['backbone']),
+      skipped=(~finite).astype(jnp.float32),
     )
     return new_state, metrics
 
   return train_step
 
 
-def _applied_rate(opt_state: optax.OptState, schedule: optax.Schedule,
-                  step: jax.Array) -> jax.Array:
+def _applied_rate(
+  opt_state: optax.OptState, schedule: optax.Schedule, step: jax.Array
+) -> jax.Array:
   # optim.make_optimizer keeps the base rate in its state (not a constant of the program).
   rate = optim.applied_learning_rate(opt_state)
   return jnp.asarray(schedule(step) if rate is None else rate, jnp.float32)

@@ -18,6 +18,7 @@ and read through `etils.epath`. A holder on this host is checked by its pid as a
 is best-effort (two starts within the same moment can both pass: the later upload wins, and the
 earlier one notices only if it reads the file back in time), so the trainer warns about it once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,8 @@ class Holder:
 
   def describe(self) -> str:
     return f'pid {self.pid} on host {self.host}, started {self.started}' + (
-        f' ({self.command})' if self.command else '')
+      f' ({self.command})' if self.command else ''
+    )
 
 
 def lock_path(workdir: paths.PathLike) -> epath.Path:
@@ -60,15 +62,22 @@ def lock_path(workdir: paths.PathLike) -> epath.Path:
 
 
 def _me() -> Holder:
-  return Holder(pid=os.getpid(), host=socket.gethostname(),
-                started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-                command=' '.join(sys.argv)[:200])
+  return Holder(
+    pid=os.getpid(),
+    host=socket.gethostname(),
+    started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+    command=' '.join(sys.argv)[:200],
+  )
 
 
 def _parse_holder(data: bytes) -> Holder:
   fields = json.loads(data.decode())
-  return Holder(pid=int(fields['pid']), host=str(fields['host']),
-                started=str(fields['started']), command=str(fields.get('command', '')))
+  return Holder(
+    pid=int(fields['pid']),
+    host=str(fields['host']),
+    started=str(fields['started']),
+    command=str(fields.get('command', '')),
+  )
 
 
 def _read_holder(fd: int) -> Holder | None:
@@ -97,9 +106,10 @@ def _read_remote_holder(path: epath.Path) -> Holder | None:
 
 def _in_use(path: epath.Path, who: str) -> WorkdirLockedError:
   return WorkdirLockedError(
-      f'{path.parent} is in use by {who}: two runs in one workdir would mix '
-      'their checkpoints, config.json and TensorBoard logs. Wait for it to finish, stop '
-      'it, or pass another --workdir.')
+    f'{path.parent} is in use by {who}: two runs in one workdir would mix '
+    'their checkpoints, config.json and TensorBoard logs. Wait for it to finish, stop '
+    'it, or pass another --workdir.'
+  )
 
 
 class WorkdirLock:
@@ -150,8 +160,9 @@ class WorkdirLock:
       # The kernel drops a flock when its process dies: a free flock means the recorded process
       # is gone (or its pid has been reused by an unrelated process).
       state = 'no longer runs' if not _pid_alive(previous.pid) else 'no longer holds it'
-      logging.warning('%s: taking over a stale lock of %s, which %s', self.path,
-                      previous.describe(), state)
+      logging.warning(
+        '%s: taking over a stale lock of %s, which %s', self.path, previous.describe(), state
+      )
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(dataclasses.asdict(me)).encode(), 0)
     os.fsync(fd)
@@ -159,23 +170,28 @@ class WorkdirLock:
   def _check_other_host(self, previous: Holder, me: Holder) -> None:
     if previous.host != me.host:
       raise WorkdirLockedError(
-          f'{self.path} says {previous.describe()} trains in this workdir; that host cannot be '
-          f'checked from {me.host}. If that run has stopped, delete {self.path} and start '
-          'again; otherwise pass another --workdir.')
+        f'{self.path} says {previous.describe()} trains in this workdir; that host cannot be '
+        f'checked from {me.host}. If that run has stopped, delete {self.path} and start '
+        'again; otherwise pass another --workdir.'
+      )
 
   def _acquire_remote(self) -> None:
     """The lock file on an object store: no flock, so the recorded pid decides (best-effort)."""
-    logging.warning('%s is on an object store, which has no file locks: the workdir lock is '
-                    'best-effort there (two starts at the same moment are not told apart); '
-                    'start one training job per workdir', self.path)
+    logging.warning(
+      '%s is on an object store, which has no file locks: the workdir lock is '
+      'best-effort there (two starts at the same moment are not told apart); '
+      'start one training job per workdir',
+      self.path,
+    )
     previous = _read_remote_holder(self.path)
     me = _me()
     if previous is not None:
       self._check_other_host(previous, me)
       if previous.pid != me.pid and _pid_alive(previous.pid):
         raise _in_use(self.path, previous.describe())
-      logging.warning('%s: taking over a stale lock of %s, which no longer runs', self.path,
-                      previous.describe())
+      logging.warning(
+        '%s: taking over a stale lock of %s, which no longer runs', self.path, previous.describe()
+      )
     record = json.dumps(dataclasses.asdict(me)).encode()
     self.path.write_bytes(record)
     if self.path.read_bytes() != record:  # another start wrote after us: it has the lock
@@ -238,6 +254,7 @@ def live_holder(workdir: paths.PathLike) -> Holder | None:
 def hold(workdir: paths.PathLike) -> Iterator[None]:
   """The lock for one (possibly multi-process) training job; every process raises alike."""
   import jax  # here, so that the lock itself is usable without JAX
+
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
   error: WorkdirLockedError | None = None
   if lock is not None:
@@ -248,10 +265,12 @@ def hold(workdir: paths.PathLike) -> Iterator[None]:
   if jax.process_count() > 1:
     import numpy as np
     from jax.experimental import multihost_utils
+
     failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
     if failed and error is None:
-      error = WorkdirLockedError(f'process 0 could not lock {lock_path(workdir)}; its log names '
-                                 'the process that holds it')
+      error = WorkdirLockedError(
+        f'process 0 could not lock {lock_path(workdir)}; its log names the process that holds it'
+      )
   if error is not None:
     raise error
   try:

@@ -6,6 +6,7 @@ is a ValueError whose text carries the OS error code ("... No space left on devi
 finds the errno behind either; the trainer turns the first such error into a `WorkdirWriteError`
 that says what was being written, why it failed and what was kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,11 @@ def describe(error: BaseException, what: str, *, kept: str = '') -> WorkdirWrite
   full = found.errno in OUT_OF_SPACE
   cause = 'the disk is full' if full else os.strerror(found.errno)
   where = f' ({found.filename})' if found.filename else ''
-  fix = ('free some space (or pass a --workdir on a disk with room)' if full
-         else 'make the workdir writable (or pass another --workdir)')
+  fix = (
+    'free some space (or pass a --workdir on a disk with room)'
+    if full
+    else 'make the workdir writable (or pass another --workdir)'
+  )
   message = f'could not write {what}{where}: {cause}.'
   if kept:
     message += f' {kept}'

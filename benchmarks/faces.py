@@ -15,6 +15,7 @@
 
 Ends with `RESULT faces_vs_reference=<ours/reference photos/s> first_photo_warm_s=<s>`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ import numpy as np  # noqa: E402
 def photos(count: int) -> list[np.ndarray]:
   """640×480 photos of one face: the astronaut portrait scaled and placed differently."""
   import skimage.data  # pylint: disable=import-outside-toplevel
+
   portrait, background = skimage.data.astronaut(), skimage.data.coffee()
   rng = np.random.default_rng(0)
   out = []
@@ -43,9 +45,10 @@ def photos(count: int) -> list[np.ndarray]:
     canvas = cv2.resize(background, (640, 480), interpolation=cv2.INTER_AREA)
     side = int(rng.integers(240, 481))
     top, left = int(rng.integers(0, 480 - side + 1)), int(rng.integers(0, 640 - side + 1))
-    face = cv2.resize(portrait[:, ::-1] if k % 2 else portrait, (side, side),
-                      interpolation=cv2.INTER_AREA)
-    canvas[top:top + side, left:left + side] = face
+    face = cv2.resize(
+      portrait[:, ::-1] if k % 2 else portrait, (side, side), interpolation=cv2.INTER_AREA
+    )
+    canvas[top : top + side, left : left + side] = face
     out.append(canvas)
   return out
 
@@ -54,17 +57,22 @@ def embedder_variables(name: str) -> dict:
   """Random-init variables of backbone `name` (the same for both pipelines)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from arcface_jax import models  # pylint: disable=import-outside-toplevel
+
   model = models.get(name)
   return jax.jit(lambda key: model.init(key, jnp.zeros((1, 112, 112, 3)), train=False))(
-      jax.random.PRNGKey(0))
+    jax.random.PRNGKey(0)
+  )
 
 
 def make_embedder(name: str, variables: dict):
   """A jitted embedder of 112×112 uint8 crops, L2-normalised."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from arcface_jax import models  # pylint: disable=import-outside-toplevel
+
   model = models.get(name)
 
   @jax.jit
@@ -85,11 +93,13 @@ def pipeline(detect, embed):
     if not len(landmarks):
       return np.zeros((0, 512), np.float32)
     return embed(np.stack([align_face(photo, points) for points in landmarks[:1]]))
+
   return run
 
 
 def ours_detect():
   from arcface_jax.faces.mtcnn import MTCNN  # pylint: disable=import-outside-toplevel
+
   detector = MTCNN()
   return lambda photo: [face.landmarks for face in detector.detect(photo)]
 
@@ -97,6 +107,7 @@ def ours_detect():
 def reference_detect():
   sys.path.insert(0, os.path.join(_ROOT, 'tests'))
   import reference_mtcnn  # pylint: disable=import-outside-toplevel
+
   reference = reference_mtcnn.ReferenceMTCNN()
   return lambda photo: reference.detect(photo)[2]
 
@@ -105,7 +116,9 @@ def first_photo(model: str, variables_file: str, photo_file: str) -> None:
   """In a fresh process, as a user's would: imports, the detector, a trained embedder's weights
   read from a file, one photo file decoded, detected, aligned and embedded."""
   import flax.serialization  # pylint: disable=import-outside-toplevel
+
   from arcface_jax.faces import compilation  # pylint: disable=import-outside-toplevel
+
   compilation.enable_persistent_cache()
   detect = ours_detect()
   with open(variables_file, 'rb') as f:
@@ -120,26 +133,46 @@ def time_first_photo(model: str, work_dir: str) -> float:
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
   env['ARCFACE_JAX_CACHE_DIR'] = os.path.join(work_dir, 'cache')
   start = time.perf_counter()
-  result = subprocess.run([sys.executable, os.path.abspath(__file__), '--first-photo',
-                           '--model', model, '--variables', os.path.join(work_dir, 'model.msgpack'),
-                           '--photo', os.path.join(work_dir, 'photo.png')],
-                          env=env, capture_output=True, text=True, check=True)
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.abspath(__file__),
+      '--first-photo',
+      '--model',
+      model,
+      '--variables',
+      os.path.join(work_dir, 'model.msgpack'),
+      '--photo',
+      os.path.join(work_dir, 'photo.png'),
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   wall = time.perf_counter() - start
-  inside, cpu = [(float(line.split()[1]), float(line.split()[2]))
-                 for line in result.stdout.splitlines() if line.startswith('FIRST_PHOTO_S')][0]
-  print(f'  process wall {wall:.2f} s; from its start to the first embedding {inside:.2f} s, '
-        f'{cpu:.2f} CPU s (all threads)')
+  inside, cpu = [
+    (float(line.split()[1]), float(line.split()[2]))
+    for line in result.stdout.splitlines()
+    if line.startswith('FIRST_PHOTO_S')
+  ][0]
+  print(
+    f'  process wall {wall:.2f} s; from its start to the first embedding {inside:.2f} s, '
+    f'{cpu:.2f} CPU s (all threads)'
+  )
   return wall
 
 
 def jax_to_numpy(tree):
   import jax  # pylint: disable=import-outside-toplevel
+
   return jax.tree.map(np.asarray, tree)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--photos', type=int, default=8)
   parser.add_argument('--runs', type=int, default=5)
   parser.add_argument('--model', default='mobilefacenet')
@@ -152,10 +185,13 @@ def main() -> None:
     return
   import flax.serialization  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
+
   variables = embedder_variables(args.model)
   embed = make_embedder(args.model, variables)
-  pipelines = {'ours': pipeline(ours_detect(), embed),
-               'reference': pipeline(reference_detect(), embed)}
+  pipelines = {
+    'ours': pipeline(ours_detect(), embed),
+    'reference': pipeline(reference_detect(), embed),
+  }
   images = photos(args.photos)
   for run in pipelines.values():  # warm-up: compiles, caches
     for image in images:
@@ -171,8 +207,10 @@ def main() -> None:
   for name, r in rates.items():
     print(f'{name:>9}: {medians[name]:.2f} photos/s (runs: {", ".join(f"{x:.2f}" for x in r)})')
   ratio = medians['ours'] / medians['reference']
-  print(f'ratio ours / reference: {ratio:.2f} ({args.model} embedder, random init; '
-        f'torch {torch.__version__} with {torch.get_num_threads()} threads)')
+  print(
+    f'ratio ours / reference: {ratio:.2f} ({args.model} embedder, random init; '
+    f'torch {torch.__version__} with {torch.get_num_threads()} threads)'
+  )
   with tempfile.TemporaryDirectory(prefix='arcface_jax_bench_') as work_dir:
     with open(os.path.join(work_dir, 'model.msgpack'), 'wb') as f:
       f.write(flax.serialization.msgpack_serialize(jax_to_numpy(variables)))

@@ -15,6 +15,7 @@ speedup is the median of the per-run ratios. Ends with
   RESULT finetune_frozen_speedup=<full step time / frozen step time>
          finetune_frozen_mem_ratio=<frozen peak / full peak>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,12 @@ from arcface_jax.train_step import make_train_step  # noqa: E402
 
 def build_step(config, mesh, num_classes: int):
   model = models.from_config(config)
-  objective = losses.build_objective(config.loss, num_classes=num_classes,
-                                     embedding_dim=config.model.embedding_dim,
-                                     init_std=config.head.init_std)
+  objective = losses.build_objective(
+    config.loss,
+    num_classes=num_classes,
+    embedding_dim=config.model.embedding_dim,
+    init_std=config.head.init_std,
+  )
   tx = optim.make_optimizer(config.train)
   size = config.data.image_size
   init = lambda key: create_train_state(key, model, objective, tx, size)
@@ -48,22 +52,30 @@ def build_step(config, mesh, num_classes: int):
   step_model = freezing.for_training(model, config.train, abstract.params, abstract.batch_stats)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   state = jax.jit(init, out_shardings=replicated)(seeding.keys(0))
-  step = jax.jit(make_train_step(step_model, objective, tx, optim.make_schedule(config.train),
-                                 jax.random.PRNGKey(1)),
-                 in_shardings=(replicated, batch_sharding),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  step = jax.jit(
+    make_train_step(
+      step_model, objective, tx, optim.make_schedule(config.train), jax.random.PRNGKey(1)
+    ),
+    in_shardings=(replicated, batch_sharding),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
   batch = config.train.batch_size
-  spec = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
-                                        sharding=batch_sharding),
-          'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding)}
+  spec = {
+    'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=batch_sharding),
+    'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
+  }
   start = time.perf_counter()
   compiled = step.lower(state, spec).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return compiled, state, {'temp': memory.temp_size_in_bytes, 'peak': peak,
-                           'compile_s': compile_s}
+  peak = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    + memory.temp_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
+  return compiled, state, {'temp': memory.temp_size_in_bytes, 'peak': peak, 'compile_s': compile_s}
 
 
 def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
@@ -79,7 +91,8 @@ def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--config', default='configs/finetune.py')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--runs', type=int, default=3)
@@ -102,9 +115,16 @@ def main() -> None:
 
   rng = np.random.default_rng(0)
   size, batch = config.data.image_size, config.train.batch_size
-  batches = [parallel.global_batch(mesh, {
-      'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-      'label': rng.integers(0, args.num_classes, batch).astype(np.int32)}) for _ in range(4)]
+  batches = [
+    parallel.global_batch(
+      mesh,
+      {
+        'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+        'label': rng.integers(0, args.num_classes, batch).astype(np.int32),
+      },
+    )
+    for _ in range(4)
+  ]
 
   variants = {}
   for name, cfg in (('full', config), ('frozen', frozen_config)):
@@ -121,16 +141,20 @@ def main() -> None:
   ratios = [f / z for f, z in zip(times['full'], times['frozen'])]
   full_mem, frozen_mem = variants['full'][2], variants['frozen'][2]
   device = jax.devices()[0]
-  print(f'config {args.config}: {config.model.name}, {size}px, batch {batch}, '
-        f'{args.num_classes} classes; {jax.device_count()} × {device.platform} '
-        f'({getattr(device, "device_kind", "")}), {platform.processor() or platform.machine()}')
+  print(
+    f'config {args.config}: {config.model.name}, {size}px, batch {batch}, '
+    f'{args.num_classes} classes; {jax.device_count()} × {device.platform} '
+    f'({getattr(device, "device_kind", "")}), {platform.processor() or platform.machine()}'
+  )
   for name in ('full', 'frozen'):
     median = statistics.median(times[name])
     memory = variants[name][2]
-    print(f'{name:>6}: {median * 1e3:8.1f} ms/step {1 / median:7.2f} steps/s  '
-          f'(runs: {", ".join(f"{t * 1e3:.1f}" for t in times[name])} ms)  '
-          f'temp {memory["temp"] / 2**20:8.1f} MiB  peak {memory["peak"] / 2**20:8.1f} MiB  '
-          f'compile {memory["compile_s"]:.1f} s')
+    print(
+      f'{name:>6}: {median * 1e3:8.1f} ms/step {1 / median:7.2f} steps/s  '
+      f'(runs: {", ".join(f"{t * 1e3:.1f}" for t in times[name])} ms)  '
+      f'temp {memory["temp"] / 2**20:8.1f} MiB  peak {memory["peak"] / 2**20:8.1f} MiB  '
+      f'compile {memory["compile_s"]:.1f} s'
+    )
   speedup = statistics.median(ratios)
   mem_ratio = frozen_mem['peak'] / full_mem['peak']
   print(f'per-run speedups: {", ".join(f"{r:.3f}" for r in ratios)}')

@@ -18,6 +18,7 @@ step (VmHWM after resetting it through /proc/self/clear_refs, minus the RSS befo
 The last line, `RESULT head_vs_torch= head_bound= head_mem_vs_torch=`, is jax_objective's speed
 against torch, its fraction of the matmul bound, and its peak-RSS increase over torch's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,6 +81,7 @@ def _loss_config(name: str) -> ml_collections.ConfigDict:
 
 def _torch_step(torch, emb, weight, labels, s=64.0, m=0.5):
   import math
+
   F = torch.nn.functional
   emb.grad, weight.grad = None, None
   cos = F.linear(F.normalize(emb), F.normalize(weight)).clamp(-1.0, 1.0)
@@ -95,7 +97,8 @@ def _torch_step(torch, emb, weight, labels, s=64.0, m=0.5):
 
 def main() -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--batch', type=int, default=512)
   parser.add_argument('--dim', type=int, default=512)
   parser.add_argument('--classes', type=int, default=100_000)
@@ -125,6 +128,7 @@ def main() -> None:
     return losses.fused_margin_cross_entropy(cos, labels, margin)
 
   jax_margin_ce = jax.jit(jax.value_and_grad(margin_ce, argnums=(0, 1)))
+
   # Matmul bound: the step's three matmuls alone, same shapes, layouts and dependencies
   # (the forward product feeds both backward products), in one jitted function.
   @jax.jit
@@ -133,24 +137,34 @@ def main() -> None:
     return logits @ w, logits.T @ e
 
   import torch
+
   t_emb = torch.tensor(emb_np, requires_grad=True)
   t_weight = torch.tensor(weight_np, requires_grad=True)
   t_labels = torch.tensor(labels_np.astype(np.int64))
   block = lambda out: jax.block_until_ready(out)
-  results = {} if args.memory_only else _median_times({
-      'jax_objective': lambda: block(jax_objective(weight, emb)),
-      'jax_margin_ce': lambda: block(jax_margin_ce(weight, emb)),
-      'torch': lambda: _torch_step(torch, t_emb, t_weight, t_labels),
-      'matmul_bound': lambda: block(matmuls(weight, emb)),
-  }, args.reps)
+  results = (
+    {}
+    if args.memory_only
+    else _median_times(
+      {
+        'jax_objective': lambda: block(jax_objective(weight, emb)),
+        'jax_margin_ce': lambda: block(jax_margin_ce(weight, emb)),
+        'torch': lambda: _torch_step(torch, t_emb, t_weight, t_labels),
+        'matmul_bound': lambda: block(matmuls(weight, emb)),
+      },
+      args.reps,
+    )
+  )
   bound = results.pop('matmul_bound', 0.0)
   flops = 3 * 2 * b * c * d
   with torch.no_grad():
     if args.memory_only:
       torch_mm = 0.0
     else:
-      torch_mm = _median_times({'mm': lambda: (lambda l: (l @ t_weight, l.T @ t_emb))(
-          t_emb @ t_weight.T)}, 3)['mm']
+      torch_mm = _median_times(
+        {'mm': lambda: (lambda logits: (logits @ t_weight, logits.T @ t_emb))(t_emb @ t_weight.T)},
+        3,
+      )['mm']
 
   memory = {}
   for key, fn in (('jax_objective', jax_objective), ('jax_margin_ce', jax_margin_ce)):
@@ -163,15 +177,29 @@ def main() -> None:
     block(jax_objective(weight, emb))
     _torch_step(torch, t_emb, t_weight, t_labels)
     t_emb.grad, t_weight.grad = None, None  # measure from a state without last step's outputs
-    print('RSS', _peak_rss_delta_mib(lambda: block(jax_objective(weight, emb))),
-          _peak_rss_delta_mib(lambda: _torch_step(torch, t_emb, t_weight, t_labels)))
+    print(
+      'RSS',
+      _peak_rss_delta_mib(lambda: block(jax_objective(weight, emb))),
+      _peak_rss_delta_mib(lambda: _torch_step(torch, t_emb, t_weight, t_labels)),
+    )
     return
   # Peak RSS in a child whose malloc returns every block of 1 MiB or more to the system at once
   # (fixed mmap threshold), so the delta is what the step needs, not what earlier steps left.
   child = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), f'--batch={b}', f'--dim={d}',
-       f'--classes={c}', '--reps=0', '--memory-only'], capture_output=True, text=True,
-      env=dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**20)), check=True)
+    [
+      sys.executable,
+      os.path.abspath(__file__),
+      f'--batch={b}',
+      f'--dim={d}',
+      f'--classes={c}',
+      '--reps=0',
+      '--memory-only',
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**20)),
+    check=True,
+  )
   jax_rss, torch_rss = map(float, child.stdout.split('RSS', 1)[1].split())
   memory['jax_objective_rss'], memory['torch_rss'] = jax_rss, torch_rss
 
@@ -180,22 +208,33 @@ def main() -> None:
   loss_torch = float(_torch_step(torch, t_emb, t_weight, t_labels).detach())
 
   model = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-  model = next((ln.split(':', 1)[1].strip() for ln in model.splitlines()
-                if ln.startswith('Model name')), platform.processor())
-  print(f'date {datetime.date.today()}  cpu {model}  cores {os.cpu_count()}  jax {jax.__version__}'
-        f'  torch {torch.__version__} (threads {torch.get_num_threads()})  load {os.getloadavg()}')
-  print(f'B={b} D={d} C={c} fp32, ArcFace s=64 m=0.5; loss jax {loss_jax:.5f} torch {loss_torch:.5f}')
-  print(f'matmul bound (3 matmuls, one jit): {bound * 1e3:.0f} ms = {flops / bound / 1e9:.1f} '
-        f'GFLOP/s; the same 3 matmuls in torch: {torch_mm * 1e3:.0f} ms')
+  model = next(
+    (ln.split(':', 1)[1].strip() for ln in model.splitlines() if ln.startswith('Model name')),
+    platform.processor(),
+  )
+  print(
+    f'date {datetime.date.today()}  cpu {model}  cores {os.cpu_count()}  jax {jax.__version__}'
+    f'  torch {torch.__version__} (threads {torch.get_num_threads()})  load {os.getloadavg()}'
+  )
+  print(
+    f'B={b} D={d} C={c} fp32, ArcFace s=64 m=0.5; loss jax {loss_jax:.5f} torch {loss_torch:.5f}'
+  )
+  print(
+    f'matmul bound (3 matmuls, one jit): {bound * 1e3:.0f} ms = {flops / bound / 1e9:.1f} '
+    f'GFLOP/s; the same 3 matmuls in torch: {torch_mm * 1e3:.0f} ms'
+  )
   print('| what | median ms | vs torch | fraction of matmul bound |')
   print('|---|---:|---:|---:|')
   for key, seconds in results.items():
-    print(f'| {key} | {seconds * 1e3:.0f} | {results["torch"] / seconds:.2f}x | '
-          f'{bound / seconds:.0%} |')
+    print(
+      f'| {key} | {seconds * 1e3:.0f} | {results["torch"] / seconds:.2f}x | {bound / seconds:.0%} |'
+    )
   print('peak memory (MiB): ' + ', '.join(f'{k} {v:.0f}' for k, v in memory.items()))
-  print(f'RESULT head_vs_torch={results["torch"] / results["jax_objective"]:.3f} '
-        f'head_bound={bound / results["jax_objective"]:.3f} '
-        f'head_mem_vs_torch={jax_rss / torch_rss:.3f}')
+  print(
+    f'RESULT head_vs_torch={results["torch"] / results["jax_objective"]:.3f} '
+    f'head_bound={bound / results["jax_objective"]:.3f} '
+    f'head_mem_vs_torch={jax_rss / torch_rss:.3f}'
+  )
 
 
 if __name__ == '__main__':

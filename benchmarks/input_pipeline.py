@@ -14,6 +14,7 @@ Wall-clock images/s depend on how many cores are free, so each line also gives i
 CPU-second (CPU time of this process and its grain workers, from /proc): that is the per-core
 figure the goal (≥ 2,500 images/s per core) refers to, and it is robust to a shared machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,14 @@ _TICKS = os.sysconf('SC_CLK_TCK')
 def parse_args(argv):
   # absl's argparse flavour: grain's worker processes expect absl's flags to be parsed.
   parser = argparse_flags.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--images', type=int, default=4096, help='images in the packed dataset')
   parser.add_argument('--size', type=int, default=112, help='image side in pixels (stored, fed)')
   parser.add_argument('--batch', type=int, default=128, help='batch size')
-  parser.add_argument('--batches', type=int, default=24,
-                      help='timed batches per run (after 4 warm-up)')
+  parser.add_argument(
+    '--batches', type=int, default=24, help='timed batches per run (after 4 warm-up)'
+  )
   parser.add_argument('--workers', default='0,1,2', help='worker counts (0 = threads)')
   parser.add_argument('--runs', type=int, default=3, help='runs per measurement (median)')
   args = parser.parse_args(argv[1:])
@@ -84,8 +87,10 @@ def make_jpegs(num_images: int, size: int) -> tuple[list[bytes], np.ndarray]:
 def make_source(jpegs: list[bytes], labels: np.ndarray, directory: str):
   """(source, description): the JPEGs packed as an im2rec-style RecordIO on local disk."""
   from arcface_jax.data import recordio
-  recordio.write_records(directory, zip(labels.tolist(), jpegs), header=False,
-                         num_classes=int(labels.max()) + 1)
+
+  recordio.write_records(
+    directory, zip(labels.tolist(), jpegs), header=False, num_classes=int(labels.max()) + 1
+  )
   size_mb = os.path.getsize(os.path.join(directory, 'train.rec')) / 2**20
   return recordio.RecordDataset(directory), f'RecordIO on local disk ({size_mb:.0f} MB)'
 
@@ -102,8 +107,9 @@ def decode_loop(jpegs: list[bytes], decoder: str) -> None:
     if decoder == 'pil':
       image = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
     else:
-      image = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
-                           cv2.COLOR_BGR2RGB)
+      image = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+      )
     assert image.shape[2] == 3
 
 
@@ -115,6 +121,7 @@ def loader_run(loader: TrainLoader, batches: int, reference: list[np.ndarray]) -
 
   def consume():
     result['batches'] = [b['label'] for b in itertools.islice(iterator, batches)]
+
   wall, cpu = timed(consume)
   labels = [b['label'] for b in warm] + result['batches']
   identical = all(np.array_equal(a, b) for a, b in zip(labels, reference))
@@ -126,9 +133,11 @@ def main(args) -> None:
   with tempfile.TemporaryDirectory() as directory:
     source, description = make_source(jpegs, labels, directory)
     mean_kb = np.mean([len(j) for j in jpegs]) / 1024
-    print(f'{len(source)} images {args.size}x{args.size} JPEG q90 (mean {mean_kb:.1f} KB), '
-          f'source: {description}; {os.cpu_count()} CPU cores visible; batch {args.batch}; '
-          f'median of {args.runs} runs')
+    print(
+      f'{len(source)} images {args.size}x{args.size} JPEG q90 (mean {mean_kb:.1f} KB), '
+      f'source: {description}; {os.cpu_count()} CPU cores visible; batch {args.batch}; '
+      f'median of {args.runs} runs'
+    )
     sample = jpegs[:2048]
     per_cpu_second = {}
     for name in ('pil', 'cv2'):
@@ -136,27 +145,40 @@ def main(args) -> None:
       wall = statistics.median(r[0] for r in runs)
       cpu = statistics.median(r[1] for r in runs)
       per_cpu_second[name] = len(sample) / cpu
-      print(f'plain {name.upper():3s} decode loop   : {len(sample) / wall:8.0f} images/s wall '
-            f'{len(sample) / cpu:8.0f} images/CPU-s')
+      print(
+        f'plain {name.upper():3s} decode loop   : {len(sample) / wall:8.0f} images/s wall '
+        f'{len(sample) / cpu:8.0f} images/CPU-s'
+      )
 
     def make_loader(workers: int) -> TrainLoader:
-      return TrainLoader(source, global_batch_size=args.batch, seed=0, image_size=args.size,
-                         flip=True, num_workers=workers, prefetch=2)
+      return TrainLoader(
+        source,
+        global_batch_size=args.batch,
+        seed=0,
+        image_size=args.size,
+        flip=True,
+        num_workers=workers,
+        prefetch=2,
+      )
+
     reference = [make_loader(0).batch(step)['label'] for step in range(4 + args.batches)]
     for workers in (int(w) for w in args.workers):
-      runs = [loader_run(make_loader(workers), args.batches, reference)
-              for _ in range(args.runs)]
+      runs = [loader_run(make_loader(workers), args.batches, reference) for _ in range(args.runs)]
       count = args.batches * args.batch
       wall = statistics.median(r[0] for r in runs)
       cpu = statistics.median(r[1] for r in runs)
       mode = 'threads' if workers == 0 else f'{workers} worker{"s" * (workers > 1)}'
       per_cpu_second[mode] = count / cpu
-      print(f'TrainLoader {mode:10s}       : {count / wall:8.0f} images/s wall '
-            f'{count / cpu:8.0f} images/CPU-s  same batches as threads: '
-            f'{"yes" if all(r[2] for r in runs) else "NO"}')
+      print(
+        f'TrainLoader {mode:10s}       : {count / wall:8.0f} images/s wall '
+        f'{count / cpu:8.0f} images/CPU-s  same batches as threads: '
+        f'{"yes" if all(r[2] for r in runs) else "NO"}'
+      )
     loader = next(m for m in per_cpu_second if m not in ('pil', 'cv2'))
-    print(f'RESULT pipeline_images_per_cpu_s={per_cpu_second[loader]:.0f} '
-          f'pipeline_vs_pil_loop={per_cpu_second[loader] / per_cpu_second["pil"]:.3f}')
+    print(
+      f'RESULT pipeline_images_per_cpu_s={per_cpu_second[loader]:.0f} '
+      f'pipeline_vs_pil_loop={per_cpu_second[loader] / per_cpu_second["pil"]:.3f}'
+    )
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ donations + temporaries; the SPMD program is per device) next to the classifier-
 REFERENCE §2: 3 × local weight (weight, gradient, momentum) + 2 × logits (B_g × num_sample fp32).
 The unchunked r=1.0 step is compiled (not run) to show what chunking saves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,8 @@ import time
 
 def _parse() -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument('--classes', type=int, default=1_000_000)
   p.add_argument('--dim', type=int, default=512)
   p.add_argument('--batch', type=int, default=512)
@@ -41,14 +43,16 @@ def _parse() -> argparse.Namespace:
 
 
 ARGS = _parse()
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           f' --xla_force_host_platform_device_count={ARGS.devices}').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={ARGS.devices}'
+).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from arcface_jax import margins, parallel  # noqa: E402
 from arcface_jax.parallel import partial_fc, softmax  # noqa: E402
@@ -62,8 +66,10 @@ def make_step(mesh, rate: float, chunk: int):
 
   def step(weight, buf, x, labels, key):
     def loss_fn(w, x):
-      return softmax.margin_softmax(w, x, labels, margin=mg, mesh=mesh, sample_rate=rate,
-                                    key=key, chunk=chunk).loss
+      return softmax.margin_softmax(
+        w, x, labels, margin=mg, mesh=mesh, sample_rate=rate, key=key, chunk=chunk
+      ).loss
+
     loss, (g_w, g_x) = jax.value_and_grad(loss_fn, argnums=(0, 1))(weight, x)
     buf = momentum * buf + g_w + wd * weight
     return weight - lr * buf, buf, loss, g_x
@@ -71,16 +77,24 @@ def make_step(mesh, rate: float, chunk: int):
   rows = NamedSharding(mesh, P('data', None))
   batch = NamedSharding(mesh, P('data'))
   rep = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(rows, rows, batch, batch, rep),
-                 out_shardings=(rows, rows, rep, batch), donate_argnums=(0, 1))
+  return jax.jit(
+    step,
+    in_shardings=(rows, rows, batch, batch, rep),
+    out_shardings=(rows, rows, rep, batch),
+    donate_argnums=(0, 1),
+  )
 
 
 def per_device_bytes(compiled) -> dict[str, float]:
   m = compiled.memory_analysis()
-  total = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
-           m.temp_size_in_bytes)
-  return {'arguments': m.argument_size_in_bytes / MIB, 'temporaries': m.temp_size_in_bytes / MIB,
-          'total': total / MIB}
+  total = (
+    m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  )
+  return {
+    'arguments': m.argument_size_in_bytes / MIB,
+    'temporaries': m.temp_size_in_bytes / MIB,
+    'total': total / MIB,
+  }
 
 
 def formula_mib(num_local: int, num_sample: int, dim: int, batch: int) -> float:
@@ -94,17 +108,21 @@ def main() -> None:
   num_local = num_padded // ARGS.devices
   rows = NamedSharding(mesh, P('data', None))
   batch_sharding = NamedSharding(mesh, P('data'))
-  init = jax.jit(lambda k: 0.01 * jax.random.normal(k, (num_padded, d), jnp.float32),
-                 out_shardings=rows)
+  init = jax.jit(
+    lambda k: 0.01 * jax.random.normal(k, (num_padded, d), jnp.float32), out_shardings=rows
+  )
   zeros = jax.jit(lambda: jnp.zeros((num_padded, d), jnp.float32), out_shardings=rows)
   x = jax.device_put(jax.random.normal(jax.random.key(1), (b, d)), batch_sharding)
   labels = jax.device_put(jax.random.randint(jax.random.key(2), (b,), 0, c), batch_sharding)
   key = jax.random.key(3)
 
   candidates = {'r=1.0 chunked': (1.0, ARGS.chunk), 'r=0.1': (0.1, 0)}
-  compiled, state, times, rows_out = {}, {}, {}, {}
-  abstract = (jax.ShapeDtypeStruct((num_padded, d), jnp.float32, sharding=rows),) * 2 + (x, labels,
-                                                                                          key)
+  compiled, state, times = {}, {}, {}
+  abstract = (jax.ShapeDtypeStruct((num_padded, d), jnp.float32, sharding=rows),) * 2 + (
+    x,
+    labels,
+    key,
+  )
   unchunked = make_step(mesh, 1.0, 0).lower(*abstract).compile()
   for name, (rate, chunk) in candidates.items():
     compiled[name] = make_step(mesh, rate, chunk).lower(*abstract).compile()
@@ -114,24 +132,35 @@ def main() -> None:
     for name in candidates:
       weight, buf = state[name]
       t0 = time.perf_counter()
-      weight, buf, loss, g_x = compiled[name](weight, buf, x, labels,
-                                              jax.random.fold_in(key, round_))
+      weight, buf, loss, g_x = compiled[name](
+        weight, buf, x, labels, jax.random.fold_in(key, round_)
+      )
       jax.block_until_ready((weight, buf, loss, g_x))
       if round_:
         times[name].append(time.perf_counter() - t0)
       state[name] = (weight, buf)
-      print(f'round {round_} {name}: {time.perf_counter() - t0:.2f} s, loss {float(loss):.4f}',
-            flush=True)
+      print(
+        f'round {round_} {name}: {time.perf_counter() - t0:.2f} s, loss {float(loss):.4f}',
+        flush=True,
+      )
 
   cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-  model = next((line.split(':', 1)[1].strip() for line in cpu.splitlines()
-                if line.startswith('Model name')), platform.processor())
-  print(f'\n{datetime.date.today()}  {model}, {os.cpu_count()} cores visible, '
-        f'{ARGS.devices} virtual CPU devices, jax {jax.__version__}')
-  print(f'C = {c:,}, D = {d}, global batch {b}, C_local = {num_local:,}, chunk {ARGS.chunk}, '
-        f'medians of {ARGS.reps}')
-  print('| head step | centres used per device | step time (s) | per-device memory (MiB): '
-        'compiled | formula | ratio | temporaries |')
+  model = next(
+    (line.split(':', 1)[1].strip() for line in cpu.splitlines() if line.startswith('Model name')),
+    platform.processor(),
+  )
+  print(
+    f'\n{datetime.date.today()}  {model}, {os.cpu_count()} cores visible, '
+    f'{ARGS.devices} virtual CPU devices, jax {jax.__version__}'
+  )
+  print(
+    f'C = {c:,}, D = {d}, global batch {b}, C_local = {num_local:,}, chunk {ARGS.chunk}, '
+    f'medians of {ARGS.reps}'
+  )
+  print(
+    '| head step | centres used per device | step time (s) | per-device memory (MiB): '
+    'compiled | formula | ratio | temporaries |'
+  )
   print('|---|---:|---:|---:|---:|---:|---:|')
   medians, memory_vs_formula = {}, {}
   for name, (rate, chunk) in candidates.items():
@@ -140,16 +169,22 @@ def main() -> None:
     formula = formula_mib(num_local, min(used, chunk) if chunk else used, d, b)
     medians[name] = statistics.median(times[name])
     memory_vs_formula[name] = mem['total'] / formula
-    print(f'| {name} | {used:,} | {medians[name]:.2f} | {mem["total"]:.0f} | {formula:.0f} | '
-          f'{mem["total"] / formula:.2f} | {mem["temporaries"]:.0f} |')
+    print(
+      f'| {name} | {used:,} | {medians[name]:.2f} | {mem["total"]:.0f} | {formula:.0f} | '
+      f'{mem["total"] / formula:.2f} | {mem["temporaries"]:.0f} |'
+    )
   mem = per_device_bytes(unchunked)
   formula = formula_mib(num_local, num_local, d, b)
-  print(f'| r=1.0 unchunked (compiled only) | {num_local:,} | – | {mem["total"]:.0f} | '
-        f'{formula:.0f} | {mem["total"] / formula:.2f} | {mem["temporaries"]:.0f} |')
+  print(
+    f'| r=1.0 unchunked (compiled only) | {num_local:,} | – | {mem["total"]:.0f} | '
+    f'{formula:.0f} | {mem["total"] / formula:.2f} | {mem["temporaries"]:.0f} |'
+  )
   speedup = medians["r=1.0 chunked"] / medians["r=0.1"]
   print(f'\nspeed-up of r=0.1 over r=1.0 chunked: {speedup:.2f}x (goal >= 3x)')
-  print(f'RESULT partial_fc_speedup={speedup:.2f} '
-        f'partial_fc_mem_vs_formula={memory_vs_formula["r=0.1"]:.2f}')
+  print(
+    f'RESULT partial_fc_speedup={speedup:.2f} '
+    f'partial_fc_mem_vs_formula={memory_vs_formula["r=0.1"]:.2f}'
+  )
 
 
 if __name__ == '__main__':

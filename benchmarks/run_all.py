@@ -12,6 +12,7 @@ below the table (how each figure is measured, earlier figures) are written by ha
 `make bench` runs this; about 15 minutes on 2 cores. A benchmark that fails or runs past its
 timeout is listed as such, and the others still run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,17 +41,26 @@ class Benchmark:
 
 # Order: cheapest first, so a short budget still yields most of the table.
 BENCHMARKS = (
-    Benchmark('train_step', (), 'training loop vs the bare jitted step'),
-    Benchmark('head', (), 'margin-softmax head, forward + backward, vs PyTorch'),
-    Benchmark('backbone', (), 'IResNet-50 and MobileFaceNet train steps vs PyTorch; bf16 vs fp32'),
-    Benchmark('input_pipeline', ('--images=1024', '--batches=8', '--runs=3', '--workers=0'),
-              'read → decode → flip → batch, per CPU-second'),
-    Benchmark('evaluation', ('--images=256', '--runs=5', '--extract_runs=3'),
-              'verification protocol; extraction vs the bare forward'),
-    Benchmark('partial_fc', ('--classes=100000', '--reps=2'),
-              'Partial FC r=0.1 vs the full chunked softmax (8 virtual devices)'),
-    Benchmark('finetune', ('--steps=5', '--runs=3'), 'frozen-backbone fine-tuning vs full training'),
-    Benchmark('faces', ('--photos=4', '--runs=3'), 'detect + align + embed vs the reference MTCNN'),
+  Benchmark('train_step', (), 'training loop vs the bare jitted step'),
+  Benchmark('head', (), 'margin-softmax head, forward + backward, vs PyTorch'),
+  Benchmark('backbone', (), 'IResNet-50 and MobileFaceNet train steps vs PyTorch; bf16 vs fp32'),
+  Benchmark(
+    'input_pipeline',
+    ('--images=1024', '--batches=8', '--runs=3', '--workers=0'),
+    'read → decode → flip → batch, per CPU-second',
+  ),
+  Benchmark(
+    'evaluation',
+    ('--images=256', '--runs=5', '--extract_runs=3'),
+    'verification protocol; extraction vs the bare forward',
+  ),
+  Benchmark(
+    'partial_fc',
+    ('--classes=100000', '--reps=2'),
+    'Partial FC r=0.1 vs the full chunked softmax (8 virtual devices)',
+  ),
+  Benchmark('finetune', ('--steps=5', '--runs=3'), 'frozen-backbone fine-tuning vs full training'),
+  Benchmark('faces', ('--photos=4', '--runs=3'), 'detect + align + embed vs the reference MTCNN'),
 )
 
 at_least = lambda bound: (f'≥ {bound:g}', lambda value: value >= bound)  # noqa: E731
@@ -58,16 +68,16 @@ at_most = lambda bound: (f'≤ {bound:g}', lambda value: value <= bound)  # noqa
 
 # Targets the issues set; other keys are reported without one.
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
-    'loop_overhead': at_most(0.05),
-    'head_vs_torch': at_least(1.0),
-    'head_bound': at_least(0.75),
-    'head_mem_vs_torch': at_most(1.5),
-    'iresnet50_vs_torch': at_least(1.0),
-    'mobilefacenet_vs_torch': at_least(1.0),
-    'bf16_vs_fp32': at_least(1.0),
-    'pipeline_images_per_cpu_s': at_least(2500),
-    'partial_fc_speedup': at_least(3.0),
-    'first_photo_warm_s': at_most(5.0),
+  'loop_overhead': at_most(0.05),
+  'head_vs_torch': at_least(1.0),
+  'head_bound': at_least(0.75),
+  'head_mem_vs_torch': at_most(1.5),
+  'iresnet50_vs_torch': at_least(1.0),
+  'mobilefacenet_vs_torch': at_least(1.0),
+  'bf16_vs_fp32': at_least(1.0),
+  'pipeline_images_per_cpu_s': at_least(2500),
+  'partial_fc_speedup': at_least(3.0),
+  'first_photo_warm_s': at_most(5.0),
 }
 
 RESULT_LINE = re.compile(r'^RESULT((?:\s+[\w.]+=\S+)+)\s*$', re.MULTILINE)
@@ -87,8 +97,9 @@ def run_benchmark(benchmark: Benchmark, timeout: float) -> tuple[dict[str, str],
   print(f'\n=== {benchmark.name}: {" ".join(command[1:])}', flush=True)
   start = time.perf_counter()
   lines: list[str] = []
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, bufsize=1)
+  process = subprocess.Popen(
+    command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+  )
   assert process.stdout is not None
   try:
     deadline = start + timeout
@@ -114,8 +125,9 @@ def machine_line() -> str:
   model = platform.processor() or 'unknown CPU'
   try:
     with open('/proc/cpuinfo') as cpuinfo:
-      model = next(line.split(':', 1)[1].strip() for line in cpuinfo
-                   if line.startswith('model name'))
+      model = next(
+        line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name')
+      )
   except (OSError, StopIteration):
     pass
   versions = []
@@ -125,15 +137,22 @@ def machine_line() -> str:
     except metadata.PackageNotFoundError:
       versions.append(f'{package} absent')
   load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
-  return (f'{datetime.date.today()} · {model}, {os.cpu_count()} cores, load average {load} at '
-          f'the start · Python {platform.python_version()}, {", ".join(versions)}')
+  return (
+    f'{datetime.date.today()} · {model}, {os.cpu_count()} cores, load average {load} at '
+    f'the start · Python {platform.python_version()}, {", ".join(versions)}'
+  )
 
 
 def summary_table(rows: list[tuple[Benchmark, dict[str, str], str, float]]) -> str:
   """The markdown block that goes between the markers."""
-  out = [BEGIN, '', f'Last `make bench`: {machine_line()}. No accelerator was lent for this '
-         'run: CPU figures only.', '',
-         '| benchmark | key | value | target | met |', '|---|---|---:|---|---|']
+  out = [
+    BEGIN,
+    '',
+    f'Last `make bench`: {machine_line()}. No accelerator was lent for this run: CPU figures only.',
+    '',
+    '| benchmark | key | value | target | met |',
+    '|---|---|---:|---|---|',
+  ]
   for benchmark, results, status, seconds in rows:
     if status != 'ok':
       out.append(f'| {benchmark.name} ({seconds:.0f} s) | – | {status} | | |')
@@ -145,8 +164,9 @@ def summary_table(rows: list[tuple[Benchmark, dict[str, str], str, float]]) -> s
           verdict = 'yes' if met(float(value)) else '**no**'
         except ValueError:
           verdict = '?'
-      out.append(f'| {benchmark.name} ({seconds:.0f} s) | `{key}` | {value} | {target} | '
-                 f'{verdict} |')
+      out.append(
+        f'| {benchmark.name} ({seconds:.0f} s) | `{key}` | {value} | {target} | {verdict} |'
+      )
   out += ['', END]
   return '\n'.join(out)
 
@@ -161,12 +181,16 @@ def rewrite_summary(document: str, block: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python benchmarks/run_all.py', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python benchmarks/run_all.py',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('--only', default='', help='comma-separated benchmark names (default: all)')
   parser.add_argument('--timeout', type=float, default=600, help='seconds per benchmark')
-  parser.add_argument('--dry-run', action='store_true',
-                      help='print the table instead of rewriting docs/benchmarks.md')
+  parser.add_argument(
+    '--dry-run', action='store_true', help='print the table instead of rewriting docs/benchmarks.md'
+  )
   args = parser.parse_args(argv)
   names = [name for name in args.only.split(',') if name]
   known = {benchmark.name for benchmark in BENCHMARKS}

@@ -12,6 +12,7 @@ windows thus alternate every few seconds, so a shared machine's changing load fa
 overhead is the median of the per-window ratios loop / bare − 1. Evaluation and periodic
 checkpoints are off. The last line is `RESULT loop_overhead=<fraction> ...`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,23 @@ class BareStep:
     replicated = parallel.replicated(mesh)
     keys = seeding.keys(config)  # the trainer's keys: the same initial weights
     self.state = jax.jit(
-        lambda keys: create_train_state(keys, model, objective, tx, config.data.image_size),
-        out_shardings=replicated)(keys)
+      lambda keys: create_train_state(keys, model, objective, tx, config.data.image_size),
+      out_shardings=replicated,
+    )(keys)
     self.step = jax.jit(
-        make_train_step(model, objective, tx, schedule, keys['dropout'],
-                        image_mean=config.data.mean,
-                        image_std=config.data.std),
-        in_shardings=(replicated, parallel.batch_sharding(mesh)),
-        out_shardings=(replicated, replicated), donate_argnums=(0,))
+      make_train_step(
+        model,
+        objective,
+        tx,
+        schedule,
+        keys['dropout'],
+        image_mean=config.data.mean,
+        image_std=config.data.std,
+      ),
+      in_shardings=(replicated, parallel.batch_sharding(mesh)),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    )
     self.batches = [parallel.global_batch(mesh, b) for b in host_batches]
     assert self.batches[0]['image'].dtype == 'uint8'
     self.seconds_per_step(3)  # compile and warm up
@@ -63,8 +73,9 @@ class BareStep:
     return (time.perf_counter() - start) / steps
 
 
-def measure(config, mesh, bare: BareStep, *, window: int, windows: int,
-            warmup: int) -> tuple[list[float], list[float]]:
+def measure(
+  config, mesh, bare: BareStep, *, window: int, windows: int, warmup: int
+) -> tuple[list[float], list[float]]:
   """(loop, bare) seconds per step of each window, alternating inside one training run."""
   if warmup % window:
     raise SystemExit(f'--warmup {warmup} must be a multiple of --window {window}')
@@ -85,7 +96,7 @@ def measure(config, mesh, bare: BareStep, *, window: int, windows: int,
 
   with tempfile.TemporaryDirectory() as workdir:
     trainer.train_and_evaluate(config, workdir, mesh=mesh, step_callback=at_step)
-  return loop_s, bare_s[:len(loop_s)]
+  return loop_s, bare_s[: len(loop_s)]
 
 
 def main() -> None:
@@ -102,29 +113,43 @@ def main() -> None:
   config.train.checkpoint_every = 0
   mesh = parallel.make_mesh()
   loader = pipeline.TrainLoader(
-      sources.get_train_source(config.data), global_batch_size=config.train.batch_size,
-      seed=seeding.integer_seed(seeding.keys(config)['data']), image_size=config.data.image_size,
-      flip=config.data.flip)
+    sources.get_train_source(config.data),
+    global_batch_size=config.train.batch_size,
+    seed=seeding.integer_seed(seeding.keys(config)['data']),
+    image_size=config.data.image_size,
+    flip=config.data.flip,
+  )
   bare = BareStep(config, mesh, [loader.batch(step) for step in range(16)])
 
-  loop_s, bare_s = measure(config, mesh, bare, window=args.window, windows=args.windows,
-                           warmup=args.warmup)
-  ratios = [l / b for l, b in zip(loop_s, bare_s)]
+  loop_s, bare_s = measure(
+    config, mesh, bare, window=args.window, windows=args.windows, warmup=args.warmup
+  )
+  ratios = [loop_time / bare_time for loop_time, bare_time in zip(loop_s, bare_s)]
   overhead = statistics.median(ratios) - 1
   bare_med, loop_med = statistics.median(bare_s), statistics.median(loop_s)
   batch = config.train.batch_size
-  print(f'config {args.config}: model {config.model.name}, {config.data.image_size}px, '
-        f'global batch {batch}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
-        f'jax {jax.__version__}, {len(ratios)} windows of {args.window} steps')
-  print(f'bare jitted step : {bare_med * 1e3:8.1f} ms/step  {batch / bare_med:9.1f} images/s '
-        f'(windows: {", ".join(f"{b * 1e3:.1f}" for b in bare_s)})')
-  print(f'training loop    : {loop_med * 1e3:8.1f} ms/step  {batch / loop_med:9.1f} images/s '
-        f'(windows: {", ".join(f"{s * 1e3:.1f}" for s in loop_s)})')
+  print(
+    f'config {args.config}: model {config.model.name}, {config.data.image_size}px, '
+    f'global batch {batch}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
+    f'jax {jax.__version__}, {len(ratios)} windows of {args.window} steps'
+  )
+  print(
+    f'bare jitted step : {bare_med * 1e3:8.1f} ms/step  {batch / bare_med:9.1f} images/s '
+    f'(windows: {", ".join(f"{b * 1e3:.1f}" for b in bare_s)})'
+  )
+  print(
+    f'training loop    : {loop_med * 1e3:8.1f} ms/step  {batch / loop_med:9.1f} images/s '
+    f'(windows: {", ".join(f"{s * 1e3:.1f}" for s in loop_s)})'
+  )
   print(f'loop / bare per window: {", ".join(f"{r:.3f}" for r in ratios)}')
-  print(f'loop overhead over the bare step (median of per-window ratios): '
-        f'{100 * overhead:+.1f}% (goal <= 5%)')
-  print(f'RESULT loop_overhead={overhead:.4f} bare_ms={bare_med * 1e3:.1f} '
-        f'loop_ms={loop_med * 1e3:.1f} windows={len(ratios)}')
+  print(
+    f'loop overhead over the bare step (median of per-window ratios): '
+    f'{100 * overhead:+.1f}% (goal <= 5%)'
+  )
+  print(
+    f'RESULT loop_overhead={overhead:.4f} bare_ms={bare_med * 1e3:.1f} '
+    f'loop_ms={loop_med * 1e3:.1f} windows={len(ratios)}'
+  )
 
 
 if __name__ == '__main__':

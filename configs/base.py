@@ -10,6 +10,7 @@ from the command line, and the code resolves None to the published default of th
 Run any recipe with:
   python -m arcface_jax.train --config configs/<recipe>.py --workdir runs/<name>
 """
+
 from __future__ import annotations
 
 import ml_collections

@@ -15,25 +15,31 @@ Append `,tiny` to any row for a seconds-long CPU smoke run on a small packed Rec
   python -m arcface_jax.train --config configs/casia.py:cm2,tiny --workdir /tmp/casia_smoke \
       --config.data.path=PATH_TO_A_SMALL_PACKED_RECORDIO
 """
+
 from typing import Any
 
-from arcface_jax.config_files import (RecipeOptionError, apply_recipe_row, load_base, recipe_row,
-                                      shrink_to_smoke_test)
+from arcface_jax.config_files import (
+  RecipeOptionError,
+  apply_recipe_row,
+  load_base,
+  recipe_row,
+  shrink_to_smoke_test,
+)
 
 # Row of the table -> loss settings (everything else is the paper's default for the name).
 VARIANTS: dict[str, dict[str, Any]] = {
-    'softmax': dict(name='softmax'),
-    'norm_softmax': dict(name='norm_softmax'),
-    'sphereface': dict(name='combined', m1=1.35, m2=0.0, m3=0.0),
-    'cosface': dict(name='cosface', m=0.35),
-    'arcface': dict(name='arcface', m=0.5),
-    'cm1': dict(name='combined', m1=1.0, m2=0.3, m3=0.2),
-    'cm2': dict(name='combined', m1=0.9, m2=0.4, m3=0.15),
-    'triplet': dict(name='triplet', triplet_margin=0.35),
-    'arcface_intra': dict(name='arcface', m=0.5, intra_weight=1.0),
-    'arcface_inter': dict(name='arcface', m=0.5, inter_weight=1.0),
-    'arcface_intra_inter': dict(name='arcface', m=0.5, intra_weight=1.0, inter_weight=1.0),
-    'arcface_triplet': dict(name='arcface', m=0.5, triplet_weight=1.0, triplet_margin=0.35),
+  'softmax': dict(name='softmax'),
+  'norm_softmax': dict(name='norm_softmax'),
+  'sphereface': dict(name='combined', m1=1.35, m2=0.0, m3=0.0),
+  'cosface': dict(name='cosface', m=0.35),
+  'arcface': dict(name='arcface', m=0.5),
+  'cm1': dict(name='combined', m1=1.0, m2=0.3, m3=0.2),
+  'cm2': dict(name='combined', m1=0.9, m2=0.4, m3=0.15),
+  'triplet': dict(name='triplet', triplet_margin=0.35),
+  'arcface_intra': dict(name='arcface', m=0.5, intra_weight=1.0),
+  'arcface_inter': dict(name='arcface', m=0.5, inter_weight=1.0),
+  'arcface_intra_inter': dict(name='arcface', m=0.5, intra_weight=1.0, inter_weight=1.0),
+  'arcface_triplet': dict(name='arcface', m=0.5, triplet_weight=1.0, triplet_margin=0.35),
 }
 # Rows whose loss needs positives in every batch: P identities × K images (FaceNet-style batches).
 IMAGES_PER_IDENTITY = {'triplet': 4, 'arcface_triplet': 4}
@@ -44,8 +50,10 @@ def get_config(arg: str | None = None):
   tiny = 'tiny' in parts
   rows = [p for p in parts if p != 'tiny']
   if len(rows) > 1 or any(r not in VARIANTS for r in rows):
-    raise RecipeOptionError(f'configs/casia.py: unknown variant {arg!r}; use one of {sorted(VARIANTS)}, '
-                     'optionally with ,tiny')
+    raise RecipeOptionError(
+      f'configs/casia.py: unknown variant {arg!r}; use one of {sorted(VARIANTS)}, '
+      'optionally with ,tiny'
+    )
   variant = rows[0] if rows else 'arcface'
 
   config = load_base(__file__)

@@ -24,6 +24,7 @@ With very few photos per person, train only the head and keep the backbone's bat
 `:tiny` is the same recipe at test size (16-px images, iresnet_tiny with 32-d embeddings, a few
 steps); its tests start from a model they train themselves, as nothing can be downloaded there.
 """
+
 from arcface_jax.config_files import load_base, recipe_options, shrink_to_smoke_test
 
 TEST_FRACTION = 0.10

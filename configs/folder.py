@@ -22,6 +22,7 @@ That default is sized for a GPU. `:cpu` is sized for a few thousand personal pho
 MobileFaceNet at 64 px (the 112-px crops are resized on load; the faces commands align at 64 px),
 128-d embeddings, batch 64, 3,000 steps.
 """
+
 from arcface_jax.config_files import load_base, recipe_options, shrink_to_smoke_test
 
 

@@ -6,6 +6,7 @@
 Every key of configs/base.py exists (a run saved before a key was added gets its default), so
 the usual --config.* overrides apply; the values are the run's.
 """
+
 import json
 import os
 

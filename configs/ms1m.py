@@ -14,8 +14,14 @@ schedule (linear warm-up, then polynomial decay to 0). Training reads `train.rec
 With more devices, scale the batch and learning rate together (the reference scales lr linearly
 with the global batch: 0.1 at 1024).
 """
-from arcface_jax.config_files import (apply_recipe_row, load_base, recipe_options, recipe_row,
-                                      shrink_to_smoke_test)
+
+from arcface_jax.config_files import (
+  apply_recipe_row,
+  load_base,
+  recipe_options,
+  recipe_row,
+  shrink_to_smoke_test,
+)
 
 
 def get_config(arg: str | None = None):

@@ -6,6 +6,7 @@ a few minutes on 2 CPU cores; `make demo` runs it. Commands:
   python -m arcface_jax.train --config configs/synthetic.py --workdir runs/demo
   python -m arcface_jax.train --config configs/synthetic.py:tiny --workdir /tmp/smoke   # seconds
 """
+
 from arcface_jax.config_files import RecipeOptionError, load_base
 
 
@@ -42,5 +43,7 @@ def get_config(arg: str | None = None):
     config.eval.synthetic_pairs = 40
     config.eval.batch_size = 32
   elif arg:
-    raise RecipeOptionError(f'configs/synthetic.py: unknown variant {arg!r}; use no argument or :tiny')
+    raise RecipeOptionError(
+      f'configs/synthetic.py: unknown variant {arg!r}; use no argument or :tiny'
+    )
   return config

@@ -13,18 +13,19 @@ Losses: softmax, norm_softmax, sphereface (A-softmax m=4), sphereface135 (combin
 cosface, arcface, cm1, cm2, with the paper's margins and a scale of 16 (64 saturates the
 softmax of an 8-class, 2-d problem at once).
 """
+
 from arcface_jax.config_files import RecipeOptionError, load_base
 
 # toy name → (loss.name, margin fields); None fields keep the paper's defaults.
 LOSSES = {
-    'softmax': ('softmax', {}),
-    'norm_softmax': ('norm_softmax', {}),
-    'sphereface': ('sphereface', {}),
-    'sphereface135': ('combined', dict(m1=1.35, m2=0.0, m3=0.0)),
-    'cosface': ('cosface', {}),
-    'arcface': ('arcface', {}),
-    'cm1': ('combined', dict(m1=1.0, m2=0.3, m3=0.2)),
-    'cm2': ('combined', dict(m1=0.9, m2=0.4, m3=0.15)),
+  'softmax': ('softmax', {}),
+  'norm_softmax': ('norm_softmax', {}),
+  'sphereface': ('sphereface', {}),
+  'sphereface135': ('combined', dict(m1=1.35, m2=0.0, m3=0.0)),
+  'cosface': ('cosface', {}),
+  'arcface': ('arcface', {}),
+  'cm1': ('combined', dict(m1=1.0, m2=0.3, m3=0.2)),
+  'cm2': ('combined', dict(m1=0.9, m2=0.4, m3=0.15)),
 }
 SCALE = 16.0
 
@@ -34,8 +35,10 @@ def get_config(arg: str | None = None):
   if name in ('3d', 'tiny'):  # options alone: the default loss
     name, options = 'arcface', [name] + options
   if name not in LOSSES:
-    raise RecipeOptionError(f'configs/toy.py: unknown loss {name!r}; use one of {sorted(LOSSES)}, '
-                     'optionally followed by ,3d and/or ,tiny')
+    raise RecipeOptionError(
+      f'configs/toy.py: unknown loss {name!r}; use one of {sorted(LOSSES)}, '
+      'optionally followed by ,3d and/or ,tiny'
+    )
   unknown = set(options) - {'3d', 'tiny'}
   if unknown:
     raise RecipeOptionError(f'configs/toy.py: unknown options {sorted(unknown)}; valid: 3d, tiny')
@@ -57,7 +60,7 @@ def get_config(arg: str | None = None):
   # Unit-norm class centres (E‖w‖² = 1). With the reference's N(0, 0.01²) a 2-d centre has norm
   # ~0.014, its gradient is magnified ~70×, and the first steps fling the norms to 10–100, after
   # which the centres' directions barely move: the classes end up bunched in one half-circle.
-  config.head.init_std = config.model.embedding_dim ** -0.5
+  config.head.init_std = config.model.embedding_dim**-0.5
   config.train.batch_size = 128
   config.train.num_steps = 400
   config.train.learning_rate = 0.1

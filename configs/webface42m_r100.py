@@ -18,8 +18,14 @@ redrawn each step. `:lazy` updates only the sampled centres. Commands:
 Changing --config.train.batch_size? Pass the matching --config.train.learning_rate (0.1 per 1024)
 and --config.train.num_steps (epochs × images / batch, from configs/recipes.py).
 """
-from arcface_jax.config_files import (apply_recipe_row, load_base, recipe_options, recipe_row,
-                                      shrink_to_smoke_test)
+
+from arcface_jax.config_files import (
+  apply_recipe_row,
+  load_base,
+  recipe_options,
+  recipe_row,
+  shrink_to_smoke_test,
+)
 
 
 def get_config(arg: str | None = None):

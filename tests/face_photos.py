@@ -5,6 +5,7 @@ grace_hopper: US Navy portrait of Grace Hopper, public domain, in the matplotlib
 group: several of those faces at different sizes, mirrored, on one 512×512 canvas (no real group
   photo with a clear licence ships in a package available here).
 """
+
 from __future__ import annotations
 
 import cv2
@@ -13,11 +14,13 @@ import numpy as np
 
 def astronaut() -> np.ndarray:
   import skimage.data  # pylint: disable=import-outside-toplevel
+
   return np.ascontiguousarray(skimage.data.astronaut())
 
 
 def grace_hopper() -> np.ndarray:
   import matplotlib.cbook  # pylint: disable=import-outside-toplevel
+
   with matplotlib.cbook.get_sample_data('grace_hopper.jpg') as f:
     encoded = np.frombuffer(f.read(), np.uint8)
   return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -25,14 +28,19 @@ def grace_hopper() -> np.ndarray:
 
 def _paste(canvas: np.ndarray, photo: np.ndarray, top: int, left: int, height: int) -> None:
   width = round(photo.shape[1] * height / photo.shape[0])
-  canvas[top:top + height, left:left + width] = cv2.resize(photo, (width, height),
-                                                           interpolation=cv2.INTER_AREA)
+  canvas[top : top + height, left : left + width] = cv2.resize(
+    photo, (width, height), interpolation=cv2.INTER_AREA
+  )
 
 
 # Where group() pastes each photo: (top, left, height, mirrored, photo name); all 512x512 photos
 # share compiled detector programs in the tests.
-GROUP_LAYOUT = [(10, 10, 250, False, 'astronaut'), (5, 270, 280, True, 'grace_hopper'),
-                (300, 30, 180, True, 'astronaut'), (300, 300, 200, False, 'grace_hopper')]
+GROUP_LAYOUT = [
+  (10, 10, 250, False, 'astronaut'),
+  (5, 270, 280, True, 'grace_hopper'),
+  (300, 30, 180, True, 'astronaut'),
+  (300, 300, 200, False, 'grace_hopper'),
+]
 
 
 def group() -> np.ndarray:

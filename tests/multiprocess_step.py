@@ -7,6 +7,7 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (arcface_jax.distri
 process feeds only its own rows of a fixed global batch (parallel.global_batch); process 0 writes
 the loss and every parameter after the step, gathered to the host, to OUT.npz.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,17 +36,20 @@ def main(out: str) -> None:
   config.train.learning_rate = 0.1
   mesh = parallel.make_mesh()
   model = models.get('small_cnn', embedding_dim=DIM)
-  objective = parallel.ModelParallelObjective(config.loss, config.head, num_classes=CLASSES,
-                                              embedding_dim=DIM, mesh=mesh, seed=0)
+  objective = parallel.ModelParallelObjective(
+    config.loss, config.head, num_classes=CLASSES, embedding_dim=DIM, mesh=mesh, seed=0
+  )
   schedule = optim.make_schedule(config.train)
   tx = optim.make_optimizer(config.train, lazy_head=True)
   init = lambda rng: create_train_state(rng, model, objective, tx, IMAGE)
   abstract = jax.eval_shape(init, seeding.keys(0))
   shardings = parallel.state_shardings(abstract, mesh)
   state = jax.jit(init, out_shardings=shardings)(seeding.keys(0))
-  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(shardings, parallel.replicated(mesh)))
+  step = jax.jit(
+    make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+  )
 
   rng = np.random.default_rng(0)
   images = rng.normal(size=(GLOBAL_BATCH, IMAGE, IMAGE, 3)).astype(np.float32)
@@ -57,7 +61,8 @@ def main(out: str) -> None:
 
   # Replicate everything so each process holds whole arrays, then read them on the host.
   gathered = jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))(
-      (state.params, metrics['loss']))
+    (state.params, metrics['loss'])
+  )
   params, loss = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), gathered)
   if jax.process_index() == 0:
     flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}

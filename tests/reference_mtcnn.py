@@ -7,6 +7,7 @@ for those two into sys.modules before importing it: a greedy NMS written here fr
 documented rule (sort by score, descending; drop boxes whose IoU with a kept one is > threshold;
 areas (x2 - x1)·(y2 - y1)), and an empty `functional` (only used for cropping, not detection).
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 def _torch_nms(boxes, scores, iou_threshold: float):
   import torch  # pylint: disable=import-outside-toplevel
+
   order = torch.sort(scores, descending=True, stable=True).indices.numpy()
   b = boxes.detach().cpu().double().numpy()  # float64 here: independent of the code under test
   area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -25,9 +27,9 @@ def _torch_nms(boxes, scores, iou_threshold: float):
   while order.size:
     i, order = order[0], order[1:]
     keep.append(i)
-    inter = (np.clip(np.minimum(b[i, 2], b[order, 2]) - np.maximum(b[i, 0], b[order, 0]), 0, None)
-             * np.clip(np.minimum(b[i, 3], b[order, 3]) - np.maximum(b[i, 1], b[order, 1]), 0,
-                       None))
+    inter = np.clip(
+      np.minimum(b[i, 2], b[order, 2]) - np.maximum(b[i, 0], b[order, 0]), 0, None
+    ) * np.clip(np.minimum(b[i, 3], b[order, 3]) - np.maximum(b[i, 1], b[order, 1]), 0, None)
     union = area[i] + area[order] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     order = order[iou <= iou_threshold]
@@ -36,6 +38,7 @@ def _torch_nms(boxes, scores, iou_threshold: float):
 
 def _batched_nms(boxes, scores, idxs, iou_threshold: float):
   import torch  # pylint: disable=import-outside-toplevel
+
   keep = []
   for group in torch.unique(idxs).tolist():
     members = torch.nonzero(idxs == group).flatten()
@@ -56,9 +59,15 @@ def _install_torchvision_stand_in() -> None:
   transforms = types.ModuleType('torchvision.transforms')
   functional = types.ModuleType('torchvision.transforms.functional')
   root.ops, ops.boxes, root.transforms, transforms.functional = ops, boxes, transforms, functional
-  sys.modules.update({'torchvision': root, 'torchvision.ops': ops, 'torchvision.ops.boxes': boxes,
-                      'torchvision.transforms': transforms,
-                      'torchvision.transforms.functional': functional})
+  sys.modules.update(
+    {
+      'torchvision': root,
+      'torchvision.ops': ops,
+      'torchvision.ops.boxes': boxes,
+      'torchvision.transforms': transforms,
+      'torchvision.transforms.functional': functional,
+    }
+  )
 
 
 def load():
@@ -66,20 +75,27 @@ def load():
   pytest.importorskip('torch', reason='the compare extra (torch) is not installed')
   _install_torchvision_stand_in()
   return pytest.importorskip(
-      'facenet_pytorch',
-      reason="facenet-pytorch is not installed: pip install --no-deps 'facenet-pytorch==2.6.0'")
+    'facenet_pytorch',
+    reason="facenet-pytorch is not installed: pip install --no-deps 'facenet-pytorch==2.6.0'",
+  )
 
 
 class ReferenceMTCNN:
   """facenet-pytorch's detector with the same options; detect() -> (boxes (N, 4), scores (N,),
   landmarks (N, 5, 2)) as float32 numpy arrays, highest score first."""
 
-  def __init__(self, min_face_size: float = 20, thresholds=(0.6, 0.7, 0.7),
-               scale_factor: float = 0.709):
+  def __init__(
+    self, min_face_size: float = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709
+  ):
     facenet_pytorch = load()
-    self.model = facenet_pytorch.MTCNN(min_face_size=min_face_size, thresholds=list(thresholds),
-                                       factor=scale_factor, keep_all=True, device='cpu',
-                                       select_largest=False)
+    self.model = facenet_pytorch.MTCNN(
+      min_face_size=min_face_size,
+      thresholds=list(thresholds),
+      factor=scale_factor,
+      keep_all=True,
+      device='cpu',
+      select_largest=False,
+    )
 
   def detect(self, image: np.ndarray):
     boxes, scores, points = self.model.detect(image, landmarks=True)
@@ -87,5 +103,8 @@ class ReferenceMTCNN:
       return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
     scores = np.asarray(scores, np.float32)
     order = np.argsort(-scores, kind='stable')
-    return (np.asarray(boxes, np.float32)[order], scores[order],
-            np.asarray(points, np.float32)[order])
+    return (
+      np.asarray(boxes, np.float32)[order],
+      scores[order],
+      np.asarray(points, np.float32)[order],
+    )

@@ -1,4 +1,5 @@
 """Alignment puts known landmarks on the template; the command aligns a folder in RGB."""
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _similarity(angle_deg, scale, shift):
   a = np.radians(angle_deg)
-  return np.array([[scale * np.cos(a), -scale * np.sin(a), shift[0]],
-                   [scale * np.sin(a), scale * np.cos(a), shift[1]]])
+  return np.array(
+    [
+      [scale * np.cos(a), -scale * np.sin(a), shift[0]],
+      [scale * np.sin(a), scale * np.cos(a), shift[1]],
+    ]
+  )
 
 
 def _face(truth, side=320, sigma=3.0):
@@ -25,7 +30,7 @@ def _face(truth, side=320, sigma=3.0):
   yy, xx = np.mgrid[0:side, 0:side]
   red = np.zeros((side, side))
   for x, y in landmarks:
-    red = np.maximum(red, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2)))
+    red = np.maximum(red, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)))
   image = np.zeros((side, side, 3), np.uint8)
   image[..., 0] = np.round(255 * red).astype(np.uint8)
   return image, landmarks
@@ -34,7 +39,7 @@ def _face(truth, side=320, sigma=3.0):
 def _dot_centres(channel, expected, radius=6):
   """Intensity centroid of the dot near each expected point."""
   weights = channel.astype(np.float64)
-  ys, xs = np.mgrid[0:channel.shape[0], 0:channel.shape[1]]
+  ys, xs = np.mgrid[0 : channel.shape[0], 0 : channel.shape[1]]
   centres = []
   for x, y in expected:
     window = weights * ((np.abs(xs - x) <= radius) & (np.abs(ys - y) <= radius))
@@ -57,11 +62,16 @@ def test_transform_is_the_least_squares_similarity_without_reflection():
   src = align.TEMPLATE_112 + rng.normal(0, 3, (5, 2))
   dst = align.transform_points(_similarity(-30, 0.7, (5, 9)), src) + rng.normal(0, 2, (5, 2))
   # A similarity x' = a x − b y + tx, y' = b x + a y + ty is linear in (a, b, tx, ty).
-  rows = np.concatenate([np.stack([src[:, 0], -src[:, 1], np.ones(5), np.zeros(5)], 1),
-                         np.stack([src[:, 1], src[:, 0], np.zeros(5), np.ones(5)], 1)])
+  rows = np.concatenate(
+    [
+      np.stack([src[:, 0], -src[:, 1], np.ones(5), np.zeros(5)], 1),
+      np.stack([src[:, 1], src[:, 0], np.zeros(5), np.ones(5)], 1),
+    ]
+  )
   a, b, tx, ty = np.linalg.lstsq(rows, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)[0]
-  np.testing.assert_allclose(align.similarity_transform(src, dst),
-                             [[a, -b, tx], [b, a, ty]], atol=1e-9)
+  np.testing.assert_allclose(
+    align.similarity_transform(src, dst), [[a, -b, tx], [b, a, ty]], atol=1e-9
+  )
   mirrored = src * [-1, 1]  # the best fit would be a reflection; a rotation is returned instead
   assert np.linalg.det(align.similarity_transform(src, mirrored)[:, :2]) > 0
 
@@ -92,8 +102,9 @@ def test_landmark_files_are_autodetected_and_bad_lines_named(tmp_path):
   entries = align.read_landmarks(str(tmp_path / 'a.txt'))
   assert [name for name, _ in entries] == ['person one/img 1.jpg', 'b.jpg']
   np.testing.assert_array_equal(entries[0][1], points)
-  (tmp_path / 'a.csv').write_text('path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n'
-                                  f'c.png,{flat.replace(" ", ",")}\n')
+  (tmp_path / 'a.csv').write_text(
+    f'path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\nc.png,{flat.replace(" ", ",")}\n'
+  )
   [(name, read)] = align.read_landmarks(str(tmp_path / 'a.csv'))
   assert name == 'c.png'
   np.testing.assert_array_equal(read, points)
@@ -112,9 +123,22 @@ def test_align_command_end_to_end_keeps_rgb(tmp_path):
   coords = ','.join(f'{v:.6f}' for v in landmarks.ravel())
   (tmp_path / 'lm.csv').write_text(f'p1/face.png,{coords}\np1/missing.png,{coords}\n')
   result = subprocess.run(
-      [sys.executable, '-m', 'arcface_jax.data.align', '--images', str(tmp_path / 'in'),
-       '--landmarks', str(tmp_path / 'lm.csv'), '--out', str(tmp_path / 'out')],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      '-m',
+      'arcface_jax.data.align',
+      '--images',
+      str(tmp_path / 'in'),
+      '--landmarks',
+      str(tmp_path / 'lm.csv'),
+      '--out',
+      str(tmp_path / 'out'),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   assert 'aligned 1 images' in result.stdout and '1 skipped' in result.stdout
   out = cv2.cvtColor(cv2.imread(str(tmp_path / 'out' / 'p1' / 'face.png')), cv2.COLOR_BGR2RGB)

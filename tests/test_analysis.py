@@ -4,6 +4,7 @@ Curves and boundaries are checked against the published formulas; angle histogra
 counts worked out by hand; the run-based commands (embeddings, angles, compare, report) against a
 tiny toy run trained here in a few steps.
 """
+
 import json
 import math
 import os
@@ -11,8 +12,17 @@ import os
 import numpy as np
 import pytest
 
-from analysis import angles, compare, decision_margins, embeddings, events, logit_curves, output
-from analysis import report, toy_figures
+from analysis import (
+  angles,
+  compare,
+  decision_margins,
+  embeddings,
+  events,
+  logit_curves,
+  output,
+  report,
+  toy_figures,
+)
 from analysis.margin_specs import all_specs
 from arcface_jax import margins
 
@@ -24,6 +34,7 @@ def _nonempty_png(path):
 
 
 # ------------------------------------------------------------------ logit curves
+
 
 def test_every_registered_margin_is_drawn():
   drawn = {spec.name for spec in all_specs()}
@@ -41,13 +52,13 @@ def test_logit_curves_match_published_formulas():
   ok = data['theta_deg'] <= 150
   np.testing.assert_allclose(curves['arcface']['value'][ok], np.cos(theta[ok] + m), atol=2e-6)
   inner = ok & (data['theta_deg'] >= 1)
-  np.testing.assert_allclose(curves['arcface']['grad'][inner], -np.sin(theta[inner] + m),
-                             atol=2e-4)
+  np.testing.assert_allclose(curves['arcface']['grad'][inner], -np.sin(theta[inner] + m), atol=2e-4)
   np.testing.assert_allclose(curves['cosface']['value'], np.cos(theta) - 0.35, atol=2e-6)
   np.testing.assert_allclose(curves['softmax']['value'], np.cos(theta), atol=2e-6)
   ok1 = data['theta_deg'] <= 160
-  np.testing.assert_allclose(curves['cm2']['value'][ok1],
-                             np.cos(0.9 * theta[ok1] + 0.4) - 0.15, atol=1e-5)
+  np.testing.assert_allclose(
+    curves['cm2']['value'][ok1], np.cos(0.9 * theta[ok1] + 0.4) - 0.15, atol=1e-5
+  )
   # A-softmax m = 4: ψ(θ) = (−1)^k cos 4θ − 2k on [kπ/4, (k+1)π/4].
   k = np.minimum(np.floor(theta / (np.pi / 4)), 3)
   psi = (-1.0) ** k * np.cos(4 * theta) - 2 * k
@@ -65,6 +76,7 @@ def test_logit_curves_command_writes_png_and_data(tmp_path):
 
 
 # ------------------------------------------------------------------ decision margins
+
 
 def test_decision_margin_widths():
   data = decision_margins.compute(num=361)  # 0.5° steps
@@ -87,10 +99,11 @@ def test_decision_regions_follow_the_boundary():
     wins = np.nonzero(regions[:, i] == decision_margins.CLASS1)[0]
     # Class 1 wins from θ2 = θ1 + m (28.65°) upwards, to within one grid step.
     assert abs(theta_deg[wins[0]] - (theta_deg[i] + math.degrees(0.5))) <= 0.5 + 1e-9
-    assert np.all(regions[wins[0]:, i] == decision_margins.CLASS1)
+    assert np.all(regions[wins[0] :, i] == decision_margins.CLASS1)
   # The regions are mirror images: class 2 wins at (θ1, θ2) iff class 1 wins at (θ2, θ1).
-  np.testing.assert_array_equal(regions == decision_margins.CLASS2,
-                                (regions == decision_margins.CLASS1).T)
+  np.testing.assert_array_equal(
+    regions == decision_margins.CLASS2, (regions == decision_margins.CLASS1).T
+  )
 
 
 def test_decision_margins_command_writes_png_and_data(tmp_path):
@@ -105,6 +118,7 @@ def test_decision_margins_command_writes_png_and_data(tmp_path):
 
 
 # ------------------------------------------------------------------ angle histograms
+
 
 def _unit(deg):
   return np.array([np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))])
@@ -134,6 +148,7 @@ def test_angle_histograms_match_hand_counts():
 
 def test_event_reader_round_trip_and_truncated_tail(tmp_path):
   from tensorboardX import SummaryWriter
+
   writer = SummaryWriter(str(tmp_path / 'tensorboard'))
   for step in (10, 20, 30):
     writer.add_scalar('train/loss', 1.0 / step, step)
@@ -157,10 +172,12 @@ def test_tsne_for_high_dimensional_features():
 
 # ------------------------------------------------------------------ from a tiny toy run
 
+
 @pytest.fixture(scope='module')
 def toy_run(tmp_path_factory):
   """configs/toy.py:arcface,tiny — 6 steps, checkpoints at 2, 4 and 6."""
   from arcface_jax import trainer
+
   workdir = str(tmp_path_factory.mktemp('toy') / 'arcface')
   trainer.train_and_evaluate(_tiny_config(), workdir)
   return workdir
@@ -168,12 +185,14 @@ def toy_run(tmp_path_factory):
 
 def _tiny_config():
   from arcface_jax.config_files import load_config
+
   return load_config(f'{toy_figures.TOY_CONFIG}:arcface,tiny')
 
 
 def test_digits_source():
-  from arcface_jax.data import digits, sources
   from arcface_jax.config_files import load_config
+  from arcface_jax.data import digits, sources
+
   config = load_config(f'{toy_figures.TOY_CONFIG}:cosface')
   source = sources.get_train_source(config.data)
   assert source.num_classes == 8 and len(source) > 1000
@@ -222,11 +241,17 @@ def test_report_and_heldout_logging(toy_run, tmp_path):
   accuracy = events.read_scalars(toy_run)['eval/digits_heldout/accuracy']
   assert accuracy[0].tolist() == [2, 4, 6]
   angle_paths = angles.write_data(data, out, name='angles_arcface')
-  index = report.write_report([toy_run], out, angle_files={toy_run: angle_paths},
-                              max_samples=32)
+  index = report.write_report([toy_run], out, angle_files={toy_run: angle_paths}, max_samples=32)
   page = open(index).read()
-  for name in ('logit_curves.png', 'decision_margins.png', 'embeddings.png', 'compare.png',
-               'angles_arcface.png', 'config.json', 'digits_heldout'):
+  for name in (
+    'logit_curves.png',
+    'decision_margins.png',
+    'embeddings.png',
+    'compare.png',
+    'angles_arcface.png',
+    'config.json',
+    'digits_heldout',
+  ):
     assert name in page
   for png in ('logit_curves', 'decision_margins', 'embeddings', 'compare', 'angles_arcface'):
     _nonempty_png(os.path.join(out, png + '.png'))

@@ -1,4 +1,5 @@
 """analysis.margin_families against the papers' formulas; analysis.loss_table's recipe and table."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ def test_margin_families_match_the_formulas(tmp_path):
   paths = margin_families.write(str(tmp_path), num=91)
   assert os.path.getsize(paths['png']) > 10_000
   meta = json.loads(open(paths['json']).read())
-  assert set(meta['families']) == {'magface', 'adaface', 'elasticface_arc', 'elasticface_cos',
-                                   'curricularface'}
+  assert set(meta['families']) == {
+    'magface',
+    'adaface',
+    'elasticface_arc',
+    'elasticface_cos',
+    'curricularface',
+  }
 
 
 @pytest.mark.parametrize('loss', list(loss_table.LOSSES))
@@ -60,25 +66,55 @@ def test_loss_table_recipe_changes_only_the_loss(loss):
 
 
 def test_loss_table_summary_and_files(tmp_path):
-  results = [dict(loss='arcface', seed=s, seconds=10.0 + s, workdir=f'w{s}', set='digits',
-                  pairs=100, accuracy=a, tar_at_far=t)
-             for s, (a, t) in enumerate([(0.9, 0.5), (0.8, 0.3)])]
-  results.append(dict(loss='magface', seed=0, seconds=7.0, workdir='m', set='digits', pairs=100,
-                      accuracy=0.95, tar_at_far=0.6))
+  results = [
+    dict(
+      loss='arcface',
+      seed=s,
+      seconds=10.0 + s,
+      workdir=f'w{s}',
+      set='digits',
+      pairs=100,
+      accuracy=a,
+      tar_at_far=t,
+    )
+    for s, (a, t) in enumerate([(0.9, 0.5), (0.8, 0.3)])
+  ]
+  results.append(
+    dict(
+      loss='magface',
+      seed=0,
+      seconds=7.0,
+      workdir='m',
+      set='digits',
+      pairs=100,
+      accuracy=0.95,
+      tar_at_far=0.6,
+    )
+  )
   rows = loss_table.summarise(results)
   assert [r['loss'] for r in rows] == ['arcface', 'magface']
   assert rows[0]['accuracy'] == pytest.approx(0.85) and rows[0]['accuracy_std'] == pytest.approx(
-      np.std([0.9, 0.8]))
+    np.std([0.9, 0.8])
+  )
   assert rows[0]['tar_at_far'] == pytest.approx(0.4) and rows[0]['seconds'] == pytest.approx(10.5)
   path = loss_table.write_table(results, 'configs/toy.py:3d', 400, 2, str(tmp_path))
   text = open(path).read()
-  row = '| arcface | name=arcface | ArcFace, Deng et al., CVPR 2019 | 85.00 ± 5.00 | 40.00 ± 10.00 |'
+  row = (
+    '| arcface | name=arcface | ArcFace, Deng et al., CVPR 2019 | 85.00 ± 5.00 | 40.00 ± 10.00 |'
+  )
   assert row in text
   assert os.path.getsize(os.path.join(tmp_path, 'loss_table.png')) > 10_000
   # CPU time beside the wall time ('—' where a run has none), the total, and what is missing.
   results[0]['cpu_seconds'], results[1]['cpu_seconds'] = 30.0, 50.0
-  path = loss_table.write_table(results, 'configs/toy.py:3d', 400, 2, str(tmp_path),
-                                losses=['arcface', 'magface'], runs_dir='somewhere')
+  path = loss_table.write_table(
+    results,
+    'configs/toy.py:3d',
+    400,
+    2,
+    str(tmp_path),
+    losses=['arcface', 'magface'],
+    runs_dir='somewhere',
+  )
   text = open(path).read()
   assert '| 2 | 10 | 40 |' in text and '| 1 | 7 | — |' in text  # arcface, magface rows
   assert 'wall time 0.5 min, CPU time 1.3 min (2 runs timed)' in text
@@ -87,7 +123,10 @@ def test_loss_table_summary_and_files(tmp_path):
   # A later invocation keeps these runs (their directories are gone: marked) until retrained.
   earlier = loss_table.earlier_results(str(tmp_path), 'configs/toy.py:3d', 400)
   assert [(r['loss'], r['seed'], r['earlier']) for r in earlier] == [
-      ('arcface', 0, True), ('arcface', 1, True), ('magface', 0, True)]
+    ('arcface', 0, True),
+    ('arcface', 1, True),
+    ('magface', 0, True),
+  ]
   assert loss_table.earlier_results(str(tmp_path), 'configs/toy.py:3d', 200) == []
   with pytest.raises(SystemExit):
     loss_table.main(['--config', 'configs/nothing.py', '--seeds', '1'])

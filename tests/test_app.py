@@ -4,6 +4,7 @@ The page's answers must be the faces API's answers (same names, scores, threshol
 input is a `PageProblem` whose message names the uploaded file by the name the user gave it.
 The browser test (test_app_browser.py) checks that the page shows these.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,11 @@ import shutil
 import subprocess
 import sys
 
+import app_support
 import numpy as np
 import pytest
 from PIL import Image
 
-import app_support
 from arcface_jax.app import views
 from arcface_jax.app.service import MAX_MEGAPIXELS, PageProblem, PageService, gallery_beside
 from arcface_jax.faces import FaceRecognizer, Gallery
@@ -27,8 +28,12 @@ def tiny(tmp_path_factory):
   folder = tmp_path_factory.mktemp('app_photos')
   paths = app_support.write_photos(folder / 'photos', app_support.heldout_photos(workdir))
   gallery = app_support.enrol_gallery(workdir, paths, str(folder / 'people.gallery'))
-  return {'workdir': workdir, 'paths': paths, 'gallery': gallery,
-          'recognizer': FaceRecognizer.load(workdir)}
+  return {
+    'workdir': workdir,
+    'paths': paths,
+    'gallery': gallery,
+    'recognizer': FaceRecognizer.load(workdir),
+  }
 
 
 @pytest.fixture
@@ -57,8 +62,9 @@ def test_identify_answers_as_the_faces_api(tiny, service):
     result = service.identify(label, photo, aligned=True)
     expected = tiny['recognizer'].identify(photo, gallery, aligned=True)
     assert [a.name for a in result.answers] == [e.name for e in expected]
-    np.testing.assert_allclose([a.score for a in result.answers],
-                               [e.score for e in expected], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+      [a.score for a in result.answers], [e.score for e in expected], rtol=0, atol=1e-6
+    )
     assert result.threshold == expected[0].threshold
     assert result.threshold.kind == 'FPIR'
     np.testing.assert_array_equal(result.photo, np.asarray(Image.open(photo).convert('RGB')))
@@ -135,15 +141,18 @@ def test_a_second_model_loads_when_first_used(tiny, tmp_path):
   # An export has no held-out people to calibrate "same person" on: the page says what to do.
   with pytest.raises(PageProblem, match='no held-out people .*set one with the slider'):
     service.verify(exported, photo, tiny['paths'][1, 6], aligned=True)
-  assert service.verify(exported, photo, tiny['paths'][1, 6], aligned=True,
-                        threshold=0.5).threshold.kind == 'given'
+  assert (
+    service.verify(exported, photo, tiny['paths'][1, 6], aligned=True, threshold=0.5).threshold.kind
+    == 'given'
+  )
 
 
 def test_each_model_keeps_its_gallery_beside_it(tiny, tmp_path):
   assert gallery_beside(tiny['workdir']) == os.path.join(tiny['workdir'], 'people.gallery')
   assert gallery_beside(str(tmp_path / 'm.jax_export')) == str(tmp_path / 'm.jax_export.gallery')
-  assert PageService([tiny['workdir']]).gallery_path(tiny['workdir']) == \
-      os.path.join(tiny['workdir'], 'people.gallery')
+  assert PageService([tiny['workdir']]).gallery_path(tiny['workdir']) == os.path.join(
+    tiny['workdir'], 'people.gallery'
+  )
 
 
 def _astronaut(tmp_path) -> str:
@@ -158,8 +167,9 @@ def test_a_photo_goes_through_face_detection(tiny, service, tmp_path):
   photo = _astronaut(tmp_path)
   label = tiny['workdir']
   result = service.identify(label, photo, aligned=False, threshold=-1.0)
-  expected = tiny['recognizer'].identify(photo, Gallery.load(service.gallery_path(label)),
-                                         aligned=False, threshold=-1.0)
+  expected = tiny['recognizer'].identify(
+    photo, Gallery.load(service.gallery_path(label)), aligned=False, threshold=-1.0
+  )
   assert len(result.answers) == len(expected) == 1
   np.testing.assert_allclose(result.answers[0].box, expected[0].box, atol=1e-3)
   x1, y1, x2, y2 = (int(round(float(v))) for v in result.answers[0].box)
@@ -187,8 +197,11 @@ def test_a_very_large_image_is_refused_before_decoding(tiny, service, tmp_path):
   side = int(np.ceil(np.sqrt(MAX_MEGAPIXELS * 1e6))) + 1
   big = tmp_path / 'huge.png'
   Image.new('1', (side, side)).save(big)  # 1-bit: a few MB on disk, over the limit in pixels
-  with pytest.raises(PageProblem, match=rf'huge.png is {side}×{side} pixels .*up to '
-                     rf'{MAX_MEGAPIXELS} megapixels: downscale it'):
+  with pytest.raises(
+    PageProblem,
+    match=rf'huge.png is {side}×{side} pixels .*up to '
+    rf'{MAX_MEGAPIXELS} megapixels: downscale it',
+  ):
     service.identify(tiny['workdir'], str(big), aligned=True)
   with pytest.raises(PageProblem, match='huge.png is'):
     service.enrol(tiny['workdir'], 'someone', [str(big)], aligned=True)
@@ -230,8 +243,7 @@ def test_enrol_refuses_unknown_and_no_photos(tiny, service):
 
 def test_enrol_skips_bad_files_and_says_which(tiny, service, tmp_path):
   notes = _not_an_image(tmp_path)
-  result = service.enrol(tiny['workdir'], 'heldout_8', [tiny['paths'][8, 0], notes],
-                         aligned=True)
+  result = service.enrol(tiny['workdir'], 'heldout_8', [tiny['paths'][8, 0], notes], aligned=True)
   assert result.added == 1
   assert result.skipped == [('notes.png', 'not an image file (or a format Pillow cannot read)')]
   with pytest.raises(PageProblem, match=r'Nothing enrolled for ann: notes.png: not an image'):
@@ -243,11 +255,16 @@ def test_gallery_of_another_model_is_refused(tiny, service):
   other = Gallery.load(service.gallery_path(label))
   other.fingerprint = '0123456789abcdef'  # as if enrolled with another model's weights
   other.save(service.gallery_path(label))
-  for action in (lambda: service.identify(label, tiny['paths'][0, 5], aligned=True),
-                 lambda: service.enrol(label, 'ann', [tiny['paths'][7, 0]], aligned=True),
-                 lambda: service.people(label)):
-    with pytest.raises(PageProblem, match=r'was made with model .*0123456789abcdef.*pick the '
-                       r'model the gallery was made with'):
+  for action in (
+    lambda: service.identify(label, tiny['paths'][0, 5], aligned=True),
+    lambda: service.enrol(label, 'ann', [tiny['paths'][7, 0]], aligned=True),
+    lambda: service.people(label),
+  ):
+    with pytest.raises(
+      PageProblem,
+      match=r'was made with model .*0123456789abcdef.*pick the '
+      r'model the gallery was made with',
+    ):
       action()
 
 
@@ -298,11 +315,17 @@ def test_embedding_map_is_the_gallerys_pca(tiny, service):
 
 
 def test_help_and_usage_errors(tmp_path):
-  env = dict(os.environ,
-             PYTHONPATH=app_support.REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'arcface_jax.app', *args],
-                                     capture_output=True, text=True, timeout=120, env=env,
-                                     cwd=tmp_path)
+  env = dict(
+    os.environ, PYTHONPATH=app_support.REPO + os.pathsep + os.environ.get('PYTHONPATH', '')
+  )
+  run = lambda *args: subprocess.run(
+    [sys.executable, '-m', 'arcface_jax.app', *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=env,
+    cwd=tmp_path,
+  )
   shown = run('--help')
   assert shown.returncode == 0
   assert 'identify the people in a photo' in shown.stdout

@@ -12,6 +12,7 @@ is skipped and says why.
 
     python tests/test_app_browser.py URL OUT.png   # a screenshot of a running page (docs/app.png)
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ import pytest
 
 CHROMIUM_PATHS = ('/usr/lib/chromium/chromium', '/usr/bin/chromium')
 # This machine's network is closed: Chromium's background services would only wait on it.
-CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--no-first-run']
+CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+]
 WAIT_MS = 120_000  # any one step; far above what a step takes on a loaded 2-core machine
 
 
@@ -39,8 +46,9 @@ def _free_port() -> int:
 
 
 def launch_browser(playwright):
-  return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS,
-                                    headless=True)
+  return playwright.chromium.launch(
+    executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+  )
 
 
 def open_page(browser, url: str):
@@ -67,19 +75,25 @@ def table_rows(page, selector: str, showing: str) -> list[list[str]]:
   cells = f'{selector} div[role="row"] [role="gridcell"]'
   page.locator(cells).get_by_text(showing, exact=True).first.wait_for()
   rows = page.locator(f'{selector} div[role="row"]')
-  return [[cell.strip() for cell in rows.nth(i).locator('[role="gridcell"]').all_inner_texts()]
-          for i in range(rows.count())]
+  return [
+    [cell.strip() for cell in rows.nth(i).locator('[role="gridcell"]').all_inner_texts()]
+    for i in range(rows.count())
+  ]
 
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
   if chromium_path() is None:
-    pytest.skip('Debian\'s chromium is not installed (looked for '
-                f'{" and ".join(CHROMIUM_PATHS)}); `make test` installs it with apt-get when run '
-                'as root: `apt-get install -y chromium`')
-  pytest.importorskip('playwright', reason='playwright is in the test extra: '
-                      "pip install -e '.[test]'")
+    pytest.skip(
+      'Debian\'s chromium is not installed (looked for '
+      f'{" and ".join(CHROMIUM_PATHS)}); `make test` installs it with apt-get when run '
+      'as root: `apt-get install -y chromium`'
+    )
+  pytest.importorskip(
+    'playwright', reason='playwright is in the test extra: pip install -e \'.[test]\''
+  )
   import app_support
+
   from arcface_jax.app import page as page_lib
   from arcface_jax.app.service import PageService
 
@@ -93,8 +107,13 @@ def served(tmp_path_factory):
   page = page_lib.build_page(service)
   page_lib.launch(page, host='127.0.0.1', port=port, block=False)
   try:
-    yield {'url': f'http://127.0.0.1:{port}/', 'workdir': workdir, 'paths': paths,
-           'gallery': gallery, 'folder': folder}
+    yield {
+      'url': f'http://127.0.0.1:{port}/',
+      'workdir': workdir,
+      'paths': paths,
+      'gallery': gallery,
+      'folder': folder,
+    }
   finally:
     page.close()
 
@@ -103,6 +122,7 @@ def test_page_in_a_browser(served, tmp_path):
   from playwright.sync_api import sync_playwright
 
   from arcface_jax.faces import FaceRecognizer, Gallery
+
   recognizer = FaceRecognizer.load(served['workdir'])
   started = time.monotonic()
   with sync_playwright() as playwright:
@@ -125,11 +145,11 @@ def test_page_in_a_browser(served, tmp_path):
       # A text file named .png: a message on the page, and the server keeps serving.
       notes = served['folder'] / 'notes.png'
       notes.write_text('not a photo')
-      status = upload_and_wait(page, '#identify-photo', str(notes), '#identify-status',
-                               'not an image')
+      status = upload_and_wait(
+        page, '#identify-photo', str(notes), '#identify-status', 'not an image'
+      )
       assert status.strip().startswith('⚠️ notes.png: not an image file')
-      upload_and_wait(page, '#identify-photo', served['paths'][6, 0], '#identify-status',
-                      'face(s)')
+      upload_and_wait(page, '#identify-photo', served['paths'][6, 0], '#identify-status', 'face(s)')
 
       # Enrol: an empty name gets a message; then a named person is saved to the gallery file.
       page.get_by_role('tab', name='Enrol').click()
@@ -167,6 +187,7 @@ def test_page_in_a_browser(served, tmp_path):
 def _screenshot(url: str, out: str) -> None:
   """Identifies the first sample photo of a running page and saves a screenshot to `out`."""
   from playwright.sync_api import sync_playwright
+
   with sync_playwright() as playwright:
     browser = launch_browser(playwright)
     try:

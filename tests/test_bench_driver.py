@@ -1,17 +1,22 @@
 """The `make bench` driver: RESULT lines parsed, the summary block of the doc replaced in place."""
+
 from benchmarks import run_all
 
 
 def test_last_result_line_wins_and_other_output_is_ignored():
-  output = ('compiling ...\nRESULT head_vs_torch=0.9\nnoise RESULT x=1\n'
-            'RESULT head_vs_torch=1.92 head_bound=0.81\n')
+  output = (
+    'compiling ...\nRESULT head_vs_torch=0.9\nnoise RESULT x=1\n'
+    'RESULT head_vs_torch=1.92 head_bound=0.81\n'
+  )
   assert run_all.parse_results(output) == {'head_vs_torch': '1.92', 'head_bound': '0.81'}
   assert run_all.parse_results('no result here\n') == {}
 
 
 def test_summary_block_is_replaced_not_appended():
-  rows = [(run_all.BENCHMARKS[0], {'loop_overhead': '0.031'}, 'ok', 12.0),
-          (run_all.BENCHMARKS[1], {'head_bound': '0.70'}, 'failed (exit 1)', 3.0)]
+  rows = [
+    (run_all.BENCHMARKS[0], {'loop_overhead': '0.031'}, 'ok', 12.0),
+    (run_all.BENCHMARKS[1], {'head_bound': '0.70'}, 'failed (exit 1)', 3.0),
+  ]
   block = run_all.summary_table(rows)
   assert '| `loop_overhead` | 0.031 | ≤ 0.05 | yes |' in block
   assert '| `head_bound` | 0.70 | ≥ 0.75 | **no** |' in block

@@ -1,4 +1,5 @@
 """Checkpoints that nothing loses: checksums, damaged steps set aside, one trainer per workdir."""
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from arcface_jax import checkpoint_integrity, parallel, trainer, workdir_lock, write_errors
-from arcface_jax.checkpointing import CheckpointError, Checkpointer, restore_model_variables
+from arcface_jax.checkpointing import Checkpointer, CheckpointError, restore_model_variables
 from arcface_jax.config_files import load_config
 from arcface_jax.inference import abstract_model_variables
 
@@ -48,15 +49,19 @@ def run_copy(trained, tmp_path):
 
 def _abstract(state):
   sharding = parallel.replicated(parallel.make_mesh(1))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
-                                                     sharding=sharding), state)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), state
+  )
 
 
 def _array_files(step_dir, item='model'):
   """The tensorstore data files (in the item's `d/` folders), largest first."""
-  files = [os.path.join(root, name)
-           for root, _, names in os.walk(os.path.join(step_dir, item))
-           if os.path.basename(root) == 'd' for name in names]
+  files = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(os.path.join(step_dir, item))
+    if os.path.basename(root) == 'd'
+    for name in names
+  ]
   return sorted(files, key=os.path.getsize, reverse=True)
 
 
@@ -93,12 +98,14 @@ def _truncate_without_checksums(step_dir):
   os.remove(os.path.join(step_dir, 'model', 'manifest.ocdbt'))
 
 
-DAMAGE = {'truncated-array': (_truncate, 'checksum-mismatch'),
-          'deleted-array': (_delete_array, 'missing-files'),
-          'flipped-bytes': (_flip_bytes, 'checksum-mismatch'),
-          'missing-model-item': (_delete_model_item, 'missing-model'),
-          'missing-ocdbt-manifest': (_delete_ocdbt_manifest, 'missing-files'),
-          'unverified-and-unreadable': (_truncate_without_checksums, 'unreadable')}
+DAMAGE = {
+  'truncated-array': (_truncate, 'checksum-mismatch'),
+  'deleted-array': (_delete_array, 'missing-files'),
+  'flipped-bytes': (_flip_bytes, 'checksum-mismatch'),
+  'missing-model-item': (_delete_model_item, 'missing-model'),
+  'missing-ocdbt-manifest': (_delete_ocdbt_manifest, 'missing-files'),
+  'unverified-and-unreadable': (_truncate_without_checksums, 'unreadable'),
+}
 
 
 def test_checksums_are_written_and_sha256sum_agrees(trained):
@@ -110,8 +117,12 @@ def test_checksums_are_written_and_sha256sum_agrees(trained):
     listed = open(os.path.join(step_dir, 'SHA256SUMS')).read()
     assert 'model/' in listed and 'train/' in listed
     # An independent reader of the format: GNU coreutils.
-    result = subprocess.run(['sha256sum', '--check', '--strict', '--quiet', 'SHA256SUMS'],
-                            cwd=step_dir, capture_output=True, text=True)
+    result = subprocess.run(
+      ['sha256sum', '--check', '--strict', '--quiet', 'SHA256SUMS'],
+      cwd=step_dir,
+      capture_output=True,
+      text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert checkpoint_integrity.verify(step_dir) is None
 
@@ -180,11 +191,17 @@ def test_training_resumes_from_the_newest_intact_checkpoint(run_copy, caplog):
 def test_intact_checkpoint_of_another_config_is_an_error_not_damage(run_copy):
   config, workdir, final = run_copy
   abstract = _abstract(final)
-  wider = abstract.replace(params={
+  wider = abstract.replace(
+    params={
       'backbone': abstract.params['backbone'],
-      'head': jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0] + 3,) + a.shape[1:],
-                                                          a.dtype, sharding=a.sharding),
-                           abstract.params['head'])})
+      'head': jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+          (a.shape[0] + 3,) + a.shape[1:], a.dtype, sharding=a.sharding
+        ),
+        abstract.params['head'],
+      ),
+    }
+  )
   checkpointer = Checkpointer(workdir)
   with pytest.raises(CheckpointError, match='step 4 .*intact but does not fit'):
     checkpointer.restore_latest(wider)
@@ -204,8 +221,13 @@ _HOLD = textwrap.dedent("""
 
 
 def _holder(workdir):
-  process = subprocess.Popen([sys.executable, '-c', _HOLD, workdir], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+  process = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, workdir],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    cwd=REPO,
+  )
   assert process.stdout.readline().strip() == 'locked'
   return process
 
@@ -224,9 +246,21 @@ def test_second_trainer_on_a_workdir_is_refused_naming_the_holder(tmp_path, tmp_
     assert not os.path.exists(os.path.join(workdir, 'config.json'))  # nothing was touched
     # The command line: one line on stderr, exit 2.
     result = subprocess.run(
-        [sys.executable, '-m', 'arcface_jax.train', '--config', TINY, '--workdir', workdir,
-         f'--config.data.data_dir={config.data.data_dir}'], cwd=REPO, capture_output=True,
-        text=True, timeout=300)
+      [
+        sys.executable,
+        '-m',
+        'arcface_jax.train',
+        '--config',
+        TINY,
+        '--workdir',
+        workdir,
+        f'--config.data.data_dir={config.data.data_dir}',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert f'pid {holder.pid}' in result.stderr and 'Traceback' not in result.stderr
   finally:
@@ -268,8 +302,9 @@ def small_disk(tmp_path):
   """A real 16 MiB filesystem (tmpfs) that fills up; skipped where mounting is not allowed."""
   mount = tmp_path / 'disk'
   mount.mkdir()
-  result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount)],
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount)], capture_output=True, text=True
+  )
   if result.returncode:
     pytest.skip(f'cannot mount a small tmpfs here (needs root): {result.stderr.strip()}')
   try:
@@ -291,12 +326,14 @@ def _fill(mount, leave_bytes):
 
 
 def _tree_bytes(path):
-  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path)
-             for n in names)
+  return sum(
+    os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path) for n in names
+  )
 
 
 def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_checkpoint(
-    trained, small_disk, capfd):
+  trained, small_disk, capfd
+):
   config, source, final = trained
   workdir = os.path.join(small_disk, 'run')
   shutil.copytree(source, workdir)
@@ -322,6 +359,7 @@ def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_checkpoint(
 
 def test_disk_full_while_writing_tensorboard_is_one_error(small_disk, capfd):
   from arcface_jax import reporting
+
   workdir = os.path.join(small_disk, 'run')
   reporter = reporting.Reporter(workdir, total_steps=10, global_batch_size=8, log_every=1)
   reporter.scalars(1, {'loss': 1.0})
@@ -336,8 +374,10 @@ def test_disk_full_while_writing_tensorboard_is_one_error(small_disk, capfd):
 
 def test_checkpoint_holding_a_blown_up_state_is_set_aside(run_copy, caplog):
   """As an older version saved on divergence: finite, but batch-norm variances of 1e25."""
-  from arcface_jax import checkpointing
   import orbax.checkpoint as ocp
+
+  from arcface_jax import checkpointing
+
   _, workdir, final = run_copy
   checkpointer = Checkpointer(workdir)
   state = checkpointer.restore(_abstract(final), 4)
@@ -345,8 +385,11 @@ def test_checkpoint_holding_a_blown_up_state_is_set_aside(run_copy, caplog):
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
   checkpointer.manager.reload()
   items = checkpointing._split(blown)  # written past the health check, as the old code did
-  checkpointer.manager.save(4, args=ocp.args.Composite(
-      **{k: ocp.args.StandardSave(v) for k, v in items.items()}), force=True)
+  checkpointer.manager.save(
+    4,
+    args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()}),
+    force=True,
+  )
   checkpointer.close()
   with pytest.raises(checkpointing.UnsoundStateError, match='batch_stats'):
     Checkpointer(workdir).save(blown, step=6, force=True)  # today's saves refuse it

@@ -4,6 +4,7 @@ Each model trains one step at the smallest input it takes (16×16 for most) on t
 identities, so a model without batch norm (`mini_network`: no `batch_stats`) and the deep ones
 go through the same restore paths as the demo's. The deepest are marked `slow` (`make test-slow`).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,11 +25,13 @@ TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
 DEEP = ('iresnet50', 'iresnet100', 'iresnet200', 'resnet50', 'mobilefacenet_x2')
 
 
-@pytest.mark.parametrize('name', [
-    pytest.param(name, marks=pytest.mark.slow) if name in DEEP else name
-    for name in models.names()])
-def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(name, tmp_path,
-                                                                     tmp_path_factory):
+@pytest.mark.parametrize(
+  'name',
+  [pytest.param(name, marks=pytest.mark.slow) if name in DEEP else name for name in models.names()],
+)
+def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(
+  name, tmp_path, tmp_path_factory
+):
   config = load_config(TINY)
   config.data.data_dir = str(tmp_path_factory.getbasetemp() / 'data')
   config.model.name = name
@@ -57,10 +60,10 @@ def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(name, tmp_p
 
   path = str(tmp_path / 'backbone.jax_export')
   export.main(['--workdir', workdir, '--out', path, '--platforms', 'cpu'])
-  np.testing.assert_allclose(np.asarray(export.load(path)(images)), expected, rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(np.asarray(export.load(path)(images)), expected, rtol=1e-4, atol=1e-4)
 
   from analysis.runs import Run
+
   restored = Run(workdir, mesh=mesh).variables(1)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(trained)):
     np.testing.assert_array_equal(np.asarray(a), b)

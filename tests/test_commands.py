@@ -1,6 +1,7 @@
 """Every command: `--help` says what it does with an example and exits 0, and `python -m
 arcface_jax` lists every entry point that exists (found by walking the tree, so a new command
 without a listing fails here)."""
+
 import contextlib
 import io
 import os
@@ -41,16 +42,24 @@ ENTRY_POINTS = _entry_points()
 
 
 def test_entry_points_are_found():
-  assert {'python -m arcface_jax.train', 'python -m arcface_jax.evaluate',
-          'python -m arcface_jax.faces', 'python benchmarks/head.py'} <= set(ENTRY_POINTS)
+  assert {
+    'python -m arcface_jax.train',
+    'python -m arcface_jax.evaluate',
+    'python -m arcface_jax.faces',
+    'python benchmarks/head.py',
+  } <= set(ENTRY_POINTS)
 
 
 def test_python_m_arcface_jax_lists_every_command():
-  done = subprocess.run([sys.executable, '-m', 'arcface_jax'], cwd=REPO, capture_output=True,
-                        text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, '-m', 'arcface_jax'], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert done.returncode == 0, done.stderr[-2000:]
-  listed = {line.strip().split('  ')[0] for line in done.stdout.splitlines()
-            if line.strip().startswith('python ')}
+  listed = {
+    line.strip().split('  ')[0]
+    for line in done.stdout.splitlines()
+    if line.strip().startswith('python ')
+  }
   missing = sorted(set(ENTRY_POINTS) - listed)
   assert not missing, f'commands missing from arcface_jax/commands.py COMMANDS: {missing}'
   stale = sorted(listed - set(ENTRY_POINTS))
@@ -64,8 +73,11 @@ def test_help_says_what_and_shows_an_example(command, monkeypatch):
   monkeypatch.setattr(sys, 'argv', [argv0, '--help'])
   monkeypatch.chdir(REPO)
   out = io.StringIO()
-  with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(out), \
-      warnings.catch_warnings():
+  with (
+    pytest.raises(SystemExit) as exit_info,
+    contextlib.redirect_stdout(out),
+    warnings.catch_warnings(),
+  ):
     warnings.simplefilter('ignore', RuntimeWarning)  # runpy: module already imported
     if target.endswith('.py'):
       runpy.run_path(argv0, run_name='__main__')
@@ -74,9 +86,12 @@ def test_help_says_what_and_shows_an_example(command, monkeypatch):
   assert exit_info.value.code in (0, None), out.getvalue()[-2000:]
   text = out.getvalue()
   assert len(text.strip().splitlines()) > 2, text
-  examples = [line for line in text.splitlines()
-              if line.strip().startswith(('python ', '.venv/bin/python ', 'make '))
-              and target.removesuffix('.py').replace('/', '.').split('.')[-1] in line]
+  examples = [
+    line
+    for line in text.splitlines()
+    if line.strip().startswith(('python ', '.venv/bin/python ', 'make '))
+    and target.removesuffix('.py').replace('/', '.').split('.')[-1] in line
+  ]
   assert examples, f'{command} --help shows no example invocation:\n{text[:3000]}'
 
 
@@ -85,11 +100,23 @@ TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
 
 def test_config_overrides_are_typed_like_the_values_they_replace():
   from arcface_jax import train
-  args = train.parse_args([
-      'train', '--config', TINY, '--workdir', 'w', '--config.train.learning_rate=0.05',
-      '--config.train.num_steps', '7', '--config.data.flip=false',
-      '--config.eval.evaluators=verification,ijb', '--config.train.lr_boundaries=(2, 3)',
-      '--config.train.warmup_steps=1e1'])
+
+  args = train.parse_args(
+    [
+      'train',
+      '--config',
+      TINY,
+      '--workdir',
+      'w',
+      '--config.train.learning_rate=0.05',
+      '--config.train.num_steps',
+      '7',
+      '--config.data.flip=false',
+      '--config.eval.evaluators=verification,ijb',
+      '--config.train.lr_boundaries=(2, 3)',
+      '--config.train.warmup_steps=1e1',
+    ]
+  )
   train_config = args.config.train
   assert args.workdir == 'w'
   assert train_config.learning_rate == 0.05 and isinstance(train_config.learning_rate, float)
@@ -99,14 +126,18 @@ def test_config_overrides_are_typed_like_the_values_they_replace():
   assert tuple(train_config.lr_boundaries) == (2, 3)
 
 
-@pytest.mark.parametrize('argument,fragment', [
+@pytest.mark.parametrize(
+  'argument,fragment',
+  [
     ('--config.train.bacth_size=8', "no key 'train.bacth_size'"),
     ('--config.train.num_steps=many', 'expected an integer'),
     ('--config.data.flip=maybe', 'expected true or false'),
     ('--config.train=1', 'is a group of keys'),
-])
+  ],
+)
 def test_bad_override_is_one_line_and_exit_2(argument, fragment, capsys):
   from arcface_jax import train
+
   with pytest.raises(SystemExit) as exit_info:
     train.parse_args(['train', '--config', TINY, '--workdir', 'w', argument])
   assert exit_info.value.code == 2

@@ -1,4 +1,5 @@
 """Every recipe in configs/ loads, declares no key base.py lacks, and trains a few steps tiny."""
+
 from __future__ import annotations
 
 import glob
@@ -13,8 +14,11 @@ from arcface_jax import parallel, trainer
 from arcface_jax.config_files import load_base, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
-                 if os.path.basename(p) not in ('base.py', '__init__.py', 'recipes.py'))
+RECIPES = sorted(
+  p
+  for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+  if os.path.basename(p) not in ('base.py', '__init__.py', 'recipes.py')
+)
 
 
 def _flat_keys(config, prefix=''):
@@ -45,6 +49,7 @@ def _tiny_folder(tmp_path) -> str:
   """8 identity folders of 4 random 16×16 PNGs each, plus what real trees hold: a truncated JPEG
   (read, fails to decode, skipped and counted), a text file and an empty folder (passed over)."""
   import cv2
+
   root = tmp_path / 'faces'
   rng = np.random.default_rng(0)
   for identity in range(8):
@@ -61,6 +66,7 @@ def _tiny_folder(tmp_path) -> str:
 def _tiny_recordio(tmp_path) -> str:
   """The tiny folder tree packed as RecordIO, for recipes that read train.rec."""
   from arcface_jax.data import pack
+
   out = tmp_path / 'rec'
   pack.pack_folder(_tiny_folder(tmp_path), str(out))
   return str(out)

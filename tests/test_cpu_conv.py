@@ -1,4 +1,5 @@
 """The CPU conv formulations against lax.conv_general_dilated: values and gradients in fp64."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,14 +14,20 @@ LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _reference(x, w, strides, padding, groups):
-  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=LAYOUT,
-                                  feature_group_count=groups)
+  return lax.conv_general_dilated(
+    x, w, strides, padding, dimension_numbers=LAYOUT, feature_group_count=groups
+  )
 
 
 # (input side, channels, kernel, stride, padding): 3×3 same-size and strided on even and odd
 # sides (the strided slice must stop where XLA's window does), and the GDC head's k×k VALID.
-CASES = [(6, 3, 3, 1, ((1, 1), (1, 1))), (6, 3, 3, 2, ((1, 1), (1, 1))),
-         (7, 2, 3, 2, ((1, 1), (1, 1))), (5, 4, 5, 1, 'VALID'), (4, 2, 3, 1, ((0, 2), (1, 0)))]
+CASES = [
+  (6, 3, 3, 1, ((1, 1), (1, 1))),
+  (6, 3, 3, 2, ((1, 1), (1, 1))),
+  (7, 2, 3, 2, ((1, 1), (1, 1))),
+  (5, 4, 5, 1, 'VALID'),
+  (4, 2, 3, 1, ((0, 2), (1, 0))),
+]
 
 
 @pytest.mark.parametrize('side,channels,kernel,stride,padding', CASES)
@@ -31,7 +38,8 @@ def test_values_and_gradients_match_lax_in_float64(side, channels, kernel, strid
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, channels)))
     dims = lax.conv_dimension_numbers(x.shape, w.shape, LAYOUT)  # as Flax passes them
     ours = lambda x, w: cpu_conv.conv_general_dilated(
-        x, w, (stride, stride), padding, dimension_numbers=dims, feature_group_count=channels)
+      x, w, (stride, stride), padding, dimension_numbers=dims, feature_group_count=channels
+    )
     ref = lambda x, w: _reference(x, w, (stride, stride), padding, channels)
     np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
     # Under differentiation the taps formulation runs: its forward and both gradients.
@@ -56,7 +64,8 @@ def test_pointwise_values_and_gradients_match_lax_in_float64(side, cin, cout, st
     w = jnp.asarray(rng.normal(size=(1, 1, cin, cout)))
     dims = lax.conv_dimension_numbers(x.shape, w.shape, LAYOUT)
     ours = lambda x, w: cpu_conv.conv_general_dilated(
-        x, w, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=dims)
+      x, w, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=dims
+    )
     ref = lambda x, w: _reference(x, w, (stride, stride), ((0, 0), (0, 0)), 1)
     assert 'custom_vjp' in str(jax.make_jaxpr(ours)(x, w))
     y, vjp = jax.vjp(ours, x, w)
@@ -71,11 +80,13 @@ def test_pointwise_values_and_gradients_match_lax_in_float64(side, cin, cout, st
 def test_the_plain_forward_is_the_convolution_primitive():
   # Evaluation and the ONNX export read the jaxpr: it must hold the conv, not the taps.
   x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2))
-  jaxpr = jax.make_jaxpr(lambda x, w: cpu_conv.depthwise_conv(x, w, (1, 1), ((1, 1), (1, 1))))(
-      x, w)
+  jaxpr = jax.make_jaxpr(lambda x, w: cpu_conv.depthwise_conv(x, w, (1, 1), ((1, 1), (1, 1))))(x, w)
   assert 'conv_general_dilated' in str(jaxpr)
-  assert 'conv_general_dilated' not in str(jax.make_jaxpr(jax.grad(
-      lambda w: cpu_conv.depthwise_conv(x, w, (1, 1), ((1, 1), (1, 1))).sum()))(w))
+  assert 'conv_general_dilated' not in str(
+    jax.make_jaxpr(
+      jax.grad(lambda w: cpu_conv.depthwise_conv(x, w, (1, 1), ((1, 1), (1, 1))).sum())
+    )(w)
+  )
 
 
 def test_bfloat16_accumulates_in_float32():
@@ -87,8 +98,9 @@ def test_bfloat16_accumulates_in_float32():
   y, vjp = jax.vjp(lambda x, w: cpu_conv.depthwise_conv(x, w, (1, 1), pads), x, w)
   assert y.dtype == jnp.bfloat16
   # One bf16 rounding of an fp32 sum, not nine.
-  np.testing.assert_allclose(y.astype(jnp.float32), exact.astype(jnp.bfloat16).astype(jnp.float32),
-                             rtol=0, atol=0)
+  np.testing.assert_allclose(
+    y.astype(jnp.float32), exact.astype(jnp.bfloat16).astype(jnp.float32), rtol=0, atol=0
+  )
   dx, dw = vjp(jnp.ones_like(y))
   assert dx.dtype == dw.dtype == jnp.bfloat16
 
@@ -98,14 +110,24 @@ def test_other_convolutions_go_to_lax_unchanged():
   x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.float32)
   # Two channels per group (mobilefacenet_x2's stem), a dense 3×3 conv, a padded 1×1 conv and a
   # dilated depthwise one.
-  for w, groups, dilation in ((rng.normal(size=(3, 3, 2, 4)), 2, (1, 1)),
-                              (rng.normal(size=(3, 3, 4, 5)), 1, (1, 1)),
-                              (rng.normal(size=(1, 1, 4, 5)), 1, (1, 1)),
-                              (rng.normal(size=(3, 3, 1, 4)), 4, (2, 2))):
+  for w, groups, dilation in (
+    (rng.normal(size=(3, 3, 2, 4)), 2, (1, 1)),
+    (rng.normal(size=(3, 3, 4, 5)), 1, (1, 1)),
+    (rng.normal(size=(1, 1, 4, 5)), 1, (1, 1)),
+    (rng.normal(size=(3, 3, 1, 4)), 4, (2, 2)),
+  ):
     w = jnp.asarray(w, jnp.float32)
-    got = jax.make_jaxpr(lambda w, dilation=dilation, groups=groups: cpu_conv.conv_general_dilated(
-        x, w, (1, 1), ((1, 1), (1, 1)), rhs_dilation=dilation, dimension_numbers=LAYOUT,
-        feature_group_count=groups))(w)
+    got = jax.make_jaxpr(
+      lambda w, dilation=dilation, groups=groups: cpu_conv.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        ((1, 1), (1, 1)),
+        rhs_dilation=dilation,
+        dimension_numbers=LAYOUT,
+        feature_group_count=groups,
+      )
+    )(w)
     assert 'custom_vjp' not in str(got)
 
 
@@ -118,5 +140,6 @@ def test_flax_conv_with_the_hook_keeps_its_parameters_and_outputs():
   loss = lambda m: lambda v: jnp.sum(m.apply(v, x) ** 2)
   np.testing.assert_allclose(hooked.apply(variables, x), plain.apply(variables, x), rtol=1e-6)
   g_hooked, g_plain = jax.grad(loss(hooked))(variables), jax.grad(loss(plain))(variables)
-  np.testing.assert_allclose(g_hooked['params']['kernel'], g_plain['params']['kernel'],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    g_hooked['params']['kernel'], g_plain['params']['kernel'], rtol=1e-5, atol=1e-5
+  )

@@ -1,6 +1,7 @@
 """`python -m arcface_jax.evaluate`: closed-set test accuracy (classifier head restored from
 model-parallel centres, nearest class centre) against an independent computation, results merged
 into eval/step_N.json by set name, and only the evaluations asked for are run."""
+
 from __future__ import annotations
 
 import json
@@ -62,12 +63,15 @@ def _expected_test_accuracies(workdir: str, state) -> tuple[float, float]:
   embedder = load_embedder(workdir)
 
   def embed(split):
-    ds = folder.FolderDataset(config.data.path, split=split, split_by='image',
-                              val_fraction=0.25, test_fraction=0.25)
-    images = np.stack([cv2.resize(ds[i][0], (8, 8), interpolation=cv2.INTER_AREA)
-                       for i in range(len(ds))])
-    emb = extract_embeddings(embedder.apply, images, batch_size=64, mean=embedder.mean,
-                             std=embedder.std, flip=False)[0]
+    ds = folder.FolderDataset(
+      config.data.path, split=split, split_by='image', val_fraction=0.25, test_fraction=0.25
+    )
+    images = np.stack(
+      [cv2.resize(ds[i][0], (8, 8), interpolation=cv2.INTER_AREA) for i in range(len(ds))]
+    )
+    emb = extract_embeddings(
+      embedder.apply, images, batch_size=64, mean=embedder.mean, std=embedder.std, flip=False
+    )[0]
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     return unit.astype(np.float64), ds.labels
 
@@ -83,14 +87,15 @@ def _expected_test_accuracies(workdir: str, state) -> tuple[float, float]:
 def _tensorboard_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
   """tag → [(step, value)] read from the event files (TFRecord framing of Event protos)."""
   from tensorboardX.proto import event_pb2
+
   scalars: dict[str, list[tuple[int, float]]] = {}
   for name in sorted(os.listdir(directory)):
     with open(os.path.join(directory, name), 'rb') as f:
       data = f.read()
     offset = 0
     while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      (length,) = struct.unpack('<Q', data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
@@ -124,8 +129,9 @@ def test_results_are_merged_by_set_name(folder_run, tmp_path):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8)
   bin_path = str(tmp_path / 'extra.bin')
-  verification_bin.write_bin(bin_path, [cv2.imencode('.png', im)[1].tobytes() for im in images],
-                             [True, False] * 6)
+  verification_bin.write_bin(
+    bin_path, [cv2.imencode('.png', im)[1].tobytes() for im in images], [True, False] * 6
+  )
   only_bins = evaluate.evaluate_run(workdir, bins=[bin_path])
   assert set(only_bins['verification']) == {'extra'}  # the config's val pairs not re-run
   with open(path) as f:
@@ -141,11 +147,19 @@ def test_a_run_without_a_test_split_says_which_keys_make_one(tmp_path):
   reporting.write_config(workdir, load_config(os.path.join(REPO, 'configs', 'synthetic.py:tiny')))
   # The command as users run it (in this process other tests' absl flags, --workdir among them,
   # would be inherited by the evaluate command's parser).
-  done = subprocess.run([sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir,
-                         '--test'], capture_output=True, text=True, cwd=REPO, timeout=300)
+  done = subprocess.run(
+    [sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir, '--test'],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   assert done.returncode == 2
   error = done.stderr
   assert 'Traceback' not in error
-  for key in ('--config.data.split_by=image', '--config.data.test_fraction=0.1',
-              "source='synthetic'"):
+  for key in (
+    '--config.data.split_by=image',
+    '--config.data.test_fraction=0.1',
+    "source='synthetic'",
+  ):
     assert key in error

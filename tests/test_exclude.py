@@ -1,4 +1,5 @@
 """config.data.exclude: listed training images never reach a batch; clear errors on a bad list."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ def _folder(root, identities=3, per_identity=4):
 
 def _data_config(**values):
   from arcface_jax.config_files import load_base
+
   data = load_base(os.path.join(REPO, 'configs', 'base.py')).data
   data.update(values)
   return data
@@ -33,8 +35,10 @@ def _data_config(**values):
 def test_excluded_folder_images_never_appear_in_batches(tmp_path, caplog):
   _folder(tmp_path / 'faces')
   listed = tmp_path / 'exclude.txt'
-  listed.write_text('# set aside for review\n1\n\nid2/03.png  # a path, relative to data.path\n'
-                    f'{tmp_path / "faces" / "id1" / "00.png"}\n1\n')
+  listed.write_text(
+    '# set aside for review\n1\n\nid2/03.png  # a path, relative to data.path\n'
+    f'{tmp_path / "faces" / "id1" / "00.png"}\n1\n'
+  )
   data = _data_config(source='folder', path=str(tmp_path / 'faces'), exclude=str(listed))
   with caplog.at_level('INFO'):
     source = sources.get_train_source(data)
@@ -42,8 +46,7 @@ def test_excluded_folder_images_never_appear_in_batches(tmp_path, caplog):
   assert len(source) == 9 and source.num_classes == 3
   np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
   excluded_values = {10 + 13 * k for k in (1, 4, 11)}
-  loader = TrainLoader(source, global_batch_size=3, seed=0, image_size=8,
-                       flip=False)
+  loader = TrainLoader(source, global_batch_size=3, seed=0, image_size=8, flip=False)
   seen = []
   for step in range(6):  # two epochs
     batch = loader.batch(step)
@@ -58,8 +61,9 @@ def test_a_flagged_tsv_on_another_source_and_bad_lists(tmp_path):
   full = sources.get_train_source(_data_config(source='digits', image_size=8))
   flagged = tmp_path / 'flagged.tsv'
   flagged.write_text('index\tlabel\tangle_deg\tnearest_subcentre\n7\t7\t80.1\t2\n0\t0\t76.0\t1\n')
-  source = sources.get_train_source(_data_config(source='digits', image_size=8,
-                                                 exclude=str(flagged)))
+  source = sources.get_train_source(
+    _data_config(source='digits', image_size=8, exclude=str(flagged))
+  )
   assert len(source) == len(full) - 2
   np.testing.assert_array_equal(source.kept[:7], [1, 2, 3, 4, 5, 6, 8])
   np.testing.assert_array_equal(source[6][0], full[8][0])

@@ -1,4 +1,5 @@
 """StableHLO export: the reloaded artifact embeds like the model, in a process without arcface_jax."""
+
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def test_exported_model_is_in_eval_mode_with_fp32_output(tmp_path):
   np.testing.assert_array_equal(out, exported.call(images))
   expected = np.asarray(model.apply(variables, images))
   assert np.max(np.abs(out - expected)) < 0.03 * np.max(np.abs(expected))
-  train_mode = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                           rngs={'dropout': jax.random.PRNGKey(0)})[0]
+  train_mode = model.apply(
+    variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}
+  )[0]
   assert np.max(np.abs(out - train_mode)) > 0.1 * np.max(np.abs(expected))

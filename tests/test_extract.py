@@ -1,9 +1,11 @@
 """Flip-sum extraction against NumPy: ragged batches, the 8-device mesh, XNorm over real rows."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from arcface_jax.evaluation.extract import extract_embeddings
 
@@ -74,8 +76,9 @@ def test_eight_device_mesh_shards_every_batch_and_keeps_the_ragged_tail():
 def test_without_flip_each_image_is_embedded_once():
   images = _images(10, seed=5)
   model = _LinearModel()
-  emb, xnorm = extract_embeddings(model, images, batch_size=4, flip=False,
-                                  mean=(120.0, 127.5, 130.0), std=(60.0, 64.0, 70.0))
+  emb, xnorm = extract_embeddings(
+    model, images, batch_size=4, flip=False, mean=(120.0, 127.5, 130.0), std=(60.0, 64.0, 70.0)
+  )
   mean, std = np.array([120.0, 127.5, 130.0]), np.array([60.0, 64.0, 70.0])
   expected, expected_xnorm = _reference(images, mean, std, flip=False)
   np.testing.assert_allclose(emb, expected, rtol=1e-4, atol=1e-4)

@@ -6,6 +6,7 @@ people and strangers are synthetic identities rendered from seeds outside the ru
 held-out ranges. The detection flows run on real public-domain photos (tests/face_photos.py)
 through the same backbone exported with a model info that declares photo input.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,16 @@ from arcface_jax import export, models, parallel, trainer
 from arcface_jax.config_files import load_config
 from arcface_jax.data.synthetic import render_identity
 from arcface_jax.evaluation.extract import extract_embeddings
-from arcface_jax.faces import (CalibrationError, FaceRecognizer, Gallery, GalleryError,
-                               ModelError, NoFaceError, thresholds)
-from arcface_jax.faces import cli
+from arcface_jax.faces import (
+  CalibrationError,
+  FaceRecognizer,
+  Gallery,
+  GalleryError,
+  ModelError,
+  NoFaceError,
+  cli,
+  thresholds,
+)
 from arcface_jax.faces.model import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,8 +67,14 @@ def face_model(run, recognizer, tmp_path_factory):
   """The run's backbone exported with an info saying its inputs are detected, aligned faces."""
   path = str(tmp_path_factory.mktemp('export') / 'faces.jax_export')
   info = dataclasses.replace(recognizer.info, detect_faces=True)
-  export.save(path, models.from_config(recognizer.model.config), _variables(run),
-              info.image_size, platforms=('cpu',), info=info)
+  export.save(
+    path,
+    models.from_config(recognizer.model.config),
+    _variables(run),
+    info.image_size,
+    platforms=('cpu',),
+    info=info,
+  )
   return path
 
 
@@ -90,8 +104,9 @@ def test_embeddings_match_the_evaluation_protocol_and_padding_changes_nothing(re
   np.testing.assert_allclose(one_by_one, batch[:3], atol=1e-5)
   # Evaluation's extractor (flip-sum, its own batching and normalisation), normalised here.
   info = recognizer.info
-  raw, _ = extract_embeddings(recognizer.model.apply, crops, batch_size=4, mean=info.mean,
-                              std=info.std)
+  raw, _ = extract_embeddings(
+    recognizer.model.apply, crops, batch_size=4, mean=info.mean, std=info.std
+  )
   expected = raw / np.linalg.norm(raw.astype(np.float64), axis=1, keepdims=True)
   np.testing.assert_allclose(batch, expected, atol=1e-5)
 
@@ -101,8 +116,7 @@ def test_exported_model_embeds_like_its_workdir(recognizer, face_model):
   assert exported.model.kind == 'export'
   assert exported.info == dataclasses.replace(recognizer.info, detect_faces=True)
   crops = render_identity(PEOPLE_SEED + 1, 3, 16, image_seed=4)
-  np.testing.assert_allclose(exported.embed(list(crops)), recognizer.embed(list(crops)),
-                             atol=1e-5)
+  np.testing.assert_allclose(exported.embed(list(crops)), recognizer.embed(list(crops)), atol=1e-5)
   # An export has no held-out people: verify says what to pass instead of guessing.
   with pytest.raises(CalibrationError, match='--threshold'):
     exported.verify(crops[0], crops[1], aligned=True)
@@ -111,6 +125,7 @@ def test_exported_model_embeds_like_its_workdir(recognizer, face_model):
 
 def _variables(run):
   from arcface_jax import inference, parallel
+
   return inference.load_embedder(run, mesh=parallel.make_mesh(1)).variables
 
 
@@ -147,8 +162,12 @@ def test_impostor_scores_are_every_pair_of_different_people():
   rng = np.random.default_rng(1)
   embeddings = rng.normal(size=(7, 4))
   identities = np.array(['a', 'a', 'b', 'c', 'c', 'c', 'd'])
-  expected = sorted(float(np.dot(embeddings[i], embeddings[j])) for i in range(7)
-                    for j in range(i + 1, 7) if identities[i] != identities[j])
+  expected = sorted(
+    float(np.dot(embeddings[i], embeddings[j]))
+    for i in range(7)
+    for j in range(i + 1, 7)
+    if identities[i] != identities[j]
+  )
   got = sorted(thresholds.impostor_scores(embeddings, identities))
   np.testing.assert_allclose(got, expected)
 
@@ -164,17 +183,21 @@ def test_heldout_calibration_is_cached_per_checkpoint(run, recognizer):
   np.testing.assert_array_equal(again.embeddings, calibration.embeddings)
   assert os.path.getmtime(path) == stamp  # read, not recomputed
   verify = recognizer.verify_threshold()
-  impostors = [float(a @ b) for i, a in enumerate(calibration.embeddings)
-               for j, b in enumerate(calibration.embeddings)
-               if j > i and calibration.identities[i] != calibration.identities[j]]
+  impostors = [
+    float(a @ b)
+    for i, a in enumerate(calibration.embeddings)
+    for j, b in enumerate(calibration.embeddings)
+    if j > i and calibration.identities[i] != calibration.identities[j]
+  ]
   assert verify.kind == 'FAR' and verify.samples == len(impostors)
   assert np.mean(np.array(impostors) > verify.value) <= thresholds.DEFAULT_FAR
 
 
 def test_fpir_threshold_rises_as_the_gallery_grows(recognizer, people, strangers):
   calibration = str(strangers)  # 40 photos of 10 strangers; FPIR 0.1 → the 5th highest
-  small = Gallery.enroll(recognizer, {'person_0': [str(people / 'person_0' / '0.png')]},
-                         calibrate=calibration, fpir=0.1)
+  small = Gallery.enroll(
+    recognizer, {'person_0': [str(people / 'person_0' / '0.png')]}, calibrate=calibration, fpir=0.1
+  )
   large = Gallery.enroll(recognizer, str(people), calibrate=calibration, fpir=0.1)
   assert small.threshold.source == calibration and small.threshold.samples == 40
   assert large.threshold.value > small.threshold.value
@@ -191,17 +214,19 @@ def test_fpir_threshold_rises_as_the_gallery_grows(recognizer, people, strangers
   assert small.threshold.value == pytest.approx(large.threshold.value, abs=1e-6)
 
 
-def test_strangers_are_unknown_and_enrolled_photos_are_named(recognizer, people, strangers,
-                                                             gallery):
+def test_strangers_are_unknown_and_enrolled_photos_are_named(
+  recognizer, people, strangers, gallery
+):
   assert gallery.threshold.kind == 'FPIR' and 'held-out' in gallery.threshold.source
   answers = [recognizer.identify(str(p), gallery)[0] for p in sorted(strangers.rglob('*.png'))]
   unknown = sum(a.name == 'unknown' for a in answers)
   assert unknown >= 0.9 * len(answers)
   assert all(a.threshold is gallery.threshold for a in answers)
-  single = Gallery.enroll(recognizer, {f'p{k}': [str(people / f'person_{k}' / '0.png')]
-                                       for k in range(6)})
+  single = Gallery.enroll(
+    recognizer, {f'p{k}': [str(people / f'person_{k}' / '0.png')] for k in range(6)}
+  )
   for k in range(6):
-    answer, = recognizer.identify(str(people / f'person_{k}' / '0.png'), single)
+    (answer,) = recognizer.identify(str(people / f'person_{k}' / '0.png'), single)
     assert answer.name == f'p{k}' and answer.score == pytest.approx(1.0, abs=1e-5)
     assert answer.runner_up != answer.name and answer.runner_up_score < answer.score
 
@@ -235,7 +260,7 @@ def test_damaged_gallery_files(gallery, tmp_path):
   good = str(tmp_path / 'good.gallery')
   gallery.save(good)
   data = open(good, 'rb').read()
-  (tmp_path / 'cut.gallery').write_bytes(data[:len(data) // 2])
+  (tmp_path / 'cut.gallery').write_bytes(data[: len(data) // 2])
   (tmp_path / 'text.gallery').write_text('names: alice, bob')
   with pytest.raises(GalleryError, match='cut.gallery.*damaged'):
     Gallery.load(str(tmp_path / 'cut.gallery'))
@@ -255,9 +280,15 @@ def test_empty_gallery_is_an_error(recognizer, tmp_path):
   (tmp_path / 'alice' / 'broken.jpg').write_bytes(b'\xff\xd8\xff garbage')
   with pytest.raises(GalleryError, match='no face could be enrolled.*1 photos skipped'):
     Gallery.enroll(recognizer, str(tmp_path))
-  empty = Gallery(names=[], embeddings=np.zeros((0, 32), np.float32),
-                  labels=np.zeros((0,), np.int32), photos=[], model_name='m', embedding_dim=32,
-                  fingerprint='f')
+  empty = Gallery(
+    names=[],
+    embeddings=np.zeros((0, 32), np.float32),
+    labels=np.zeros((0,), np.int32),
+    photos=[],
+    model_name='m',
+    embedding_dim=32,
+    fingerprint='f',
+  )
   with pytest.raises(GalleryError, match='empty'):
     empty.save(str(tmp_path / 'empty.gallery'))
 
@@ -275,15 +306,16 @@ def test_cli_detect_aligned_writes_the_training_layout(capsys, people, tmp_path)
   (people / 'person_0' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
   (people / 'person_0' / 'notes.txt').write_text('not a photo')
   try:
-    code, out, err = _cli(capsys, 'detect', people, '--aligned', '--json', '--out',
-                          tmp_path / 'crops')
+    code, out, err = _cli(
+      capsys, 'detect', people, '--aligned', '--json', '--out', tmp_path / 'crops'
+    )
   finally:
     os.remove(people / 'person_0' / 'corrupt.png')
     os.remove(people / 'person_0' / 'notes.txt')
   assert code == 0
   results = json.loads(out)
   assert len(results) == 18
-  face, = results[0]['faces']
+  (face,) = results[0]['faces']
   assert set(face) == {'box', 'score', 'landmarks'} and len(face['box']) == 4
   assert np.array(face['landmarks']).shape == (5, 2)
   assert sorted(os.listdir(tmp_path / 'crops')) == [f'person_{k}' for k in range(6)]
@@ -300,36 +332,74 @@ def test_cli_detect_nothing_readable_exits_1(capsys, tmp_path):
 
 def test_cli_enroll_identify_verify_grid(capsys, run, people, strangers, tmp_path):
   gallery_path = tmp_path / 'people.gallery'
-  code, _, err = _cli(capsys, 'enroll', '--model', run, '--photos', people, '--out',
-                      gallery_path, '--calibrate', strangers)
+  code, _, err = _cli(
+    capsys,
+    'enroll',
+    '--model',
+    run,
+    '--photos',
+    people,
+    '--out',
+    gallery_path,
+    '--calibrate',
+    strangers,
+  )
   assert code == 0 and gallery_path.exists() and '18 photos enrolled (6 people)' in err
   assert 'FPIR 0.01' in err
-  code, out, _ = _cli(capsys, 'identify', '--model', run, '--gallery', gallery_path, '--json',
-                      people / 'person_1', strangers / 'stranger_0' / '0.png')
+  code, out, _ = _cli(
+    capsys,
+    'identify',
+    '--model',
+    run,
+    '--gallery',
+    gallery_path,
+    '--json',
+    people / 'person_1',
+    strangers / 'stranger_0' / '0.png',
+  )
   assert code == 0
   results = json.loads(out)
   assert [r['photo'] for r in results][-1].endswith('0.png') and len(results) == 4
-  face, = results[0]['faces']
+  (face,) = results[0]['faces']
   assert {'box', 'name', 'score', 'runner_up', 'threshold', 'fpir'} <= set(face)
   assert face['fpir'] == 0.01 and len(face['box']) == 4
   assert results[-1]['faces'][0]['name'] == 'unknown'
-  code, out, _ = _cli(capsys, 'identify', '--model', run, '--gallery', gallery_path, '--json',
-                      '--threshold', '-1', people / 'person_1' / '0.png')
+  code, out, _ = _cli(
+    capsys,
+    'identify',
+    '--model',
+    run,
+    '--gallery',
+    gallery_path,
+    '--json',
+    '--threshold',
+    '-1',
+    people / 'person_1' / '0.png',
+  )
   assert json.loads(out)[0]['faces'][0]['name'] == 'person_1'  # a given threshold is used
-  code, out, err = _cli(capsys, 'verify', '--model', run, '--json',
-                        people / 'person_2' / '0.png', people / 'person_2' / '0.png')
+  code, out, err = _cli(
+    capsys,
+    'verify',
+    '--model',
+    run,
+    '--json',
+    people / 'person_2' / '0.png',
+    people / 'person_2' / '0.png',
+  )
   answer = json.loads(out)
   assert code == 0 and answer['same'] is True and answer['score'] == pytest.approx(1, abs=1e-5)
   assert isinstance(answer['threshold'], float) and answer['far'] == 0.001 and 'FAR' in err
-  code, _, err = _cli(capsys, 'grid', '--model', run, '--photos', people, '--out',
-                      tmp_path / 'grid.png')
+  code, _, err = _cli(
+    capsys, 'grid', '--model', run, '--photos', people, '--out', tmp_path / 'grid.png'
+  )
   assert code == 0 and cv2.imread(str(tmp_path / 'grid.png')) is not None
   assert 'accuracy' in err and '/18 photos of 6 people' in err
 
 
 def test_cli_errors_are_one_line(capsys, run, gallery, tmp_path):
-  code, _, err = _cli(capsys, 'identify', '--model', tmp_path / 'nowhere', '--gallery',
-                      tmp_path / 'g', 'x.png')
+  code, _, err = _cli(
+    capsys, 'identify', '--model', tmp_path / 'nowhere', '--gallery', tmp_path / 'g', 'x.png'
+  )
   assert code == 2 and 'no such gallery file' in err and len(err.strip().splitlines()) == 1
   assert 'Traceback' not in err
   code, _, err = _cli(capsys, 'verify', '--model', tmp_path / 'nowhere', 'a.png', 'b.png')
@@ -350,8 +420,13 @@ def test_cli_errors_are_one_line(capsys, run, gallery, tmp_path):
 
 
 def test_cli_usage_error_in_a_fresh_process():
-  result = subprocess.run([sys.executable, '-m', 'arcface_jax.faces', 'enroll', '--model', 'x'],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  result = subprocess.run(
+    [sys.executable, '-m', 'arcface_jax.faces', 'enroll', '--model', 'x'],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+  )
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
   assert '--photos' in result.stderr and 'Traceback' not in result.stderr
 
@@ -370,15 +445,17 @@ def test_cli_help_says_what_and_shows_an_example(capsys, name):
 
 def test_detect_real_photos_and_no_face(face_model):
   from face_photos import astronaut
+
   from arcface_jax.data.align import align_face
+
   recognizer = FaceRecognizer.load(face_model)
   photo = astronaut()
-  face, = recognizer.detect(photo)
+  (face,) = recognizer.detect(photo)
   assert face.score > 0.99 and face.crop.shape == (16, 16, 3)
   np.testing.assert_array_equal(face.crop, align_face(photo, face.landmarks, 16))
   x1, y1, x2, y2 = face.box  # Eileen Collins' face, upper middle of the portrait
   assert 150 < x1 < x2 < 300 and 40 < y1 < y2 < 200
-  grey, = recognizer.detect(photo.mean(axis=2).astype(np.uint8))  # (H, W) greyscale array
+  (grey,) = recognizer.detect(photo.mean(axis=2).astype(np.uint8))  # (H, W) greyscale array
   np.testing.assert_allclose(grey.box, face.box, atol=6)
   assert recognizer.detect(np.full((300, 200, 3), 127, np.uint8)) == []
   with pytest.raises(NoFaceError, match=r'array\[1\]: no face found'):
@@ -386,12 +463,14 @@ def test_detect_real_photos_and_no_face(face_model):
   itself = recognizer.verify(photo, photo, threshold=0.5)
   assert itself.same and itself.score == pytest.approx(1.0, abs=1e-5)
   from face_photos import group
+
   several = recognizer.verify(photo, group(), threshold=0.5)  # the group's largest face is used
   assert several.faces[1].area == max(f.area for f in recognizer.detect(group()))
 
 
 def test_identify_every_face_of_a_group_photo(face_model, tmp_path):
   from face_photos import astronaut, grace_hopper, group, group_regions
+
   recognizer = FaceRecognizer.load(face_model)
   gallery = Gallery.enroll(recognizer, {'eileen': [astronaut()], 'grace': [grace_hopper()]})
   assert gallery.threshold is None  # an export without --calibrate: no "unknown" threshold
@@ -404,13 +483,19 @@ def test_identify_every_face_of_a_group_photo(face_model, tmp_path):
     assert {answer.name, answer.runner_up} == {'eileen', 'grace'}
     x1, y1, x2, y2 = answer.box
     centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-    assert sum(l <= centre[0] <= r and t <= centre[1] <= b
-               for l, t, r, b in group_regions()) == 1
+    assert (
+      sum(
+        left <= centre[0] <= right and top <= centre[1] <= bottom
+        for left, top, right, bottom in group_regions()
+      )
+      == 1
+    )
 
 
 def test_cli_detect_real_photos_exif_and_layout(capsys, tmp_path):
   from face_photos import astronaut, iou
   from PIL import Image
+
   raw = tmp_path / 'raw'
   (raw / 'eileen').mkdir(parents=True)
   photo = astronaut()
@@ -433,6 +518,7 @@ def test_cli_detect_real_photos_exif_and_layout(capsys, tmp_path):
 def test_cli_verify_and_identify_with_detection(capsys, face_model, tmp_path):
   from face_photos import astronaut, grace_hopper
   from PIL import Image
+
   (tmp_path / 'people' / 'eileen').mkdir(parents=True)
   (tmp_path / 'people' / 'grace').mkdir()
   Image.fromarray(astronaut()).save(tmp_path / 'people' / 'eileen' / 'a.png')
@@ -440,13 +526,30 @@ def test_cli_verify_and_identify_with_detection(capsys, face_model, tmp_path):
   a, g = tmp_path / 'people' / 'eileen' / 'a.png', tmp_path / 'people' / 'grace' / 'g.jpg'
   code, _, err = _cli(capsys, 'verify', '--model', face_model, a, g)
   assert code == 2 and '--threshold' in err and len(err.strip().splitlines()) <= 4
-  code, out, _ = _cli(capsys, 'verify', '--model', face_model, '--json', '--threshold', '0.5', a,
-                      a)
+  code, out, _ = _cli(capsys, 'verify', '--model', face_model, '--json', '--threshold', '0.5', a, a)
   assert code == 0 and json.loads(out)['same'] is True
-  code, _, err = _cli(capsys, 'enroll', '--model', face_model, '--photos', tmp_path / 'people',
-                      '--out', tmp_path / 'two.gallery')
+  code, _, err = _cli(
+    capsys,
+    'enroll',
+    '--model',
+    face_model,
+    '--photos',
+    tmp_path / 'people',
+    '--out',
+    tmp_path / 'two.gallery',
+  )
   assert code == 0 and 'identify will need --threshold' in err
-  code, out, _ = _cli(capsys, 'identify', '--model', face_model, '--gallery',
-                      tmp_path / 'two.gallery', '--threshold', '0.5', '--json', a)
-  face, = json.loads(out)[0]['faces']
+  code, out, _ = _cli(
+    capsys,
+    'identify',
+    '--model',
+    face_model,
+    '--gallery',
+    tmp_path / 'two.gallery',
+    '--threshold',
+    '0.5',
+    '--json',
+    a,
+  )
+  (face,) = json.loads(out)[0]['faces']
   assert face['name'] == 'eileen' and face['score'] == pytest.approx(1.0, abs=1e-4)

@@ -1,4 +1,5 @@
 """The faces commands' persistent compilation cache and their one line before a compile."""
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,8 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
   monkeypatch.delenv('XDG_CACHE_HOME')
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   assert compilation.default_cache_dir() == str(
-      tmp_path / 'home' / '.cache' / 'arcface_jax' / 'jax_cache')
+    tmp_path / 'home' / '.cache' / 'arcface_jax' / 'jax_cache'
+  )
   monkeypatch.setenv(compilation.CACHE_DIR_ENV, str(tmp_path / 'mine'))
   assert compilation.default_cache_dir() == str(tmp_path / 'mine')
 
@@ -25,6 +27,7 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_a_cache_chosen_by_the_user_is_kept():
   # tests/conftest.py chose one through JAX_COMPILATION_CACHE_DIR before JAX started.
   import jax  # pylint: disable=import-outside-toplevel
+
   chosen = os.environ['JAX_COMPILATION_CACHE_DIR']
   assert compilation.enable_persistent_cache() == chosen
   assert jax.config.jax_compilation_cache_dir in (None, chosen)
@@ -42,11 +45,20 @@ def test_cache_is_on_by_default_off_by_environment_and_fills_on_compile(tmp_path
       print(compilation.enable_persistent_cache())
       jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(7)).block_until_ready()
   ''')
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT_CACHE', 'ARCFACE_JAX'))}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT_CACHE', 'ARCFACE_JAX'))
+  }
   env['XDG_CACHE_HOME'] = str(tmp_path)
-  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+  result = subprocess.run(
+    [sys.executable, '-c', script],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   cache = tmp_path / 'arcface_jax' / 'jax_cache'
   assert result.stdout.strip() == str(cache)

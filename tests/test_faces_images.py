@@ -1,4 +1,5 @@
 """faces.images.load_image and list_photos on real files of every awkward kind, written here."""
+
 from __future__ import annotations
 
 import os
@@ -16,18 +17,21 @@ ORIENTATION = 0x0112  # the EXIF tag
 def _pattern(height=40, width=64):
   """An asymmetric RGB image of flat blocks (survives JPEG almost unchanged)."""
   image = np.zeros((height, width, 3), np.uint8)
-  image[:height // 2, :width // 4] = (255, 0, 0)
-  image[height // 2:, width // 2:] = (0, 0, 255)
-  image[:height // 4, width // 2:] = (0, 255, 0)
+  image[: height // 2, : width // 4] = (255, 0, 0)
+  image[height // 2 :, width // 2 :] = (0, 0, 255)
+  image[: height // 4, width // 2 :] = (0, 255, 0)
   return image
 
 
-@pytest.mark.parametrize('orientation, upright', [
-    (3, lambda a: np.rot90(a, 2)),   # stored upside down
+@pytest.mark.parametrize(
+  'orientation, upright',
+  [
+    (3, lambda a: np.rot90(a, 2)),  # stored upside down
     (6, lambda a: np.rot90(a, -1)),  # stored needing a 90° clockwise turn
-    (8, lambda a: np.rot90(a, 1)),   # 90° counter-clockwise
-    (2, lambda a: a[:, ::-1]),       # mirrored
-])
+    (8, lambda a: np.rot90(a, 1)),  # 90° counter-clockwise
+    (2, lambda a: a[:, ::-1]),  # mirrored
+  ],
+)
 def test_exif_orientation_is_applied(tmp_path, orientation, upright):
   stored = _pattern()
   exif = Image.Exif()
@@ -43,8 +47,9 @@ def test_exif_orientation_is_applied(tmp_path, orientation, upright):
 def test_grey_rgba_16bit_and_palette_files(tmp_path):
   grey = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
   cv2.imwrite(str(tmp_path / 'grey.png'), grey)
-  np.testing.assert_array_equal(load_image(str(tmp_path / 'grey.png')),
-                                np.repeat(grey[..., None], 3, axis=2))
+  np.testing.assert_array_equal(
+    load_image(str(tmp_path / 'grey.png')), np.repeat(grey[..., None], 3, axis=2)
+  )
 
   rgba = np.zeros((4, 4, 4), np.uint8)
   rgba[..., 0] = 200
@@ -85,11 +90,15 @@ def test_bad_files_are_errors_naming_them(tmp_path):
   good = tmp_path / 'good.jpg'
   Image.fromarray(_pattern(200, 300)).save(good, quality=90)
   data = good.read_bytes()
-  (tmp_path / 'truncated.jpg').write_bytes(data[:len(data) // 3])
+  (tmp_path / 'truncated.jpg').write_bytes(data[: len(data) // 3])
   (tmp_path / 'notes.jpg').write_text('this is text, not a photo')
   (tmp_path / 'empty.png').write_bytes(b'')
-  for name, reason in [('truncated.jpg', 'corrupt'), ('notes.jpg', 'not an image'),
-                       ('empty.png', 'not an image'), ('missing.png', 'no such file')]:
+  for name, reason in [
+    ('truncated.jpg', 'corrupt'),
+    ('notes.jpg', 'not an image'),
+    ('empty.png', 'not an image'),
+    ('missing.png', 'no such file'),
+  ]:
     with pytest.raises(ImageError, match=f'{name}: {reason}'):
       load_image(str(tmp_path / name))
   with pytest.raises(ImageError, match='is a folder'):
@@ -109,14 +118,26 @@ def test_very_large_photos(tmp_path, monkeypatch):
 
 
 def test_list_photos_recursive_skips_hidden_and_counts_other_files(tmp_path):
-  for relative in ['alice/1.jpg', 'alice/trip/2.PNG', 'bob/3.jpeg', '.hidden/4.jpg',
-                   'bob/.5.jpg', 'bob/readme.txt', 'top.bmp']:
+  for relative in [
+    'alice/1.jpg',
+    'alice/trip/2.PNG',
+    'bob/3.jpeg',
+    '.hidden/4.jpg',
+    'bob/.5.jpg',
+    'bob/readme.txt',
+    'top.bmp',
+  ]:
     os.makedirs(tmp_path / os.path.dirname(relative), exist_ok=True)
     (tmp_path / relative).write_bytes(b'x')
   listing = list_photos([str(tmp_path), str(tmp_path / 'bob' / 'readme.txt')])
   found = [(os.path.relpath(p, tmp_path), r) for p, r in listing.photos]
-  assert found == [('top.bmp', ''), ('alice/1.jpg', 'alice'), ('alice/trip/2.PNG', 'alice/trip'),
-                   ('bob/3.jpeg', 'bob'), ('bob/readme.txt', '')]
+  assert found == [
+    ('top.bmp', ''),
+    ('alice/1.jpg', 'alice'),
+    ('alice/trip/2.PNG', 'alice/trip'),
+    ('bob/3.jpeg', 'bob'),
+    ('bob/readme.txt', ''),
+  ]
   assert listing.not_photos == [str(tmp_path / 'bob' / 'readme.txt')]
   with pytest.raises(ImageError, match='nowhere: no such file or folder'):
     list_photos([str(tmp_path / 'nowhere')])

@@ -1,4 +1,5 @@
 """Folder-per-identity source: reading, skipped entries, deterministic disjoint splits."""
+
 import os
 
 import cv2
@@ -36,8 +37,7 @@ def test_reads_rgb_with_labels_and_skips_what_is_not_an_image(tmp_path, caplog):
   ds = folder.FolderDataset(str(tmp_path), split='all')
   assert len(ds) == 5 and ds.num_classes == 2 and ds.identities == ['id00', 'id01']
   assert ds.num_skipped_files == 3 and ds.num_empty_identities == 2
-  assert sorted(os.path.basename(p) for p in ds.skipped_files) == ['a.csv', 'nested',
-                                                                   'readme.txt']
+  assert sorted(os.path.basename(p) for p in ds.skipped_files) == ['a.csv', 'nested', 'readme.txt']
   assert 'skipped 3 non-image entries' in caplog.text
   for i, path in enumerate(ds.paths):
     image, label = ds[i]
@@ -71,12 +71,14 @@ def test_bad_files_and_bad_roots(tmp_path):
 def test_identity_split_is_deterministic_disjoint_and_dense(tmp_path):
   _tree(tmp_path, [2] * 20)
   kwargs = dict(split_by='identity', val_fraction=0.2, test_fraction=0.1, seed=3)
-  splits = {s: folder.FolderDataset(str(tmp_path), split=s, **kwargs)
-            for s in ('train', 'val', 'test')}
+  splits = {
+    s: folder.FolderDataset(str(tmp_path), split=s, **kwargs) for s in ('train', 'val', 'test')
+  }
   names = {s: set(ds.identities) for s, ds in splits.items()}
   assert [len(names[s]) for s in ('train', 'val', 'test')] == [14, 4, 2]
-  assert not (names['train'] & names['val'] or names['train'] & names['test']
-              or names['val'] & names['test'])
+  assert not (
+    names['train'] & names['val'] or names['train'] & names['test'] or names['val'] & names['test']
+  )
   assert set.union(*names.values()) == {f'id{i:02d}' for i in range(20)}
   for ds in splits.values():  # labels 0..K−1 within each split, in name order
     assert ds.identities == sorted(ds.identities)
@@ -93,11 +95,13 @@ def test_image_split_is_disjoint_and_keeps_every_identity_in_train(tmp_path):
   sizes = [1, 2, 3, 5, 8, 13, 10, 10, 10, 10]
   _tree(tmp_path, sizes)
   kwargs = dict(split_by='image', val_fraction=0.2, test_fraction=0.2, seed=0)
-  splits = {s: folder.FolderDataset(str(tmp_path), split=s, **kwargs)
-            for s in ('train', 'val', 'test')}
+  splits = {
+    s: folder.FolderDataset(str(tmp_path), split=s, **kwargs) for s in ('train', 'val', 'test')
+  }
   paths = {s: set(ds.paths) for s, ds in splits.items()}
-  assert not (paths['train'] & paths['val'] or paths['train'] & paths['test']
-              or paths['val'] & paths['test'])
+  assert not (
+    paths['train'] & paths['val'] or paths['train'] & paths['test'] or paths['val'] & paths['test']
+  )
   assert sum(len(p) for p in paths.values()) == sum(sizes)
   assert set(splits['train'].labels.tolist()) == set(range(10))  # closed set: all in train
   assert all(ds.num_classes == 10 for ds in splits.values())
@@ -106,8 +110,7 @@ def test_image_split_is_disjoint_and_keeps_every_identity_in_train(tmp_path):
   for ds in splits.values():  # one label space: label ↔ folder is the same in every split
     for path, label in zip(ds.paths, ds.labels):
       assert os.path.basename(os.path.dirname(path)) == f'id{label:02d}'
-  assert folder.FolderDataset(str(tmp_path), split='test', **kwargs).paths == \
-      splits['test'].paths
+  assert folder.FolderDataset(str(tmp_path), split='test', **kwargs).paths == splits['test'].paths
 
 
 def test_splits_are_stable_when_an_identity_is_added(tmp_path):
@@ -150,8 +153,8 @@ def test_non_square_photos_are_centre_cropped_not_stretched(tmp_path, caplog):
 
 def test_center_crop_square_keeps_squares_and_the_centre():
   from arcface_jax.data.decode import center_crop_square
+
   square = np.arange(16).reshape(4, 4)
   assert center_crop_square(square) is square
-  np.testing.assert_array_equal(center_crop_square(np.arange(12).reshape(2, 6)),
-                                [[2, 3], [8, 9]])
+  np.testing.assert_array_equal(center_crop_square(np.arange(12).reshape(2, 6)), [[2, 3], [8, 9]])
   np.testing.assert_array_equal(center_crop_square(np.arange(12).reshape(6, 2)), [[4, 5], [6, 7]])

@@ -1,4 +1,5 @@
 """Closed-set rank-k and open-set DIR@FAR on constructed galleries with known answers."""
+
 import cv2
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ def test_closed_set_ranks_by_hand():
   #   at 350 labelled id 3: 180 is 170 deg away, the farthest of the six: rank 6.
   gallery = _unit(np.arange(6) * 60)
   probes = _unit([0, 65, 100, 350])
-  result = identification.evaluate_identification(gallery, np.arange(6), probes, [0, 1, 3, 3],
-                                                  ranks=(1, 3, 5, 6))
+  result = identification.evaluate_identification(
+    gallery, np.arange(6), probes, [0, 1, 3, 3], ranks=(1, 3, 5, 6)
+  )
   assert result['rank1'] == 0.5 and result['rank3'] == 0.75 and result['rank5'] == 0.75
   assert result['rank6'] == 1.0
   assert result['num_mated'] == 4 and result['num_nonmated'] == 0 and 'dir_at_far' not in result
@@ -41,8 +43,18 @@ def test_open_set_dir_at_far_by_hand():
     return [x, y, np.sqrt(1 - x * x - y * y)]
 
   gallery = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-  probes = np.array([probe(0.9, 0), probe(0.5, 0), probe(0.2, 0), probe(0.1, 0),
-                     probe(0.95, 0), probe(0.7, 0), probe(0, 0.99), probe(0.75, 0.6)])
+  probes = np.array(
+    [
+      probe(0.9, 0),
+      probe(0.5, 0),
+      probe(0.2, 0),
+      probe(0.1, 0),
+      probe(0.95, 0),
+      probe(0.7, 0),
+      probe(0, 0.99),
+      probe(0.75, 0.6),
+    ]
+  )
   labels = [9, 9, 9, 9, 0, 0, 1, 1]
   scores, true, _ = identification.score_probes(gallery, [0, 1], probes, labels)
   np.testing.assert_array_equal(true, [-1, -1, -1, -1, 0, 0, 1, 1])

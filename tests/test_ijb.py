@@ -1,4 +1,5 @@
 """IJB-B/C 1:1 metrics on a tiny template set computed by hand, and the file layout end to end."""
+
 import json
 import os
 import sys
@@ -55,8 +56,10 @@ def test_roc_curve_steps_through_distinct_scores():
 def _write_layout(root, colours, templates, medias, det_scores, pairs):
   os.makedirs(os.path.join(root, 'meta'))
   os.makedirs(os.path.join(root, 'loose_crop'))
-  with open(os.path.join(root, 'meta', 'ijbc_face_tid_mid.txt'), 'w') as faces, \
-      open(os.path.join(root, 'meta', 'ijbc_name_5pts_score.txt'), 'w') as points:
+  with (
+    open(os.path.join(root, 'meta', 'ijbc_face_tid_mid.txt'), 'w') as faces,
+    open(os.path.join(root, 'meta', 'ijbc_name_5pts_score.txt'), 'w') as points,
+  ):
     for i, (colour, t, m, s) in enumerate(zip(colours, templates, medias, det_scores)):
       name = f'{i + 1}.jpg'
       # PNG bytes under a .jpg name: OpenCV sniffs the format, and PNG keeps colours exact.
@@ -86,8 +89,9 @@ def test_layout_end_to_end_with_detector_scores(tmp_path, monkeypatch):
   _write_layout(root, colours, TEMPLATES, MEDIAS, [1.0, 1.0, 0.5, 1.0, 1.0], pairs)
   embed = lambda images: images[..., :2].reshape(len(images), -1, 2).mean(1) / 50.0
   out = str(tmp_path / 'out')
-  result = ijb.evaluate_ijb(embed, root, 'IJBC', out_dir=out, image_size=16, chunk=2,
-                            fars=(0.5, 1.0))
+  result = ijb.evaluate_ijb(
+    embed, root, 'IJBC', out_dir=out, image_size=16, chunk=2, fars=(0.5, 1.0)
+  )
   assert calls == [(5, 2)] * 5
   # The detector score halves (0, 3): template 1 = (1, 1) + (0, 1.5) = (1, 2.5).
   t1 = np.array([1, 2.5]) / np.linalg.norm([1, 2.5])

@@ -14,6 +14,7 @@ import is still a dependency, only a later one); imports under `if TYPE_CHECKING
 Each failure names the chain of imports with file and line, so the offending line is one click
 away. The checker runs on a tiny planted package too, to show that each rule can fail.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,20 +22,19 @@ import dataclasses
 import os
 import textwrap
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('arcface_jax', 'analysis')
 
 TRAINING_LOOP = ('arcface_jax.trainer', 'arcface_jax.train_step')
 # Modules that train runs, and so may import the training loop.
 TRAINING = (
-    'arcface_jax.train',  # the `train` command
-    'arcface_jax.trainer',  # the loop: train_and_evaluate(config, workdir)
-    'arcface_jax.train_step',  # the jitted step
-    'arcface_jax.search',  # hyper-parameter search: trains one run per cell
-    'arcface_jax.demo',  # `make demo`: trains the synthetic recipe, then evaluates it
-    'analysis.toy_figures',  # `make figures`: trains the digits toy once per loss
-    'analysis.loss_table',  # trains one run per loss and seed for the comparison table
+  'arcface_jax.train',  # the `train` command
+  'arcface_jax.trainer',  # the loop: train_and_evaluate(config, workdir)
+  'arcface_jax.train_step',  # the jitted step
+  'arcface_jax.search',  # hyper-parameter search: trains one run per cell
+  'arcface_jax.demo',  # `make demo`: trains the synthetic recipe, then evaluates it
+  'analysis.toy_figures',  # `make figures`: trains the digits toy once per loss
+  'analysis.loss_table',  # trains one run per loss and seed for the comparison table
 )
 CHECKPOINT_LAYOUT = ('arcface_jax.checkpointing', 'arcface_jax.checkpoint_integrity')
 
@@ -76,8 +76,9 @@ def _resolve(name: str, modules: dict[str, str]) -> str | None:
 def _is_type_checking(node: ast.AST) -> bool:
   test = getattr(node, 'test', None)
   return isinstance(node, ast.If) and (
-      (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING')
-      or (isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING'))
+    (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING')
+    or (isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING')
+  )
 
 
 def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
@@ -109,11 +110,13 @@ def imports(root: str, packages: tuple[str, ...]) -> list[Import]:
         base = node.module or ''
         if node.level:  # relative: from the package of `source`
           package = source.split('.')
-          package = package[:len(package) - node.level + (1 if is_package else 0)]
+          package = package[: len(package) - node.level + (1 if is_package else 0)]
           base = '.'.join(package + ([base] if base else []))
         # `from pkg import sub` imports the submodule when there is one, else pkg itself.
-        names = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in modules else base
-                 for alias in node.names]
+        names = [
+          f'{base}.{alias.name}' if f'{base}.{alias.name}' in modules else base
+          for alias in node.names
+        ]
       for name in names:
         target = _resolve(name, modules)
         if target is not None and target != source:
@@ -154,8 +157,9 @@ def cycles(edges: list[Import], package: str) -> list[list[Import]]:
   return found
 
 
-def violations(root: str, packages: tuple[str, ...] = PACKAGES, *,
-               training: tuple[str, ...] = TRAINING) -> list[str]:
+def violations(
+  root: str, packages: tuple[str, ...] = PACKAGES, *, training: tuple[str, ...] = TRAINING
+) -> list[str]:
   """Every broken rule, each as one message naming the chain of imports."""
   edges = imports(root, packages)
   problems = []
@@ -164,14 +168,17 @@ def violations(root: str, packages: tuple[str, ...] = PACKAGES, *,
     problems.append(f'import cycle {chain}:\n    ' + '\n    '.join(map(str, cycle)))
   for edge in edges:
     if _within(edge.source, ('arcface_jax',)) and _within(edge.target, ('analysis',)):
-      problems.append(f'arcface_jax imports analysis (analysis is a client of the library): '
-                      f'{edge}')
+      problems.append(f'arcface_jax imports analysis (analysis is a client of the library): {edge}')
     if _within(edge.target, TRAINING_LOOP) and not _within(edge.source, training):
-      problems.append(f'{edge.source} is not training but imports the training loop: {edge}; '
-                      'take models/losses/optim/train_state/inference instead')
+      problems.append(
+        f'{edge.source} is not training but imports the training loop: {edge}; '
+        'take models/losses/optim/train_state/inference instead'
+      )
     if _within(edge.source, ('analysis',)) and _within(edge.target, CHECKPOINT_LAYOUT):
-      problems.append(f'analysis reads the checkpoint layout: {edge}; read runs through '
-                      'arcface_jax.inference and arcface_jax.reporting.read_config')
+      problems.append(
+        f'analysis reads the checkpoint layout: {edge}; read runs through '
+        'arcface_jax.inference and arcface_jax.reporting.read_config'
+      )
   return problems
 
 
@@ -196,7 +203,9 @@ def _write(root, files: dict[str, str]) -> str:
 
 
 def test_a_planted_violation_of_each_rule_fails(tmp_path):
-  root = _write(tmp_path, {
+  root = _write(
+    tmp_path,
+    {
       'arcface_jax/__init__.py': '',
       'arcface_jax/trainer.py': 'from arcface_jax import models\n',
       'arcface_jax/train_step.py': '',
@@ -211,21 +220,30 @@ def test_a_planted_violation_of_each_rule_fails(tmp_path):
       'arcface_jax/checkpointing.py': '',
       'analysis/__init__.py': '',
       'analysis/angles.py': 'from arcface_jax.checkpointing import MODEL_ITEM\n',
-  })
+    },
+  )
   problems = violations(root, training=('arcface_jax.trainer', 'arcface_jax.train_step'))
   text = '\n'.join(problems)
   assert len(problems) == 4, text
-  assert ('import cycle arcface_jax.data.sources -> arcface_jax.data.synthetic -> '
-          'arcface_jax.data.sources') in text
+  assert (
+    'import cycle arcface_jax.data.sources -> arcface_jax.data.synthetic -> '
+    'arcface_jax.data.sources'
+  ) in text
   assert 'arcface_jax/data/synthetic.py:2' in text  # the lazy import's line
-  assert ('arcface_jax.inference is not training but imports the training loop: '
-          'arcface_jax.inference -> arcface_jax.train_step (arcface_jax/inference.py:2)') in text
+  assert (
+    'arcface_jax.inference is not training but imports the training loop: '
+    'arcface_jax.inference -> arcface_jax.train_step (arcface_jax/inference.py:2)'
+  ) in text
   assert 'arcface_jax imports analysis' in text and 'arcface_jax/plots.py:1' in text
-  assert 'analysis reads the checkpoint layout: analysis.angles -> arcface_jax.checkpointing' in text
+  assert (
+    'analysis reads the checkpoint layout: analysis.angles -> arcface_jax.checkpointing' in text
+  )
 
 
 def test_the_planted_package_passes_once_mended(tmp_path):
-  root = _write(tmp_path, {
+  root = _write(
+    tmp_path,
+    {
       'arcface_jax/__init__.py': '',
       'arcface_jax/trainer.py': 'from arcface_jax import train_step\n',
       'arcface_jax/train_step.py': '',
@@ -234,5 +252,6 @@ def test_the_planted_package_passes_once_mended(tmp_path):
       'arcface_jax/data/synthetic.py': 'import os\n',
       'analysis/__init__.py': '',
       'analysis/angles.py': 'from arcface_jax import data\n',
-  })
+    },
+  )
   assert violations(root, training=('arcface_jax.trainer',)) == []

@@ -1,4 +1,5 @@
 """Objectives against float64 NumPy references written here; gradients; toy training; CASIA rows."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,20 @@ from arcface_jax.config_files import load_base, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASIA = os.path.join(REPO, 'configs', 'casia.py')
-CASIA_ROWS = ('softmax', 'norm_softmax', 'sphereface', 'cosface', 'arcface', 'cm1', 'cm2',
-              'triplet', 'arcface_intra', 'arcface_inter', 'arcface_intra_inter',
-              'arcface_triplet')
+CASIA_ROWS = (
+  'softmax',
+  'norm_softmax',
+  'sphereface',
+  'cosface',
+  'arcface',
+  'cm1',
+  'cm2',
+  'triplet',
+  'arcface_intra',
+  'arcface_inter',
+  'arcface_intra_inter',
+  'arcface_triplet',
+)
 
 
 def _loss_config(**overrides):
@@ -36,8 +48,12 @@ def _ref_ce(logits, labels):
 
 def _problem(seed=0, b=6, c=5, d=4):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(b, d)), rng.normal(size=(c, d)), rng.integers(0, c, b),
-          rng.normal(size=(c,)))
+  return (
+    rng.normal(size=(b, d)),
+    rng.normal(size=(c, d)),
+    rng.integers(0, c, b),
+    rng.normal(size=(c,)),
+  )
 
 
 def _ref_semi_hard_triplet(x, labels, margin):
@@ -62,8 +78,7 @@ def test_cross_entropy_skips_rows_without_target():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(5, 7)) * 30
   labels = np.array([3, -1, 0, 6, -1])
-  got = losses.margin_softmax_cross_entropy(jnp.asarray(logits, jnp.float32),
-                                            jnp.asarray(labels))
+  got = losses.margin_softmax_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
   keep = labels >= 0
   np.testing.assert_allclose(float(got), _ref_ce(logits[keep], labels[keep]), rtol=1e-5)
 
@@ -76,8 +91,9 @@ def test_objective_matches_float64_reference(name):
   if name == 'softmax':
     params['bias'] = jnp.asarray(bias, jnp.float32)
   step = 7
-  loss, _, metrics = jax.jit(objective)(params, {}, jnp.asarray(x, jnp.float32),
-                                        jnp.asarray(labels), jnp.int32(step))
+  loss, _, metrics = jax.jit(objective)(
+    params, {}, jnp.asarray(x, jnp.float32), jnp.asarray(labels), jnp.int32(step)
+  )
   cos = _normalize(x) @ _normalize(w).T
   rows = np.arange(len(labels))
   ct = cos[rows, labels]
@@ -102,21 +118,29 @@ def test_objective_matches_float64_reference(name):
   np.testing.assert_allclose(float(loss), _ref_ce(logits, labels), rtol=2e-5)
   negatives = np.where(np.eye(5, dtype=bool)[labels], -np.inf, cos)
   np.testing.assert_allclose(float(metrics['cos_target']), ct.mean(), atol=1e-6)
-  np.testing.assert_allclose(float(metrics['theta_target_deg']),
-                             np.degrees(np.arccos(ct)).mean(), atol=1e-3)
-  np.testing.assert_allclose(float(metrics['cos_hardest_negative']),
-                             negatives.max(1).mean(), atol=1e-6)
+  np.testing.assert_allclose(
+    float(metrics['theta_target_deg']), np.degrees(np.arccos(ct)).mean(), atol=1e-3
+  )
+  np.testing.assert_allclose(
+    float(metrics['cos_hardest_negative']), negatives.max(1).mean(), atol=1e-6
+  )
   assert float(metrics['loss']) == float(loss)
 
 
 def test_intra_inter_triplet_terms_match_float64_reference():
   x, w, labels, _ = _problem(1, b=8, c=4)
   labels = np.array([0, 0, 1, 1, 2, 2, 3, 0])
-  config = _loss_config(name='norm_softmax', intra_weight=0.7, inter_weight=0.3,
-                        triplet_weight=2.0, triplet_margin=0.35)
+  config = _loss_config(
+    name='norm_softmax', intra_weight=0.7, inter_weight=0.3, triplet_weight=2.0, triplet_margin=0.35
+  )
   objective = losses.build_objective(config, num_classes=4, embedding_dim=4)
-  loss, _, metrics = jax.jit(objective)({'weight': jnp.asarray(w, jnp.float32)}, {},
-                               jnp.asarray(x, jnp.float32), jnp.asarray(labels), jnp.int32(0))
+  loss, _, metrics = jax.jit(objective)(
+    {'weight': jnp.asarray(w, jnp.float32)},
+    {},
+    jnp.asarray(x, jnp.float32),
+    jnp.asarray(labels),
+    jnp.int32(0),
+  )
   cos = _normalize(x) @ _normalize(w).T
   rows = np.arange(8)
   intra = np.arccos(cos[rows, labels]).mean() / np.pi
@@ -129,8 +153,9 @@ def test_intra_inter_triplet_terms_match_float64_reference():
   np.testing.assert_allclose(float(metrics['intra_loss']), intra, rtol=1e-5)
   np.testing.assert_allclose(float(metrics['inter_loss']), inter, rtol=1e-5)
   np.testing.assert_allclose(float(metrics['triplet_loss']), triplet, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(float(loss), softmax + 0.7 * intra + 0.3 * inter + 2 * triplet,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(loss), softmax + 0.7 * intra + 0.3 * inter + 2 * triplet, rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -138,7 +163,9 @@ def test_triplet_mining_matches_brute_force(seed):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(12, 3))
   labels = rng.integers(0, 3, 12)
-  got, metrics = jax.jit(losses.triplet_loss, static_argnums=2)(jnp.asarray(x, jnp.float32), jnp.asarray(labels), 0.35)
+  got, metrics = jax.jit(losses.triplet_loss, static_argnums=2)(
+    jnp.asarray(x, jnp.float32), jnp.asarray(labels), 0.35
+  )
   np.testing.assert_allclose(float(got), _ref_semi_hard_triplet(x, labels, 0.35), rtol=1e-4)
   assert np.isfinite(float(metrics['cos_hardest_negative']))
 
@@ -151,9 +178,13 @@ def test_center_loss_value_and_centre_update():
   objective = losses.build_objective(config, num_classes=3, embedding_dim=4)
   params, state = objective.init(jax.random.PRNGKey(0))
   assert state['centres'].shape == (3, 4)
-  _, new_state, metrics = jax.jit(objective)(params, {'centres': jnp.asarray(centres, jnp.float32)},
-                                    jnp.asarray(x, jnp.float32), jnp.asarray(labels),
-                                    jnp.int32(0))
+  _, new_state, metrics = jax.jit(objective)(
+    params,
+    {'centres': jnp.asarray(centres, jnp.float32)},
+    jnp.asarray(x, jnp.float32),
+    jnp.asarray(labels),
+    jnp.int32(0),
+  )
   want = 0.5 * np.mean(np.sum((x - centres[labels]) ** 2, 1))
   np.testing.assert_allclose(float(metrics['center_loss']), want, rtol=1e-5)
   moved = centres.copy()
@@ -164,10 +195,16 @@ def test_center_loss_value_and_centre_update():
   assert np.array_equal(np.asarray(new_state['centres'])[1], centres[1].astype(np.float32))
 
 
-@pytest.mark.parametrize('name,extra', [('arcface', dict(intra_weight=1.0, inter_weight=1.0)),
-                                        ('combined', dict(m1=0.9, m2=0.4, m3=0.15)),
-                                        ('sphereface', {}), ('softmax', {}),
-                                        ('triplet', {})])
+@pytest.mark.parametrize(
+  'name,extra',
+  [
+    ('arcface', dict(intra_weight=1.0, inter_weight=1.0)),
+    ('combined', dict(m1=0.9, m2=0.4, m3=0.15)),
+    ('sphereface', {}),
+    ('softmax', {}),
+    ('triplet', {}),
+  ],
+)
 def test_gradients_match_finite_differences_in_float64(name, extra):
   with jax.enable_x64(True):
     x, w, labels, bias = _problem(3, b=6, c=4, d=3)
@@ -191,7 +228,8 @@ def test_gradients_match_finite_differences_in_float64(name, extra):
           numeric[idx] = (f(params, up) - f(params, down)) / (2 * eps)
         else:
           numeric[idx] = (f(dict(params, weight=up), x) - f(dict(params, weight=down), x)) / (
-              2 * eps)
+            2 * eps
+          )
       np.testing.assert_allclose(np.asarray(grad), numeric, rtol=1e-5, atol=1e-8)
 
 
@@ -221,22 +259,35 @@ def _cluster_data(num_classes=4, per_class=8, dim=8, seed=0):
   return jnp.asarray(points, jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
-TOY = [('softmax', {}), ('norm_softmax', {}), ('sphereface', {}), ('cosface', {}),
-       ('arcface', {}), ('combined', {}), ('combined', dict(m1=0.9, m2=0.4, m3=0.15)),
-       ('triplet', {}), ('arcface', dict(intra_weight=1.0, inter_weight=1.0)),
-       ('arcface', dict(triplet_weight=1.0)), ('arcface', dict(center_weight=0.01))]
+TOY = [
+  ('softmax', {}),
+  ('norm_softmax', {}),
+  ('sphereface', {}),
+  ('cosface', {}),
+  ('arcface', {}),
+  ('combined', {}),
+  ('combined', dict(m1=0.9, m2=0.4, m3=0.15)),
+  ('triplet', {}),
+  ('arcface', dict(intra_weight=1.0, inter_weight=1.0)),
+  ('arcface', dict(triplet_weight=1.0)),
+  ('arcface', dict(center_weight=0.01)),
+]
 
 
 @pytest.mark.parametrize('name,extra', TOY, ids=[n + ','.join(e) for n, e in TOY])
 def test_short_training_lowers_the_loss(name, extra):
   """A trainable linear 'backbone' on Gaussian clusters, 50 jitted Adam steps in one scan."""
   points, labels = _cluster_data()
-  objective = losses.build_objective(_loss_config(name=name, s=16.0 if name != 'sphereface'
-                                                  else None, **extra),
-                                     num_classes=4, embedding_dim=8)
+  objective = losses.build_objective(
+    _loss_config(name=name, s=16.0 if name != 'sphereface' else None, **extra),
+    num_classes=4,
+    embedding_dim=8,
+  )
   head, state = objective.init(jax.random.PRNGKey(1))
-  params = {'backbone': jnp.eye(8) + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (8, 8)),
-            'head': head}
+  params = {
+    'backbone': jnp.eye(8) + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (8, 8)),
+    'head': head,
+  }
   tx = optax.adam(0.05)
 
   def loss_fn(p, s):
@@ -250,6 +301,7 @@ def test_short_training_lowers_the_loss(name, extra):
       (_, (s_new, _)), g = jax.value_and_grad(lambda q: _pack(loss_fn(q, s)), has_aux=True)(p)
       updates, opt = tx.update(g, opt, p)
       return (optax.apply_updates(p, updates), s_new, opt), None
+
     (p, s, _), _ = jax.lax.scan(step, (params, state, tx.init(params)), None, length=50)
     return loss_fn(params, state)[0], loss_fn(p, s)[0]
 
@@ -264,9 +316,11 @@ def _pack(out):
 
 def test_objective_under_sharded_jit_equals_single_device():
   points, labels = _cluster_data(per_class=4)
-  objective = losses.build_objective(_loss_config(name='arcface', intra_weight=1.0,
-                                                  inter_weight=1.0, triplet_weight=1.0),
-                                     num_classes=4, embedding_dim=8)
+  objective = losses.build_objective(
+    _loss_config(name='arcface', intra_weight=1.0, inter_weight=1.0, triplet_weight=1.0),
+    num_classes=4,
+    embedding_dim=8,
+  )
   params, state = objective.init(jax.random.PRNGKey(0))
   f = lambda p, e: objective(p, state, e, labels, jnp.int32(0))[0]
   want = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, points)
@@ -281,7 +335,10 @@ def test_objective_under_sharded_jit_equals_single_device():
 def test_casia_rows_build(row):
   config = load_config(f'{CASIA}:{row}')
   assert (config.model.name, config.train.batch_size, config.train.num_steps) == (
-      'iresnet50', 512, 32_000)
+    'iresnet50',
+    512,
+    32_000,
+  )
   assert tuple(config.train.lr_boundaries) == (20_000, 28_000)
   assert tuple(config.eval.bins) == ('lfw', 'cfp_fp', 'agedb_30')
   objective = losses.build_objective(config.loss, num_classes=10, embedding_dim=8)
@@ -289,9 +346,14 @@ def test_casia_rows_build(row):
   assert ('bias' in params) == (row == 'softmax')
   assert ('weight' in params) == (row != 'triplet')
   assert state == {}
-  expected = {'sphereface': (1.35, 0.0, 0.0), 'cm1': (1.0, 0.3, 0.2), 'cm2': (0.9, 0.4, 0.15),
-              'arcface': (1.0, 0.5, 0.0), 'cosface': (1.0, 0.0, 0.35),
-              'norm_softmax': (1.0, 0.0, 0.0)}
+  expected = {
+    'sphereface': (1.35, 0.0, 0.0),
+    'cm1': (1.0, 0.3, 0.2),
+    'cm2': (0.9, 0.4, 0.15),
+    'arcface': (1.0, 0.5, 0.0),
+    'cosface': (1.0, 0.0, 0.35),
+    'norm_softmax': (1.0, 0.0, 0.0),
+  }
   if row in expected:
     mg = objective.margin
     assert (mg.m1, mg.m2, mg.m3, mg.scale) == expected[row] + (64.0,)
@@ -311,17 +373,23 @@ def test_unknown_loss_name_lists_valid_ones():
     losses.build_objective(_loss_config(name='arcfce'), num_classes=3, embedding_dim=2)
 
 
-@pytest.mark.parametrize('params', [dict(m2=0.5), dict(m1=0.9, m2=0.4, m3=0.15),
-                                    dict(m2=0.5, straight_through=True),
-                                    dict(m2=0.5, easy_margin=True)], ids=str)
+@pytest.mark.parametrize(
+  'params',
+  [
+    dict(m2=0.5),
+    dict(m1=0.9, m2=0.4, m3=0.15),
+    dict(m2=0.5, straight_through=True),
+    dict(m2=0.5, easy_margin=True),
+  ],
+  ids=str,
+)
 def test_fused_margin_cross_entropy_equals_the_composition(params):
   with jax.enable_x64(True):
     cos = jnp.asarray(np.random.default_rng(0).uniform(-0.99, 0.99, (6, 9)))
     labels = jnp.array([2, 4, 0, -1, 8, 3])
     mg = margins.CombinedMargin(scale=16.0, **params)
     fused = jax.value_and_grad(lambda c: losses.fused_margin_cross_entropy(c, labels, mg))
-    plain = jax.value_and_grad(
-        lambda c: losses.margin_softmax_cross_entropy(mg(c, labels), labels))
+    plain = jax.value_and_grad(lambda c: losses.margin_softmax_cross_entropy(mg(c, labels), labels))
     (v1, g1), (v2, g2) = jax.jit(fused)(cos), jax.jit(plain)(cos)
     np.testing.assert_allclose(float(v1), float(v2), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-10, atol=1e-14)

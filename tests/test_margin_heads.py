@@ -5,6 +5,7 @@ dense head and in the model-parallel head (where statistics are taken over the g
 never per device), and under Partial FC the dense head restricted to the sampled centres. The
 margin state is checkpointed and restored, and a short training lowers each loss.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,12 @@ from arcface_jax.train_state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
-    'subcenter': dict(name='subcenter'),
-    'curricularface': dict(name='curricularface'),
-    'magface': dict(name='magface'),
-    'adaface': dict(name='adaface'),
-    'elasticface_arc': dict(name='elasticface_arc'),
-    'elasticface_cos_plus': dict(name='elasticface_cos', plus=True),
+  'subcenter': dict(name='subcenter'),
+  'curricularface': dict(name='curricularface'),
+  'magface': dict(name='magface'),
+  'adaface': dict(name='adaface'),
+  'elasticface_arc': dict(name='elasticface_arc'),
+  'elasticface_cos_plus': dict(name='elasticface_cos', plus=True),
 }
 # Mid-training state, so hard negatives are lifted and the norms are standardised non-trivially.
 STATES = {'curricularface': {'t': 0.4}, 'adaface': {'norm_mean': 40.0, 'norm_std': 25.0}}
@@ -72,8 +73,10 @@ def _run(objective, w, state, x, y, rng):
   def f(w, x):
     loss, new_state, _ = objective({'weight': w}, state, x, jnp.asarray(y), jnp.int32(3), rng=rng)
     return loss, new_state
+
   (loss, new_state), (d_w, d_x) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(
-      jnp.asarray(w), jnp.asarray(x))
+    jnp.asarray(w), jnp.asarray(x)
+  )
   return float(loss), jax.tree.map(np.asarray, new_state), np.asarray(d_w), np.asarray(d_x)
 
 
@@ -92,8 +95,9 @@ def test_dense_model_parallel_and_partial_fc_agree(case, mesh):
   # Model-parallel, every centre used: 13 classes padded to 128, 16 a device. (Partial FC below
   # runs the same head; the full head is checked for the (C, K, D) centres and for a state.)
   config = _config(case)
-  dense = losses.build_objective(config.loss, num_classes=13, embedding_dim=DIM,
-                                 subcenters=config.head.subcenters)
+  dense = losses.build_objective(
+    config.loss, num_classes=13, embedding_dim=DIM, subcenters=config.head.subcenters
+  )
   k = dense.subcenters
   assert k == (3 if case == 'subcenter' else 1)
   if case in ('subcenter', 'adaface'):
@@ -113,15 +117,25 @@ def test_dense_model_parallel_and_partial_fc_agree(case, mesh):
   w, x, y = _inputs(300, k, seed=1)
   padded = np.concatenate([w, np.zeros((384 - 300,) + w.shape[1:], np.float32)])
   key = jax.random.fold_in(jax.random.key(sharded.seed), 3)  # the head's draw at step 3
-  sampled = np.asarray(softmax.margin_softmax(
-      jnp.asarray(padded), jnp.asarray(x), jnp.asarray(y), margin=margins.get('arcface'),
-      mesh=mesh, num_classes=300, sample_rate=0.5, key=key).sampled)[:300]  # the draw only
+  sampled = np.asarray(
+    softmax.margin_softmax(
+      jnp.asarray(padded),
+      jnp.asarray(x),
+      jnp.asarray(y),
+      margin=margins.get('arcface'),
+      mesh=mesh,
+      num_classes=300,
+      sample_rate=0.5,
+      key=key,
+    ).sampled
+  )[:300]  # the draw only
   assert 0 < sampled.sum() < 300 and sampled[y].all()
   classes = np.flatnonzero(sampled)
   remap = np.full(384, -1, np.int32)
   remap[classes] = np.arange(len(classes))
-  subset = losses.build_objective(config.loss, num_classes=len(classes), embedding_dim=DIM,
-                                  subcenters=config.head.subcenters)
+  subset = losses.build_objective(
+    config.loss, num_classes=len(classes), embedding_dim=DIM, subcenters=config.head.subcenters
+  )
   want = _run(subset, w[classes], _state(subset, case), x, remap[y], rng)
   got = _run(sharded, padded, _state(sharded, case), x, y, rng)
   assert not got[2][:300][~sampled].any()  # unsampled centres get no gradient
@@ -160,11 +174,18 @@ def test_margin_state_checkpoint_round_trip(model_parallel, mesh, tmp_path):
   w, x, y = _inputs(13, 1)
   head = {'weight': head['weight'].at[:13].set(w)}
   _, state, _ = jax.jit(lambda h, s: objective(h, s, jnp.asarray(x), jnp.asarray(y), 0))(
-      head, state)
+    head, state
+  )
   params = {'backbone': {'dense': jnp.arange(3.0)}, 'head': head}
-  train_state = TrainState(step=jnp.int32(1), params=params, batch_stats={}, head_state=state,
-                           opt_state=tx.init(params), skipped_steps=jnp.int32(0),
-                           consecutive_skips=jnp.int32(0))
+  train_state = TrainState(
+    step=jnp.int32(1),
+    params=params,
+    batch_stats={},
+    head_state=state,
+    opt_state=tx.init(params),
+    skipped_steps=jnp.int32(0),
+    consecutive_skips=jnp.int32(0),
+  )
   saver = Checkpointer(str(tmp_path), asynchronous=False)
   saver.save(train_state, step=1, force=True)
   saver.close()
@@ -195,8 +216,10 @@ def test_short_training_lowers_the_loss(case):
   objective = losses.from_config(config, num_classes=4)
   head, state = objective.init(jax.random.key(1))
   # Norms of ~20-40: inside MagFace's range, so its margin and g(a) both act.
-  params = {'backbone': 4.0 * jnp.eye(DIM) + 0.1 * jax.random.normal(jax.random.key(2),
-                                                                      (DIM, DIM)), 'head': head}
+  params = {
+    'backbone': 4.0 * jnp.eye(DIM) + 0.1 * jax.random.normal(jax.random.key(2), (DIM, DIM)),
+    'head': head,
+  }
   tx = optax.adam(0.05)
 
   def loss_fn(p, s, step):
@@ -210,6 +233,7 @@ def test_short_training_lowers_the_loss(case):
       (_, s_new), g = jax.value_and_grad(lambda q: loss_fn(q, s, i)[:2], has_aux=True)(p)
       updates, opt = tx.update(g, opt, p)
       return (optax.apply_updates(p, updates), s_new, opt), None
+
     (p, s, _), _ = jax.lax.scan(step, (params, state, tx.init(params)), jnp.arange(60))
     return loss_fn(params, state, 0)[0], loss_fn(p, s, 0)[0], s
 

@@ -1,4 +1,5 @@
 """Margins against float64 closed forms written here; finite differences; finite at cos = ±1."""
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,13 @@ def ref_psi(cos, m=4, lam=0.0):
 
 
 CASES = [
-    ('norm_softmax', {}, {}),
-    ('cosface', {'m': 0.35}, {'m3': 0.35}),
-    ('arcface', {'m': 0.5}, {'m2': 0.5}),
-    ('arcface', {'m': 0.5, 'easy_margin': True}, {'m2': 0.5, 'easy_margin': True}),
-    ('combined', {'m1': 1.0, 'm2': 0.3, 'm3': 0.2}, {'m2': 0.3, 'm3': 0.2}),
-    ('combined', {'m1': 0.9, 'm2': 0.4, 'm3': 0.15}, {'m1': 0.9, 'm2': 0.4, 'm3': 0.15}),
-    ('combined', {'m1': 1.35, 'm2': 0.0, 'm3': 0.0}, {'m1': 1.35}),
+  ('norm_softmax', {}, {}),
+  ('cosface', {'m': 0.35}, {'m3': 0.35}),
+  ('arcface', {'m': 0.5}, {'m2': 0.5}),
+  ('arcface', {'m': 0.5, 'easy_margin': True}, {'m2': 0.5, 'easy_margin': True}),
+  ('combined', {'m1': 1.0, 'm2': 0.3, 'm3': 0.2}, {'m2': 0.3, 'm3': 0.2}),
+  ('combined', {'m1': 0.9, 'm2': 0.4, 'm3': 0.15}, {'m1': 0.9, 'm2': 0.4, 'm3': 0.15}),
+  ('combined', {'m1': 1.35, 'm2': 0.0, 'm3': 0.0}, {'m1': 1.35}),
 ]
 IDS = ['ns', 'cosface', 'arcface', 'arcface_easy', 'cm1', 'cm2', 'sphere1.35']
 
@@ -76,8 +77,9 @@ def test_sphereface_psi_matches_closed_form(lam):
   theta = np.linspace(0, np.pi, 1441)
   got = np.asarray(margins.get('sphereface').target_logit(jnp.asarray(theta, jnp.float32), lam))
   np.testing.assert_allclose(got, ref_psi(np.cos(theta), 4, lam), atol=5e-5)
-  assert got[0] == pytest.approx(1.0, abs=1e-6) and got[-1] == pytest.approx((-lam - 7) / (1 + lam),
-                                                                              abs=1e-4)
+  assert got[0] == pytest.approx(1.0, abs=1e-6) and got[-1] == pytest.approx(
+    (-lam - 7) / (1 + lam), abs=1e-4
+  )
 
 
 MONOTONE = [c for c in CASES[1:] if not c[1].get('easy_margin')] + [('sphereface', {}, {})]
@@ -133,8 +135,14 @@ def test_sphereface_logits_use_feature_norms_and_lambda():
   cos, labels = _cos_matrix(1)
   norms = np.linspace(0.5, 3.0, 6)
   mg = margins.get('sphereface')
-  got = np.asarray(mg(jnp.asarray(cos, jnp.float32), jnp.asarray(labels),
-                      norms=jnp.asarray(norms, jnp.float32), lam=7.0))
+  got = np.asarray(
+    mg(
+      jnp.asarray(cos, jnp.float32),
+      jnp.asarray(labels),
+      norms=jnp.asarray(norms, jnp.float32),
+      lam=7.0,
+    )
+  )
   want = cos.copy()
   rows = labels >= 0
   want[rows, labels[rows]] = ref_psi(cos[rows, labels[rows]], 4, 7.0)
@@ -142,8 +150,9 @@ def test_sphereface_logits_use_feature_norms_and_lambda():
 
 
 def test_sphereface_lambda_schedule():
-  mg = margins.get('sphereface', lambda_base=1000.0, lambda_gamma=0.12, lambda_power=1.0,
-                   lambda_min=5.0)
+  mg = margins.get(
+    'sphereface', lambda_base=1000.0, lambda_gamma=0.12, lambda_power=1.0, lambda_min=5.0
+  )
   for step in (0, 10, 1000, 100_000):
     want = max(5.0, 1000.0 * (1 + 0.12 * step) ** -1.0)
     assert float(mg.lambda_at(jnp.int32(step))) == pytest.approx(want, rel=1e-5)
@@ -163,8 +172,9 @@ def _fd_grad(f, x, eps=1e-6):
   return grad
 
 
-@pytest.mark.parametrize('name,params,ref', CASES + [('sphereface', {}, {})],
-                         ids=IDS + ['sphereface'])
+@pytest.mark.parametrize(
+  'name,params,ref', CASES + [('sphereface', {}, {})], ids=IDS + ['sphereface']
+)
 def test_gradient_matches_finite_differences_in_float64(name, params, ref):
   with jax.enable_x64(True):
     rng = np.random.default_rng(3)
@@ -190,13 +200,19 @@ def test_straight_through_changes_the_value_not_the_gradient():
   assert not np.allclose(g(true), g(plain))
 
 
-EDGE = [[1.0, -1.0, 0.0], [-1.0, 1.0, 0.999999], [0.0, 1.0, -1.0], [-1.0, -1.0, -1.0],
-        [1.0, 1.0, 1.0]]
+EDGE = [
+  [1.0, -1.0, 0.0],
+  [-1.0, 1.0, 0.999999],
+  [0.0, 1.0, -1.0],
+  [-1.0, -1.0, -1.0],
+  [1.0, 1.0, 1.0],
+]
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16], ids=['f32', 'bf16'])
-@pytest.mark.parametrize('name,params,ref', GRAD_CASES + [('sphereface', {}, {})],
-                         ids=GRAD_IDS + ['sphereface'])
+@pytest.mark.parametrize(
+  'name,params,ref', GRAD_CASES + [('sphereface', {}, {})], ids=GRAD_IDS + ['sphereface']
+)
 def test_value_and_gradient_finite_at_the_edges(name, params, ref, dtype):
   mg = margins.get(name, **params)
   cos = jnp.array(EDGE, dtype)
@@ -225,10 +241,22 @@ def test_unknown_and_softmax_names_are_clear_errors():
 
 
 def _loss_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      name='arcface', s=None, m=None, m1=None, m2=None, m3=None, easy_margin=False,
-      straight_through=False, sphereface_lambda_base=1000.0, sphereface_lambda_gamma=0.12,
-      sphereface_lambda_power=1.0, sphereface_lambda_min=5.0))
+  config = ml_collections.ConfigDict(
+    dict(
+      name='arcface',
+      s=None,
+      m=None,
+      m1=None,
+      m2=None,
+      m3=None,
+      easy_margin=False,
+      straight_through=False,
+      sphereface_lambda_base=1000.0,
+      sphereface_lambda_gamma=0.12,
+      sphereface_lambda_power=1.0,
+      sphereface_lambda_min=5.0,
+    )
+  )
   config.update(overrides)
   return config
 
@@ -240,6 +268,5 @@ def test_from_config_resolves_placeholders_to_paper_defaults():
   assert (cm2.m1, cm2.m2, cm2.m3, cm2.scale) == (0.9, 0.4, 0.15, 32.0)
   st = margins.from_config(_loss_config(straight_through=True, easy_margin=True))
   assert st.straight_through and st.easy_margin
-  sphere = margins.from_config(_loss_config(name='sphereface', m=3.0,
-                                            sphereface_lambda_min=0.0))
+  sphere = margins.from_config(_loss_config(name='sphereface', m=3.0, sphereface_lambda_min=0.0))
   assert sphere.m == 3 and sphere.lambda_min == 0.0

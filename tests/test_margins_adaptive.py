@@ -5,6 +5,7 @@ the arccos-free identities and masked selects); state updates (CurricularFace t,
 statistics) are compared too, then gradients against finite differences in float64, and values
 and gradients must stay finite at cos θ = ±1 and at the norm bounds.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,9 @@ def ref_curricular(cos, labels, t, m=0.5, momentum=0.99):
   return S * out, t_new
 
 
-def ref_magface(cos, labels, norms, l_a=10., u_a=110., l_m=0.45, u_m=0.8, lambda_g=35.,
-                easy_margin=True):
+def ref_magface(
+  cos, labels, norms, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0, easy_margin=True
+):
   """MagFace: m(a) linear on [l_a, u_a]; ArcFace target; λ_g·mean(1/a + a/u_a²)."""
   rows = np.arange(len(labels))
   a = np.clip(norms, l_a, u_a)
@@ -64,7 +66,7 @@ def ref_magface(cos, labels, norms, l_a=10., u_a=110., l_m=0.45, u_m=0.8, lambda
     target = np.where(c_t > np.cos(np.pi - m), c_tm, c_t - np.sin(np.pi - m) * m)
   out = cos.copy()
   out[rows, labels] = target
-  return S * out, lambda_g * np.mean(1 / a + a / u_a ** 2)
+  return S * out, lambda_g * np.mean(1 / a + a / u_a**2)
 
 
 def ref_adaface(cos, labels, norms, mean, std, m=0.4, h=0.333, momentum=0.99, eps=1e-3):
@@ -99,9 +101,13 @@ def ref_elastic(cos, labels, normal_draws, kind, m, sigma, plus):
 
 def _apply(mg, cos, labels, state=None, norms=None, rng=None):
   state = mg.init_state() if state is None else state
-  logits, new_state = mg.apply(jnp.asarray(cos, jnp.float32), jnp.asarray(labels), state=state,
-                               norms=None if norms is None else jnp.asarray(norms, jnp.float32),
-                               rng=rng)
+  logits, new_state = mg.apply(
+    jnp.asarray(cos, jnp.float32),
+    jnp.asarray(labels),
+    state=state,
+    norms=None if norms is None else jnp.asarray(norms, jnp.float32),
+    rng=rng,
+  )
   return np.asarray(logits, np.float64), jax.tree.map(float, new_state)
 
 
@@ -163,13 +169,21 @@ def test_adaface_matches_reference_and_updates_statistics_first():
   np.testing.assert_allclose(got, ref_adaface(cos, labels, norms, 50.0, 20.0)[0], atol=ATOL)
 
 
-@pytest.mark.parametrize('name,plus', [('elasticface_arc', False), ('elasticface_arc', True),
-                                       ('elasticface_cos', False), ('elasticface_cos', True)])
+@pytest.mark.parametrize(
+  'name,plus',
+  [
+    ('elasticface_arc', False),
+    ('elasticface_arc', True),
+    ('elasticface_cos', False),
+    ('elasticface_cos', True),
+  ],
+)
 def test_elasticface_matches_reference(name, plus):
   cos, labels, rows, _ = _problem(5, b=8)
   mg = margins.get(name, plus=plus)
   assert mg.sigma == {('elasticface_arc', True): 0.0175, ('elasticface_cos', True): 0.02}.get(
-      (name, plus), 0.05)
+    (name, plus), 0.05
+  )
   key = jax.random.key(7)
   z = np.asarray(jax.random.normal(key, (8,), jnp.float32), np.float64)
   got, _ = _apply(mg, cos, labels, rng=key)
@@ -201,14 +215,21 @@ def test_subcenter_is_arcface_over_the_max_sub_centre():
     margins.subcenters_for('subcenter', 0)
 
 
-GRAD_CASES = [('curricularface', {}), ('magface', {}), ('magface', dict(easy_margin=False)),
-              ('adaface', {}), ('elasticface_arc', {}), ('elasticface_cos', dict(plus=True))]
+GRAD_CASES = [
+  ('curricularface', {}),
+  ('magface', {}),
+  ('magface', dict(easy_margin=False)),
+  ('adaface', {}),
+  ('elasticface_arc', {}),
+  ('elasticface_cos', dict(plus=True)),
+]
 
 
 def _loss_fn(mg, labels, state, rng, fixed_target_cos=None):
   """The loss as a function of (cos, norms). With `fixed_target_cos` the batch statistics that
   carry no gradient in the official code (t, the hard-negative threshold, the plus ranking) are
   taken at those target cosines, so finite differences see only the differentiated path."""
+
   def f(cos, norms):
     if fixed_target_cos is None:
       logits, _ = mg.apply(cos, labels, state=state, norms=norms, rng=rng)
@@ -219,6 +240,7 @@ def _loss_fn(mg, labels, state, rng, fixed_target_cos=None):
     if hasattr(mg, 'regularizer'):
       loss = loss + mg.regularizer(norms)
     return loss
+
   return f
 
 
@@ -235,9 +257,13 @@ def test_gradients_match_finite_differences_in_float64(name, params):
     f = jax.jit(_loss_fn(mg, labels, state, jax.random.key(1), target_cos))
     full = _loss_fn(mg, labels, state, jax.random.key(1))
     assert float(full(jnp.asarray(cos), jnp.asarray(norms))) == pytest.approx(
-        float(f(jnp.asarray(cos), jnp.asarray(norms))), rel=1e-12)
-    np.testing.assert_allclose(jax.grad(full)(jnp.asarray(cos), jnp.asarray(norms)),
-                               jax.grad(f)(jnp.asarray(cos), jnp.asarray(norms)), rtol=1e-12)
+      float(f(jnp.asarray(cos), jnp.asarray(norms))), rel=1e-12
+    )
+    np.testing.assert_allclose(
+      jax.grad(full)(jnp.asarray(cos), jnp.asarray(norms)),
+      jax.grad(f)(jnp.asarray(cos), jnp.asarray(norms)),
+      rtol=1e-12,
+    )
     g_cos, g_norm = jax.grad(f, argnums=(0, 1))(jnp.asarray(cos), jnp.asarray(norms))
     eps = 1e-6
     checks = [(cos, g_cos, 0)] + ([] if name == 'adaface' else [(norms, g_norm, 1)])
@@ -257,8 +283,10 @@ def test_gradients_match_finite_differences_in_float64(name, params):
       assert np.all(np.asarray(g_norm) == 0)
 
 
-@pytest.mark.parametrize('name', ['curricularface', 'magface', 'adaface', 'elasticface_arc',
-                                  'elasticface_cos', 'subcenter'])
+@pytest.mark.parametrize(
+  'name',
+  ['curricularface', 'magface', 'adaface', 'elasticface_arc', 'elasticface_cos', 'subcenter'],
+)
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_value_and_gradient_finite_at_the_edges(name, dtype):
   cos, labels, _, norms = _problem(6)
@@ -266,21 +294,24 @@ def test_value_and_gradient_finite_at_the_edges(name, dtype):
   mg = margins.get(name)
   state = {'t': jnp.float32(0.9)} if name == 'curricularface' else mg.init_state()
   f = _loss_fn(mg, jnp.asarray(labels), state, jax.random.key(0))
-  value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(jnp.asarray(cos, dtype),
-                                                       jnp.asarray(norms, jnp.float32))
+  value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(
+    jnp.asarray(cos, dtype), jnp.asarray(norms, jnp.float32)
+  )
   assert np.isfinite(float(value))
   assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
 
 
 def test_parameter_ranges_and_names_are_clear_errors():
-  for name, bad, match in [('curricularface', dict(momentum=1.0), 'momentum'),
-                           ('curricularface', dict(m=2.0), 'm=2.0'),
-                           ('magface', dict(l_a=120.0), 'l_a'),
-                           ('magface', dict(l_m=0.9), 'l_m'),
-                           ('magface', dict(lambda_g=-1.0), 'lambda_g'),
-                           ('adaface', dict(h=0.0), 'h'),
-                           ('elasticface_cos', dict(sigma=-0.1), 'sigma'),
-                           ('adaface', dict(s=0.0), 's')]:
+  for name, bad, match in [
+    ('curricularface', dict(momentum=1.0), 'momentum'),
+    ('curricularface', dict(m=2.0), 'm=2.0'),
+    ('magface', dict(l_a=120.0), 'l_a'),
+    ('magface', dict(l_m=0.9), 'l_m'),
+    ('magface', dict(lambda_g=-1.0), 'lambda_g'),
+    ('adaface', dict(h=0.0), 'h'),
+    ('elasticface_cos', dict(sigma=-0.1), 'sigma'),
+    ('adaface', dict(s=0.0), 's'),
+  ]:
     with pytest.raises(ValueError, match=match):
       margins.get(name, **bad)
   with pytest.raises(ValueError, match='do not apply'):
@@ -296,7 +327,14 @@ def test_from_config_resolves_every_new_key():
   config.name = 'magface'
   mg = margins.from_config(config)
   assert (mg.scale, mg.l_a, mg.u_a, mg.l_m, mg.u_m, mg.lambda_g, mg.easy_margin) == (
-      64.0, 10.0, 110.0, 0.45, 0.8, 35.0, True)
+    64.0,
+    10.0,
+    110.0,
+    0.45,
+    0.8,
+    35.0,
+    True,
+  )
   config.update(name='adaface', s=32.0, h=0.5, momentum=0.9, m=0.3)
   mg = margins.from_config(config)
   assert (mg.scale, mg.m, mg.h, mg.momentum) == (32.0, 0.3, 0.5, 0.9)

@@ -5,6 +5,7 @@ defines them, at demo widths), filled with random weights and batch-norm statist
 to ONNX both unfolded (training-mode export, PyTorch names kept) and folded (eval-mode export
 with constant folding, which fuses each BatchNorm into its Conv), and imported.
 """
+
 import os
 
 import jax.numpy as jnp
@@ -21,7 +22,6 @@ SIZE = 32
 
 
 class TorchIBasicBlock(nn.Module):
-
   def __init__(self, inplanes, planes, stride):
     super().__init__()
     self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
@@ -32,8 +32,9 @@ class TorchIBasicBlock(nn.Module):
     self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
     self.downsample = None
     if stride != 1 or inplanes != planes:
-      self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                      nn.BatchNorm2d(planes, eps=1e-5))
+      self.downsample = nn.Sequential(
+        nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes, eps=1e-5)
+      )
 
   def forward(self, x):
     out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
@@ -50,8 +51,14 @@ class TorchIResNet(nn.Module):
     self.prelu = nn.PReLU(widths[0])
     inplanes, stages = widths[0], []
     for width, n in zip(widths, blocks):
-      stages.append(nn.Sequential(*[TorchIBasicBlock(inplanes if i == 0 else width, width,
-                                                     2 if i == 0 else 1) for i in range(n)]))
+      stages.append(
+        nn.Sequential(
+          *[
+            TorchIBasicBlock(inplanes if i == 0 else width, width, 2 if i == 0 else 1)
+            for i in range(n)
+          ]
+        )
+      )
       inplanes = width
     self.layer1, self.layer2, self.layer3, self.layer4 = stages
     self.bn2 = nn.BatchNorm2d(widths[-1], eps=1e-5)
@@ -74,12 +81,14 @@ def _unit(cin, cout, k=1, s=1, p=0, g=1, act=True):
 
 
 class TorchDepthWise(nn.Module):
-
   def __init__(self, cin, cout, expand, stride, residual):
     super().__init__()
     self.residual = residual
-    self.layers = nn.Sequential(_unit(cin, expand), _unit(expand, expand, 3, stride, 1, expand),
-                                _unit(expand, cout, act=False))
+    self.layers = nn.Sequential(
+      _unit(cin, expand),
+      _unit(expand, expand, 3, stride, 1, expand),
+      _unit(expand, cout, act=False),
+    )
 
   def forward(self, x):
     return x + self.layers(x) if self.residual else self.layers(x)
@@ -91,15 +100,22 @@ class TorchMobileFaceNet(nn.Module):
   def __init__(self, emb=24, size=SIZE):
     super().__init__()
     stages = [_unit(3, 64, 3, 2, 1), _unit(64, 64, 3, 1, 1, 64)]
-    for cin, cout, down, expand, n in ((64, 64, 128, 128, 4), (64, 128, 256, 256, 6),
-                                       (128, 128, 512, 256, 2)):
+    for cin, cout, down, expand, n in (
+      (64, 64, 128, 128, 4),
+      (64, 128, 256, 256, 6),
+      (128, 128, 512, 256, 2),
+    ):
       stages.append(TorchDepthWise(cin, cout, down, 2, False))
       stages += [TorchDepthWise(cout, cout, expand, 1, True) for _ in range(n)]
     self.layers = nn.Sequential(*stages)
     self.conv_sep = _unit(128, 512)
     k = size // 16
-    self.features = nn.Sequential(_unit(512, 512, k, g=512, act=False), nn.Flatten(),
-                                  nn.Linear(512, emb, bias=False), nn.BatchNorm1d(emb))
+    self.features = nn.Sequential(
+      _unit(512, 512, k, g=512, act=False),
+      nn.Flatten(),
+      nn.Linear(512, emb, bias=False),
+      nn.BatchNorm1d(emb),
+    )
 
   def forward(self, x):
     return self.features(self.conv_sep(self.layers(x)))
@@ -110,8 +126,11 @@ def _randomise(model, seed=0):
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, tensor in model.state_dict().items():
-      if name.endswith('num_batches_tracked') or name == 'features.weight' and isinstance(
-          model, TorchIResNet):
+      if (
+        name.endswith('num_batches_tracked')
+        or name == 'features.weight'
+        and isinstance(model, TorchIResNet)
+      ):
         continue
       if name.endswith('running_var'):
         tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
@@ -127,11 +146,22 @@ def _randomise(model, seed=0):
 
 def _export(model, path, folded):
   x = torch.zeros(2, 3, SIZE, SIZE)
-  kwargs = dict(do_constant_folding=True) if folded else dict(
-      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+  kwargs = (
+    dict(do_constant_folding=True)
+    if folded
+    else dict(do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+  )
   # The TorchScript exporter: stable initializer names and no extra dependencies.
-  torch.onnx.export(model, (x,), path, input_names=['input'], output_names=['embedding'],
-                    dynamo=False, dynamic_axes={'input': {0: 'batch'}}, **kwargs)
+  torch.onnx.export(
+    model,
+    (x,),
+    path,
+    input_names=['input'],
+    output_names=['embedding'],
+    dynamo=False,
+    dynamic_axes={'input': {0: 'batch'}},
+    **kwargs,
+  )
   return onnx.load(path)
 
 
@@ -140,8 +170,9 @@ def _images(seed=1):
 
 
 @pytest.mark.parametrize('folded', [False, True], ids=['unfolded', 'folded'])
-@pytest.mark.parametrize('arch,torch_model', [('iresnet_tiny', TorchIResNet),
-                                              ('mobilefacenet', TorchMobileFaceNet)])
+@pytest.mark.parametrize(
+  'arch,torch_model', [('iresnet_tiny', TorchIResNet), ('mobilefacenet', TorchMobileFaceNet)]
+)
 def test_imported_model_matches_pytorch(arch, torch_model, folded, tmp_path):
   reference = _randomise(torch_model())
   graph = _export(reference, str(tmp_path / 'model.onnx'), folded)
@@ -169,8 +200,9 @@ def test_command_writes_variables_that_load_back(tmp_path):
   images = _images(seed=2)
   with torch.no_grad():
     expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-  np.testing.assert_allclose(model.apply(variables, jnp.asarray(images)), expected, atol=1e-4,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    model.apply(variables, jnp.asarray(images)), expected, atol=1e-4, rtol=1e-4
+  )
 
 
 def test_wrong_architecture_is_a_clear_error(tmp_path):

@@ -1,4 +1,5 @@
 """ModelInfo: the fingerprint follows the weights, and the sidecar file round-trips."""
+
 import dataclasses
 
 import numpy as np
@@ -19,9 +20,15 @@ def test_fingerprint_changes_with_any_weight_and_ignores_container_order():
 
 
 def test_sidecar_round_trip_and_clear_errors(tmp_path):
-  info = model_info.ModelInfo(model_name='iresnet_tiny', embedding_dim=8, image_size=32,
-                              mean=127.5, std=127.5, fingerprint='0123456789abcdef',
-                              detect_faces=False)
+  info = model_info.ModelInfo(
+    model_name='iresnet_tiny',
+    embedding_dim=8,
+    image_size=32,
+    mean=127.5,
+    std=127.5,
+    fingerprint='0123456789abcdef',
+    detect_faces=False,
+  )
   path = model_info.sidecar_path(tmp_path / 'm.jax_export')
   assert path.name == 'm.jax_export.json'
   model_info.write(path, info)

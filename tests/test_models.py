@@ -1,4 +1,5 @@
 """Backbones: published sizes and compute, train/eval modes, bf16 trunk, registry, seed nets."""
+
 import functools
 
 import jax
@@ -10,8 +11,13 @@ from arcface_jax import models
 
 # REFERENCE §6 (millions of parameters) and the published GFLOPs, which count multiply-
 # accumulates over the zero-padded input (the ptflops convention of the reference trainer).
-PUBLISHED_MILLIONS = {'iresnet18': 24.0, 'iresnet34': 34.1, 'iresnet50': 43.6,
-                      'iresnet100': 65.2, 'iresnet200': 118.8}
+PUBLISHED_MILLIONS = {
+  'iresnet18': 24.0,
+  'iresnet34': 34.1,
+  'iresnet50': 43.6,
+  'iresnet100': 65.2,
+  'iresnet200': 118.8,
+}
 PUBLISHED_GMACS = {'iresnet18': 2.6, 'iresnet50': 6.3, 'iresnet100': 12.1, 'iresnet200': 23.5}
 
 
@@ -36,11 +42,15 @@ def _forward_flops(model, monkeypatch, size=112, pad_taps=True):
   if pad_taps:
     # XLA's HloCostAnalysis skips taps that fall on the padding; the published figures count
     # them, so the test feeds XLA convolutions over explicitly padded inputs.
-    monkeypatch.setattr(jax.lax, 'conv_general_dilated',
-                        functools.partial(_padded_conv, _conv=jax.lax.conv_general_dilated))
+    monkeypatch.setattr(
+      jax.lax,
+      'conv_general_dilated',
+      functools.partial(_padded_conv, _conv=jax.lax.conv_general_dilated),
+    )
   variables = _abstract_variables(model, size)
   lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(
-      variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  )
   return lowered.cost_analysis()['flops']
 
 
@@ -88,7 +98,9 @@ def _images(n=4, size=16, seed=1):
 
 @functools.lru_cache()
 def _tiny_variables(size):
-  return models.get('iresnet_tiny', embedding_dim=16).init(jax.random.PRNGKey(0), _images(size=size))
+  return models.get('iresnet_tiny', embedding_dim=16).init(
+    jax.random.PRNGKey(0), _images(size=size)
+  )
 
 
 def _tiny_and_variables(dtype='float32', size=16):
@@ -100,8 +112,9 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not_need_them_mutable
   model, variables, images = _tiny_and_variables()
   embeddings, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
   assert embeddings.shape == (4, 16) and embeddings.dtype == jnp.float32
-  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), updates['batch_stats'],
-                         variables['batch_stats'])
+  changed = jax.tree.map(
+    lambda a, b: not np.array_equal(a, b), updates['batch_stats'], variables['batch_stats']
+  )
   assert all(jax.tree.leaves(changed))
   evaluated = model.apply(variables, images, train=False)
   assert evaluated.shape == (4, 16)
@@ -112,8 +125,9 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not_need_them_mutable
 def test_head_batch_norm_has_no_scale_and_prelu_starts_at_a_quarter():
   _, variables, _ = _tiny_and_variables()
   params = variables['params']
-  head = params[max((k for k in params if k.startswith('BatchNorm_')),
-                    key=lambda k: int(k.split('_')[1]))]
+  head = params[
+    max((k for k in params if k.startswith('BatchNorm_')), key=lambda k: int(k.split('_')[1]))
+  ]
   assert set(head) == {'bias'}
   np.testing.assert_array_equal(params['PReLU_0']['slope'], np.full(16, 0.25, np.float32))
 
@@ -122,12 +136,14 @@ def test_dropout_acts_only_in_training():
   model = models.get('iresnet_tiny', embedding_dim=16, dropout=0.5)
   images = _images()
   variables = _tiny_variables(16)
-  run = lambda key: model.apply(variables, images, train=True, rngs={'dropout': key},
-                                mutable=['batch_stats'])[0]
+  run = lambda key: model.apply(
+    variables, images, train=True, rngs={'dropout': key}, mutable=['batch_stats']
+  )[0]
   assert not np.allclose(run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2)))
-  np.testing.assert_array_equal(model.apply(variables, images),
-                                models.get('iresnet_tiny', embedding_dim=16).apply(variables,
-                                                                                   images))
+  np.testing.assert_array_equal(
+    model.apply(variables, images),
+    models.get('iresnet_tiny', embedding_dim=16).apply(variables, images),
+  )
 
 
 @pytest.mark.parametrize('size', [32, 48])
@@ -157,7 +173,8 @@ def test_bf16_switch_puts_convolutions_in_bf16_and_the_head_in_fp32():
   _, variables, images = _tiny_and_variables()
   bf16 = models.get('iresnet_tiny', embedding_dim=16, dtype='bfloat16')
   jaxpr = jax.make_jaxpr(lambda v, x: bf16.apply(v, x, train=True, mutable=['batch_stats']))(
-      variables, images)
+    variables, images
+  )
   eqns = [e for e in jaxpr.jaxpr.eqns]
   convs = [e for e in eqns if e.primitive.name == 'conv_general_dilated']
   dots = [e for e in eqns if e.primitive.name == 'dot_general']
@@ -166,23 +183,30 @@ def test_bf16_switch_puts_convolutions_in_bf16_and_the_head_in_fp32():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
 
 
-@pytest.mark.parametrize('name', ['mobilefacenet', 'mobilefacenet_x2', 'resnet50', 'small_cnn',
-                                  'mini_network'])
+@pytest.mark.parametrize(
+  'name', ['mobilefacenet', 'mobilefacenet_x2', 'resnet50', 'small_cnn', 'mini_network']
+)
 def test_other_backbones_embed_and_train(name):
   model = models.get(name, embedding_dim=3, dropout=0.1)
   images = _images(n=2, size=32)
 
   def init_and_apply(images):
     variables = model.init(jax.random.PRNGKey(0), images)
-    out, state = model.apply(variables, images, train=True,
-                             rngs={'dropout': jax.random.PRNGKey(3)}, mutable=['batch_stats'])
+    out, state = model.apply(
+      variables,
+      images,
+      train=True,
+      rngs={'dropout': jax.random.PRNGKey(3)},
+      mutable=['batch_stats'],
+    )
     return out, state, model.apply(variables, images)
 
   # The two deep nets are only traced (compiling them would dominate the suite's time on a
   # 2-core machine); the small ones also run.
   deep = name in ('mobilefacenet', 'mobilefacenet_x2', 'resnet50')
-  out, state, evaluated = (jax.eval_shape(init_and_apply, images) if deep
-                           else jax.jit(init_and_apply)(images))
+  out, state, evaluated = (
+    jax.eval_shape(init_and_apply, images) if deep else jax.jit(init_and_apply)(images)
+  )
   assert out.shape == evaluated.shape == (2, 3)
   assert out.dtype == evaluated.dtype == jnp.float32
   if not deep:
@@ -212,5 +236,15 @@ def test_unknown_dtype_is_rejected():
 
 
 def test_registry_names():
-  assert {'iresnet18', 'iresnet34', 'iresnet50', 'iresnet100', 'iresnet200', 'iresnet_tiny',
-          'mobilefacenet', 'resnet50', 'small_cnn', 'mini_network'} <= set(models.names())
+  assert {
+    'iresnet18',
+    'iresnet34',
+    'iresnet50',
+    'iresnet100',
+    'iresnet200',
+    'iresnet_tiny',
+    'mobilefacenet',
+    'resnet50',
+    'small_cnn',
+    'mini_network',
+  } <= set(models.names())

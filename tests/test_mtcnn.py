@@ -2,17 +2,18 @@
 
 Side by side with the reference implementation: tests/test_mtcnn_reference.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import sys
 
 import cv2
+import face_photos
 import jax
 import numpy as np
 import pytest
 
-import face_photos
 from arcface_jax.faces import mtcnn as mtcnn_lib
 from arcface_jax.faces import mtcnn_nets
 from arcface_jax.faces.mtcnn import MTCNN, Detection
@@ -55,7 +56,10 @@ def test_max_pool_ceil_matches_a_float64_loop():
     want = np.empty((2, rows, cols, 3))
     for i in range(rows):
       for j in range(cols):  # a window over the edge takes the pixels it covers
-        rows_, cols_ = slice(i * stride, i * stride + window), slice(j * stride, j * stride + window)
+        rows_, cols_ = (
+          slice(i * stride, i * stride + window),
+          slice(j * stride, j * stride + window),
+        )
         want[:, i, j] = x[:, rows_, cols_].max((1, 2))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -68,17 +72,21 @@ def test_pnet_on_a_packed_canvas_equals_each_image_alone():
   canvas = rng.uniform(0, 255, (1, 96, 128, 3)).astype(np.float32)
   valid = np.zeros((1, 94, 126), bool)
   for (top, left), (height, width) in images.items():
-    valid[0, top:top + height - 2, left:left + width - 2] = True
+    valid[0, top : top + height - 2, left : left + width - 2] = True
   packed = [np.asarray(a)[0] for a in mtcnn_nets.pnet_forward(variables, canvas, valid)]
   run_alone = jax.jit(lambda v, x: mtcnn_nets.PNet().apply(v, mtcnn_nets.normalise(x)))
   for (top, left), (height, width) in images.items():
-    image = canvas[:, top:top + height, left:left + width]
+    image = canvas[:, top : top + height, left : left + width]
     alone = run_alone(variables, image)
     rows, cols = alone[1].shape[1:3]
     assert (rows, cols) == (-(-(height - 2) // 2) - 4, -(-(width - 2) // 2) - 4)
     for want, got in zip(alone, packed):
-      np.testing.assert_allclose(got[top // 2:top // 2 + rows, left // 2:left // 2 + cols],
-                                 np.asarray(want)[0], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(
+        got[top // 2 : top // 2 + rows, left // 2 : left // 2 + cols],
+        np.asarray(want)[0],
+        rtol=1e-5,
+        atol=1e-6,
+      )
 
 
 def test_pyramid_levels_are_packed_without_overlap():
@@ -88,7 +96,7 @@ def test_pyramid_levels_are_packed_without_overlap():
   taken = np.zeros((height, width), int)
   for (top, left), (h, w) in zip(origins, sizes):
     assert top % 2 == 0 and left % 2 == 0
-    taken[top:top + h, left:left + w] += 1
+    taken[top : top + h, left : left + w] += 1
   assert taken.max() == 1 and taken.sum() == sum(h * w for h, w in sizes)
   assert height % 32 == 0 and width % 32 == 0 and height * width < 1.5 * taken.sum()
 
@@ -131,8 +139,10 @@ def test_several_faces_sorted_by_score(detector):
   scores = [f.score for f in faces]
   assert scores == sorted(scores, reverse=True)
   centres = [((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces]
-  per_photo = [sum(x1 <= x < x2 and y1 <= y < y2 for x, y in centres)
-               for x1, y1, x2, y2 in face_photos.group_regions()]
+  per_photo = [
+    sum(x1 <= x < x2 and y1 <= y < y2 for x, y in centres)
+    for x1, y1, x2, y2 in face_photos.group_regions()
+  ]
   assert per_photo == [1, 1, 1, 1] and len(faces) == 4
 
 
@@ -145,6 +155,7 @@ def test_greyscale_photo_still_finds_the_face(detector, astronaut_faces):
 
 def test_no_face_and_tiny_images_give_empty_lists(detector):
   import skimage.data  # pylint: disable=import-outside-toplevel
+
   coffee = cv2.resize(skimage.data.coffee(), (512, 512), interpolation=cv2.INTER_AREA)
   assert detector.detect(coffee) == []
   assert detector.detect(np.full((512, 512, 3), 128, np.uint8)) == []
@@ -158,27 +169,34 @@ def test_very_large_photo_is_downscaled_and_mapped_back(astronaut_faces):
   assert len(faces) == 1
   scale = 4000 / 512
   assert face_photos.iou(faces[0].box, astronaut_faces[0].box * scale) > 0.9
-  np.testing.assert_allclose(faces[0].landmarks, astronaut_faces[0].landmarks * scale,
-                             atol=0.02 * scale * 90)
+  np.testing.assert_allclose(
+    faces[0].landmarks, astronaut_faces[0].landmarks * scale, atol=0.02 * scale * 90
+  )
 
 
-@pytest.mark.parametrize('bad,words', [
+@pytest.mark.parametrize(
+  'bad,words',
+  [
     (np.zeros((32, 32, 3), np.float32), 'dtype float32'),
     (np.zeros((32, 32), np.uint8), r'shape \(32, 32\)'),
     (np.zeros((32, 32, 4), np.uint8), r'shape \(32, 32, 4\)'),
     ([[0, 0, 0]], 'got list'),
-])
+  ],
+)
 def test_bad_input_is_a_value_error_naming_it(detector, bad, words):
   with pytest.raises(ValueError, match=words):
     detector.detect(bad)
 
 
-@pytest.mark.parametrize('options,words', [
+@pytest.mark.parametrize(
+  'options,words',
+  [
     ({'thresholds': (0.6, 0.7)}, 'thresholds'),
     ({'scale_factor': 1.2}, 'scale_factor'),
     ({'min_face_size': 0}, 'min_face_size'),
     ({'max_side': 5}, 'max_side'),
-])
+  ],
+)
 def test_bad_options_are_value_errors(options, words):
   with pytest.raises(ValueError, match=words):
     MTCNN(**options)

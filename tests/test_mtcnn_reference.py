@@ -4,15 +4,16 @@ Weights: the `mtcnn` package's .lz4 arrays equal facenet-pytorch's .pt tensors, 
 Networks: each of P/R/O-Net with our weights against facenet-pytorch's network on the same inputs.
 End to end: on real photos, the issue's criteria against the reference's faces.
 """
+
 from __future__ import annotations
 
 import os
 
+import face_photos
 import numpy as np
 import pytest
-
-import face_photos
 import reference_mtcnn
+
 from arcface_jax.faces import mtcnn_nets
 from arcface_jax.faces.mtcnn import MTCNN
 
@@ -21,9 +22,9 @@ facenet_pytorch = reference_mtcnn.load()
 
 # facenet-pytorch's parameter -> ours, and how its layout maps onto ours.
 _TORCH_NAMES = {
-    'pnet': {'conv4_1': 'face', 'conv4_2': 'box'},
-    'rnet': {'dense5_1': 'face', 'dense5_2': 'box'},
-    'onet': {'dense6_1': 'face', 'dense6_2': 'box', 'dense6_3': 'landmarks'},
+  'pnet': {'conv4_1': 'face', 'conv4_2': 'box'},
+  'rnet': {'dense5_1': 'face', 'dense5_2': 'box'},
+  'onet': {'dense6_1': 'face', 'dense6_2': 'box', 'dense6_3': 'landmarks'},
 }
 
 
@@ -56,13 +57,17 @@ def _reference_outputs(module, images: np.ndarray) -> list[np.ndarray]:
   return [o.numpy() for o in outputs]
 
 
-@pytest.mark.parametrize('net,shape', [('pnet', (2, 41, 57, 3)), ('rnet', (5, 24, 24, 3)),
-                                       ('onet', (5, 48, 48, 3))])
+@pytest.mark.parametrize(
+  'net,shape', [('pnet', (2, 41, 57, 3)), ('rnet', (5, 24, 24, 3)), ('onet', (5, 48, 48, 3))]
+)
 def test_each_network_matches_facenet_pytorch(net, shape):
   images = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
   variables = mtcnn_nets.load_weights(net)
-  module = {'pnet': facenet_pytorch.PNet, 'rnet': facenet_pytorch.RNet,
-            'onet': facenet_pytorch.ONet}[net]().eval()
+  module = {
+    'pnet': facenet_pytorch.PNet,
+    'rnet': facenet_pytorch.RNet,
+    'onet': facenet_pytorch.ONet,
+  }[net]().eval()
   theirs = _reference_outputs(module, (images - 127.5) * 0.0078125)
   if net == 'pnet':  # theirs: (box (N, 4, h, w), probabilities (N, 2, h, w)), odd sizes: ceil pool
     valid = np.ones((shape[0], shape[1] - 2, shape[2] - 2), bool)
@@ -81,9 +86,11 @@ def test_each_network_matches_facenet_pytorch(net, shape):
 
 
 def _photos() -> dict:
-  return {'astronaut': face_photos.astronaut(),
-          'grace_hopper': face_photos.grace_hopper()[:512],  # 512x512: programs shared
-          'group': face_photos.group()}
+  return {
+    'astronaut': face_photos.astronaut(),
+    'grace_hopper': face_photos.grace_hopper()[:512],  # 512x512: programs shared
+    'group': face_photos.group(),
+  }
 
 
 def test_end_to_end_on_real_photos_meets_the_issue_criteria():

@@ -6,6 +6,7 @@ and once as 2 processes joined through arcface_jax.distributed (explicit coordin
 gloo collectives), each feeding only its half of the global batch. Loss and every parameter must
 agree.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,19 @@ def _free_port() -> int:
 
 
 def _env(devices: int, **extra: str) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(('JAX_COORDINATOR', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_',
-                              'TPU_WORKER'))}
-  env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             PYTHONPATH=REPO, **extra)
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(
+      ('JAX_COORDINATOR', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_', 'TPU_WORKER')
+    )
+  }
+  env.update(
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+    PYTHONPATH=REPO,
+    **extra,
+  )
   return env
 
 
@@ -39,12 +48,28 @@ def test_two_processes_match_one(tmp_path):
   single_out, multi_out = str(tmp_path / 'single.npz'), str(tmp_path / 'multi.npz')
   address = f'localhost:{_free_port()}'
   # All three start at once: the single-process reference overlaps the two-process job.
-  procs = [subprocess.Popen([sys.executable, SCRIPT, single_out], env=_env(4), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, SCRIPT, single_out],
+      env=_env(4),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+  ]
   for pid in range(2):
     env = _env(2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid))
-    procs.append(subprocess.Popen([sys.executable, SCRIPT, multi_out], env=env, cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, SCRIPT, multi_out],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
   try:
     logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
   finally:

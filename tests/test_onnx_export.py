@@ -4,6 +4,7 @@ Variables are drawn at random (batch-norm means, variances, scales and biases, P
 weights all non-trivial) so that a mis-ordered or mis-laid-out tensor changes the embeddings.
 The graph's batch size is symbolic; onnxruntime runs it at two batch sizes.
 """
+
 import json
 import os
 
@@ -112,8 +113,10 @@ def test_unsupported_primitive_is_named():
     onnx_export.to_onnx(module, variables, 4)
 
 
-@pytest.mark.parametrize('name,size', [('iresnet_tiny', 32), ('mobilefacenet', 16),
-                                       ('small_cnn', 16), ('mini_network', 16)])
+@pytest.mark.parametrize(
+  'name,size',
+  [('iresnet_tiny', 32), ('mobilefacenet', 16), ('small_cnn', 16), ('mini_network', 16)],
+)
 def test_export_then_import_gives_the_same_embeddings(name, size, tmp_path):
   model = _model(name, embedding_dim=12)
   variables = _variables(model, size, seed=4)
@@ -121,15 +124,20 @@ def test_export_then_import_gives_the_same_embeddings(name, size, tmp_path):
   onnx_export.save(path, model, variables, size)
   imported, imported_variables = import_onnx.convert(onnx.load(path), name)
   pixels = _pixels(3, size, seed=5)
-  np.testing.assert_allclose(_jax_embeddings(imported, imported_variables, pixels),
-                             _jax_embeddings(model, variables, pixels), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    _jax_embeddings(imported, imported_variables, pixels),
+    _jax_embeddings(model, variables, pixels),
+    atol=1e-4,
+    rtol=0,
+  )
 
 
 def test_command_exports_an_imported_model_with_its_info(tmp_path, capsys):
   model = _model('iresnet_tiny', embedding_dim=16)
   variables = _variables(model, 32, seed=6)
-  import_onnx.save(str(tmp_path / 'imported'), 'iresnet_tiny', variables, embedding_dim=16,
-                   image_size=32)
+  import_onnx.save(
+    str(tmp_path / 'imported'), 'iresnet_tiny', variables, embedding_dim=16, image_size=32
+  )
   out = str(tmp_path / 'model.onnx')
   export.main(['--imported', str(tmp_path / 'imported'), '--format', 'onnx', '--out', out])
   captured = capsys.readouterr()
@@ -145,10 +153,13 @@ def test_command_exports_an_imported_model_with_its_info(tmp_path, capsys):
   np.testing.assert_allclose(got, _jax_embeddings(model, variables, pixels), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize(
+  'args,message',
+  [
     (['--format', 'tflite'], "unknown --format 'tflite'"),
     (['--format', 'onnx', '--workdir', 'no/such/run'], 'no/such/run: no such directory'),
-])
+  ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(args, message, tmp_path, capsys):
   if '--workdir' not in args:
     args = args + ['--workdir', str(tmp_path)]
@@ -169,7 +180,8 @@ def test_insightface_routing_rule():
 
 def test_insightface_loads_the_file_and_gives_our_features(tmp_path):
   model_zoo = pytest.importorskip(
-      'insightface.model_zoo', reason='insightface is in the `compare` extra').__dict__
+    'insightface.model_zoo', reason='insightface is in the `compare` extra'
+  ).__dict__
   size = 112  # insightface routes only sides ≥ 112 that are multiples of 16
   model = _model('iresnet_tiny', embedding_dim=16)
   variables = _variables(model, size, seed=8)

@@ -1,4 +1,5 @@
 """Learning-rate schedules and the optimizer against hand-computed values."""
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -9,10 +10,23 @@ from arcface_jax import optim
 
 
 def _train_config(**overrides):
-  c = ml_collections.ConfigDict(dict(
-      learning_rate=0.1, schedule='step', lr_boundaries=(100, 160), lr_decay_factor=0.1,
-      warmup_steps=0, poly_power=1.0, num_steps=180, momentum=0.9, weight_decay=5e-4,
-      clip_grad_norm=5.0, freeze=(), lr_multipliers=(), freeze_batch_stats=False))
+  c = ml_collections.ConfigDict(
+    dict(
+      learning_rate=0.1,
+      schedule='step',
+      lr_boundaries=(100, 160),
+      lr_decay_factor=0.1,
+      warmup_steps=0,
+      poly_power=1.0,
+      num_steps=180,
+      momentum=0.9,
+      weight_decay=5e-4,
+      clip_grad_norm=5.0,
+      freeze=(),
+      lr_multipliers=(),
+      freeze_batch_stats=False,
+    )
+  )
   c.update(overrides)
   return c
 
@@ -24,8 +38,9 @@ def test_step_schedule_divides_by_ten_at_the_boundaries():
 
 
 def test_warmup_then_linear_decay_to_zero():
-  schedule = optim.make_schedule(_train_config(schedule='warmup_poly', warmup_steps=20,
-                                               num_steps=120))
+  schedule = optim.make_schedule(
+    _train_config(schedule='warmup_poly', warmup_steps=20, num_steps=120)
+  )
   got = [float(schedule(s)) for s in (0, 10, 20, 70, 120)]
   np.testing.assert_allclose(got, [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-7)
 

@@ -1,4 +1,5 @@
 """Verification pairs from held-out splits: balanced folds, right labels, corrupt images dropped."""
+
 import os
 
 import cv2
@@ -10,8 +11,9 @@ from arcface_jax.data import pairs, sources
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.folder import FolderDataset
 
-BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                    'base.py')
+BASE = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'base.py'
+)
 
 
 @pytest.mark.parametrize('num_pairs', [10, 55, 1000, 1001])
@@ -81,8 +83,9 @@ def _tree(root, identities=10, per_identity=3):
   for identity in range(identities):
     (root / f'p{identity}').mkdir(parents=True)
     for k in range(per_identity):
-      cv2.imwrite(str(root / f'p{identity}' / f'{k}.png'),
-                  rng.integers(0, 255, (10, 10, 3), dtype=np.uint8))
+      cv2.imwrite(
+        str(root / f'p{identity}' / f'{k}.png'), rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)
+      )
 
 
 def test_folder_val_split_as_a_source_and_as_pairs(tmp_path):

@@ -5,6 +5,7 @@ backward through the margin curve and both normalisations); the sharded version 
 loss and in the gradients w.r.t. centres and embeddings, for every margin, for class counts that
 do not divide by the device count, and chunked as well as unchunked.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,14 @@ from arcface_jax.parallel import chunked, softmax
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MARGINS = {
-    'norm_softmax': dict(name='norm_softmax', s=30.0),
-    'cosface': dict(name='cosface'),
-    'arcface': dict(name='arcface'),
-    'arcface_easy': dict(name='arcface', easy_margin=True),
-    'arcface_straight_through': dict(name='arcface', straight_through=True),
-    'combined_cm1': dict(name='combined'),
-    'combined_cm2': dict(name='combined', m1=0.9, m2=0.4, m3=0.15),
-    'sphereface_1.35': dict(name='combined', m1=1.35, m2=0.0, m3=0.0),
+  'norm_softmax': dict(name='norm_softmax', s=30.0),
+  'cosface': dict(name='cosface'),
+  'arcface': dict(name='arcface'),
+  'arcface_easy': dict(name='arcface', easy_margin=True),
+  'arcface_straight_through': dict(name='arcface', straight_through=True),
+  'combined_cm1': dict(name='combined'),
+  'combined_cm2': dict(name='combined', m1=0.9, m2=0.4, m3=0.15),
+  'sphereface_1.35': dict(name='combined', m1=1.35, m2=0.0, m3=0.0),
 }
 
 
@@ -165,8 +166,9 @@ def test_chunked_kernel_never_builds_the_full_logit_matrix():
 
   chunked_fn = loss(lambda *a: chunked.chunked_local_stats(*a, margin=mg, chunk=chunk))
   dense_fn = loss(lambda *a: chunked.local_stats(*a, margin=mg))
-  temp = lambda f: jax.jit(jax.grad(f, argnums=(0, 1))).lower(w, x).compile() \
-      .memory_analysis().temp_size_in_bytes
+  temp = lambda f: (
+    jax.jit(jax.grad(f, argnums=(0, 1))).lower(w, x).compile().memory_analysis().temp_size_in_bytes
+  )
   # A single (B, C) float32 matrix is 128 KiB; the chunked backward needs w's gradient (64 KiB)
   # and blocks, the dense one several (B, C) matrices.
   assert temp(chunked_fn) < b * c * 4
@@ -176,34 +178,41 @@ def test_chunked_kernel_never_builds_the_full_logit_matrix():
 def test_loss_matches_single_device_objective(mesh):
   """The sharded loss equals losses.build_objective's on the same centres (the trainer's head)."""
   from arcface_jax import losses
+
   config = load_base(os.path.join(REPO, 'configs', 'base.py')).loss
   config.name = 'cosface'
   w, x, y = problem(num_classes=13, seed=3)
   objective = losses.build_objective(config, num_classes=13, embedding_dim=8)
   single, _, _ = objective({'weight': jnp.asarray(w)}, {}, jnp.asarray(x), jnp.asarray(y), 0)
-  sharded = jax.jit(lambda w, x: parallel.margin_softmax_loss(
-      w, x, jnp.asarray(y), margin=objective.margin, mesh=mesh))(jnp.asarray(w), jnp.asarray(x))
+  sharded = jax.jit(
+    lambda w, x: parallel.margin_softmax_loss(
+      w, x, jnp.asarray(y), margin=objective.margin, mesh=mesh
+    )
+  )(jnp.asarray(w), jnp.asarray(x))
   np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 
 def test_sphereface_is_refused_with_a_clear_error(mesh):
   w, x, y = problem(num_classes=8)
   with pytest.raises(ValueError, match='SphereFace.*model_parallel=False'):
-    parallel.margin_softmax_loss(jnp.asarray(w), jnp.asarray(x), jnp.asarray(y),
-                                 margin=margins.get('sphereface'), mesh=mesh)
+    parallel.margin_softmax_loss(
+      jnp.asarray(w), jnp.asarray(x), jnp.asarray(y), margin=margins.get('sphereface'), mesh=mesh
+    )
 
 
 def test_batch_must_split_over_devices(mesh):
   w, x, y = problem(num_classes=8, batch=12)
   with pytest.raises(ValueError, match='global batch 12'):
-    parallel.margin_softmax_loss(jnp.asarray(w), jnp.asarray(x), jnp.asarray(y),
-                                 margin=margins.get('arcface'), mesh=mesh)
+    parallel.margin_softmax_loss(
+      jnp.asarray(w), jnp.asarray(x), jnp.asarray(y), margin=margins.get('arcface'), mesh=mesh
+    )
 
 
 def test_embedding_gradient_is_reduce_scattered(mesh):
   """The transpose of the embeddings' all-gather is a reduce-scatter back to their devices."""
   w, x, y = problem(num_classes=16)
-  fn = lambda w, x: softmax.margin_softmax(w, x, jnp.asarray(y), margin=margins.get('arcface'),
-                                           mesh=mesh).loss
+  fn = lambda w, x: (
+    softmax.margin_softmax(w, x, jnp.asarray(y), margin=margins.get('arcface'), mesh=mesh).loss
+  )
   jaxpr = str(jax.make_jaxpr(jax.grad(fn, argnums=1))(jnp.asarray(w), jnp.asarray(x)))
   assert 'reduce_scatter' in jaxpr or 'psum_scatter' in jaxpr

@@ -5,6 +5,7 @@ unsampled centres a zero gradient; the lazy optimizer must leave them (and their
 the centres and their optimizer state stay split by class, and a checkpoint written on 8 devices
 restores, still split, on 4.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,13 +16,13 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
+from test_parallel_softmax import assert_close, reference
 
 from arcface_jax import margins, optim, parallel
 from arcface_jax.checkpointing import Checkpointer
 from arcface_jax.config_files import load_base
 from arcface_jax.parallel import lazy, partial_fc, softmax
 from arcface_jax.train_state import TrainState
-from test_parallel_softmax import assert_close, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,10 +77,13 @@ def _sampled_step(w, x, y, mesh, key, rate=0.25, chunk=0):
   mg = margins.get('arcface')
   cache_key = (y.tobytes(), rate, chunk, mesh.size)
   if cache_key not in _COMPILED:
+
     def fn(w, x, key):
-      out = softmax.margin_softmax(w, x, jnp.asarray(y), margin=mg, mesh=mesh,
-                                   sample_rate=rate, key=key, chunk=chunk)
+      out = softmax.margin_softmax(
+        w, x, jnp.asarray(y), margin=mg, mesh=mesh, sample_rate=rate, key=key, chunk=chunk
+      )
       return out.loss, out.sampled
+
     _COMPILED[cache_key] = jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))
   (loss, sampled), grads = _COMPILED[cache_key](jnp.asarray(w), jnp.asarray(x), key)
   return loss, np.asarray(sampled), grads, mg
@@ -110,8 +114,9 @@ def test_lazy_sgd_touches_only_sampled_rows_and_equals_dense_on_them(mesh):
   lazy_state, dense_state = lazy_tx.init(params), dense_tx.init(params)
   previous = None
   for step in range(2):
-    _, sampled, (d_w, _), _ = _sampled_step(np.asarray(params), x, y, mesh,
-                                            jax.random.key(10 + step))
+    _, sampled, (d_w, _), _ = _sampled_step(
+      np.asarray(params), x, y, mesh, jax.random.key(10 + step)
+    )
     lazy_up, new_lazy = lazy_tx.update(d_w, lazy_state, params)
     dense_up, dense_state = dense_tx.update(d_w, dense_state, params)
     lazy_up, trace = np.asarray(lazy_up), np.asarray(new_lazy.trace)
@@ -145,17 +150,23 @@ def test_make_optimizer_lazy_head_leaves_the_backbone_dense():
 def _train_state(objective, tx, rng):
   head_params, head_state = objective.init(rng)
   params = {'backbone': {'dense': jnp.arange(6.0)}, 'head': head_params}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                    head_state=head_state, opt_state=tx.init(params),
-                    skipped_steps=jnp.zeros((), jnp.int32),
-                    consecutive_skips=jnp.zeros((), jnp.int32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats={},
+    head_state=head_state,
+    opt_state=tx.init(params),
+    skipped_steps=jnp.zeros((), jnp.int32),
+    consecutive_skips=jnp.zeros((), jnp.int32),
+  )
 
 
 def _objective(mesh, sample_rate=1.0):
   config = load_base(os.path.join(REPO, 'configs', 'base.py'))
   config.head.sample_rate = sample_rate
-  return parallel.ModelParallelObjective(config.loss, config.head, num_classes=13,
-                                         embedding_dim=4, mesh=mesh)
+  return parallel.ModelParallelObjective(
+    config.loss, config.head, num_classes=13, embedding_dim=4, mesh=mesh
+  )
 
 
 @pytest.mark.parametrize('lazy_head', [False, True])
@@ -191,8 +202,9 @@ def test_checkpoint_written_on_8_devices_restores_split_on_4(mesh, tmp_path):
   objective4 = _objective(mesh4, sample_rate=0.5)
   abstract4 = jax.eval_shape(lambda r: _train_state(objective4, tx, r), jax.random.key(0))
   shardings4 = parallel.state_shardings(abstract4, mesh4)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract4, shardings4)
+  target = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract4, shardings4
+  )
   loader = Checkpointer(str(tmp_path), asynchronous=False)
   restored = loader.restore(target)
   loader.close()
@@ -209,12 +221,15 @@ def test_checkpoint_written_on_8_devices_restores_split_on_4(mesh, tmp_path):
 @pytest.mark.parametrize('init_std', [0.01, 0.5])
 def test_centre_init_follows_config_and_matches_the_single_device_head(init_std, mesh):
   from arcface_jax import losses
+
   config = load_base(os.path.join(REPO, 'configs', 'base.py'))
   config.head.init_std = init_std
-  sharded = parallel.ModelParallelObjective(config.loss, config.head, num_classes=1000,
-                                            embedding_dim=16, mesh=mesh)
-  single = losses.build_objective(config.loss, num_classes=1000, embedding_dim=16,
-                                  init_std=init_std)
+  sharded = parallel.ModelParallelObjective(
+    config.loss, config.head, num_classes=1000, embedding_dim=16, mesh=mesh
+  )
+  single = losses.build_objective(
+    config.loss, num_classes=1000, embedding_dim=16, init_std=init_std
+  )
   weight = np.asarray(sharded.init(jax.random.key(4))[0]['weight'])
   expected = np.asarray(single.init(jax.random.key(4))[0]['weight'])
   assert weight.shape[0] == sharded.num_padded_classes > 1000

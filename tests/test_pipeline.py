@@ -1,5 +1,6 @@
 """The input pipeline and source selection: exact resume, per-epoch shuffles and augmentation,
 process slices, resizing, bad samples, clear errors for unknown sources and missing paths."""
+
 import numpy as np
 import pytest
 
@@ -37,8 +38,9 @@ def _take(iterator, n):
 def test_resume_yields_exactly_the_tail_of_an_uninterrupted_run():
   loader = _loader(CountingSource(), flip=True, rotation_degrees=10, color_jitter=0.2)
   full = _take(loader.iterate(0), 12)  # 2.4 epochs of 5 steps
-  resumed = _take(_loader(CountingSource(), flip=True, rotation_degrees=10,
-                          color_jitter=0.2).iterate(7), 5)
+  resumed = _take(
+    _loader(CountingSource(), flip=True, rotation_degrees=10, color_jitter=0.2).iterate(7), 5
+  )
   for a, b in zip(full[7:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -63,14 +65,19 @@ def test_device_normalisation_matches_float64():
   import jax
 
   from arcface_jax.data.normalise import normalise_images
+
   images = np.random.default_rng(0).integers(0, 256, (4, 3, 3, 3), dtype=np.uint8)
   mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
   got = np.asarray(jax.jit(lambda x: normalise_images(x, mean, std))(images))
   want = (images.astype(np.float64) - np.array(mean)) / np.array(std)
   assert got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(normalise_images(images, 127.5, 127.5)),
-                             (images.astype(np.float64) - 127.5) / 127.5, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(normalise_images(images, 127.5, 127.5)),
+    (images.astype(np.float64) - 127.5) / 127.5,
+    rtol=1e-6,
+    atol=1e-6,
+  )
   already = want.astype(np.float32)  # floating images are taken as normalised
   np.testing.assert_array_equal(np.asarray(normalise_images(already, mean, std)), already)
   with pytest.raises(ValueError, match='one per RGB channel'):
@@ -106,6 +113,7 @@ def test_flip_mirrors_the_image():
   class Gradient(CountingSource):
     def __getitem__(self, i):
       return np.tile(np.arange(8, dtype=np.uint8)[None, :, None], (8, 1, 3)), i
+
   flipped = next(_loader(Gradient(), flip=True).iterate(0))['image']
   rows = flipped[:, 0, :, 0]
   assert any(np.array_equal(r, np.arange(8)) for r in rows)
@@ -114,8 +122,10 @@ def test_flip_mirrors_the_image():
 
 def test_process_slices_partition_the_global_batch():
   whole = next(_loader(CountingSource()).iterate(2))['label']
-  parts = [next(_loader(CountingSource(), process_index=p, process_count=2).iterate(2))['label']
-           for p in range(2)]
+  parts = [
+    next(_loader(CountingSource(), process_index=p, process_count=2).iterate(2))['label']
+    for p in range(2)
+  ]
   np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
@@ -134,6 +144,7 @@ def test_a_dataset_smaller_than_a_batch_is_refused():
 
 def test_unknown_source_and_missing_path_name_the_problem(tmp_path):
   import ml_collections
+
   config = ml_collections.ConfigDict(dict(source='parquet', path='', data_dir=str(tmp_path)))
   with pytest.raises(DatasetError, match="'parquet'"):
     sources.get_train_source(config)
@@ -174,8 +185,12 @@ def test_augmentation_is_redrawn_each_epoch():
   batches = _take(loader.iterate(0), 10)
 
   def flipped_by_label(epoch_batches):
-    return {int(label): bool(image[0, 0, 0] == 7)
-            for b in epoch_batches for label, image in zip(b['label'], b['image'])}
+    return {
+      int(label): bool(image[0, 0, 0] == 7)
+      for b in epoch_batches
+      for label, image in zip(b['label'], b['image'])
+    }
+
   first, second = flipped_by_label(batches[:5]), flipped_by_label(batches[5:])
   assert 0.25 < np.mean(list(first.values())) < 0.75  # a fair coin per sample
   assert any(first[k] != second[k] for k in first)  # (seed, epoch, index) seeds the draw
@@ -195,6 +210,7 @@ def test_grey_images_become_rgb():
   class Grey(CountingSource):
     def __getitem__(self, i):
       return np.full((8, 8), i, np.uint8), i
+
   batch = next(_loader(Grey()).iterate(0))
   assert batch['image'].shape == (8, 8, 8, 3)
   np.testing.assert_array_equal(batch['image'][:, 0, 0, 2], batch['label'])
@@ -207,9 +223,19 @@ def test_uneven_process_split_is_refused():
 
 def test_synthetic_and_tfds_sources_by_config(tmp_path):
   import ml_collections
-  config = ml_collections.ConfigDict(dict(
-      source='synthetic', path='', data_dir=str(tmp_path), synthetic_variant='tiny',
-      num_classes=0, split_by='identity', val_fraction=0.0, test_fraction=0.0))
+
+  config = ml_collections.ConfigDict(
+    dict(
+      source='synthetic',
+      path='',
+      data_dir=str(tmp_path),
+      synthetic_variant='tiny',
+      num_classes=0,
+      split_by='identity',
+      val_fraction=0.0,
+      test_fraction=0.0,
+    )
+  )
   synthetic = sources.get_train_source(config)
   assert (len(synthetic), synthetic.num_classes) == (128, 16)
   image, label = synthetic[0]
@@ -231,6 +257,7 @@ def test_synthetic_and_tfds_sources_by_config(tmp_path):
 
 def test_recordio_without_path_names_the_setting():
   import ml_collections
+
   config = ml_collections.ConfigDict(dict(source='recordio', path='', data_dir='data'))
   with pytest.raises(DatasetError, match='config.data.path'):
     sources.get_train_source(config)
@@ -241,13 +268,17 @@ def test_recordio_without_path_names_the_setting():
 
 def test_augmentation_draws_are_uniform_and_keyed_by_seed_epoch_index():
   from arcface_jax.data.pipeline import augmentation_draws
+
   draws = augmentation_draws(0, 0, np.arange(20000))
   assert draws.shape == (20000, 6) and 0 <= draws.min() and draws.max() < 1
   np.testing.assert_allclose(draws.mean(0), 0.5, atol=0.01)
   assert abs(np.corrcoef(draws[:, 0], draws[:, 1])[0, 1]) < 0.03
   np.testing.assert_array_equal(augmentation_draws(0, 0, [5, 7]), draws[[5, 7]])
-  for other in (augmentation_draws(1, 0, [5]), augmentation_draws(0, 1, [5]),
-                augmentation_draws(-1, 0, [5])):
+  for other in (
+    augmentation_draws(1, 0, [5]),
+    augmentation_draws(0, 1, [5]),
+    augmentation_draws(-1, 0, [5]),
+  ):
     assert not np.allclose(other, draws[5])
 
 
@@ -259,7 +290,10 @@ def test_non_square_images_are_centre_cropped_before_resizing():
       image = np.zeros((8, 16, 3), np.uint8)
       image[:, 4:12] = 100 + i % 100
       return image, i
+
   batch = next(_loader(Wide(), image_size=4).iterate(0))
   assert batch['image'].shape == (8, 4, 4, 3)
-  np.testing.assert_array_equal(batch['image'], np.broadcast_to(
-      (100 + batch['label'] % 100)[:, None, None, None], batch['image'].shape))
+  np.testing.assert_array_equal(
+    batch['image'],
+    np.broadcast_to((100 + batch['label'] % 100)[:, None, None, None], batch['image'].shape),
+  )

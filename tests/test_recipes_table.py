@@ -1,5 +1,6 @@
 """configs/recipes.py is the one table of the published recipes: the recipe files train what it
 says and the README's table is generated from it."""
+
 import os
 
 import pytest
@@ -15,8 +16,9 @@ def test_readme_table_is_the_generated_one():
   with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
     readme = f.read()
   expected = recipes_table.replace_table(readme, recipes_table.render(TABLE))
-  assert readme == expected, ('README.md recipes table is stale: run python -m '
-                              'arcface_jax.recipes_table --write README.md')
+  assert readme == expected, (
+    'README.md recipes table is stale: run python -m arcface_jax.recipes_table --write README.md'
+  )
   for name in TABLE:
     assert f'`configs/{name}.py`' in readme
 
@@ -34,7 +36,9 @@ def test_recipe_file_trains_its_row(name):
   if row['schedule'] == 'step':
     assert config.train.learning_rate == row['lr']
     assert (tuple(config.train.lr_boundaries), config.train.num_steps) == (
-        tuple(row['lr_boundaries']), row['steps'])
+      tuple(row['lr_boundaries']),
+      row['steps'],
+    )
   else:  # the reference trainer: lr 0.1 per 1024 images, epochs over the dataset
     assert config.train.learning_rate == pytest.approx(row['lr'] * row['batch'] / 1024)
     assert config.train.num_steps == row['epochs'] * (row['images'] // row['batch'])

@@ -1,4 +1,5 @@
 """RecordIO: pack → read round trips (face layout and im2rec), split records, bad data."""
+
 import concurrent.futures
 import multiprocessing
 import os
@@ -88,8 +89,9 @@ def test_pack_read_round_trip_is_exact(faces, tmp_path, header):
 
 def test_jpeg_round_trip_and_labels(tmp_path):
   rng = np.random.default_rng(1)
-  smooth = [cv2.GaussianBlur(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), (9, 9), 3)
-            for _ in range(4)]
+  smooth = [
+    cv2.GaussianBlur(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), (9, 9), 3) for _ in range(4)
+  ]
   samples = [(k // 2, encode_image(image, '.jpg', quality=98)) for k, image in enumerate(smooth)]
   assert recordio.write_records(str(tmp_path), samples) == 4
   ds = recordio.RecordDataset(str(tmp_path))
@@ -134,10 +136,10 @@ def test_bad_samples_raise_corrupt_sample_errors(faces, tmp_path):
   rec = out / 'train.rec'
   data = bytearray(rec.read_bytes())
   offsets = [int(line.split('\t')[1]) for line in (out / 'train.idx').read_text().splitlines()]
-  data[offsets[0]:offsets[0] + 4] = b'\0\0\0\0'  # wrong magic on the first record in the file
-  data[offsets[1]:offsets[1] + 4] = b'\0\0\0\0'  # and on record 1
+  data[offsets[0] : offsets[0] + 4] = b'\0\0\0\0'  # wrong magic on the first record in the file
+  data[offsets[1] : offsets[1] + 4] = b'\0\0\0\0'  # and on record 1
   body = offsets[2] + 8 + 24  # image bytes of record 2: corrupt the PNG signature
-  data[body:body + 8] = b'garbage!'
+  data[body : body + 8] = b'garbage!'
   struct.pack_into('<f', data, offsets[3] + 8 + 4, 7.0)  # record 3: label 7 of 3 classes
   struct.pack_into('<I', data, offsets[4] + 4, (2 << 29) | 100)  # a "middle" chunk alone
   rec.write_bytes(bytes(data))
@@ -153,7 +155,7 @@ def test_bad_samples_raise_corrupt_sample_errors(faces, tmp_path):
   with pytest.raises(CorruptSampleError, match='out of sequence'):
     ds[4]
   ds[5], ds[6]  # neighbours still read
-  rec.write_bytes(bytes(data[:offsets[-1] + 10]))  # truncate the last record
+  rec.write_bytes(bytes(data[: offsets[-1] + 10]))  # truncate the last record
   with pytest.raises(CorruptSampleError, match='truncated'):
     ds[8]
   with pytest.raises(IndexError):
@@ -214,8 +216,7 @@ def test_reads_are_safe_across_threads_pickles_and_processes(faces, tmp_path):
   copy = pickle.loads(pickle.dumps(ds))
   assert copy._fd is None and _read_all(copy) == expected
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    assert list(pool.map(lambda i: (ds[i % 9][0].sum(), ds[i % 9][1]), range(90))) == \
-        expected * 10
+    assert list(pool.map(lambda i: (ds[i % 9][0].sum(), ds[i % 9][1]), range(90))) == expected * 10
   context = multiprocessing.get_context('fork')
   with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
     assert list(pool.map(_read_all, [ds, ds])) == [expected, expected]
@@ -224,17 +225,26 @@ def test_reads_are_safe_across_threads_pickles_and_processes(faces, tmp_path):
 def test_pack_command_end_to_end(faces, tmp_path):
   root, images = faces
   for flag, out in (([], tmp_path / 'cmd'), (['--no-header'], tmp_path / 'im2rec')):
-    result = subprocess.run([sys.executable, '-m', 'arcface_jax.data.pack', str(root), str(out),
-                             *flag], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+      [sys.executable, '-m', 'arcface_jax.data.pack', str(root), str(out), *flag],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert 'packed 9 images of 3 identities' in result.stdout
     assert (out / 'property').read_text().strip() == '3,12,12'
     ds = recordio.RecordDataset(str(out))
     assert ds.has_header == (not flag)
     np.testing.assert_array_equal(ds[4][0], images[('bob', 1)])
-  bad = subprocess.run([sys.executable, '-m', 'arcface_jax.data.pack', str(tmp_path / 'nope'),
-                        str(tmp_path / 'x')], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+  bad = subprocess.run(
+    [sys.executable, '-m', 'arcface_jax.data.pack', str(tmp_path / 'nope'), str(tmp_path / 'x')],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode == 2 and 'nope' in bad.stderr and 'Traceback' not in bad.stderr
 
 

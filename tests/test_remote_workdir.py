@@ -10,6 +10,7 @@ TensorBoard upload and evaluation outputs. The test runs from an empty current d
 checks that nothing landed there: a path treated as local (`os.path.abspath('gs://b/run')`) would
 have written `./gs:/b/run`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,6 +39,7 @@ _FSSPEC_REGISTRY = importlib.import_module('fsspec.registry')._registry  # pylin
 
 class _BucketOnDisk(DirFileSystem):
   """fsspec's `gs` protocol served from a local directory (`root`/<bucket>/<object>)."""
+
   protocol = ('gs', 'gcs')
   root = ''
 
@@ -50,6 +52,7 @@ class _BucketOnDisk(DirFileSystem):
 def fake_gcs(tmp_path, monkeypatch):
   """Routes gs:// to tmp_path/bucket_root for epath (fsspec) and orbax (TensorStore)."""
   from orbax.checkpoint._src.path import gcs_utils
+
   root = tmp_path / 'bucket_root'
   root.mkdir()
   monkeypatch.setattr(_BucketOnDisk, 'root', str(root))
@@ -58,6 +61,7 @@ def fake_gcs(tmp_path, monkeypatch):
     fsspec.register_implementation(name, _BucketOnDisk, clobber=True)
   _BucketOnDisk.clear_instance_cache()
   from etils.epath import backend
+
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
   def kvstore(path: str) -> dict:
@@ -65,8 +69,11 @@ def fake_gcs(tmp_path, monkeypatch):
     return {'driver': 'file', 'path': os.path.join(root, bucket, key)}
 
   monkeypatch.setattr(gcs_utils, 'get_kvstore_for_gcs', kvstore)
-  monkeypatch.setattr(gcs_utils, 'get_bucket',
-                      lambda name: types.SimpleNamespace(hierarchical_namespace_enabled=False))
+  monkeypatch.setattr(
+    gcs_utils,
+    'get_bucket',
+    lambda name: types.SimpleNamespace(hierarchical_namespace_enabled=False),
+  )
   cwd = tmp_path / 'cwd'
   cwd.mkdir()
   monkeypatch.chdir(cwd)
@@ -81,7 +88,8 @@ def fake_gcs(tmp_path, monkeypatch):
 
 
 def test_gs_workdir_trains_checkpoints_and_resumes_like_an_uninterrupted_run(
-    fake_gcs, tmp_path_factory, caplog):
+  fake_gcs, tmp_path_factory, caplog
+):
   config = load_config(TINY)
   config.data.data_dir = str(tmp_path_factory.getbasetemp() / 'data')
   # The same programs as test_train's local resume test: in one session they compile once.
@@ -105,14 +113,17 @@ def test_gs_workdir_trains_checkpoints_and_resumes_like_an_uninterrupted_run(
   assert not (on_disk / workdir_lock.LOCK_FILE).exists()  # released at the clean stop
 
   # A lock left by a process that died on this host is taken over, as on a local disk.
-  dead = workdir_lock.Holder(pid=2**22 + 7, host=workdir_lock.socket.gethostname(),
-                             started='earlier')
+  dead = workdir_lock.Holder(
+    pid=2**22 + 7, host=workdir_lock.socket.gethostname(), started='earlier'
+  )
   (on_disk / workdir_lock.LOCK_FILE).write_text(json.dumps(dead.__dict__))
   resumed = jax.device_get(trainer.train_and_evaluate(config, workdir, mesh=mesh))
   assert 'best-effort' in caplog.text and 'taking over a stale lock' in caplog.text
   assert int(resumed.step) == 6
-  for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state)),
-                  jax.tree.leaves((full.params, full.opt_state))):
+  for a, b in zip(
+    jax.tree.leaves((resumed.params, resumed.opt_state)),
+    jax.tree.leaves((full.params, full.opt_state)),
+  ):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
   assert sorted(p.name for p in (on_disk / 'checkpoints').iterdir()) == ['3', '6']
@@ -129,8 +140,9 @@ def test_gs_lock_is_held_against_a_live_process_and_says_it_is_best_effort(fake_
     holder = workdir_lock.live_holder(workdir)
     assert holder is not None and holder.pid == os.getpid()
     # The same host's other process, still running (our parent), holds it: refused.
-    record = json.dumps({'pid': os.getppid(), 'host': workdir_lock.socket.gethostname(),
-                         'started': 'now'})
+    record = json.dumps(
+      {'pid': os.getppid(), 'host': workdir_lock.socket.gethostname(), 'started': 'now'}
+    )
     (fake_gcs / 'bucket' / 'locked' / workdir_lock.LOCK_FILE).write_text(record)
     with pytest.raises(workdir_lock.WorkdirLockedError, match=f'pid {os.getppid()}'):
       workdir_lock.WorkdirLock(workdir).acquire()

@@ -1,4 +1,5 @@
 """The run's config.json: written resolved, and a changed config on resume is named key by key."""
+
 import json
 import os
 
@@ -20,7 +21,7 @@ def test_config_round_trips_and_a_changed_resume_is_named(tmp_path, caplog):
   changed.head.init_std = 0.01
   reporting.write_config(str(tmp_path), changed)
   assert 'differs from the one saved there' in caplog.text
-  assert f"head.init_std: {2 ** -0.5!r} → 0.01" in caplog.text
+  assert f"head.init_std: {2**-0.5!r} → 0.01" in caplog.text
   assert "loss.name: 'arcface' → 'cosface'" in caplog.text
   with open(path) as f:  # the file now holds the new config
     assert json.load(f)['loss']['name'] == 'cosface'

@@ -1,5 +1,6 @@
 """Identity-balanced (P×K) epoch orders: blocks of one identity, every image each epoch, exact
 resume through the loader, labels read from RecordIO without decoding."""
+
 import collections
 
 import cv2
@@ -53,6 +54,7 @@ def test_unreadable_labels_are_left_out_and_bad_arguments_refused():
 
 class LabelledSource:
   """Image i is constant i; its label is LABELS[i]."""
+
   num_classes = 7
   labels = LABELS
 
@@ -64,8 +66,16 @@ class LabelledSource:
 
 
 def _loader(**kw):
-  return TrainLoader(LabelledSource(), global_batch_size=8, seed=5, image_size=4, flip=False,
-                     images_per_identity=4, labels=LABELS, **kw)
+  return TrainLoader(
+    LabelledSource(),
+    global_batch_size=8,
+    seed=5,
+    image_size=4,
+    flip=False,
+    images_per_identity=4,
+    labels=LABELS,
+    **kw,
+  )
 
 
 def test_loader_batches_are_p_identities_by_k_images_and_resume_exactly():
@@ -88,11 +98,16 @@ def test_loader_batches_are_p_identities_by_k_images_and_resume_exactly():
 
 def test_loader_refuses_a_batch_that_cuts_blocks_or_missing_labels():
   with pytest.raises(ValueError, match='not a multiple of config.data.images_per_identity=3'):
-    TrainLoader(LabelledSource(), global_batch_size=8, seed=0, image_size=4,
-                images_per_identity=3, labels=LABELS)
+    TrainLoader(
+      LabelledSource(),
+      global_batch_size=8,
+      seed=0,
+      image_size=4,
+      images_per_identity=3,
+      labels=LABELS,
+    )
   with pytest.raises(ValueError, match='need `labels`'):
-    TrainLoader(LabelledSource(), global_batch_size=8, seed=0, image_size=4,
-                images_per_identity=4)
+    TrainLoader(LabelledSource(), global_batch_size=8, seed=0, image_size=4, images_per_identity=4)
 
 
 @pytest.mark.parametrize('header', [True, False])
@@ -102,8 +117,9 @@ def test_recordio_labels_without_decoding(tmp_path, header):
   for identity, count in enumerate([3, 1, 4]):
     (root / f'p{identity}').mkdir(parents=True)
     for k in range(count):
-      cv2.imwrite(str(root / f'p{identity}' / f'{k}.png'),
-                  rng.integers(0, 255, (6, 6, 3), dtype=np.uint8))
+      cv2.imwrite(
+        str(root / f'p{identity}' / f'{k}.png'), rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+      )
   pack.pack_folder(str(root), str(tmp_path / 'rec'), header=header)
   ds = recordio.RecordDataset(str(tmp_path / 'rec'))
   assert ds.has_header == header

@@ -1,4 +1,5 @@
 """Grid search: grid parsing, per-cell runs that survive a crash, results, shared compilation."""
+
 from __future__ import annotations
 
 import csv
@@ -19,23 +20,27 @@ TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
 
 def test_grid_is_the_product_with_typed_values_and_readable_names():
   config = load_config(TINY)
-  cells = search.parse_grid(['train.learning_rate=1e-3,1e-2', 'train.momentum=0.5,0.9',
-                             'data.flip=true,false'], config)
+  cells = search.parse_grid(
+    ['train.learning_rate=1e-3,1e-2', 'train.momentum=0.5,0.9', 'data.flip=true,false'], config
+  )
   assert len(cells) == 8
-  assert cells[0].values == {'train.learning_rate': 1e-3, 'train.momentum': 0.5,
-                             'data.flip': True}
+  assert cells[0].values == {'train.learning_rate': 1e-3, 'train.momentum': 0.5, 'data.flip': True}
   assert cells[0].name == 'learning_rate=0.001,momentum=0.5,flip=True'
-  assert isinstance(search.parse_grid(['train.num_steps=3'], config)[0].values['train.num_steps'],
-                    int)
+  assert isinstance(
+    search.parse_grid(['train.num_steps=3'], config)[0].values['train.num_steps'], int
+  )
 
 
-@pytest.mark.parametrize('spec,message', [
+@pytest.mark.parametrize(
+  'spec,message',
+  [
     ('train.learning_rate', 'expected KEY=V1,V2'),
     ('train.learning_rate=0.1,,0.2', 'expected KEY=V1,V2'),
     ('train.lerning_rate=0.1', "no key 'train.lerning_rate'"),
     ('train.num_steps=1.5', "'1.5' is not an int"),
     ('train', 'expected KEY=V1,V2'),
-])
+  ],
+)
 def test_bad_grid_names_the_spec(spec, message):
   with pytest.raises(search.SearchError, match=message):
     search.parse_grid([spec], load_config(TINY))
@@ -51,13 +56,27 @@ def test_metric_direction_known_or_stated():
 
 def test_command_line_grid_errors_exit_2_with_one_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'arcface_jax.search', '--config', TINY, '--workdir',
-       str(tmp_path / 'grid'), '--grid', 'train.nope=1,2'],
-      capture_output=True, text=True, timeout=300, cwd=REPO)
+    [
+      sys.executable,
+      '-m',
+      'arcface_jax.search',
+      '--config',
+      TINY,
+      '--workdir',
+      str(tmp_path / 'grid'),
+      '--grid',
+      'train.nope=1,2',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
-      "error: --grid 'train.nope=1,2': config has no key 'train.nope' (every key is declared "
-      "in configs/base.py)"]
+    "error: --grid 'train.nope=1,2': config has no key 'train.nope' (every key is declared "
+    "in configs/base.py)"
+  ]
 
 
 class _Crash(Exception):
@@ -87,15 +106,29 @@ def test_search_survives_a_crash_skips_finished_cells_and_shares_compilation(tmp
     return trainer.train_and_evaluate(cell_config, cell_dir, step_callback=stop, **kwargs)
 
   with pytest.raises(_Crash):
-    search.run_search(config, workdir, cells, metric='loss', higher_is_better=False,
-                      train_fn=crash_in_second_cell, mesh=mesh)
+    search.run_search(
+      config,
+      workdir,
+      cells,
+      metric='loss',
+      higher_is_better=False,
+      train_fn=crash_in_second_cell,
+      mesh=mesh,
+    )
   assert calls == [cells[0].name, cells[1].name]
   assert os.path.exists(os.path.join(workdir, cells[0].name, search.DONE_MARKER))
   assert not os.path.exists(os.path.join(workdir, cells[1].name, search.DONE_MARKER))
 
   calls.clear()
-  result = search.run_search(config, workdir, cells, metric='loss', higher_is_better=False,
-                             train_fn=crash_in_second_cell, mesh=mesh)
+  result = search.run_search(
+    config,
+    workdir,
+    cells,
+    metric='loss',
+    higher_is_better=False,
+    train_fn=crash_in_second_cell,
+    mesh=mesh,
+  )
   assert calls == [c.name for c in cells[1:]]  # the finished first cell is not run again
   records = result['cells']
   assert [r['status'] for r in records] == ['finished'] * 4

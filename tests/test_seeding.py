@@ -1,4 +1,5 @@
 """One seed per run: the root key's split, and the same initial weights wherever they are drawn."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def test_keys_are_one_split_of_the_seed(tiny_config):
   for key, want in zip(keys.values(), expected):
     np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(want))
   same = seeding.keys(tiny_config.seed)  # the config or its seed: the same keys
-  assert all(np.array_equal(jax.random.key_data(same[p]), jax.random.key_data(keys[p]))
-             for p in keys)
+  assert all(
+    np.array_equal(jax.random.key_data(same[p]), jax.random.key_data(keys[p])) for p in keys
+  )
   other = seeding.keys(tiny_config.seed + 1)
   assert seeding.integer_seed(other['data']) != seeding.integer_seed(keys['data'])
 
@@ -50,17 +52,21 @@ def test_the_demo_starts_from_the_trainers_initial_weights(tiny_config, tmp_path
     if step == 1:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  state = trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'),
-                                     mesh=parallel.make_mesh(1),
-                                     step_callback=stop_after_the_first_step)
+  state = trainer.train_and_evaluate(
+    tiny_config,
+    str(tmp_path / 'run'),
+    mesh=parallel.make_mesh(1),
+    step_callback=stop_after_the_first_step,
+  )
   assert int(state.step) == 1
   started = jax.device_get(state.params['backbone'])
   demo = jax.device_get(models.initial_variables(tiny_config))
   assert jax.tree.structure(started) == jax.tree.structure(demo['params'])
   for got, want in zip(jax.tree.leaves(started), jax.tree.leaves(demo['params'])):
     np.testing.assert_array_equal(got, want)
-  assert (jax.tree.structure(jax.device_get(state.batch_stats))
-          == jax.tree.structure(demo['batch_stats']))
+  assert jax.tree.structure(jax.device_get(state.batch_stats)) == jax.tree.structure(
+    demo['batch_stats']
+  )
   # The check has teeth: another seed starts elsewhere.
   tiny_config.seed += 1
   other = jax.tree.leaves(jax.device_get(models.initial_variables(tiny_config))['params'])

@@ -1,5 +1,6 @@
 """Sub-center ArcFace's cleaning step: the decision against a brute force, and the command on a
 tiny trained run, continued with one centre per class from the dominant sub-centres."""
+
 from __future__ import annotations
 
 import os
@@ -49,6 +50,7 @@ def test_command_on_a_tiny_run_and_continue_with_one_centre(tmp_path, capsys):
   with open(os.path.join(out, 'flagged.tsv')) as f:
     lines = f.read().splitlines()
   import json
+
   with open(os.path.join(out, 'summary.json')) as f:
     summary = json.load(f)
   assert lines[0].split('\t') == ['index', 'label', 'angle_deg', 'nearest_subcentre']
@@ -65,6 +67,7 @@ def test_command_on_a_tiny_run_and_continue_with_one_centre(tmp_path, capsys):
     excluded = [int(line) for line in f if not line.startswith('#')]
   assert excluded == sorted(int(line.split('\t')[0]) for line in lines[1:])
   from arcface_jax.data import sources
+
   continued = load_config(os.path.join(REPO, 'configs', 'from_run.py') + ':' + workdir)
   continued.data.exclude = os.path.join(out, 'exclude.txt')
   assert continued.loss.name == 'subcenter' and continued.train.num_steps == 6

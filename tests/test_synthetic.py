@@ -1,4 +1,5 @@
 """The embedded synthetic-identity dataset: deterministic, open-set, learnable, balanced pairs."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ def test_tiny_builds_and_reads_back_through_tfds_data_source(data_dir):
   test = synthetic.load_synthetic('tiny', data_dir, 'test')
   assert len(train) == variant.train_identities * variant.images_per_identity
   assert len(test) == variant.test_identities * variant.images_per_identity
-  assert (train.num_classes, test.num_classes) == (variant.train_identities,
-                                                   variant.test_identities)
+  assert (train.num_classes, test.num_classes) == (
+    variant.train_identities,
+    variant.test_identities,
+  )
   # Stored as array_record and readable by plain TFDS, no TensorFlow involved.
   stored = os.listdir(os.path.join(data_dir, 'synthetic_faces', 'tiny', '1.1.0'))
   assert any('.array_record-' in f for f in stored)
@@ -40,8 +43,9 @@ def test_tiny_builds_and_reads_back_through_tfds_data_source(data_dir):
   assert raw[5]['label'] == label
   images, labels = _all(train)
   # Every identity has exactly its images, labels 0..N-1.
-  np.testing.assert_array_equal(np.bincount(labels),
-                                np.full(variant.train_identities, variant.images_per_identity))
+  np.testing.assert_array_equal(
+    np.bincount(labels), np.full(variant.train_identities, variant.images_per_identity)
+  )
   # Stored PNG is lossless: the images are exactly what the renderer draws.
   rendered = synthetic.render_identity(3, variant.images_per_identity, variant.image_size, 0)
   stored = images[labels == 3]
@@ -81,9 +85,11 @@ def test_concurrent_first_use_generates_once(tmp_path):
 def test_test_identities_are_disjoint_from_train(data_dir):
   train_images, train_labels = _all(synthetic.load_synthetic('tiny', data_dir, 'train'))
   test_images, test_labels = _all(synthetic.load_synthetic('tiny', data_dir, 'test'))
+
   # Identity prototypes differ: no test identity's mean image matches a train identity's.
   def means(images, labels):
     return np.stack([images[labels == c].astype(np.float32).mean(0) for c in np.unique(labels)])
+
   train_means = means(train_images, train_labels).reshape(16, -1)
   test_means = means(test_images, test_labels).reshape(12, -1)
   distances = np.linalg.norm(train_means[:, None] - test_means[None], axis=-1)
@@ -91,8 +97,7 @@ def test_test_identities_are_disjoint_from_train(data_dir):
   # And no image is shared.
   assert not set(map(bytes, train_images)) & set(map(bytes, test_images))
   # The seeds the builder draws them from cannot overlap.
-  assert synthetic._TEST_SEED_OFFSET >= max(v.train_identities
-                                            for v in synthetic.VARIANTS.values())
+  assert synthetic._TEST_SEED_OFFSET >= max(v.train_identities for v in synthetic.VARIANTS.values())
 
 
 def test_same_identity_is_closer_but_not_identical():
@@ -139,8 +144,9 @@ def test_unknown_variant_and_split_are_clear_errors(data_dir):
 def test_opencv_decoding_of_stored_pngs_matches_tfds_own(data_dir):
   source = synthetic.load_synthetic('tiny', data_dir, 'test')
   assert source._encoded  # TFDS's decoding is skipped; OpenCV decodes the PNG bytes
-  plain = tfds.data_source(f'{synthetic.NAME}/tiny', data_dir=os.path.abspath(data_dir),
-                           split='test', download=False)
+  plain = tfds.data_source(
+    f'{synthetic.NAME}/tiny', data_dir=os.path.abspath(data_dir), split='test', download=False
+  )
   images, labels = _all(source)
   np.testing.assert_array_equal(images, np.stack([plain[i]['image'] for i in range(len(plain))]))
   np.testing.assert_array_equal(labels, [plain[i]['label'] for i in range(len(plain))])

@@ -1,4 +1,5 @@
 """TFDS builders: folder and RecordIO → array_record → tfds.data_source, bytes unchanged."""
+
 import os
 import subprocess
 import sys
@@ -43,8 +44,9 @@ def test_folder_round_trip_with_splits(tree, tmp_path):
     good = [i for i, p in enumerate(expected.paths) if not p.endswith('fake.jpg')]
     records = [source[split][i] for i in range(len(source[split]))]
     assert len(records) == len(good)  # the fake JPEG was skipped
-    assert _contents((r['image'], r['label']) for r in records) == \
-        _contents(expected[i] for i in good)  # RGB, exact (PNG bytes passed through)
+    assert _contents((r['image'], r['label']) for r in records) == _contents(
+      expected[i] for i in good
+    )  # RGB, exact (PNG bytes passed through)
     for r in records:
       assert r['identity'].decode() == expected.identities[r['label']]
   builder = tfds.builder(name, data_dir=data_dir)  # read back without this module's classes
@@ -59,8 +61,9 @@ def test_recordio_round_trip(tree, tmp_path):
   name = tfds_builders.build_recordio(str(tmp_path / 'rec'), data_dir, name='mini')
   source = tfds.data_source(name, data_dir=data_dir, split='train')
   assert len(source) == len(ds) == 18
-  assert _contents((source[i]['image'], source[i]['label']) for i in range(len(source))) == \
-      _contents(ds[i] for i in range(len(ds)))
+  assert _contents(
+    (source[i]['image'], source[i]['label']) for i in range(len(source))
+  ) == _contents(ds[i] for i in range(len(ds)))
   assert tfds.builder(name, data_dir=data_dir).info.features['label'].num_classes == 6
 
 
@@ -70,9 +73,23 @@ def test_command_and_bad_input(tree, tmp_path):
   with pytest.raises(DatasetError, match='train.rec not found'):
     tfds_builders.build_recordio(str(tmp_path), str(tmp_path / 'tfds'))
   data_dir = str(tmp_path / 'cmd')
-  result = subprocess.run([sys.executable, '-m', 'arcface_jax.data.tfds_builders', 'folder',
-                           str(tree), '--data_dir', data_dir, '--name', 'cli'],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'arcface_jax.data.tfds_builders',
+      'folder',
+      str(tree),
+      '--data_dir',
+      data_dir,
+      '--name',
+      'cli',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   assert 'built face_folder/cli' in result.stdout
   assert len(tfds.data_source('face_folder/cli', data_dir=data_dir, split='train')) == 18
@@ -81,6 +98,7 @@ def test_command_and_bad_input(tree, tmp_path):
 def test_built_val_split_reads_back_as_a_training_source(tree, tmp_path):
   from arcface_jax.config_files import load_base
   from arcface_jax.data import pairs, sources
+
   data_dir = str(tmp_path / 'tfds')
   name = tfds_builders.build_folder(str(tree), data_dir, name='held', val_fraction=0.34, seed=2)
   config = load_base(os.path.join(REPO, 'configs', 'base.py'))

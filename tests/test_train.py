@@ -1,4 +1,5 @@
 """The training spine: config checks, sharded step = single-device step, resume, preemption."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,21 @@ def tiny_config(tmp_path_factory):
 
 def test_unknown_override_is_one_clear_error():
   result = subprocess.run(
-      [sys.executable, '-m', 'arcface_jax.train', '--config', TINY, '--workdir', '/tmp/unused',
-       '--config.train.bacth_size=8'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      '-m',
+      'arcface_jax.train',
+      '--config',
+      TINY,
+      '--workdir',
+      '/tmp/unused',
+      '--config.train.bacth_size=8',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2
   assert 'bacth_size' in result.stderr
   assert 'Traceback' not in result.stderr
@@ -73,18 +87,21 @@ def test_missing_dataset_path(tiny_config, tmp_path):
 
 def _step_on_mesh(config, mesh, batch, num_steps=2, **normalisation):
   model = models.from_config(config)
-  objective = losses.build_objective(config.loss, num_classes=10,
-                                     embedding_dim=config.model.embedding_dim)
+  objective = losses.build_objective(
+    config.loss, num_classes=10, embedding_dim=config.model.embedding_dim
+  )
   schedule = optim.make_schedule(config.train)
   tx = optim.make_optimizer(config.train)
-  init = jax.jit(lambda key: create_train_state(key, model, objective, tx,
-                                                config.data.image_size),
-                 out_shardings=parallel.replicated(mesh))
+  init = jax.jit(
+    lambda key: create_train_state(key, model, objective, tx, config.data.image_size),
+    out_shardings=parallel.replicated(mesh),
+  )
   state = init(seeding.keys(0))
-  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1),
-                                 **normalisation),
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+  step = jax.jit(
+    make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1), **normalisation),
+    in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+    out_shardings=parallel.replicated(mesh),
+  )
   losses_seen = []
   for _ in range(num_steps):
     state, metrics = step(state, parallel.global_batch(mesh, batch))
@@ -95,8 +112,10 @@ def _step_on_mesh(config, mesh, batch, num_steps=2, **normalisation):
 def _random_batch(config, seed=0):
   rng = np.random.default_rng(seed)
   size, batch = config.data.image_size, config.train.batch_size
-  return {'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-          'label': rng.integers(0, 10, size=batch).astype(np.int32)}
+  return {
+    'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+    'label': rng.integers(0, 10, size=batch).astype(np.int32),
+  }
 
 
 def test_sharded_step_equals_single_device(tiny_config):
@@ -122,10 +141,22 @@ def test_uint8_batches_are_normalised_in_the_step(tiny_config):
   labels = rng.integers(0, 10, size=batch).astype(np.int32)
   mean, std = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
   on_host = ((pixels - np.array(mean)) / np.array(std)).astype(np.float32)
-  state_u8, loss_u8 = _step_on_mesh(tiny_config, mesh, {'image': pixels, 'label': labels},
-                                    num_steps=1, image_mean=mean, image_std=std)
-  state_f32, loss_f32 = _step_on_mesh(tiny_config, mesh, {'image': on_host, 'label': labels},
-                                      num_steps=1, image_mean=mean, image_std=std)
+  state_u8, loss_u8 = _step_on_mesh(
+    tiny_config,
+    mesh,
+    {'image': pixels, 'label': labels},
+    num_steps=1,
+    image_mean=mean,
+    image_std=std,
+  )
+  state_f32, loss_f32 = _step_on_mesh(
+    tiny_config,
+    mesh,
+    {'image': on_host, 'label': labels},
+    num_steps=1,
+    image_mean=mean,
+    image_std=std,
+  )
   np.testing.assert_allclose(loss_u8, loss_f32, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(state_u8.params), jax.tree.leaves(state_f32.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -137,8 +168,9 @@ def test_non_finite_step_is_skipped_and_counted(tiny_config):
   bad = dict(good, image=np.full_like(good['image'], np.nan))
   state, _ = _step_on_mesh(tiny_config, mesh, good, num_steps=1)
   model = models.from_config(tiny_config)
-  objective = losses.build_objective(tiny_config.loss, num_classes=10,
-                                     embedding_dim=tiny_config.model.embedding_dim)
+  objective = losses.build_objective(
+    tiny_config.loss, num_classes=10, embedding_dim=tiny_config.model.embedding_dim
+  )
   schedule = optim.make_schedule(tiny_config.train)
   tx = optim.make_optimizer(tiny_config.train)
   step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)))
@@ -172,19 +204,29 @@ def _diverging(config, learning_rate):
 def _saved_states(workdir):
   """Every checkpoint of `workdir` as host arrays (restored without a target)."""
   import orbax.checkpoint as ocp
+
   from arcface_jax import checkpointing
+
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
-    return {step: checkpointing._join(checkpointer.manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore() for item in ('model', 'train')})))
-            for step in checkpointer.manager.all_steps()}
+    return {
+      step: checkpointing._join(
+        checkpointer.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            **{item: ocp.args.StandardRestore() for item in ('model', 'train')}
+          ),
+        )
+      )
+      for step in checkpointer.manager.all_steps()
+    }
   finally:
     checkpointer.close()
 
 
-def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tiny_config,
-                                                                             tmp_path):
+def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tiny_config, tmp_path):
   from arcface_jax import state_health
+
   # lr=1e6 after a warm-up from 0: the loss stays finite while the batch-norm statistics blow
   # up; the states the failing steps started from must not be what the next start resumes.
   config = _diverging(tiny_config, 1e6)
@@ -197,8 +239,9 @@ def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tin
   newest = int(message.split('newest sound checkpoint is step ')[1].split(',')[0])
   saved = _saved_states(workdir)
   assert saved and max(saved) == newest
-  assert any(name.endswith('-diverged')
-             for name in os.listdir(os.path.join(workdir, 'damaged_checkpoints')))
+  assert any(
+    name.endswith('-diverged') for name in os.listdir(os.path.join(workdir, 'damaged_checkpoints'))
+  )
   for step, state in saved.items():
     assert state_health.train_state_problems(state) == [], step
   # The next start resumes from that sound state; with a sane learning rate it trains on.
@@ -211,6 +254,7 @@ def test_divergence_saves_only_sound_states_and_resume_does_not_fail_at_once(tin
 def test_divergence_right_after_a_resume_blames_the_checkpoint(tiny_config, tmp_path):
   from arcface_jax import state_health
   from arcface_jax.checkpointing import Checkpointer
+
   config = _diverging(tiny_config, tiny_config.train.learning_rate)
   config.train.num_steps = 2
   workdir = str(tmp_path / 'run')
@@ -218,9 +262,15 @@ def test_divergence_right_after_a_resume_blames_the_checkpoint(tiny_config, tmp_
   trainer.train_and_evaluate(config, workdir, mesh=mesh)
   # A state every forward pass of which overflows, though finite and within the health bounds.
   state = _saved_states(workdir)[2]
-  poisoned = jax.device_put(state.replace(step=np.asarray(3, np.int32), params={
-      'backbone': jax.tree.map(lambda x: np.full_like(x, 9e9), state.params['backbone']),
-      'head': state.params['head']}))
+  poisoned = jax.device_put(
+    state.replace(
+      step=np.asarray(3, np.int32),
+      params={
+        'backbone': jax.tree.map(lambda x: np.full_like(x, 9e9), state.params['backbone']),
+        'head': state.params['head'],
+      },
+    )
+  )
   assert state_health.train_state_problems(poisoned) == []
   checkpointer = Checkpointer(workdir)
   checkpointer.save(poisoned, step=3, force=True)
@@ -251,8 +301,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path):
       os.kill(os.getpid(), signal.SIGTERM)
 
   workdir = str(tmp_path / 'interrupted')
-  stopped = trainer.train_and_evaluate(tiny_config, workdir, mesh=mesh,
-                                       step_callback=preempt_at_3)
+  stopped = trainer.train_and_evaluate(tiny_config, workdir, mesh=mesh, step_callback=preempt_at_3)
   assert int(stopped.step) == 3
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
   resumed = jax.device_get(trainer.train_and_evaluate(tiny_config, workdir, mesh=mesh))
@@ -274,16 +323,29 @@ def _read_until(process, marker, deadline_s):
 
 def test_sigterm_on_the_command_line_while_compiling_and_mid_run(tmp_path, tiny_config):
   workdir = tmp_path / 'run'
-  command = [sys.executable, '-m', 'arcface_jax.train', '--config', TINY, '--workdir',
-             str(workdir), '--config.train.num_steps=100000', '--config.train.log_every=1',
-             f'--config.data.data_dir={tiny_config.data.data_dir}']
+  command = [
+    sys.executable,
+    '-m',
+    'arcface_jax.train',
+    '--config',
+    TINY,
+    '--workdir',
+    str(workdir),
+    '--config.train.num_steps=100000',
+    '--config.train.log_every=1',
+    f'--config.data.data_dir={tiny_config.data.data_dir}',
+  ]
   # While the train step compiles: IResNet-50's step compiles for far longer than the few
   # seconds allowed (a fresh compilation cache, so no earlier run serves it), yet the process
   # stops at once, with nothing to save before the first step.
   compiling = subprocess.Popen(
-      command + ['--config.model.name=iresnet50'], cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True,
-      env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'empty_cache')))
+    command + ['--config.model.name=iresnet50'],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'empty_cache')),
+  )
   seen = _read_until(compiling, 'compiling the train step', 240)
   sent = time.time()
   compiling.send_signal(signal.SIGTERM)
@@ -295,8 +357,9 @@ def test_sigterm_on_the_command_line_while_compiling_and_mid_run(tmp_path, tiny_
   saved = workdir / 'checkpoints'
   assert not saved.exists() or not [s for s in os.listdir(saved) if s.isdigit()]
   # Started again (the workdir is free), it trains; SIGTERM mid-run saves and exits cleanly.
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+  process = subprocess.Popen(
+    command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   seen = _read_until(process, 'step 3/', 240)
   process.send_signal(signal.SIGTERM)
   rest, _ = process.communicate(timeout=120)

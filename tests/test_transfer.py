@@ -1,4 +1,5 @@
 """Transfer learning: frozen parameters, lr multipliers, runtime hyperparameters, init_from."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,28 +31,36 @@ def tiny_config(tmp_path_factory):
 
 
 def _leaves_by_path(tree):
-  return {optim.path_string(p): np.asarray(x) for p, x in
-          jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]}
+  return {
+    optim.path_string(p): np.asarray(x)
+    for p, x in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  }
 
 
 def _steps(config, num_steps=2, seed=0):
   """A real train step of the trainer's model, optimizer and freezing, on random batches."""
   from arcface_jax import freezing, losses
+
   model = models.from_config(config)
-  objective = losses.build_objective(config.loss, num_classes=10,
-                                     embedding_dim=config.model.embedding_dim)
+  objective = losses.build_objective(
+    config.loss, num_classes=10, embedding_dim=config.model.embedding_dim
+  )
   tx = optim.make_optimizer(config.train)
-  state0 = create_train_state(seeding.keys(0), model, objective, tx,
-                              config.data.image_size)
+  state0 = create_train_state(seeding.keys(0), model, objective, tx, config.data.image_size)
   step_model = freezing.for_training(model, config.train, state0.params, state0.batch_stats)
-  step = jax.jit(make_train_step(step_model, objective, tx, optim.make_schedule(config.train),
-                                 jax.random.PRNGKey(1)))
+  step = jax.jit(
+    make_train_step(
+      step_model, objective, tx, optim.make_schedule(config.train), jax.random.PRNGKey(1)
+    )
+  )
   rng = np.random.default_rng(seed)
   state = state0
   size = config.data.image_size
   for _ in range(num_steps):
-    batch = {'image': jnp.asarray(rng.normal(size=(16, size, size, 3)), jnp.float32),
-             'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
+    batch = {
+      'image': jnp.asarray(rng.normal(size=(16, size, size, 3)), jnp.float32),
+      'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+    }
     state, _ = step(state, batch)
   return state0, state
 
@@ -72,13 +81,17 @@ def test_frozen_parameters_keep_no_state_and_stay_bit_identical(tiny_config):
   # shape belongs to a trained parameter (momentum traces), and their count equals theirs.
   shapes = {path: old[path].shape for path in old}
   trained = [p for p in old if p not in frozen]
-  traces = [path for path, leaf in _leaves_by_path(after.opt_state.inner_state).items()
-            if '/trace/' in f'/{path}/']
+  traces = [
+    path
+    for path, leaf in _leaves_by_path(after.opt_state.inner_state).items()
+    if '/trace/' in f'/{path}/'
+  ]
   assert len(traces) == len(trained)
   for path in traces:
     param = path.split('/trace/', 1)[1]
-    assert param in trained and shapes[param] == _leaves_by_path(
-        after.opt_state.inner_state)[path].shape
+    assert (
+      param in trained and shapes[param] == _leaves_by_path(after.opt_state.inner_state)[path].shape
+    )
 
 
 @pytest.mark.parametrize('freeze_stats', [False, True])
@@ -91,8 +104,9 @@ def test_freeze_batch_stats_keeps_frozen_layers_statistics(tiny_config, freeze_s
   assert frozen_block
   for path in frozen_block:
     assert (old[path].tobytes() == new[path].tobytes()) == freeze_stats, path
-  assert not np.array_equal(old['IBasicBlock_1/BatchNorm_0/mean'],
-                            new['IBasicBlock_1/BatchNorm_0/mean'])
+  assert not np.array_equal(
+    old['IBasicBlock_1/BatchNorm_0/mean'], new['IBasicBlock_1/BatchNorm_0/mean']
+  )
 
 
 def test_lr_multiplier_scales_the_update(tiny_config):
@@ -109,12 +123,15 @@ def test_lr_multiplier_scales_the_update(tiny_config):
   np.testing.assert_allclose(updates['head']['weight'], -lr * 10 * 0.5, rtol=1e-6)
 
 
-@pytest.mark.parametrize('key,value,message', [
+@pytest.mark.parametrize(
+  'key,value,message',
+  [
     ('freeze', ('^backbone/NoSuchLayer',), "'\\^backbone/NoSuchLayer' matches no parameter"),
     ('freeze', ('([',), 'not a valid regular expression'),
     ('lr_multipliers', ('^head/',), 'is not REGEX=FACTOR'),
     ('lr_multipliers', ('^nothing/=2',), "'\\^nothing/' matches no parameter not frozen"),
-])
+  ],
+)
 def test_bad_patterns_are_one_config_error(tiny_config, tmp_path, key, value, message):
   tiny_config.train[key] = value
   with pytest.raises(trainer.ConfigError, match=f'config.train.{key}: .*{message}'):
@@ -124,21 +141,25 @@ def test_bad_patterns_are_one_config_error(tiny_config, tmp_path, key, value, me
 def test_hyperparameters_are_runtime_values_not_constants(tiny_config):
   """Runs differing in learning rate, momentum or weight decay compile the same program."""
   from arcface_jax import losses
+
   model = models.from_config(tiny_config)
-  objective = losses.build_objective(tiny_config.loss, num_classes=10,
-                                     embedding_dim=tiny_config.model.embedding_dim)
+  objective = losses.build_objective(
+    tiny_config.loss, num_classes=10, embedding_dim=tiny_config.model.embedding_dim
+  )
   size = tiny_config.data.image_size
-  batch = {'image': jax.ShapeDtypeStruct((16, size, size, 3), jnp.float32),
-           'label': jax.ShapeDtypeStruct((16,), jnp.int32)}
+  batch = {
+    'image': jax.ShapeDtypeStruct((16, size, size, 3), jnp.float32),
+    'label': jax.ShapeDtypeStruct((16,), jnp.int32),
+  }
 
   def lowered(lr, momentum, wd):
     train = ml_collections.ConfigDict(tiny_config.train.to_dict())
     train.update(learning_rate=lr, momentum=momentum, weight_decay=wd)
     tx = optim.make_optimizer(train)
-    state = jax.eval_shape(lambda r: create_train_state(r, model, objective, tx, size),
-                           seeding.keys(0))
-    step = make_train_step(model, objective, tx, optim.make_schedule(train),
-                           jax.random.PRNGKey(1))
+    state = jax.eval_shape(
+      lambda r: create_train_state(r, model, objective, tx, size), seeding.keys(0)
+    )
+    step = make_train_step(model, objective, tx, optim.make_schedule(train), jax.random.PRNGKey(1))
     return jax.jit(step).lower(state, batch).as_text(debug_info=False)
 
   assert lowered(0.1, 0.9, 5e-4) == lowered(0.003, 0.5, 0.0)
@@ -146,8 +167,15 @@ def test_hyperparameters_are_runtime_values_not_constants(tiny_config):
 
 def test_runtime_hyperparameters_match_torch_sgd(tiny_config):
   train = tiny_config.train
-  train.update(learning_rate=0.05, momentum=0.8, weight_decay=0.01, clip_grad_norm=0.0,
-               schedule='step', lr_boundaries=(2,), lr_decay_factor=0.1)
+  train.update(
+    learning_rate=0.05,
+    momentum=0.8,
+    weight_decay=0.01,
+    clip_grad_norm=0.0,
+    schedule='step',
+    lr_boundaries=(2,),
+    lr_decay_factor=0.1,
+  )
   tx = optim.make_optimizer(train)
   p = np.array([1.0, -2.0])
   params = {'backbone': {'w': jnp.asarray(p, jnp.float32)}, 'head': {}}
@@ -155,8 +183,9 @@ def test_runtime_hyperparameters_match_torch_sgd(tiny_config):
   buf = np.zeros(2)
   for step, g in enumerate([np.array([0.3, 0.1]), np.array([-0.2, 0.4]), np.array([0.5, 0.5])]):
     assert np.isclose(float(optim.applied_learning_rate(state)), 0.05 * (0.1 if step >= 2 else 1))
-    updates, state = tx.update({'backbone': {'w': jnp.asarray(g, jnp.float32)}, 'head': {}},
-                               state, params)
+    updates, state = tx.update(
+      {'backbone': {'w': jnp.asarray(g, jnp.float32)}, 'head': {}}, state, params
+    )
     params = optax.apply_updates(params, updates)
     # torch.optim.SGD in float64: d = g + wd p; buf = m buf + d; p -= lr buf.
     lr = 0.05 * (0.1 if step >= 2 else 1.0)
@@ -181,12 +210,14 @@ def pretrained(tmp_path_factory):
   config.data.data_dir = str(tmp_path_factory.getbasetemp() / 'data')
   workdir = str(base / 'run')
   state = trainer.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(2))
-  return workdir, jax.device_get({'params': state.params['backbone'],
-                                  'batch_stats': state.batch_stats})
+  return workdir, jax.device_get(
+    {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
+  )
 
 
 def test_init_from_workdir_with_frozen_backbone_keeps_it_bit_identical(
-    tiny_config, pretrained, tmp_path, caplog):
+  tiny_config, pretrained, tmp_path, caplog
+):
   source, variables = pretrained
   tiny_config.model.init_from = source
   tiny_config.data.num_classes = 37  # a different head: it starts fresh
@@ -204,17 +235,19 @@ def test_init_from_workdir_with_frozen_backbone_keeps_it_bit_identical(
   tiny_config.train.num_steps += 2
   with caplog.at_level(logging.INFO):
     trainer.train_and_evaluate(tiny_config, workdir, mesh=parallel.make_mesh(2))
-  assert any('init_from' in r.getMessage() and 'ignored' in r.getMessage()
-             for r in caplog.records)
+  assert any('init_from' in r.getMessage() and 'ignored' in r.getMessage() for r in caplog.records)
 
 
-def test_init_from_architecture_mismatch_names_the_first_parameter(tiny_config, pretrained,
-                                                                   tmp_path):
+def test_init_from_architecture_mismatch_names_the_first_parameter(
+  tiny_config, pretrained, tmp_path
+):
   tiny_config.model.init_from = pretrained[0]
   tiny_config.model.embedding_dim = 48
-  with pytest.raises(trainer.ConfigError,
-                     match=r'backbone/\S+: this model expects shape \((\d+, )?48,?\), the '
-                           r'source has \((\d+, )?32,?\)'):
+  with pytest.raises(
+    trainer.ConfigError,
+    match=r'backbone/\S+: this model expects shape \((\d+, )?48,?\), the '
+    r'source has \((\d+, )?32,?\)',
+  ):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'), mesh=parallel.make_mesh(1))
 
 
@@ -236,6 +269,7 @@ def onnx_file(tmp_path_factory):
   pytest.importorskip('torch')
   pytest.importorskip('onnx')
   import test_model_import as reference  # the PyTorch twins of our backbones
+
   path = str(tmp_path_factory.mktemp('onnx') / 'iresnet_tiny.onnx')
   reference._export(reference._randomise(reference.TorchIResNet()), path, folded=False)
   return path
@@ -252,14 +286,19 @@ def _onnx_config():
 def _abstract(config):
   model = models.from_config(config)
   size = config.data.image_size
-  variables = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
-                                                jnp.zeros((1, size, size, 3)), train=False))
+  variables = jax.eval_shape(
+    lambda: model.init(
+      {'params': jax.random.PRNGKey(0)}, jnp.zeros((1, size, size, 3)), train=False
+    )
+  )
   return {k: variables[k] for k in ('params', 'batch_stats')}
 
 
 def _expected_onnx_variables(path):
   import onnx
+
   from arcface_jax.models import import_onnx
+
   return import_onnx.convert(onnx.load(path), 'iresnet_tiny', image_size=32)[1]
 
 
@@ -298,6 +337,7 @@ def test_init_from_url_checksum_mismatch_keeps_nothing(onnx_file, tmp_path, monk
 
 def test_init_from_onnx_file_and_import_directory(onnx_file, tmp_path):
   from arcface_jax.models import import_onnx
+
   config = _onnx_config()
   want = _leaves_by_path(_expected_onnx_variables(onnx_file))
   config.model.init_from = onnx_file
@@ -320,6 +360,7 @@ FINETUNE = os.path.join(REPO, 'configs', 'finetune.py')
 
 def _folder_tree(root, identities, images, size=16):
   import cv2
+
   rng = np.random.default_rng(0)
   for i in range(identities):
     folder = root / f'person{i:02d}'
@@ -331,12 +372,20 @@ def _folder_tree(root, identities, images, size=16):
 
 def test_finetune_split_is_stratified_90_10_then_88_12(tmp_path):
   from arcface_jax.data.folder import FolderDataset
+
   config = load_config(FINETUNE)
   root = _folder_tree(tmp_path / 'faces', identities=10, images=50, size=4)
-  splits = {s: FolderDataset(root, s, split_by=config.data.split_by,
-                             val_fraction=config.data.val_fraction,
-                             test_fraction=config.data.test_fraction,
-                             seed=config.data.split_seed) for s in ('train', 'val', 'test')}
+  splits = {
+    s: FolderDataset(
+      root,
+      s,
+      split_by=config.data.split_by,
+      val_fraction=config.data.val_fraction,
+      test_fraction=config.data.test_fraction,
+      seed=config.data.split_seed,
+    )
+    for s in ('train', 'val', 'test')
+  }
   for split in splits.values():
     assert split.num_classes == 10  # closed set: every person in every split's label space
   test_per_person = np.bincount(splits['test'].labels, minlength=10)
@@ -362,8 +411,9 @@ def test_finetune_recipe_starts_from_a_model_trained_here(pretrained, tmp_path):
   start = _leaves_by_path(variables['params'])
   fresh = _leaves_by_path(jax.device_get(_abstract_init(config)))
   kernel = 'IBasicBlock_0/Conv_0/kernel'
-  assert (np.linalg.norm(tuned[kernel] - start[kernel])
-          < 0.1 * np.linalg.norm(fresh[kernel] - start[kernel]))
+  assert np.linalg.norm(tuned[kernel] - start[kernel]) < 0.1 * np.linalg.norm(
+    fresh[kernel] - start[kernel]
+  )
   with open(tmp_path / 'run' / 'best.json') as f:
     assert 0.0 <= json.load(f)['val']['accuracy'] <= 1.0
 
@@ -371,5 +421,6 @@ def test_finetune_recipe_starts_from_a_model_trained_here(pretrained, tmp_path):
 def _abstract_init(config):
   model = models.from_config(config)
   size = config.data.image_size
-  return model.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, size, size, 3)),
-                    train=False)['params']
+  return model.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, size, size, 3)), train=False)[
+    'params'
+  ]

@@ -1,4 +1,5 @@
 """The LFW protocol on constructed embeddings whose answers are known by hand."""
+
 import numpy as np
 import pytest
 
@@ -157,8 +158,11 @@ def _reference_calculate_val(dist, issame, far_target, nfolds):
     # val_far at every threshold at once (the reference loops; the counts are the same integers).
     accept = dist[train][None, :] < thresholds[:, None]
     far_train = np.sum(accept & ~issame[train], 1) / np.sum(~issame[train])
-    threshold = (_reference_slinear(far_train, thresholds, far_target)
-                 if far_train.max() >= far_target else 0.0)
+    threshold = (
+      _reference_slinear(far_train, thresholds, far_target)
+      if far_train.max() >= far_target
+      else 0.0
+    )
     chosen.append(threshold)
     val, far = val_far(threshold, dist[test], issame[test])
     vals.append(val)
@@ -194,9 +198,13 @@ def test_tar_at_far_matches_the_reference_protocol_in_float64(far_target):
 
 def test_far_threshold_edge_cases_follow_the_reference():
   thresholds = np.arange(6.0)
-  for far, target in (([0, 0, 0.5, 0.5, 1, 1], 0.25), ([0, 0, 0.5, 0.5, 1, 1], 1.0),
-                      ([0, 0, 0.5, 0.5, 1, 1], 0.5), ([0, 0.1, 0.2, 0.3, 0.4, 0.5], 0.5),
-                      ([0, 0, 0, 0, 0, 0], 0.0)):
+  for far, target in (
+    ([0, 0, 0.5, 0.5, 1, 1], 0.25),
+    ([0, 0, 0.5, 0.5, 1, 1], 1.0),
+    ([0, 0, 0.5, 0.5, 1, 1], 0.5),
+    ([0, 0.1, 0.2, 0.3, 0.4, 0.5], 0.5),
+    ([0, 0, 0, 0, 0, 0], 0.0),
+  ):
     expected = _reference_slinear(np.array(far, float), thresholds, target)
     assert verification._far_threshold(np.array(far, float), thresholds, target) == expected
   # Above every FAR: threshold 0, as the reference's else branch.
@@ -212,8 +220,7 @@ def test_folds_are_contiguous_and_uneven_like_kfold():
 def test_roc_arrays_are_monotone_and_bounded():
   rng = np.random.default_rng(0)
   issame = rng.uniform(size=300) < 0.5
-  emb = _pairs_at_distances(np.clip(np.where(issame, 0.8, 1.4) + rng.normal(0, 0.3, 300),
-                                    0, 4))
+  emb = _pairs_at_distances(np.clip(np.where(issame, 0.8, 1.4) + rng.normal(0, 0.3, 300), 0, 4))
   result = verification.evaluate(emb, issame)
   assert np.all(np.diff(result['tar']) >= 0) and np.all(np.diff(result['far']) >= 0)
   assert result['tar'][0] == 0.0 and result['far'][0] == 0.0
@@ -236,11 +243,14 @@ def test_bad_shapes_are_refused():
 @pytest.fixture(scope='module')
 def toy_run(tmp_path_factory):
   """configs/toy.py:arcface,tiny (6 steps on digits, 16x16) and a .bin of held-out digit pairs."""
+  import os
+
   import cv2
+
   from arcface_jax import trainer
   from arcface_jax.config_files import load_config
   from arcface_jax.data import digits, verification_bin
-  import os
+
   root = tmp_path_factory.mktemp('evaluate')
   toy = os.path.join(os.path.dirname(__file__), os.pardir, 'configs', 'toy.py')
   workdir = str(root / 'run')
@@ -253,9 +263,11 @@ def toy_run(tmp_path_factory):
 
 def test_evaluate_run_matches_the_library_on_the_checkpoint(toy_run):
   import json
+
   from arcface_jax import evaluate
   from arcface_jax.evaluation.extract import extract_embeddings
   from arcface_jax.inference import load_embedder
+
   workdir, bin_path, images, issame = toy_run
   results = evaluate.evaluate_run(workdir, step=4, bins=[bin_path])
   with open(results['path']) as f:
@@ -263,8 +275,9 @@ def test_evaluate_run_matches_the_library_on_the_checkpoint(toy_run):
   assert written['step'] == 4 and results['path'].endswith('eval/step_4.json')
   entry = written['verification']['digits']
   embedder = load_embedder(workdir, 4)
-  emb, xnorm = extract_embeddings(embedder.apply, images, batch_size=64, mean=embedder.mean,
-                                  std=embedder.std, mesh=embedder.mesh)
+  emb, xnorm = extract_embeddings(
+    embedder.apply, images, batch_size=64, mean=embedder.mean, std=embedder.std, mesh=embedder.mesh
+  )
   expected = verification.evaluate(emb, issame)
   assert entry['accuracy'] == pytest.approx(expected['accuracy'])
   assert entry['std'] == pytest.approx(expected['std'])
@@ -275,23 +288,41 @@ def test_evaluate_command_logs_the_reference_format(toy_run):
   import re
   import subprocess
   import sys
+
   workdir, bin_path, _, _ = toy_run
   result = subprocess.run(
-      [sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir, '--bins', bin_path,
-       bin_path], capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      '-m',
+      'arcface_jax.evaluate',
+      '--workdir',
+      workdir,
+      '--bins',
+      bin_path,
+      bin_path,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert re.search(r'\[digits\]\[6\] Accuracy-Flip: \d\.\d{5}\+-\d\.\d{5}', result.stderr)
   assert re.search(r'\[digits\]\[6\] XNorm: \d', result.stderr)
   missing = subprocess.run(
-      [sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir, '--bins', 'nope.bin'],
-      capture_output=True, text=True, timeout=120)
+    [sys.executable, '-m', 'arcface_jax.evaluate', '--workdir', workdir, '--bins', 'nope.bin'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert missing.returncode == 2 and 'nope.bin' in missing.stderr
 
 
 def test_evaluate_run_identifies_gallery_and_probe_folders(toy_run, tmp_path):
   import cv2
+
   from arcface_jax import evaluate
   from arcface_jax.data import digits
+
   workdir, _, _, _ = toy_run
   source = digits.DigitsSource('test', 16, 8)
   counts = {}
@@ -308,8 +339,9 @@ def test_evaluate_run_identifies_gallery_and_probe_folders(toy_run, tmp_path):
       continue
     folder.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(folder / f'{i}.png'), image[..., ::-1])
-  results = evaluate.evaluate_run(workdir, bins=[], gallery=str(tmp_path / 'gallery'),
-                                  probe=str(tmp_path / 'probe'))
+  results = evaluate.evaluate_run(
+    workdir, bins=[], gallery=str(tmp_path / 'gallery'), probe=str(tmp_path / 'probe')
+  )
   ident = results['identification']
   assert (ident['num_identities'], ident['num_mated'], ident['num_nonmated']) == (6, 12, 4)
   assert 0.0 <= ident['rank1'] <= ident['rank5'] <= 1.0
@@ -333,8 +365,10 @@ def test_evaluate_warns_on_a_bin_written_in_pairs_txt_order(toy_run, tmp_path, c
   """A .bin of matched-then-mismatched pairs is still scored with consecutive folds, and the
   command says once, naming the set, that its numbers are skewed."""
   import cv2
+
   from arcface_jax import evaluate
   from arcface_jax.data import verification_bin
+
   workdir, _, images, issame = toy_run
   order = np.concatenate([np.flatnonzero(issame), np.flatnonzero(~issame)])
   pair_images = images.reshape(len(issame), 2, *images.shape[1:])[order].reshape(images.shape)
@@ -353,17 +387,24 @@ def test_training_and_command_run_the_same_registry_evaluator(toy_run, tmp_path)
   """The trainer's periodic evaluators (live variables, best kept) and `evaluate` (a restored
   checkpoint) score the same set identically."""
   import json
+
   import jax
-  from arcface_jax import evaluate
+
+  from arcface_jax import evaluate, models
   from arcface_jax.evaluation import evaluators
-  from arcface_jax import models
   from arcface_jax.inference import embedder_from_variables, load_embedder
+
   workdir, bin_path, _, _ = toy_run
   restored = load_embedder(workdir, 6)
   config = restored.config.copy_and_resolve_references()
   config.eval.bins = (bin_path,)
-  live = embedder_from_variables(config, jax.jit(models.make_embed_fn(models.from_config(config))),
-                                 restored.variables, 6, restored.mesh)
+  live = embedder_from_variables(
+    config,
+    jax.jit(models.make_embed_fn(models.from_config(config))),
+    restored.variables,
+    6,
+    restored.mesh,
+  )
   (periodic,) = evaluators.for_training(config, str(tmp_path))
   metrics = periodic.run(live, 6)
   command = evaluate.evaluate_run(workdir, step=6, bins=[bin_path])['verification']['digits']
@@ -374,16 +415,21 @@ def test_training_and_command_run_the_same_registry_evaluator(toy_run, tmp_path)
   assert (tmp_path / 'best' / 'digits').is_dir()
 
 
-@pytest.mark.parametrize('evaluators_value,fragment', [
+@pytest.mark.parametrize(
+  'evaluators_value,fragment',
+  [
     (('verification', 'lfw_typo'), "unknown evaluator 'lfw_typo'"),
     (('test',), 'python -m arcface_jax.evaluate'),
     (('ijb',), 'config.eval.ijb.dir'),
-])
+  ],
+)
 def test_bad_evaluator_choice_is_a_config_error(evaluators_value, fragment, tmp_path):
   import os
+
   from arcface_jax.config_checks import ConfigError
   from arcface_jax.config_files import load_config
   from arcface_jax.evaluation import evaluators
+
   toy = os.path.join(os.path.dirname(__file__), os.pardir, 'configs', 'toy.py')
   config = load_config(f'{toy}:tiny')
   config.eval.evaluators = evaluators_value

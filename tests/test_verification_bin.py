@@ -1,4 +1,5 @@
 """`.bin` verification sets: exact round trips, refusal of malicious pickles, Python 2 files."""
+
 import os
 import pickle
 import struct
@@ -51,8 +52,9 @@ def test_numpy_issame_and_bytearrays_are_accepted(tmp_path):
   path = str(tmp_path / 'np.bin')
   for protocol in (2, 5):  # protocol 2 spells bytes and arrays with reduce calls
     with open(path, 'wb') as f:
-      pickle.dump(([bytearray(_png(im)) for im in images], np.array([True, False])), f,
-                  protocol=protocol)
+      pickle.dump(
+        ([bytearray(_png(im)) for im in images], np.array([True, False])), f, protocol=protocol
+      )
     loaded, labels = verification_bin.load_bin(path, image_size=8)
     np.testing.assert_array_equal(loaded, images)
     np.testing.assert_array_equal(labels, [True, False])
@@ -81,8 +83,11 @@ class _WritesFile:
 @pytest.mark.parametrize('payload', ['system', 'open', 'nested'])
 def test_malicious_pickles_are_refused_without_running(tmp_path, payload):
   marker = tmp_path / 'pwned'
-  evil = {'system': _RunsCommand(f'touch {marker}'), 'open': _WritesFile(str(marker)),
-          'nested': _RunsCommand(f'touch {marker}')}[payload]
+  evil = {
+    'system': _RunsCommand(f'touch {marker}'),
+    'open': _WritesFile(str(marker)),
+    'nested': _RunsCommand(f'touch {marker}'),
+  }[payload]
   content = evil if payload != 'nested' else ([b'x', evil], [True])
   path = tmp_path / 'evil.bin'
   path.write_bytes(pickle.dumps(content, protocol=2))
@@ -107,11 +112,22 @@ def _py2_pickle(payloads, issame):
   out += [string(p) for p in payloads]
   out.append(b'e')  # APPENDS
   raw = bytes(bool(s) for s in issame)
-  out.append(b'cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85'
-             + string(b'b') + b'\x87R(K\x01K' + bytes([len(issame)]) + b'\x85'
-             + b'cnumpy\ndtype\n' + string(b'b1') + b'K\x00K\x01\x87R'
-             + b'(K\x03' + string(b'|') + b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb'
-             + b'\x89' + string(raw) + b'tb')
+  out.append(
+    b'cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85'
+    + string(b'b')
+    + b'\x87R(K\x01K'
+    + bytes([len(issame)])
+    + b'\x85'
+    + b'cnumpy\ndtype\n'
+    + string(b'b1')
+    + b'K\x00K\x01\x87R'
+    + b'(K\x03'
+    + string(b'|')
+    + b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb'
+    + b'\x89'
+    + string(raw)
+    + b'tb'
+  )
   out.append(b't.')  # TUPLE (from the first MARK), STOP
   return b''.join(out)
 
@@ -165,8 +181,21 @@ def test_make_from_a_generic_pairs_list(tmp_path):
   pairs.write_text('# comment\n0.png 1.png 1\n1.png 2.png 0\n\n2.png 0.png true\n')
   out = tmp_path / 'mine.bin'
   result = subprocess.run(
-      [sys.executable, '-m', 'arcface_jax.data.verification_bin', 'make', '--pairs', str(pairs),
-       '--root', str(tmp_path / 'faces'), '--out', str(out)], capture_output=True, text=True)
+    [
+      sys.executable,
+      '-m',
+      'arcface_jax.data.verification_bin',
+      'make',
+      '--pairs',
+      str(pairs),
+      '--root',
+      str(tmp_path / 'faces'),
+      '--out',
+      str(out),
+    ],
+    capture_output=True,
+    text=True,
+  )
   assert result.returncode == 0, result.stderr
   assert '3 pairs' in result.stdout
   loaded, issame = verification_bin.load_bin(str(out), image_size=20)

@@ -1,4 +1,5 @@
 """`python -m arcface_jax.app`: serve the demo page (see `arcface_jax.app`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,22 +23,38 @@ served on 127.0.0.1 only unless --host says otherwise; it is never shared throug
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog='python -m arcface_jax.app', epilog=EPILOG,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      description='A web page (Gradio) to try face models: identify the people in a photo from '
-      'a gallery ("unknown" for strangers), verify two photos, enrol people, and map the '
-      'gallery.')
-  parser.add_argument('--model', action='append', default=[], metavar='M',
-                      help='a training workdir or an exported .jax_export model (with its .json '
-                      'beside it); repeat for more models in the dropdown')
-  parser.add_argument('--gallery', metavar='G', help='the gallery file shared by every model '
-                      '(only the model it was made with can use it); created at the first '
-                      'enrolment')
-  parser.add_argument('--host', default='127.0.0.1',
-                      help='address to serve on (default 127.0.0.1: this machine only)')
+    prog='python -m arcface_jax.app',
+    epilog=EPILOG,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    description='A web page (Gradio) to try face models: identify the people in a photo from '
+    'a gallery ("unknown" for strangers), verify two photos, enrol people, and map the '
+    'gallery.',
+  )
+  parser.add_argument(
+    '--model',
+    action='append',
+    default=[],
+    metavar='M',
+    help='a training workdir or an exported .jax_export model (with its .json '
+    'beside it); repeat for more models in the dropdown',
+  )
+  parser.add_argument(
+    '--gallery',
+    metavar='G',
+    help='the gallery file shared by every model '
+    '(only the model it was made with can use it); created at the first '
+    'enrolment',
+  )
+  parser.add_argument(
+    '--host', default='127.0.0.1', help='address to serve on (default 127.0.0.1: this machine only)'
+  )
   parser.add_argument('--port', type=int, default=7860, help='port (default 7860)')
-  parser.add_argument('--demo-workdir', default='runs/demo', metavar='W',
-                      help='where the embedded demo model lives (without --model)')
+  parser.add_argument(
+    '--demo-workdir',
+    default='runs/demo',
+    metavar='W',
+    help='where the embedded demo model lives (without --model)',
+  )
   return parser.parse_args(argv)
 
 
@@ -55,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   from arcface_jax.faces import cli as faces_cli
   from arcface_jax.faces import compilation
+
   compilation.enable_persistent_cache()  # before anything compiles: a second start is quick
   # The faces commands' console: one bare line before each compile and calibration, the
   # libraries' chatter (orbax, HTTP requests) kept at warnings.
@@ -62,9 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.getLogger('httpx').setLevel(logging.WARNING)  # Gradio's own requests, one per start
   from arcface_jax.app import page as page_lib
   from arcface_jax.app.service import PageProblem, PageService, gallery_beside
+
   models, gallery = args.model, args.gallery
   if not models:  # the embedded demo
     from arcface_jax.app import default
+
     default.ensure_trained(args.demo_workdir)
     models, gallery = [args.demo_workdir], gallery or gallery_beside(args.demo_workdir)
   service = PageService(models, gallery)
@@ -79,14 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     examples = default.prepare(recognizer, args.demo_workdir, service.gallery_path(models[0]))
     allowed.append(os.path.join(args.demo_workdir, 'app_examples'))
   if args.host not in ('127.0.0.1', 'localhost', '::1'):
-    print(f'warning: serving on {args.host}: anyone who can reach this address can use the page, '
-          'enrol people and see the gallery', file=sys.stderr)
+    print(
+      f'warning: serving on {args.host}: anyone who can reach this address can use the page, '
+      'enrol people and see the gallery',
+      file=sys.stderr,
+    )
   page = page_lib.build_page(service, examples)
   try:
     page_lib.launch(page, host=args.host, port=args.port, allowed_paths=allowed)
   except OSError as e:
-    print(f'error: cannot serve on {args.host}:{args.port} ({e}); pass another --port',
-          file=sys.stderr)
+    print(
+      f'error: cannot serve on {args.host}:{args.port} ({e}); pass another --port', file=sys.stderr
+    )
     return 2
   return 0
 

@@ -11,6 +11,7 @@ which the model never trained on. They keep the names the calibration set gives 
 set the "unknown" threshold. Sample uploads are written as PNG files to `<workdir>/app_examples/`:
 unseen photos of enrolled people and of strangers, pairs to verify, and a person to enrol.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,18 +52,23 @@ def ensure_trained(workdir: str) -> None:
   """Trains (or finishes) the demo run in `workdir`, in a child process, if it is not done."""
   if is_trained(workdir):
     return
-  print(f'{workdir}: no finished demo model; training it now on the embedded synthetic '
-        'identities (`python -m arcface_jax.demo`, a few minutes on a CPU; once)', flush=True)
+  print(
+    f'{workdir}: no finished demo model; training it now on the embedded synthetic '
+    'identities (`python -m arcface_jax.demo`, a few minutes on a CPU; once)',
+    flush=True,
+  )
   command = [sys.executable, '-m', 'arcface_jax.demo', '--workdir', workdir]
   result = subprocess.run(command)
   if result.returncode != 0 or not is_trained(workdir):
-    raise SystemExit(f'training the demo model failed (exit {result.returncode}): '
-                     f'{" ".join(command)}')
+    raise SystemExit(
+      f'training the demo model failed (exit {result.returncode}): {" ".join(command)}'
+    )
 
 
 def _heldout_photos(recognizer: FaceRecognizer) -> dict[int, np.ndarray]:
   """The held-out identities' images (uint8 (n, S, S, 3)), by label, in stored order."""
   from arcface_jax.data.synthetic import load_synthetic
+
   data = recognizer.model.config.data
   source = load_synthetic(data.synthetic_variant, data.data_dir, 'test')
   labels = np.asarray(source.labels)
@@ -100,14 +106,19 @@ def prepare(recognizer: FaceRecognizer, workdir: str, gallery_path: str) -> Exam
   path = lambda name: os.path.join(folder, f'{name}.png')
   first, second = ENROL_PHOTOS, ENROL_PHOTOS + 1
   return Examples(
-      identify=[path(f'{heldout_name(k)}_{first}') for k in range(3)] +
-      [path(f'{heldout_name(k)}_0') for k in STRANGERS[:2]],
-      verify=[(path(f'{heldout_name(0)}_{first}'), path(f'{heldout_name(0)}_{second}')),
-              (path(f'{heldout_name(1)}_{first}'), path(f'{heldout_name(STRANGERS[2])}_0'))],
-      enrol=[(heldout_name(TO_ENROL), [path(f'{heldout_name(TO_ENROL)}_{i}') for i in range(3)])],
-      note=(f'**Embedded demo**: a tiny model trained on synthetic identities (`{workdir}`); '
-            f'the gallery holds {ENROLLED} held-out identities it never trained on '
-            f'(`heldout_0` … `heldout_{ENROLLED - 1}`). The samples below are unseen photos of '
-            f'them and of strangers ({", ".join(heldout_name(k) for k in STRANGERS[:2])}). '
-            'For real photos start the page with a face model: '
-            '`python -m arcface_jax.app --model runs/mine`.'))
+    identify=[path(f'{heldout_name(k)}_{first}') for k in range(3)]
+    + [path(f'{heldout_name(k)}_0') for k in STRANGERS[:2]],
+    verify=[
+      (path(f'{heldout_name(0)}_{first}'), path(f'{heldout_name(0)}_{second}')),
+      (path(f'{heldout_name(1)}_{first}'), path(f'{heldout_name(STRANGERS[2])}_0')),
+    ],
+    enrol=[(heldout_name(TO_ENROL), [path(f'{heldout_name(TO_ENROL)}_{i}') for i in range(3)])],
+    note=(
+      f'**Embedded demo**: a tiny model trained on synthetic identities (`{workdir}`); '
+      f'the gallery holds {ENROLLED} held-out identities it never trained on '
+      f'(`heldout_0` … `heldout_{ENROLLED - 1}`). The samples below are unseen photos of '
+      f'them and of strangers ({", ".join(heldout_name(k) for k in STRANGERS[:2])}). '
+      'For real photos start the page with a face model: '
+      '`python -m arcface_jax.app --model runs/mine`.'
+    ),
+  )

@@ -11,6 +11,7 @@ with may use it (another model's embeddings cannot be compared with it); without
 keeps its own gallery beside it (`<workdir>/people.gallery`, `<export>.gallery`). The file is
 read again on every request, so what the page shows is what is on disk, after a reload too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,19 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from arcface_jax.faces import (CalibrationError, FaceRecognizer, Gallery, GalleryError,
-                               Identification, ImageError, ModelError, NoFaceError, Threshold,
-                               Verification, load_image)
+from arcface_jax.faces import (
+  CalibrationError,
+  FaceRecognizer,
+  Gallery,
+  GalleryError,
+  Identification,
+  ImageError,
+  ModelError,
+  NoFaceError,
+  Threshold,
+  Verification,
+  load_image,
+)
 
 # Larger photos are refused before decoding: 60 megapixels is 180 MB of RGB pixels, beyond any
 # camera photo, and keeps one upload from stalling the page for everyone else.
@@ -55,15 +66,19 @@ def check_photo(path: str | None, what: str = 'a photo') -> str:
       with Image.open(path) as header:
         width, height = header.size
   except Image.DecompressionBombError:
-    raise PageProblem(f'{name} is too large (over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} '
-                      f'megapixels); this page takes photos up to {MAX_MEGAPIXELS} '
-                      'megapixels: downscale it and upload it again.') from None
+    raise PageProblem(
+      f'{name} is too large (over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} '
+      f'megapixels); this page takes photos up to {MAX_MEGAPIXELS} '
+      'megapixels: downscale it and upload it again.'
+    ) from None
   except Exception:  # not an image, truncated...: read_photo's decoder says which
     return path
   if width * height > MAX_MEGAPIXELS * 1e6:
-    raise PageProblem(f'{name} is {width}×{height} pixels ({width * height / 1e6:.0f} '
-                      f'megapixels); this page takes photos up to {MAX_MEGAPIXELS} megapixels: '
-                      'downscale it and upload it again.')
+    raise PageProblem(
+      f'{name} is {width}×{height} pixels ({width * height / 1e6:.0f} '
+      f'megapixels); this page takes photos up to {MAX_MEGAPIXELS} megapixels: '
+      'downscale it and upload it again.'
+    )
   return path
 
 
@@ -73,13 +88,15 @@ def read_photo(path: str | None, what: str = 'a photo') -> np.ndarray:
   try:
     return load_image(path)
   except ImageError as e:
-    raise PageProblem(_shown(str(e), [path]) + ': upload a JPEG, PNG, BMP, WebP, TIFF or GIF '
-                      'photo.') from None
+    raise PageProblem(
+      _shown(str(e), [path]) + ': upload a JPEG, PNG, BMP, WebP, TIFF or GIF photo.'
+    ) from None
 
 
 @dataclasses.dataclass
 class ModelEntry:
   """A model of the dropdown, loaded the first time it is used and then kept."""
+
   path: str
   gallery_path: str
   recognizer: FaceRecognizer | None = None
@@ -152,34 +169,48 @@ class PageService:
       gallery = Gallery.load(entry.gallery_path)
       gallery.check_model(recognizer.info, label)
     except GalleryError as e:
-      raise PageProblem(f'{e}. On this page: pick the model the gallery was made with, or '
-                        'start the page with another --gallery file for this model.') from None
+      raise PageProblem(
+        f'{e}. On this page: pick the model the gallery was made with, or '
+        'start the page with another --gallery file for this model.'
+      ) from None
     return gallery
 
   # ------------------------------------------------------------------ the tabs
 
-  def identify(self, label: str, photo: str | None, *, aligned: bool,
-               threshold: float | None = None) -> IdentifyResult:
+  def identify(
+    self, label: str, photo: str | None, *, aligned: bool, threshold: float | None = None
+  ) -> IdentifyResult:
     """Every face of the uploaded photo named from the gallery, or 'unknown'."""
     with self._lock:
       recognizer = self.recognizer(label)
       gallery = self.gallery(label)
       if gallery is None:
-        raise PageProblem(f'Nobody is enrolled yet ({self.gallery_path(label)} does not exist): '
-                          'add people in the Enrol tab first.')
+        raise PageProblem(
+          f'Nobody is enrolled yet ({self.gallery_path(label)} does not exist): '
+          'add people in the Enrol tab first.'
+        )
       pixels = read_photo(photo)
       try:
         answers = recognizer.identify(pixels, gallery, aligned=aligned, threshold=threshold)
       except CalibrationError:
-        raise PageProblem(f'{gallery.path} has no calibration photos, so no "unknown" threshold '
-                          'was computed: untick "calibrated threshold" and set one with the '
-                          'slider.') from None
+        raise PageProblem(
+          f'{gallery.path} has no calibration photos, so no "unknown" threshold '
+          'was computed: untick "calibrated threshold" and set one with the '
+          'slider.'
+        ) from None
       if not answers:
         raise PageProblem(_no_face(photo, aligned))
       return IdentifyResult(pixels, answers, answers[0].threshold)
 
-  def verify(self, label: str, photo_a: str | None, photo_b: str | None, *, aligned: bool,
-             threshold: float | None = None) -> Verification:
+  def verify(
+    self,
+    label: str,
+    photo_a: str | None,
+    photo_b: str | None,
+    *,
+    aligned: bool,
+    threshold: float | None = None,
+  ) -> Verification:
     """Whether the largest faces of the two uploads are one person."""
     with self._lock:
       recognizer = self.recognizer(label)
@@ -191,12 +222,15 @@ class PageService:
         which = photo_b if 'array[1]' in str(e) else photo_a
         raise PageProblem(_no_face(which, aligned)) from None
       except CalibrationError:
-        raise PageProblem(f'The model {label} has no held-out people to calibrate a "same '
-                          'person" threshold on (an exported model has none): untick '
-                          '"calibrated threshold" and set one with the slider.') from None
+        raise PageProblem(
+          f'The model {label} has no held-out people to calibrate a "same '
+          'person" threshold on (an exported model has none): untick '
+          '"calibrated threshold" and set one with the slider.'
+        ) from None
 
-  def enrol(self, label: str, name: str | None, photos: Sequence[str] | None, *,
-            aligned: bool) -> EnrolResult:
+  def enrol(
+    self, label: str, name: str | None, photos: Sequence[str] | None, *, aligned: bool
+  ) -> EnrolResult:
     """Adds the largest face of each photo to the gallery as `name`, and saves the gallery."""
     name = (name or '').strip()
     if not name:
@@ -240,8 +274,10 @@ def _no_face(photo: str | None, aligned: bool) -> str:
   name = os.path.basename(photo or 'the photo')
   if aligned:
     return f'No face could be read from {name}.'
-  return (f'No face found in {name}: upload a photo where a face is clearly visible (at least '
-          'about 20 pixels wide), or tick "aligned input" if it is already a face crop.')
+  return (
+    f'No face found in {name}: upload a photo where a face is clearly visible (at least '
+    'about 20 pixels wide), or tick "aligned input" if it is already a face crop.'
+  )
 
 
 def _why_unusable(photo: str, aligned: bool) -> str:

@@ -2,6 +2,7 @@
 
 Plain NumPy / Pillow / Matplotlib, no Gradio, so each picture is tested on its own.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,8 @@ def draw_identifications(photo: np.ndarray, answers: Sequence[Identification]) -
   scale = shown_scale(height, width)
   size = (max(1, round(width * scale)), max(1, round(height * scale)))
   image = Image.fromarray(photo).resize(
-      size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+    size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+  )
   draw = ImageDraw.Draw(image)
   font_size = max(12, round(max(size) / 28))
   font = ImageFont.load_default(size=font_size)
@@ -57,18 +59,27 @@ def draw_identifications(photo: np.ndarray, answers: Sequence[Identification]) -
 
 def identify_rows(answers: Sequence[Identification]) -> list[list[object]]:
   """One row per face, in `IDENTIFY_COLUMNS` order."""
-  return [[k, a.name, round(a.score, 4), a.runner_up or '',
-           '' if a.runner_up_score is None else round(a.runner_up_score, 4),
-           '[' + ', '.join(f'{float(v):.0f}' for v in a.box) + ']']
-          for k, a in enumerate(answers)]
+  return [
+    [
+      k,
+      a.name,
+      round(a.score, 4),
+      a.runner_up or '',
+      '' if a.runner_up_score is None else round(a.runner_up_score, 4),
+      '[' + ', '.join(f'{float(v):.0f}' for v in a.box) + ']',
+    ]
+    for k, a in enumerate(answers)
+  ]
 
 
 def describe_threshold(threshold: Threshold) -> str:
   """One line for the page: the cosine used and what it means."""
   if threshold.kind == 'given':
     return f'threshold {threshold.value:.3f} (set on this page)'
-  text = (f'threshold {threshold.value:.3f}, calibrated at {threshold.kind} {threshold.rate:g} '
-          f'on {threshold.samples} scores of people the model never trained on')
+  text = (
+    f'threshold {threshold.value:.3f}, calibrated at {threshold.kind} {threshold.rate:g} '
+    f'on {threshold.samples} scores of people the model never trained on'
+  )
   return text + (f' ({threshold.note})' if threshold.note else '')
 
 
@@ -79,7 +90,7 @@ def embedding_map(gallery: Gallery) -> Figure:
   if len(embeddings) > 1:
     _, singular, axes = np.linalg.svd(centred, full_matrices=False)
     points = centred @ axes[:2].T
-    variance = singular ** 2
+    variance = singular**2
     explained = variance[:2].sum() / max(variance.sum(), 1e-12)
   else:
     points, explained = np.zeros((len(embeddings), 2)), 1.0
@@ -94,17 +105,22 @@ def embedding_map(gallery: Gallery) -> Figure:
       continue
     axis.scatter(mine[:, 0], mine[:, 1], s=36, color=cmap[index], label=name, alpha=0.85)
     centre = mine.mean(axis=0)
-    axis.annotate(name, centre, textcoords='offset points', xytext=(4, 4), fontsize=9,
-                  color=cmap[index])
+    axis.annotate(
+      name, centre, textcoords='offset points', xytext=(4, 4), fontsize=9, color=cmap[index]
+    )
   axis.set_xlabel('principal axis 1')
   axis.set_ylabel('principal axis 2')
-  axis.set_title(f'{len(gallery.names)} people, {len(embeddings)} photos: PCA of the '
-                 f'embeddings ({100 * explained:.0f}% of the variance)', fontsize=10)
+  axis.set_title(
+    f'{len(gallery.names)} people, {len(embeddings)} photos: PCA of the '
+    f'embeddings ({100 * explained:.0f}% of the variance)',
+    fontsize=10,
+  )
   axis.grid(alpha=0.3)
   return figure
 
 
 def _colours(count: int) -> list[tuple[float, float, float, float]]:
   from matplotlib import colormaps
+
   palette = colormaps['tab10' if count <= 10 else 'tab20']
   return [palette(i % palette.N) for i in range(count)]

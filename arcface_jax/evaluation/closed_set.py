@@ -18,6 +18,7 @@ The centres are read from the checkpoint's `train` item on their own, as host ar
 their sharding was (`head.model_parallel` splits them by class over devices, padded with zero
 rows past the real classes, which are dropped).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -41,28 +42,40 @@ def require_test_split(config: ml_collections.ConfigDict) -> None:
   if data.source == 'folder' and data.split_by == 'image' and data.test_fraction > 0:
     return
   raise NoTestSplitError(
-      f'--test needs a closed-set test split, which this run does not have (config.data.source='
-      f'{data.source!r}, split_by={data.split_by!r}, test_fraction={data.test_fraction}). Train '
-      'on a folder tree with --config.data.source=folder --config.data.split_by=image '
-      '--config.data.test_fraction=0.1 (photos of every identity held out; split_by=identity holds '
-      'out whole people, whom the head has no class for)')
+    f'--test needs a closed-set test split, which this run does not have (config.data.source='
+    f'{data.source!r}, split_by={data.split_by!r}, test_fraction={data.test_fraction}). Train '
+    'on a folder tree with --config.data.source=folder --config.data.split_by=image '
+    '--config.data.test_fraction=0.1 (photos of every identity held out; split_by=identity holds '
+    'out whole people, whom the head has no class for)'
+  )
 
 
 def restore_head(workdir: str, step: int) -> dict[str, np.ndarray]:
   """The head parameters of checkpoint `step` ({'weight': (C_stored, D)}, plus 'bias' for softmax)
   as host numpy arrays, read alone from the `train` item (no optimizer state)."""
   manager = ocp.CheckpointManager(
-      checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM),
-      item_handlers={MODEL_ITEM: ocp.StandardCheckpointHandler(),
-                     TRAIN_ITEM: ocp.PyTreeCheckpointHandler()})
+    checkpoint_dir(workdir),
+    item_names=(MODEL_ITEM, TRAIN_ITEM),
+    item_handlers={
+      MODEL_ITEM: ocp.StandardCheckpointHandler(),
+      TRAIN_ITEM: ocp.PyTreeCheckpointHandler(),
+    },
+  )
   try:
     metadata = manager.item_metadata(step)[TRAIN_ITEM]
     tree = getattr(metadata, 'tree', metadata)
-    target = {'head': jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                   tree['head'])}
+    target = {'head': jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree['head'])}
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    restored = manager.restore(step, args=ocp.args.Composite(**{TRAIN_ITEM: ocp.args.PyTreeRestore(
-        item=target, restore_args=as_numpy, partial_restore=True)}))
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{
+          TRAIN_ITEM: ocp.args.PyTreeRestore(
+            item=target, restore_args=as_numpy, partial_restore=True
+          )
+        }
+      ),
+    )
   finally:
     manager.close()
   return {k: np.asarray(v) for k, v in restored[TRAIN_ITEM]['head'].items()}
@@ -73,8 +86,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def head_predictions(embeddings: np.ndarray, head: dict[str, np.ndarray], *, loss_name: str,
-                     num_classes: int) -> np.ndarray:
+def head_predictions(
+  embeddings: np.ndarray, head: dict[str, np.ndarray], *, loss_name: str, num_classes: int
+) -> np.ndarray:
   """argmax over the first `num_classes` centres: cos θ for margin heads, x·w + b for softmax."""
   weight = np.asarray(head['weight'], np.float64)[:num_classes]
   if loss_name == 'softmax':
@@ -84,8 +98,9 @@ def head_predictions(embeddings: np.ndarray, head: dict[str, np.ndarray], *, los
   return np.argmax(logits, axis=1)
 
 
-def class_mean_predictions(embeddings: np.ndarray, train_embeddings: np.ndarray,
-                           train_labels: np.ndarray, num_classes: int) -> np.ndarray:
+def class_mean_predictions(
+  embeddings: np.ndarray, train_embeddings: np.ndarray, train_labels: np.ndarray, num_classes: int
+) -> np.ndarray:
   """argmax cosine to each class's mean unit training embedding (classes without one: never)."""
   unit = _unit(train_embeddings)
   sums = np.zeros((num_classes, unit.shape[1]))
@@ -102,9 +117,11 @@ def _read_split(source: Any, image_size: int, what: str) -> tuple[np.ndarray, np
 
   from arcface_jax.data.decode import resize
   from arcface_jax.data.errors import CorruptSampleError
+
   images, labels, bad = [], [], []
-  for index in tqdm(range(len(source)), desc=f'reading {what} photos', unit='photo',
-                    disable=len(source) < 500):
+  for index in tqdm(
+    range(len(source)), desc=f'reading {what} photos', unit='photo', disable=len(source) < 500
+  ):
     try:
       image, label = source[index]
     except CorruptSampleError as e:
@@ -115,14 +132,19 @@ def _read_split(source: Any, image_size: int, what: str) -> tuple[np.ndarray, np
   return np.stack(images), np.asarray(labels, np.int64), bad
 
 
-def evaluate_test_split(embed: Callable[[np.ndarray], np.ndarray], config: ml_collections.ConfigDict,
-                        workdir: str, step: int) -> dict[str, Any]:
+def evaluate_test_split(
+  embed: Callable[[np.ndarray], np.ndarray],
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  step: int,
+) -> dict[str, Any]:
   """Both top-1 accuracies on the run's test split; `embed` maps uint8 images to (N, D), one view.
 
   Returns {'head_top1' (absent for triplet), 'nearest_centre_top1', 'images', 'classes',
   'unreadable'}.
   """
   from arcface_jax.data import sources
+
   require_test_split(config)
   test = sources.get_source(config.data, 'test')
   train = sources.get_source(config.data, 'train')
@@ -132,15 +154,22 @@ def evaluate_test_split(embed: Callable[[np.ndarray], np.ndarray], config: ml_co
   train_images, train_labels, bad_train = _read_split(train, size, 'training')
   test_embeddings = embed(test_images)
   train_embeddings = embed(train_images)
-  results: dict[str, Any] = {'images': int(len(test_labels)), 'classes': int(num_classes),
-                             'unreadable': len(bad_test) + len(bad_train)}
+  results: dict[str, Any] = {
+    'images': int(len(test_labels)),
+    'classes': int(num_classes),
+    'unreadable': len(bad_test) + len(bad_train),
+  }
   if bad_test or bad_train:
-    logging.warning('--test: skipped %d unreadable photos, e.g. %s', results['unreadable'],
-                    (bad_test + bad_train)[:5])
+    logging.warning(
+      '--test: skipped %d unreadable photos, e.g. %s',
+      results['unreadable'],
+      (bad_test + bad_train)[:5],
+    )
   if config.loss.name != 'triplet':
     head = restore_head(workdir, step)
-    predicted = head_predictions(test_embeddings, head, loss_name=config.loss.name,
-                                 num_classes=num_classes)
+    predicted = head_predictions(
+      test_embeddings, head, loss_name=config.loss.name, num_classes=num_classes
+    )
     results['head_top1'] = float(np.mean(predicted == test_labels))
   nearest = class_mean_predictions(test_embeddings, train_embeddings, train_labels, num_classes)
   results['nearest_centre_top1'] = float(np.mean(nearest == test_labels))

@@ -16,6 +16,7 @@ Verification logs each set in the reference format `[lfw][step] Accuracy-Flip: 0
 and, given `keep_best_in=workdir` (the trainer does), keeps the backbone variables of the best step
 per set under `workdir/best/<set>/` with the scores in `workdir/best.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,11 @@ DEFAULT_EVALUATORS = ('verification',)  # also what runs written before the regi
 
 class Evaluator(Protocol):
   """What the registry holds: built from the config, run on an embedder at a step."""
+
   name: str
   details: dict[str, Any]
 
-  def run(self, embedder: Any, step: int) -> dict[str, float]:
-    ...
+  def run(self, embedder: Any, step: int) -> dict[str, float]: ...
 
 
 _REGISTRY: dict[str, Callable[..., Evaluator]] = {}
@@ -55,12 +56,14 @@ _EVALUATE_COMMAND_ONLY: dict[str, str] = {}
 
 def register(name: str, *, command_only: str | None = None) -> Callable[[type], type]:
   """Class decorator: `name` in config.eval.evaluators builds this class."""
+
   def add(cls: type) -> type:
     cls.name = name
     _REGISTRY[name] = cls
     if command_only:
       _EVALUATE_COMMAND_ONLY[name] = command_only
     return cls
+
   return add
 
 
@@ -71,8 +74,9 @@ def names() -> tuple[str, ...]:
 def get(name: str, config: ml_collections.ConfigDict, **options: Any) -> Evaluator:
   """The evaluator `name` for `config`; `options` override its config options (see each class)."""
   if name not in _REGISTRY:
-    raise ConfigError(f'unknown evaluator {name!r} in config.eval.evaluators; expected some of '
-                      f'{", ".join(names())}')
+    raise ConfigError(
+      f'unknown evaluator {name!r} in config.eval.evaluators; expected some of {", ".join(names())}'
+    )
   return _REGISTRY[name](config, **options)
 
 
@@ -81,8 +85,9 @@ def configured_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   chosen = tuple(config.eval.get('evaluators', DEFAULT_EVALUATORS))
   for name in chosen:
     if name not in _REGISTRY:
-      raise ConfigError(f'config.eval.evaluators: unknown evaluator {name!r}; expected some of '
-                        f'{", ".join(names())}')
+      raise ConfigError(
+        f'config.eval.evaluators: unknown evaluator {name!r}; expected some of {", ".join(names())}'
+      )
   return chosen
 
 
@@ -91,20 +96,32 @@ def for_training(config: ml_collections.ConfigDict, workdir: str) -> list[Evalua
   evaluators = []
   for name in configured_names(config):
     if name in _EVALUATE_COMMAND_ONLY:
-      raise ConfigError(f'config.eval.evaluators: {name!r} {_EVALUATE_COMMAND_ONLY[name]}; run '
-                        f'`python -m arcface_jax.evaluate --workdir {workdir} --{name}` after '
-                        'training instead')
+      raise ConfigError(
+        f'config.eval.evaluators: {name!r} {_EVALUATE_COMMAND_ONLY[name]}; run '
+        f'`python -m arcface_jax.evaluate --workdir {workdir} --{name}` after '
+        'training instead'
+      )
     options = {'keep_best_in': workdir} if name == 'verification' else {}
     evaluators.append(get(name, config, workdir=workdir, **options))
   return evaluators
 
 
-def embed_function(embedder: Any, batch_size: int, flip: bool = True
-                   ) -> Callable[[np.ndarray], np.ndarray]:
+def embed_function(
+  embedder: Any, batch_size: int, flip: bool = True
+) -> Callable[[np.ndarray], np.ndarray]:
   """uint8 images (N, S, S, 3) → embeddings (N, D), flip-summed, batched over the mesh."""
+
   def embed(images: np.ndarray) -> np.ndarray:
-    return extract_embeddings(embedder.apply, images, batch_size=batch_size, mean=embedder.mean,
-                              std=embedder.std, flip=flip, mesh=embedder.mesh)[0]
+    return extract_embeddings(
+      embedder.apply,
+      images,
+      batch_size=batch_size,
+      mean=embedder.mean,
+      std=embedder.std,
+      flip=flip,
+      mesh=embedder.mesh,
+    )[0]
+
   return embed
 
 
@@ -113,17 +130,20 @@ def embed_function(embedder: Any, batch_size: int, flip: bool = True
 
 def resolve_bin(name_or_path: str, bin_dir: str) -> str:
   """`lfw` → <bin_dir>/lfw.bin; anything ending in .bin is taken as a path."""
-  path = name_or_path if name_or_path.endswith('.bin') else os.path.join(bin_dir,
-                                                                        name_or_path + '.bin')
+  path = (
+    name_or_path if name_or_path.endswith('.bin') else os.path.join(bin_dir, name_or_path + '.bin')
+  )
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'verification set {name_or_path!r}: {path} does not exist; put the .bin file there, set '
-        '--config.eval.bin_dir, or remove it from config.eval.bins')
+      f'verification set {name_or_path!r}: {path} does not exist; put the .bin file there, set '
+      '--config.eval.bin_dir, or remove it from config.eval.bins'
+    )
   return path
 
 
 def load_bins(entries: Any, bin_dir: str, size: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
   from arcface_jax.data.verification_bin import load_bin
+
   sets = []
   for entry in entries:
     path = resolve_bin(entry, bin_dir)
@@ -138,16 +158,25 @@ def load_sets(config: ml_collections.ConfigDict) -> list[tuple[str, np.ndarray, 
   size = config.data.image_size
   if config.eval.synthetic_pairs:
     from arcface_jax.data import synthetic
+
     images, issame = synthetic.synthetic_verification_pairs(
-        config.data.synthetic_variant, config.data.data_dir, config.eval.synthetic_pairs,
-        image_size=size)
+      config.data.synthetic_variant,
+      config.data.data_dir,
+      config.eval.synthetic_pairs,
+      image_size=size,
+    )
     sets.append((SYNTHETIC_SET, images, issame))
   if config.eval.val_pairs:
     from arcface_jax.data import pairs, sources
+
     source = sources.get_source(config.data, 'val')
-    images, issame = pairs.verification_pairs(source, sources.source_labels(source),
-                                              config.eval.val_pairs, seed=config.data.split_seed,
-                                              image_size=size)
+    images, issame = pairs.verification_pairs(
+      source,
+      sources.source_labels(source),
+      config.eval.val_pairs,
+      seed=config.data.split_seed,
+      image_size=size,
+    )
     sets.append((VAL_SET, images, issame))
   return sets + load_bins(config.eval.bins, config.eval.bin_dir, size)
 
@@ -155,11 +184,18 @@ def load_sets(config: ml_collections.ConfigDict) -> list[tuple[str, np.ndarray, 
 @register('verification')
 class VerificationEvaluator:
   """The 10-fold protocol on every configured set (or on `bins` only, when given)."""
+
   name: str
 
-  def __init__(self, config: ml_collections.ConfigDict, *, workdir: paths.PathLike | None = None,
-               bins: Any = None, batch_size: int | None = None,
-               keep_best_in: paths.PathLike | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: paths.PathLike | None = None,
+    bins: Any = None,
+    batch_size: int | None = None,
+    keep_best_in: paths.PathLike | None = None,
+  ):
     del workdir  # results go to the caller; best variables only where `keep_best_in` says
     self._config = config
     self._bins = bins
@@ -175,18 +211,22 @@ class VerificationEvaluator:
       if self._bins is None:
         self._sets = load_sets(self._config)
       else:
-        self._sets = load_bins(self._bins, self._config.eval.bin_dir,
-                               self._config.data.image_size)
+        self._sets = load_bins(self._bins, self._config.eval.bin_dir, self._config.data.image_size)
     return self._sets
 
-  def score(self, embedder: Any, name: str, images: np.ndarray,
-            issame: np.ndarray) -> dict[str, Any]:
+  def score(
+    self, embedder: Any, name: str, images: np.ndarray, issame: np.ndarray
+  ) -> dict[str, Any]:
     """The protocol's result dict for one set, plus `xnorm`."""
     embeddings, xnorm = extract_embeddings(
-        embedder.apply, images, batch_size=self._batch_size, mean=embedder.mean,
-        std=embedder.std, mesh=embedder.mesh)
-    result = verification.evaluate(embeddings, issame, nfolds=self._config.eval.nfolds,
-                                   name=name)
+      embedder.apply,
+      images,
+      batch_size=self._batch_size,
+      mean=embedder.mean,
+      std=embedder.std,
+      mesh=embedder.mesh,
+    )
+    result = verification.evaluate(embeddings, issame, nfolds=self._config.eval.nfolds, name=name)
     result['xnorm'] = xnorm
     return result
 
@@ -197,16 +237,38 @@ class VerificationEvaluator:
     for name, images, issame in self.sets():
       result = self.score(embedder, name, images, issame)
       logging.info('[%s][%d] XNorm: %f', name, step, result['xnorm'])
-      logging.info('[%s][%d] Accuracy-Flip: %1.5f+-%1.5f', name, step, result['accuracy'],
-                   result['std'])
-      logging.info('[%s][%d] TAR@FAR=%g: %1.5f+-%1.5f (threshold %.2f)', name, step,
-                   result['far_target'], result['tar_at_far'], result['tar_at_far_std'],
-                   result['threshold'])
-      metrics.update({f'{name}/accuracy': result['accuracy'], f'{name}/std': result['std'],
-                      f'{name}/xnorm': result['xnorm'],
-                      f'{name}/tar_at_far_1e-3': result['tar_at_far']})
-      self.details[name] = {key: float(result[key]) for key in (
-          'accuracy', 'std', 'threshold', 'tar_at_far', 'tar_at_far_std', 'far_target', 'xnorm')}
+      logging.info(
+        '[%s][%d] Accuracy-Flip: %1.5f+-%1.5f', name, step, result['accuracy'], result['std']
+      )
+      logging.info(
+        '[%s][%d] TAR@FAR=%g: %1.5f+-%1.5f (threshold %.2f)',
+        name,
+        step,
+        result['far_target'],
+        result['tar_at_far'],
+        result['tar_at_far_std'],
+        result['threshold'],
+      )
+      metrics.update(
+        {
+          f'{name}/accuracy': result['accuracy'],
+          f'{name}/std': result['std'],
+          f'{name}/xnorm': result['xnorm'],
+          f'{name}/tar_at_far_1e-3': result['tar_at_far'],
+        }
+      )
+      self.details[name] = {
+        key: float(result[key])
+        for key in (
+          'accuracy',
+          'std',
+          'threshold',
+          'tar_at_far',
+          'tar_at_far_std',
+          'far_target',
+          'xnorm',
+        )
+      }
       self.details[name]['pairs'] = int(len(issame))
       self._keep_if_best(name, result['accuracy'], step, embedder.variables)
     return metrics
@@ -234,8 +296,9 @@ class VerificationEvaluator:
     checkpointer.close()
     if jax.process_index() == 0:
       self._best_path().write_text(json.dumps(self.best, indent=2))
-    logging.info('[%s][%d] new best accuracy %.5f, variables kept in %s', name, step, accuracy,
-                 target)
+    logging.info(
+      '[%s][%d] new best accuracy %.5f, variables kept in %s', name, step, accuracy, target
+    )
 
 
 # ------------------------------------------------------------------ IJB, identification, test
@@ -245,33 +308,48 @@ class VerificationEvaluator:
 class IJBEvaluator:
   """IJB-B/C 1:1 TAR@FAR (config.eval.ijb.dir, .target); scores and ROC under
   `<workdir>/eval/step_<N>/ijb/` when a workdir is given."""
+
   name: str
 
-  def __init__(self, config: ml_collections.ConfigDict, *, workdir: str | None = None,
-               dir: str | None = None,  # pylint: disable=redefined-builtin
-               target: str | None = None,
-               batch_size: int | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | None = None,
+    dir: str | None = None,  # pylint: disable=redefined-builtin
+    target: str | None = None,
+    batch_size: int | None = None,
+  ):
     options = config.eval.get('ijb', ml_collections.ConfigDict({'dir': '', 'target': 'IJBC'}))
     self._dir = dir or options.dir
     self._target = target or options.target
     if not self._dir:
-      raise ConfigError("evaluator 'ijb' needs the IJB-B/C root (meta/, loose_crop/): set "
-                        '--config.eval.ijb.dir or pass --ijb')
+      raise ConfigError(
+        "evaluator 'ijb' needs the IJB-B/C root (meta/, loose_crop/): set "
+        '--config.eval.ijb.dir or pass --ijb'
+      )
     self._workdir = workdir
     self._batch_size = batch_size or config.eval.batch_size
     self.details: dict[str, Any] = {}
 
   def run(self, embedder: Any, step: int) -> dict[str, float]:
     from arcface_jax.evaluation import ijb
-    out_dir = (epath.Path(self._workdir) / 'eval' / f'step_{step}' / 'ijb' if self._workdir
-               else None)
-    outcome = ijb.evaluate_ijb(embed_function(embedder, self._batch_size), self._dir,
-                               self._target, out_dir=out_dir, image_size=embedder.image_size,
-                               label=f'step {step}')
+
+    out_dir = epath.Path(self._workdir) / 'eval' / f'step_{step}' / 'ijb' if self._workdir else None
+    outcome = ijb.evaluate_ijb(
+      embed_function(embedder, self._batch_size),
+      self._dir,
+      self._target,
+      out_dir=out_dir,
+      image_size=embedder.image_size,
+      label=f'step {step}',
+    )
     for line in ijb.format_table(outcome['tar_at_far'], outcome['target']).splitlines():
       logging.info('[%s][%d] %s', outcome['target'], step, line)
-    metrics = {f'{outcome["target"]}/tar_at_far_{far:g}': float(tar)
-               for far, tar in outcome['tar_at_far'].items()}
+    metrics = {
+      f'{outcome["target"]}/tar_at_far_{far:g}': float(tar)
+      for far, tar in outcome['tar_at_far'].items()
+    }
     outcome['tar_at_far'] = {f'{k:g}': v for k, v in outcome['tar_at_far'].items()}
     self.details = outcome
     return metrics
@@ -281,35 +359,55 @@ class IJBEvaluator:
 class IdentificationEvaluator:
   """1:N rank-1/rank-5 and DIR@FAR of probe folders against a gallery folder (one sub-folder per
   identity; config.eval.identification.gallery, .probe)."""
+
   name: str
 
-  def __init__(self, config: ml_collections.ConfigDict, *, workdir: str | None = None,
-               gallery: str | None = None, probe: str | None = None,
-               batch_size: int | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | None = None,
+    gallery: str | None = None,
+    probe: str | None = None,
+    batch_size: int | None = None,
+  ):
     del workdir
-    options = config.eval.get('identification',
-                              ml_collections.ConfigDict({'gallery': '', 'probe': ''}))
+    options = config.eval.get(
+      'identification', ml_collections.ConfigDict({'gallery': '', 'probe': ''})
+    )
     self._gallery = gallery or options.gallery
     self._probe = probe or options.probe
     if not (self._gallery and self._probe):
-      raise ConfigError('identification needs both a gallery and a probe folder: pass --gallery '
-                        'and --probe, or set --config.eval.identification.gallery and .probe')
+      raise ConfigError(
+        'identification needs both a gallery and a probe folder: pass --gallery '
+        'and --probe, or set --config.eval.identification.gallery and .probe'
+      )
     self._batch_size = batch_size or config.eval.batch_size
     self.details: dict[str, Any] = {}
 
   def run(self, embedder: Any, step: int) -> dict[str, float]:
     from arcface_jax.evaluation import identification
+
     embed = embed_function(embedder, self._batch_size)
     size = embedder.image_size
     gallery_images, gallery_labels = identification.read_identity_folder(self._gallery, size)
     probe_images, probe_labels = identification.read_identity_folder(self._probe, size)
     outcome = identification.evaluate_identification(
-        embed(gallery_images), gallery_labels, embed(probe_images), probe_labels)
-    logging.info('[identification][%d] rank-1 %.5f rank-5 %.5f (%d mated, %d non-mated probes, '
-                 '%d identities)', step, outcome['rank1'], outcome['rank5'],
-                 outcome['num_mated'], outcome['num_nonmated'], outcome['num_identities'])
-    metrics = {'identification/rank1': float(outcome['rank1']),
-               'identification/rank5': float(outcome['rank5'])}
+      embed(gallery_images), gallery_labels, embed(probe_images), probe_labels
+    )
+    logging.info(
+      '[identification][%d] rank-1 %.5f rank-5 %.5f (%d mated, %d non-mated probes, %d identities)',
+      step,
+      outcome['rank1'],
+      outcome['rank5'],
+      outcome['num_mated'],
+      outcome['num_nonmated'],
+      outcome['num_identities'],
+    )
+    metrics = {
+      'identification/rank1': float(outcome['rank1']),
+      'identification/rank5': float(outcome['rank5']),
+    }
     for far, entry in outcome.get('dir_at_far', {}).items():
       logging.info('[identification][%d] DIR@FAR=%g: %.5f', step, far, entry['dir'])
       metrics[f'identification/dir_at_far_{far:g}'] = float(entry['dir'])
@@ -323,11 +421,18 @@ class IdentificationEvaluator:
 class ClosedSetEvaluator:
   """Closed-set top-1 on the run's test split (folder runs with data.split_by=image and
   data.test_fraction > 0): of the classifier head and of the nearest class centre."""
+
   name: str
 
-  def __init__(self, config: ml_collections.ConfigDict, *, workdir: str | None = None,
-               batch_size: int | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | None = None,
+    batch_size: int | None = None,
+  ):
     from arcface_jax.evaluation import closed_set
+
     if workdir is None:
       raise ValueError('--test reads the classifier head from a training run: pass its --workdir')
     closed_set.require_test_split(config)
@@ -338,12 +443,20 @@ class ClosedSetEvaluator:
 
   def run(self, embedder: Any, step: int) -> dict[str, float]:
     from arcface_jax.evaluation import closed_set
+
     embed = embed_function(embedder, self._batch_size, flip=False)
     outcome = closed_set.evaluate_test_split(embed, self._config, self._workdir, step)
-    logging.info('[test][%d] top-1 classifier head %s, nearest class centre %.5f (%d photos, %d '
-                 'classes)', step,
-                 f'{outcome["head_top1"]:.5f}' if 'head_top1' in outcome else 'n/a (no head)',
-                 outcome['nearest_centre_top1'], outcome['images'], outcome['classes'])
+    logging.info(
+      '[test][%d] top-1 classifier head %s, nearest class centre %.5f (%d photos, %d classes)',
+      step,
+      f'{outcome["head_top1"]:.5f}' if 'head_top1' in outcome else 'n/a (no head)',
+      outcome['nearest_centre_top1'],
+      outcome['images'],
+      outcome['classes'],
+    )
     self.details = outcome
-    return {f'test/{key}': float(outcome[key]) for key in ('head_top1', 'nearest_centre_top1')
-            if key in outcome}
+    return {
+      f'test/{key}': float(outcome[key])
+      for key in ('head_top1', 'nearest_centre_top1')
+      if key in outcome
+    }

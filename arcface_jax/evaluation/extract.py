@@ -9,6 +9,7 @@ padded to the full batch so one compiled program serves every batch, and its pad
 dropped before anything is kept or counted. The next batch is dispatched before the previous
 one's results are fetched, so host work overlaps device work.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,14 +19,16 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from arcface_jax.parallel.mesh import DATA_AXIS
 
 
 @functools.partial(jax.jit, static_argnames=('flip',))
-def _normalise(images: jax.Array, mean: jax.Array, std: jax.Array,
-               flip: bool) -> tuple[jax.Array, ...]:
+def _normalise(
+  images: jax.Array, mean: jax.Array, std: jax.Array, flip: bool
+) -> tuple[jax.Array, ...]:
   """(x - mean) / std in float32, and its mirror image (width is axis 2) when `flip`."""
   x = (images.astype(jnp.float32) - mean) / std
   return (x, jnp.flip(x, axis=2)) if flip else (x,)
@@ -46,10 +49,16 @@ def _per_channel(value: float | Sequence[float]) -> np.ndarray:
   return np.asarray(value, np.float32).reshape(-1)  # (1,) or (3,): broadcasts over channels
 
 
-def extract_embeddings(apply_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, *,
-                       batch_size: int, mean: float | Sequence[float] = 127.5,
-                       std: float | Sequence[float] = 127.5, flip: bool = True,
-                       mesh: jax.sharding.Mesh | None = None) -> tuple[np.ndarray, float]:
+def extract_embeddings(
+  apply_fn: Callable[[jax.Array], jax.Array],
+  images: np.ndarray,
+  *,
+  batch_size: int,
+  mean: float | Sequence[float] = 127.5,
+  std: float | Sequence[float] = 127.5,
+  flip: bool = True,
+  mesh: jax.sharding.Mesh | None = None,
+) -> tuple[np.ndarray, float]:
   """Embeds `images` (N, H, W, 3), usually uint8 RGB, in batches.
 
   `apply_fn` maps float32 normalised (B, H, W, 3) to (B, D). Returns (embeddings float32 (N, D)
@@ -86,12 +95,12 @@ def extract_embeddings(apply_fn: Callable[[jax.Array], jax.Array], images: np.nd
     rows = np.asarray(summed)[:real]
     if embeddings is None:
       embeddings = np.empty((num, rows.shape[1]), np.float32)
-    embeddings[start:start + real] = rows
+    embeddings[start : start + real] = rows
     norm_sum += float(np.asarray(norms, np.float64)[:real].sum())
 
   pending = None
   for start in range(0, num, batch):
-    chunk = images[start:start + batch]
+    chunk = images[start : start + batch]
     real = len(chunk)
     if real < batch:
       pad = np.zeros((batch - real,) + chunk.shape[1:], chunk.dtype)

@@ -13,6 +13,7 @@ normalised again); a probe's score against an identity is the cosine with that t
 Gallery and probe folders (one sub-folder per identity, aligned crops) are read by
 `read_identity_folder`; everything else is NumPy on embeddings and labels.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -38,9 +39,12 @@ def enroll(embeddings: np.ndarray, labels: Sequence[Any]) -> tuple[np.ndarray, n
   return identities, _normalise(templates)
 
 
-def score_probes(gallery_embeddings: np.ndarray, gallery_labels: Sequence[Any],
-                 probe_embeddings: np.ndarray, probe_labels: Sequence[Any]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_probes(
+  gallery_embeddings: np.ndarray,
+  gallery_labels: Sequence[Any],
+  probe_embeddings: np.ndarray,
+  probe_labels: Sequence[Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(scores (P, K) cosine, true column (P,) or -1 for non-mated probes, identities (K,))."""
   identities, templates = enroll(gallery_embeddings, gallery_labels)
   scores = _normalise(probe_embeddings) @ templates.T
@@ -50,8 +54,9 @@ def score_probes(gallery_embeddings: np.ndarray, gallery_labels: Sequence[Any],
   return scores, true, identities
 
 
-def closed_set_accuracy(scores: np.ndarray, true: np.ndarray, ranks: Sequence[int] = RANKS
-                        ) -> dict[int, float]:
+def closed_set_accuracy(
+  scores: np.ndarray, true: np.ndarray, ranks: Sequence[int] = RANKS
+) -> dict[int, float]:
   """{k: fraction of mated probes whose identity is within the top k}; non-mated are ignored."""
   mated = true >= 0
   if not mated.any():
@@ -62,13 +67,16 @@ def closed_set_accuracy(scores: np.ndarray, true: np.ndarray, ranks: Sequence[in
   return {int(k): float(np.mean(rank < k)) for k in ranks}
 
 
-def dir_at_far(scores: np.ndarray, true: np.ndarray, fars: Sequence[float] = FARS
-               ) -> dict[float, dict[str, float]]:
+def dir_at_far(
+  scores: np.ndarray, true: np.ndarray, fars: Sequence[float] = FARS
+) -> dict[float, dict[str, float]]:
   """{far: {'dir', 'threshold', 'far_achieved'}}: detection and identification rate at rank 1."""
   mated = true >= 0
   if mated.all() or not mated.any():
-    raise ValueError('open-set DIR needs both mated and non-mated probes '
-                     f'({int(mated.sum())} mated, {int((~mated).sum())} non-mated)')
+    raise ValueError(
+      'open-set DIR needs both mated and non-mated probes '
+      f'({int(mated.sum())} mated, {int((~mated).sum())} non-mated)'
+    )
   best = np.argmax(scores, axis=1)
   best_score = scores[np.arange(len(scores)), best]
   nonmated_best = best_score[~mated]
@@ -77,23 +85,32 @@ def dir_at_far(scores: np.ndarray, true: np.ndarray, fars: Sequence[float] = FAR
   for far in fars:
     threshold = threshold_at_far(nonmated_best, far)
     results[float(far)] = {
-        'dir': float(np.mean(identified & (best_score[mated] > threshold))),
-        'threshold': float(threshold),
-        'far_achieved': float(np.mean(nonmated_best > threshold)),
+      'dir': float(np.mean(identified & (best_score[mated] > threshold))),
+      'threshold': float(threshold),
+      'far_achieved': float(np.mean(nonmated_best > threshold)),
     }
   return results
 
 
-def evaluate_identification(gallery_embeddings: np.ndarray, gallery_labels: Sequence[Any],
-                            probe_embeddings: np.ndarray, probe_labels: Sequence[Any], *,
-                            ranks: Sequence[int] = RANKS, fars: Sequence[float] = FARS
-                            ) -> dict[str, Any]:
+def evaluate_identification(
+  gallery_embeddings: np.ndarray,
+  gallery_labels: Sequence[Any],
+  probe_embeddings: np.ndarray,
+  probe_labels: Sequence[Any],
+  *,
+  ranks: Sequence[int] = RANKS,
+  fars: Sequence[float] = FARS,
+) -> dict[str, Any]:
   """Closed-set rank-k over mated probes and, when some probes are non-mated, DIR at each FAR."""
-  scores, true, identities = score_probes(gallery_embeddings, gallery_labels, probe_embeddings,
-                                          probe_labels)
+  scores, true, identities = score_probes(
+    gallery_embeddings, gallery_labels, probe_embeddings, probe_labels
+  )
   mated = int((true >= 0).sum())
-  result: dict[str, Any] = {'num_identities': int(len(identities)), 'num_mated': mated,
-                            'num_nonmated': int(len(true) - mated)}
+  result: dict[str, Any] = {
+    'num_identities': int(len(identities)),
+    'num_mated': mated,
+    'num_nonmated': int(len(true) - mated),
+  }
   result.update({f'rank{k}': v for k, v in closed_set_accuracy(scores, true, ranks).items()})
   if 0 < mated < len(true):
     result['dir_at_far'] = dir_at_far(scores, true, fars)

@@ -20,6 +20,7 @@ Layout read (IJB-C shown; IJB-B is the same with `ijbb_`):
 The metric functions (`template_features`, `pair_scores`, `threshold_at_far`, `tar_at_far`,
 `roc_curve`) are pure NumPy; `read_ijb` and `evaluate_ijb` do the file work.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -39,18 +40,25 @@ FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # ------------------------------------------------------------------------------ metrics
 
 
-def template_features(embeddings: np.ndarray, templates: np.ndarray, medias: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def template_features(
+  embeddings: np.ndarray, templates: np.ndarray, medias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """(template ids (T,) sorted, L2-normalised features (T, D)): media-mean, then sum over media."""
   embeddings = np.asarray(embeddings, np.float64)
   templates, medias = np.asarray(templates), np.asarray(medias)
   if not len(embeddings) == len(templates) == len(medias):
-    raise ValueError(f'{len(embeddings)} embeddings, {len(templates)} template ids and '
-                     f'{len(medias)} media ids must match')
+    raise ValueError(
+      f'{len(embeddings)} embeddings, {len(templates)} template ids and '
+      f'{len(medias)} media ids must match'
+    )
   template_ids, template_index = np.unique(templates, return_inverse=True)
   # One group per (template, media): the same media id in two templates is two groups.
-  _, group, group_size = np.unique(np.stack([template_index, np.unique(
-      medias, return_inverse=True)[1]], 1), axis=0, return_inverse=True, return_counts=True)
+  _, group, group_size = np.unique(
+    np.stack([template_index, np.unique(medias, return_inverse=True)[1]], 1),
+    axis=0,
+    return_inverse=True,
+    return_counts=True,
+  )
   group = group.reshape(-1)
   weight = 1.0 / group_size[group]  # each image's share of its media's mean
   pooled = np.zeros((len(template_ids), embeddings.shape[1]))
@@ -59,8 +67,13 @@ def template_features(embeddings: np.ndarray, templates: np.ndarray, medias: np.
   return template_ids, pooled / np.maximum(norms, 1e-12)
 
 
-def pair_scores(template_ids: np.ndarray, features: np.ndarray, first: np.ndarray,
-                second: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+def pair_scores(
+  template_ids: np.ndarray,
+  features: np.ndarray,
+  first: np.ndarray,
+  second: np.ndarray,
+  chunk: int = 1 << 20,
+) -> np.ndarray:
   """Cosine of each listed template pair (features already L2-normalised), float32 (P,)."""
   first, second = np.asarray(first), np.asarray(second)
   index = []
@@ -73,9 +86,9 @@ def pair_scores(template_ids: np.ndarray, features: np.ndarray, first: np.ndarra
   features = np.asarray(features, np.float32)
   scores = np.empty(len(first), np.float32)
   for start in range(0, len(first), chunk):  # 15.6M IJB-C pairs: bounded memory
-    a = features[index[0][start:start + chunk]]
-    b = features[index[1][start:start + chunk]]
-    scores[start:start + chunk] = np.einsum('ij,ij->i', a, b)
+    a = features[index[0][start : start + chunk]]
+    b = features[index[1][start : start + chunk]]
+    scores[start : start + chunk] = np.einsum('ij,ij->i', a, b)
   return scores
 
 
@@ -91,15 +104,15 @@ def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
   return float(impostor[allowed]) if allowed < len(impostor) else -np.inf
 
 
-def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Sequence[float] = FARS
-               ) -> dict[float, float]:
+def tar_at_far(
+  scores: np.ndarray, labels: np.ndarray, fars: Sequence[float] = FARS
+) -> dict[float, float]:
   """{far: true-accept rate at threshold_at_far} for scores of genuine (1) / impostor (0) pairs."""
   scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
   genuine = scores[labels]
   if len(genuine) == 0:
     raise ValueError('no genuine pairs: TAR is undefined')
-  return {float(f): float(np.mean(genuine > threshold_at_far(scores[~labels], f)))
-          for f in fars}
+  return {float(f): float(np.mean(genuine > threshold_at_far(scores[~labels], f))) for f in fars}
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,23 +162,29 @@ def read_ijb(root: str, target: str = 'IJBC') -> IJBSet:
   meta = os.path.join(root, 'meta')
   faces = _read_columns(os.path.join(meta, f'{prefix}_face_tid_mid.txt'), 3)
   landmark_rows = _read_columns(os.path.join(meta, f'{prefix}_name_5pts_score.txt'), 12)
-  pairs = np.array(_read_columns(os.path.join(meta, f'{prefix}_template_pair_label.txt'), 3),
-                   np.int64).reshape(-1, 3)
+  pairs = np.array(
+    _read_columns(os.path.join(meta, f'{prefix}_template_pair_label.txt'), 3), np.int64
+  ).reshape(-1, 3)
   by_name = {row[0]: row for row in landmark_rows}
   missing = next((row[0] for row in faces if row[0] not in by_name), None)
   if missing is not None:
     raise DatasetError(f'{meta}: image {missing} has a template but no landmarks')
   points = np.array([by_name[row[0]][1:] for row in faces], np.float32).reshape(-1, 11)
-  return IJBSet(images=[os.path.join(root, 'loose_crop', row[0]) for row in faces],
-                landmarks=points[:, :10].reshape(-1, 5, 2), detector_scores=points[:, 10],
-                templates=np.array([int(row[1]) for row in faces], np.int64),
-                medias=np.array([int(row[2]) for row in faces], np.int64),
-                pairs=pairs[:, :2], labels=pairs[:, 2])
+  return IJBSet(
+    images=[os.path.join(root, 'loose_crop', row[0]) for row in faces],
+    landmarks=points[:, :10].reshape(-1, 5, 2),
+    detector_scores=points[:, 10],
+    templates=np.array([int(row[1]) for row in faces], np.int64),
+    medias=np.array([int(row[2]) for row in faces], np.int64),
+    pairs=pairs[:, :2],
+    labels=pairs[:, 2],
+  )
 
 
 def load_aligned(paths: Sequence[str], landmarks: np.ndarray, size: int = 112) -> np.ndarray:
   """RGB uint8 (M, size, size, 3): each image read and aligned by its 5 landmarks."""
   import cv2
+
   from arcface_jax.data.align import align_face  # written alongside; imported when first needed
 
   def one(index: int) -> np.ndarray:
@@ -180,10 +199,18 @@ def load_aligned(paths: Sequence[str], landmarks: np.ndarray, size: int = 112) -
   return np.stack(aligned).astype(np.uint8) if aligned else np.zeros((0, size, size, 3), np.uint8)
 
 
-def evaluate_ijb(embed: Callable[[np.ndarray], np.ndarray], root: str, target: str = 'IJBC', *,
-                 out_dir: str | os.PathLike | None = None, image_size: int = 112,
-                 use_detector_score: bool = True, chunk: int = 8192,
-                 fars: Sequence[float] = FARS, label: str = '') -> dict[str, object]:
+def evaluate_ijb(
+  embed: Callable[[np.ndarray], np.ndarray],
+  root: str,
+  target: str = 'IJBC',
+  *,
+  out_dir: str | os.PathLike | None = None,
+  image_size: int = 112,
+  use_detector_score: bool = True,
+  chunk: int = 8192,
+  fars: Sequence[float] = FARS,
+  label: str = '',
+) -> dict[str, object]:
   """The 1:1 protocol end to end; `embed` maps aligned uint8 images to emb + emb_flip (M, D).
 
   Images are read, aligned and embedded `chunk` at a time (IJB-C's 469k aligned faces would take
@@ -193,8 +220,9 @@ def evaluate_ijb(embed: Callable[[np.ndarray], np.ndarray], root: str, target: s
   data = read_ijb(root, target)
   parts = []
   for start in range(0, len(data.images), chunk):
-    images = load_aligned(data.images[start:start + chunk],
-                          data.landmarks[start:start + chunk], image_size)
+    images = load_aligned(
+      data.images[start : start + chunk], data.landmarks[start : start + chunk], image_size
+    )
     parts.append(np.asarray(embed(images), np.float32))
   embeddings = np.concatenate(parts)
   if use_detector_score:
@@ -202,8 +230,13 @@ def evaluate_ijb(embed: Callable[[np.ndarray], np.ndarray], root: str, target: s
   template_ids, features = template_features(embeddings, data.templates, data.medias)
   scores = pair_scores(template_ids, features, data.pairs[:, 0], data.pairs[:, 1])
   table = tar_at_far(scores, data.labels, fars)
-  result = {'target': target.upper(), 'tar_at_far': table, 'num_pairs': int(len(scores)),
-            'num_templates': int(len(template_ids)), 'num_images': int(len(embeddings))}
+  result = {
+    'target': target.upper(),
+    'tar_at_far': table,
+    'num_pairs': int(len(scores)),
+    'num_templates': int(len(template_ids)),
+    'num_images': int(len(embeddings)),
+  }
   if out_dir is not None:  # local or gs:// (a workdir's eval/), through etils.epath
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,9 +246,11 @@ def evaluate_ijb(embed: Callable[[np.ndarray], np.ndarray], root: str, target: s
     with (out_dir / f'{name}_labels.npy').open('wb') as f:
       np.save(f, data.labels)
     (out_dir / f'{name}_tar_at_far.json').write_text(
-        json.dumps({f'{k:g}': v for k, v in table.items()}, indent=2))
-    plot_roc(scores, data.labels, out_dir / f'{name}_roc.png',
-             title=f'{name} 1:1', label=label or name)
+      json.dumps({f'{k:g}': v for k, v in table.items()}, indent=2)
+    )
+    plot_roc(
+      scores, data.labels, out_dir / f'{name}_roc.png', title=f'{name} 1:1', label=label or name
+    )
   return result
 
 
@@ -226,18 +261,32 @@ def format_table(table: dict[float, float], name: str) -> str:
   return f'{name:>10} | {header}\n{"TAR (%)":>10} | {values}'
 
 
-def plot_roc(scores: np.ndarray, labels: np.ndarray, path: str | os.PathLike, *, title: str = '',
-             label: str = '') -> None:
+def plot_roc(
+  scores: np.ndarray,
+  labels: np.ndarray,
+  path: str | os.PathLike,
+  *,
+  title: str = '',
+  label: str = '',
+) -> None:
   """ROC on a log FAR axis from 1e-6 to 1, saved as an image (matplotlib, Agg)."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   far, tar = roc_curve(scores, labels)
   keep = far > 0
   figure, axis = plt.subplots(figsize=(5, 4))
   axis.plot(far[keep], tar[keep], label=label or None)
-  axis.set(xscale='log', xlim=(1e-6, 1), ylim=(0, 1), xlabel='False accept rate',
-           ylabel='True accept rate', title=title)
+  axis.set(
+    xscale='log',
+    xlim=(1e-6, 1),
+    ylim=(0, 1),
+    xlabel='False accept rate',
+    ylabel='True accept rate',
+    title=title,
+  )
   axis.grid(True, which='both', alpha=0.3)
   if label:
     axis.legend(loc='lower right')

@@ -16,6 +16,7 @@ distance of a pair (0..4), and a pair is accepted as "same" when distance < thre
 Nothing here loops over thresholds or pairs: each fold's accepted counts at every threshold come
 from one `searchsorted` over its sorted distances, so 6,000 pairs take a few milliseconds.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -69,22 +70,26 @@ def fold_balance_warning(issame: np.ndarray, nfolds: int, name: str) -> str | No
     parts.append(f'fold(s) {only_matched} hold only matched pairs')
   if only_mismatched:
     parts.append(f'fold(s) {only_mismatched} hold only mismatched pairs')
-  return (f'verification set {name!r}: {" and ".join(parts)} of its {nfolds} consecutive folds, '
-          'so its accuracy and TAR@FAR are skewed and do not compare with published numbers. '
-          'Store the pairs so that every tenth of the file mixes matched and mismatched pairs '
-          '(as insightface\'s lfw.bin does: 300 matched then 300 mismatched per tenth), e.g. '
-          'reorder the lines of the pairs list given to `python -m arcface_jax.data.'
-          'verification_bin make`.')
+  return (
+    f'verification set {name!r}: {" and ".join(parts)} of its {nfolds} consecutive folds, '
+    'so its accuracy and TAR@FAR are skewed and do not compare with published numbers. '
+    'Store the pairs so that every tenth of the file mixes matched and mismatched pairs '
+    '(as insightface\'s lfw.bin does: 300 matched then 300 mismatched per tenth), e.g. '
+    'reorder the lines of the pairs list given to `python -m arcface_jax.data.'
+    'verification_bin make`.'
+  )
 
 
-def _accepted_counts(dist: np.ndarray, folds: list[np.ndarray], thresholds: np.ndarray
-                     ) -> np.ndarray:
+def _accepted_counts(
+  dist: np.ndarray, folds: list[np.ndarray], thresholds: np.ndarray
+) -> np.ndarray:
   """(nfolds, T): how many distances of each fold are strictly below each threshold."""
   return np.stack([np.searchsorted(np.sort(dist[f]), thresholds, side='left') for f in folds])
 
 
-def _far_threshold(far_by_threshold: np.ndarray, thresholds: np.ndarray,
-                   far_target: float) -> float:
+def _far_threshold(
+  far_by_threshold: np.ndarray, thresholds: np.ndarray, far_target: float
+) -> float:
   """The reference's TAR@FAR threshold: `interp1d(far, thresholds, kind='slinear')(far_target)`.
 
   The reference (insightface's verification `calculate_val`) interpolates with scipy's
@@ -112,12 +117,18 @@ def _far_threshold(far_by_threshold: np.ndarray, thresholds: np.ndarray,
     return 0.0
   # De Boor's recursion for degree 1, in the reference's order of operations.
   w = 1.0 / (hi - lo)
-  return float(thresholds[j] * (w * (hi - far_target))
-               + thresholds[j + 1] * (w * (far_target - lo)))
+  return float(
+    thresholds[j] * (w * (hi - far_target)) + thresholds[j + 1] * (w * (far_target - lo))
+  )
 
 
-def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
-             far_target: float = 1e-3, name: str | None = None) -> dict[str, Any]:
+def evaluate(
+  embeddings: np.ndarray,
+  issame: np.ndarray,
+  nfolds: int = 10,
+  far_target: float = 1e-3,
+  name: str | None = None,
+) -> dict[str, Any]:
   """Scores pair-ordered embeddings (2N, D) against issame (N,) with the 10-fold protocol.
 
   Returns a dict: `accuracy` (mean of the fold accuracies), `std`, `fold_accuracies` (nfolds,),
@@ -150,10 +161,12 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
   accuracies = correct[np.arange(len(folds)), best] / fold_sizes
 
   # ROC: per-fold rates on the held-out fold, averaged over folds (0 where a fold lacks a class).
-  tar = np.mean(np.divide(tp, fold_pos[:, None], out=np.zeros(tp.shape),
-                          where=fold_pos[:, None] > 0), axis=0)
-  far = np.mean(np.divide(fp, fold_neg[:, None], out=np.zeros(fp.shape),
-                          where=fold_neg[:, None] > 0), axis=0)
+  tar = np.mean(
+    np.divide(tp, fold_pos[:, None], out=np.zeros(tp.shape), where=fold_pos[:, None] > 0), axis=0
+  )
+  far = np.mean(
+    np.divide(fp, fold_neg[:, None], out=np.zeros(fp.shape), where=fold_neg[:, None] > 0), axis=0
+  )
 
   # TAR at the FAR target: threshold from the training folds' FAR, scored on the held-out fold.
   fp_fine = _accepted_counts(neg_dist, folds, FAR_THRESHOLDS)  # (F, T_fine)
@@ -170,19 +183,19 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10,
     tars.append(accepted[same].mean() if same.any() else 0.0)
     fars.append(accepted[~same].mean() if (~same).any() else 0.0)
   return {
-      'accuracy': float(np.mean(accuracies)),
-      'std': float(np.std(accuracies)),
-      'fold_accuracies': accuracies,
-      'threshold': float(np.mean(THRESHOLDS[best])),
-      'best_thresholds': THRESHOLDS[best],
-      'tar_at_far': float(np.mean(tars)),
-      'tar_at_far_std': float(np.std(tars)),
-      'tar_at_far_thresholds': np.array(far_thresholds),
-      'far_achieved': float(np.mean(fars)),
-      'far_target': float(far_target),
-      'thresholds': THRESHOLDS,
-      'tar': tar,
-      'far': far,
-      'tpr': tar,
-      'fpr': far,
+    'accuracy': float(np.mean(accuracies)),
+    'std': float(np.std(accuracies)),
+    'fold_accuracies': accuracies,
+    'threshold': float(np.mean(THRESHOLDS[best])),
+    'best_thresholds': THRESHOLDS[best],
+    'tar_at_far': float(np.mean(tars)),
+    'tar_at_far_std': float(np.std(tars)),
+    'tar_at_far_thresholds': np.array(far_thresholds),
+    'far_achieved': float(np.mean(fars)),
+    'far_target': float(far_target),
+    'thresholds': THRESHOLDS,
+    'tar': tar,
+    'far': far,
+    'tpr': tar,
+    'fpr': far,
   }

@@ -34,13 +34,31 @@ measured, the number of calibration scores and where they came from.
 
 Command line: `python -m arcface_jax.faces {detect,enroll,identify,verify,grid} --help`.
 """
+
 from arcface_jax.faces.gallery import Gallery, GalleryError
 from arcface_jax.faces.images import ImageError, load_image
 from arcface_jax.faces.model import ModelError
-from arcface_jax.faces.recognizer import (Face, FaceRecognizer, Identification, NoFaceError,
-                                          Verification)
+from arcface_jax.faces.recognizer import (
+  Face,
+  FaceRecognizer,
+  Identification,
+  NoFaceError,
+  Verification,
+)
 from arcface_jax.faces.thresholds import CalibrationError, CalibrationSet, Threshold
 
-__all__ = ['CalibrationError', 'CalibrationSet', 'Face', 'FaceRecognizer', 'Gallery',
-           'GalleryError', 'Identification', 'ImageError', 'ModelError', 'NoFaceError',
-           'Threshold', 'Verification', 'load_image']
+__all__ = [
+  'CalibrationError',
+  'CalibrationSet',
+  'Face',
+  'FaceRecognizer',
+  'Gallery',
+  'GalleryError',
+  'Identification',
+  'ImageError',
+  'ModelError',
+  'NoFaceError',
+  'Threshold',
+  'Verification',
+  'load_image',
+]

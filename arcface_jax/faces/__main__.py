@@ -1,4 +1,5 @@
 """`python -m arcface_jax.faces`: see `arcface_jax.faces.cli`."""
+
 import sys
 
 from arcface_jax.faces.cli import main

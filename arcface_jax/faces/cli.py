@@ -6,6 +6,7 @@ where one is needed); 2 for usage errors, one line on stderr (a missing model or
 gallery made with another model, no way to set a threshold). Results go to stdout (`--json`: the
 formats below), progress and summaries to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,37 +18,35 @@ import textwrap
 from typing import Any, Sequence
 
 EXAMPLES = {
-    'detect': 'python -m arcface_jax.faces detect raw_photos/ --out my_faces/\n'
-              '  python -m arcface_jax.faces detect party.jpg --json',
-    'enroll': 'python -m arcface_jax.faces enroll --model runs/mine --photos my_faces/ '
-              '--out people.gallery',
-    'identify': 'python -m arcface_jax.faces identify --model runs/mine --gallery people.gallery '
-                'party.jpg',
-    'verify': 'python -m arcface_jax.faces verify --model runs/mine a.jpg b.jpg --json',
-    'grid': 'python -m arcface_jax.faces grid --model runs/mine --photos test_faces/ '
-            '--out grid.png',
+  'detect': 'python -m arcface_jax.faces detect raw_photos/ --out my_faces/\n'
+  '  python -m arcface_jax.faces detect party.jpg --json',
+  'enroll': 'python -m arcface_jax.faces enroll --model runs/mine --photos my_faces/ '
+  '--out people.gallery',
+  'identify': 'python -m arcface_jax.faces identify --model runs/mine --gallery people.gallery '
+  'party.jpg',
+  'verify': 'python -m arcface_jax.faces verify --model runs/mine a.jpg b.jpg --json',
+  'grid': 'python -m arcface_jax.faces grid --model runs/mine --photos test_faces/ --out grid.png',
 }
 HELP = {
-    'detect': 'Find faces in photos: box, score and 5 landmarks per face; --out writes aligned '
-              'crops <stem>_<k>.png, keeping the folder layout (one sub-folder per person stays '
-              'one, ready to train on). Folders are read recursively; unreadable files are '
-              'skipped and named.',
-    'enroll': 'Build a gallery from a folder with one sub-folder of photos per person (the '
-              'largest face of each photo); the "unknown" threshold is calibrated on the '
-              "model's held-out people or on --calibrate photos of strangers.",
-    'identify': 'Name every face in photos from a gallery, or "unknown", with its cosine score, '
-                'the runner-up and the threshold used (at its FPIR).',
-    'verify': 'Say whether the largest faces of two photos are the same person: '
-              '{"same": bool, "score": s, "threshold": t} at a calibrated FAR.',
-    'grid': 'A 3×3 figure of photos from a folder (one sub-folder per person) with true and '
-            'predicted names, wrong ones in red, and the accuracy over the whole folder.',
+  'detect': 'Find faces in photos: box, score and 5 landmarks per face; --out writes aligned '
+  'crops <stem>_<k>.png, keeping the folder layout (one sub-folder per person stays '
+  'one, ready to train on). Folders are read recursively; unreadable files are '
+  'skipped and named.',
+  'enroll': 'Build a gallery from a folder with one sub-folder of photos per person (the '
+  'largest face of each photo); the "unknown" threshold is calibrated on the '
+  "model's held-out people or on --calibrate photos of strangers.",
+  'identify': 'Name every face in photos from a gallery, or "unknown", with its cosine score, '
+  'the runner-up and the threshold used (at its FPIR).',
+  'verify': 'Say whether the largest faces of two photos are the same person: '
+  '{"same": bool, "score": s, "threshold": t} at a calibrated FAR.',
+  'grid': 'A 3×3 figure of photos from a folder (one sub-folder per person) with true and '
+  'predicted names, wrong ones in red, and the accuracy over the whole folder.',
 }
 JSON_FORMATS = {
-    'detect': '[{"photo": P, "faces": [{"box": [x1,y1,x2,y2], "score": s, '
-              '"landmarks": [[x,y]×5]}]}]',
-    'identify': '[{"photo": P, "faces": [{"box": [...], "name": N, "score": s, '
-                '"runner_up": N2, "runner_up_score": s2, "threshold": t, "fpir": f, ...}]}]',
-    'verify': '{"same": bool, "score": s, "threshold": t, "far": f, "threshold_kind": k}',
+  'detect': '[{"photo": P, "faces": [{"box": [x1,y1,x2,y2], "score": s, "landmarks": [[x,y]×5]}]}]',
+  'identify': '[{"photo": P, "faces": [{"box": [...], "name": N, "score": s, '
+  '"runner_up": N2, "runner_up_score": s2, "threshold": t, "fpir": f, ...}]}]',
+  'verify': '{"same": bool, "score": s, "threshold": t, "far": f, "threshold_kind": k}',
 }
 
 
@@ -61,27 +60,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog='python -m arcface_jax.faces',
-                   description='Faces in, names out: detect and align faces in photos, enrol '
-                               'people in a gallery, identify and verify.',
-                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                   epilog='examples:\n  ' + '\n  '.join(EXAMPLES.values()))
+  parser = _Parser(
+    prog='python -m arcface_jax.faces',
+    description='Faces in, names out: detect and align faces in photos, enrol '
+    'people in a gallery, identify and verify.',
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog='examples:\n  ' + '\n  '.join(EXAMPLES.values()),
+  )
   commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
 
   def command(name: str) -> argparse.ArgumentParser:
     epilog = f'example:\n  {EXAMPLES[name]}'
     if name in JSON_FORMATS:
       epilog += f'\n\n--json prints:\n  {JSON_FORMATS[name]}'
-    sub = commands.add_parser(name, help=HELP[name], description=textwrap.fill(HELP[name], 79),
-                              epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument('--aligned', action='store_true',
-                     help='the photos are already aligned face crops (no detection)')
+    sub = commands.add_parser(
+      name,
+      help=HELP[name],
+      description=textwrap.fill(HELP[name], 79),
+      epilog=epilog,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.add_argument(
+      '--aligned',
+      action='store_true',
+      help='the photos are already aligned face crops (no detection)',
+    )
     return sub
 
   def model_argument(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument('--model', required=True,
-                     help='a training workdir (latest checkpoint) or an exported .jax_export')
+    sub.add_argument(
+      '--model',
+      required=True,
+      help='a training workdir (latest checkpoint) or an exported .jax_export',
+    )
 
   detect = command('detect')
   detect.add_argument('photos', nargs='+', metavar='PHOTO|DIR')
@@ -93,38 +104,53 @@ def _parser() -> argparse.ArgumentParser:
   model_argument(enroll)
   enroll.add_argument('--photos', required=True, help='one sub-folder of photos per person')
   enroll.add_argument('--out', required=True, help='the gallery file to write')
-  enroll.add_argument('--calibrate', metavar='DIR',
-                      help='photos of other people, neither trained on nor enrolled, to set '
-                           "the threshold (default: the model's held-out people)")
-  enroll.add_argument('--fpir', type=float, default=None,
-                      help='false-positive identification rate of the threshold (default 0.01)')
+  enroll.add_argument(
+    '--calibrate',
+    metavar='DIR',
+    help='photos of other people, neither trained on nor enrolled, to set '
+    "the threshold (default: the model's held-out people)",
+  )
+  enroll.add_argument(
+    '--fpir',
+    type=float,
+    default=None,
+    help='false-positive identification rate of the threshold (default 0.01)',
+  )
 
   identify = command('identify')
   model_argument(identify)
   identify.add_argument('--gallery', required=True, help='a gallery written by `enroll`')
   identify.add_argument('photos', nargs='+', metavar='PHOTO|DIR')
   identify.add_argument('--json', action='store_true', help='print the answers as JSON')
-  identify.add_argument('--threshold', type=float,
-                        help="a cosine threshold instead of the gallery's calibrated one")
+  identify.add_argument(
+    '--threshold', type=float, help="a cosine threshold instead of the gallery's calibrated one"
+  )
 
   verify = command('verify')
   model_argument(verify)
   verify.add_argument('photo_a', metavar='PHOTO_A')
   verify.add_argument('photo_b', metavar='PHOTO_B')
   verify.add_argument('--json', action='store_true', help='print the answer as JSON')
-  verify.add_argument('--threshold', type=float, help='a cosine threshold instead of the '
-                                                      'calibrated one')
-  verify.add_argument('--calibrate', metavar='DIR',
-                      help='photos of strangers, one sub-folder per person, to calibrate on')
-  verify.add_argument('--far', type=float, default=None,
-                      help='false-accept rate of the threshold (default 0.001)')
+  verify.add_argument(
+    '--threshold', type=float, help='a cosine threshold instead of the calibrated one'
+  )
+  verify.add_argument(
+    '--calibrate',
+    metavar='DIR',
+    help='photos of strangers, one sub-folder per person, to calibrate on',
+  )
+  verify.add_argument(
+    '--far', type=float, default=None, help='false-accept rate of the threshold (default 0.001)'
+  )
 
   grid = command('grid')
   model_argument(grid)
   grid.add_argument('--photos', required=True, help='test photos, one sub-folder per person')
   grid.add_argument('--out', required=True, help='the figure to write (.png)')
-  grid.add_argument('--gallery', help='name faces from this gallery (default: every other '
-                                      'photo of --photos, leave-one-out)')
+  grid.add_argument(
+    '--gallery',
+    help='name faces from this gallery (default: every other photo of --photos, leave-one-out)',
+  )
   grid.add_argument('--seed', type=int, default=0, help='which 9 photos are shown')
   return parser
 
@@ -132,8 +158,9 @@ def _parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ commands
 
 
-def _summary(processed: int, skipped: list[tuple[str, str]], not_photos: Sequence[str],
-             what: str) -> None:
+def _summary(
+  processed: int, skipped: list[tuple[str, str]], not_photos: Sequence[str], what: str
+) -> None:
   line = f'{processed} photos {what}'
   if skipped:
     line += f'; {len(skipped)} skipped: ' + '; '.join(f'{p} ({r})' for p, r in skipped[:10])
@@ -145,13 +172,16 @@ def _summary(processed: int, skipped: list[tuple[str, str]], not_photos: Sequenc
 
 def _iterate(photo_list: Any, desc: str):
   from tqdm import tqdm
-  return tqdm(photo_list.photos, desc=desc, unit='photo',
-              disable=len(photo_list.photos) < 2, file=sys.stderr)
+
+  return tqdm(
+    photo_list.photos, desc=desc, unit='photo', disable=len(photo_list.photos) < 2, file=sys.stderr
+  )
 
 
 def _run_detect(args: argparse.Namespace) -> int:
   from arcface_jax.data.decode import encode_image
   from arcface_jax.faces import images, recognizer
+
   if args.size < 16:
     raise UsageError(f'--size {args.size}: crops need at least 16 pixels')
   listing = images.list_photos(args.photos)
@@ -163,8 +193,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     except images.ImageError as e:
       skipped.append((path, str(e).removeprefix(f'{path}: ')))
       continue
-    faces = ([recognizer.whole_image_face(rgb, args.size)] if args.aligned
-             else recognizer.find_faces(rgb, detector, args.size))
+    faces = (
+      [recognizer.whole_image_face(rgb, args.size)]
+      if args.aligned
+      else recognizer.find_faces(rgb, detector, args.size)
+    )
     results.append({'photo': path, 'faces': [face.to_json() for face in faces]})
     if args.out:
       folder = os.path.join(args.out, relative)
@@ -182,40 +215,62 @@ def _run_detect(args: argparse.Namespace) -> int:
       for face in result['faces']:
         print(f'  box {face["box"]} score {face["score"]:.3f}')
   found = sum(len(r['faces']) for r in results)
-  _summary(len(results), skipped, listing.not_photos,
-           f'read, {found} faces found' + (f', {written} crops written to {args.out}'
-                                           if args.out else ''))
+  _summary(
+    len(results),
+    skipped,
+    listing.not_photos,
+    f'read, {found} faces found' + (f', {written} crops written to {args.out}' if args.out else ''),
+  )
   return 0 if results else 1
 
 
 def _detector() -> Any:
   from arcface_jax.faces.mtcnn import MTCNN
+
   return MTCNN()
 
 
 def _recognizer(args: argparse.Namespace) -> Any:
   from arcface_jax.faces import FaceRecognizer
+
   kwargs = {'far': args.far} if getattr(args, 'far', None) is not None else {}
   recognizer = FaceRecognizer.load(args.model, **kwargs)
   print(f'model {recognizer.model.describe()}', file=sys.stderr)
   if not recognizer.info.detect_faces and not args.aligned:
-    print('this model was trained on crops that are not photos of faces, so its inputs are taken '
-          'as aligned crops (as with --aligned)', file=sys.stderr)
+    print(
+      'this model was trained on crops that are not photos of faces, so its inputs are taken '
+      'as aligned crops (as with --aligned)',
+      file=sys.stderr,
+    )
   return recognizer
 
 
 def _run_enroll(args: argparse.Namespace) -> int:
   from arcface_jax.faces import Gallery, thresholds
+
   recognizer = _recognizer(args)
   fpir = thresholds.DEFAULT_FPIR if args.fpir is None else args.fpir
-  gallery = Gallery.enroll(recognizer, args.photos, calibrate=args.calibrate,
-                           aligned=args.aligned or None, fpir=fpir, progress=True)
+  gallery = Gallery.enroll(
+    recognizer,
+    args.photos,
+    calibrate=args.calibrate,
+    aligned=args.aligned or None,
+    fpir=fpir,
+    progress=True,
+  )
   gallery.save(args.out)
-  _summary(len(gallery.embeddings), gallery.skipped, (), f'enrolled ({len(gallery.names)} '
-           f'people) into {args.out}')
+  _summary(
+    len(gallery.embeddings),
+    gallery.skipped,
+    (),
+    f'enrolled ({len(gallery.names)} people) into {args.out}',
+  )
   if gallery.threshold is None:
-    print('no calibration photos: identify will need --threshold T (or enrol again with '
-          '--calibrate DIR)', file=sys.stderr)
+    print(
+      'no calibration photos: identify will need --threshold T (or enrol again with '
+      '--calibrate DIR)',
+      file=sys.stderr,
+    )
   else:
     print(f'"unknown" {gallery.threshold.describe()}', file=sys.stderr)
   return 0
@@ -223,6 +278,7 @@ def _run_enroll(args: argparse.Namespace) -> int:
 
 def _run_identify(args: argparse.Namespace) -> int:
   from arcface_jax.faces import Gallery, images
+
   gallery = Gallery.load(args.gallery)
   recognizer = _recognizer(args)
   gallery.check_model(recognizer.info, args.model)
@@ -232,8 +288,9 @@ def _run_identify(args: argparse.Namespace) -> int:
   results, skipped, used = [], [], None
   for path, _ in _iterate(listing, 'identifying'):
     try:
-      answers = recognizer.identify(path, gallery, aligned=args.aligned or None,
-                                    threshold=args.threshold)
+      answers = recognizer.identify(
+        path, gallery, aligned=args.aligned or None, threshold=args.threshold
+      )
     except images.ImageError as e:
       skipped.append((path, str(e).removeprefix(f'{path}: ')))
       continue
@@ -245,8 +302,11 @@ def _run_identify(args: argparse.Namespace) -> int:
     for result in results:
       print(f'{result["photo"]}: ' + ('no face' if not result['faces'] else ''))
       for face in result['faces']:
-        second = (f'; runner-up {face["runner_up"]} {face["runner_up_score"]:.3f}'
-                  if face['runner_up'] else '')
+        second = (
+          f'; runner-up {face["runner_up"]} {face["runner_up_score"]:.3f}'
+          if face['runner_up']
+          else ''
+        )
         best = '' if face['name'] == face['best_match'] else f'best {face["best_match"]} '
         print(f'  {face["name"]} ({best}score {face["score"]:.3f}{second}) at {face["box"]}')
   if used is not None:
@@ -259,8 +319,9 @@ def _run_verify(args: argparse.Namespace) -> int:
   recognizer = _recognizer(args)
   if args.calibrate:
     recognizer.calibrate(args.calibrate, aligned=args.aligned or None, progress=True)
-  answer = recognizer.verify(args.photo_a, args.photo_b, aligned=args.aligned or None,
-                             threshold=args.threshold)
+  answer = recognizer.verify(
+    args.photo_a, args.photo_b, aligned=args.aligned or None, threshold=args.threshold
+  )
   if args.json:
     print(json.dumps(answer.to_json(), indent=2))
   else:
@@ -271,10 +332,12 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 def _run_grid(args: argparse.Namespace) -> int:
   from arcface_jax.faces import Gallery, grid
+
   recognizer = _recognizer(args)
   gallery = Gallery.load(args.gallery) if args.gallery else None
-  accuracy = grid.write_grid(recognizer, args.photos, args.out, gallery=gallery,
-                             aligned=args.aligned or None, seed=args.seed)
+  accuracy = grid.write_grid(
+    recognizer, args.photos, args.out, gallery=gallery, aligned=args.aligned or None, seed=args.seed
+  )
   print(f'wrote {args.out}: {accuracy.describe()}', file=sys.stderr)
   return 0
 
@@ -283,7 +346,9 @@ def _log_plainly() -> None:
   """Progress lines (what is compiling, calibrating) on stderr as bare messages."""
   from absl import flags
   from absl import logging as absl_logging
+
   from arcface_jax import reporting
+
   if not flags.FLAGS.is_parsed():  # argparse parsed the command line; absl has no flags here
     flags.FLAGS.mark_as_parsed()
   logging.getLogger('jax').setLevel(logging.WARNING)  # e.g. "Unable to initialize backend"
@@ -293,17 +358,23 @@ def _log_plainly() -> None:
   reporting.quiet_library_logs()
 
 
-RUNNERS = {'detect': _run_detect, 'enroll': _run_enroll, 'identify': _run_identify,
-           'verify': _run_verify, 'grid': _run_grid}
+RUNNERS = {
+  'detect': _run_detect,
+  'enroll': _run_enroll,
+  'identify': _run_identify,
+  'verify': _run_verify,
+  'grid': _run_grid,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   from arcface_jax.faces import compilation
+
   compilation.enable_persistent_cache()  # before anything compiles: a second run starts fast
   _log_plainly()
-  from arcface_jax.faces import (CalibrationError, GalleryError, ImageError, ModelError,
-                                 NoFaceError)
+  from arcface_jax.faces import CalibrationError, GalleryError, ImageError, ModelError, NoFaceError
+
   prog = f'python -m arcface_jax.faces {args.command}'
   try:
     return RUNNERS[args.command](args)

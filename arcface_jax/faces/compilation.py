@@ -12,6 +12,7 @@ harness) already chose through JAX_COMPILATION_CACHE_DIR or jax.config is left a
 `first_seen(keys)` and `log_compile(message)`: one line before programs of new shapes first run in
 this process, so a first photo that takes several seconds does not look frozen.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,12 @@ def enable_persistent_cache() -> str | None:
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as error:  # a read-only home: run without the cache rather than fail
-    logging.warning('Compilation cache off: cannot create %s (%s); set %s to a writable folder.',
-                    directory, error, CACHE_DIR_ENV)
+    logging.warning(
+      'Compilation cache off: cannot create %s (%s); set %s to a writable folder.',
+      directory,
+      error,
+      CACHE_DIR_ENV,
+    )
     return None
   jax.config.update('jax_compilation_cache_dir', directory)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
@@ -79,5 +84,10 @@ def first_seen(keys: Iterable[Hashable]) -> list:
 def log_compile(message: str) -> None:
   """Logs one line before a compile that may take seconds, saying whether a cache will keep it."""
   cache = jax.config.jax_compilation_cache_dir
-  logging.info('%s%s', message, f'; kept in the compilation cache {cache}' if cache else
-               '; the compilation cache is off, so every new process compiles again')
+  logging.info(
+    '%s%s',
+    message,
+    f'; kept in the compilation cache {cache}'
+    if cache
+    else '; the compilation cache is off, so every new process compiles again',
+  )

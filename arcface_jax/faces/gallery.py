@@ -15,6 +15,7 @@ format version, names, photo of each embedding, calibration identities and sourc
 name, embedding size and fingerprint, and the FPIR. It is validated when read, and a gallery made
 with another model (another fingerprint) is refused.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ class GalleryError(ValueError):
 @dataclasses.dataclass
 class Gallery:
   """Enrolled people (use `Gallery.enroll` / `Gallery.load`, not the constructor)."""
+
   names: list[str]  # the people, sorted
   embeddings: np.ndarray  # (N, D) float32, L2-normalised, one per enrolled face
   labels: np.ndarray  # (N,) int32 index into `names`
@@ -56,9 +58,16 @@ class Gallery:
   # ------------------------------------------------------------------ building
 
   @classmethod
-  def enroll(cls, recognizer: Any, people: Any, *, calibrate: Any = None,
-             aligned: bool | None = None, fpir: float = thresholds.DEFAULT_FPIR,
-             progress: bool = False) -> 'Gallery':
+  def enroll(
+    cls,
+    recognizer: Any,
+    people: Any,
+    *,
+    calibrate: Any = None,
+    aligned: bool | None = None,
+    fpir: float = thresholds.DEFAULT_FPIR,
+    progress: bool = False,
+  ) -> 'Gallery':
     """A gallery of `people`: a folder with one sub-folder per person (read recursively) or a
     mapping name → photos (paths or RGB arrays). The largest face of each photo is enrolled;
     unreadable photos and photos without a face are skipped and listed in `skipped`.
@@ -67,32 +76,47 @@ class Gallery:
     the threshold; by default the model's held-out people (a training workdir), if it has any.
     """
     info = recognizer.info
-    gallery = cls(names=[], embeddings=np.zeros((0, info.embedding_dim), np.float32),
-                  labels=np.zeros((0,), np.int32), photos=[], model_name=info.model_name,
-                  embedding_dim=info.embedding_dim, fingerprint=info.fingerprint, fpir=fpir)
+    gallery = cls(
+      names=[],
+      embeddings=np.zeros((0, info.embedding_dim), np.float32),
+      labels=np.zeros((0,), np.int32),
+      photos=[],
+      model_name=info.model_name,
+      embedding_dim=info.embedding_dim,
+      fingerprint=info.fingerprint,
+      fpir=fpir,
+    )
     if calibrate is not None:
-      gallery.calibration = recognizer.calibration_from(calibrate, aligned=aligned,
-                                                        progress=progress)
+      gallery.calibration = recognizer.calibration_from(
+        calibrate, aligned=aligned, progress=progress
+      )
     else:
       gallery.calibration = recognizer.calibration
     gallery.add(recognizer, people, aligned=aligned, progress=progress)
     return gallery
 
-  def add(self, recognizer: Any, people: Any, *, aligned: bool | None = None,
-          progress: bool = False) -> None:
+  def add(
+    self, recognizer: Any, people: Any, *, aligned: bool | None = None, progress: bool = False
+  ) -> None:
     """Enrols more photos (new people or more photos of enrolled ones); re-sets the threshold."""
     from arcface_jax.faces.recognizer import embed_people
+
     self.check_model(recognizer.info, recognizer.model.path)
-    found = embed_people(recognizer, people, aligned=aligned, every_face=False,
-                         progress=progress, what='gallery')
+    found = embed_people(
+      recognizer, people, aligned=aligned, every_face=False, progress=progress, what='gallery'
+    )
     self.skipped = found.skipped
     if not len(found.embeddings):
-      raise GalleryError(f'no face could be enrolled from {found.source} ('
-                         f'{len(found.skipped)} photos skipped); expected one sub-folder of '
-                         'photos per person')
+      raise GalleryError(
+        f'no face could be enrolled from {found.source} ('
+        f'{len(found.skipped)} photos skipped); expected one sub-folder of '
+        'photos per person'
+      )
     if UNKNOWN in found.identities:
-      raise GalleryError(f'a person named {UNKNOWN!r} in {found.source} cannot be told apart '
-                         'from the answer for strangers: rename the folder')
+      raise GalleryError(
+        f'a person named {UNKNOWN!r} in {found.source} cannot be told apart '
+        'from the answer for strangers: rename the folder'
+      )
     names = sorted(set(self.names) | set(found.identities))
     remap = np.array([names.index(n) for n in self.names], np.int32)
     old_labels = remap[self.labels] if len(self.labels) else np.zeros((0,), np.int32)
@@ -136,14 +160,17 @@ class Gallery:
     if self.threshold is None:
       where = self.path or 'this gallery'
       raise CalibrationError(
-          f'{where} has no calibration photos, so no "unknown" threshold: enrol with '
-          '--calibrate DIR (photos of people neither trained on nor enrolled), use a training '
-          'workdir with held-out people as --model, or pass --threshold T')
+        f'{where} has no calibration photos, so no "unknown" threshold: enrol with '
+        '--calibrate DIR (photos of people neither trained on nor enrolled), use a training '
+        'workdir with held-out people as --model, or pass --threshold T'
+      )
     return self.threshold
 
-  def name_faces(self, faces: Sequence[Any], embeddings: np.ndarray,
-                 threshold: Threshold) -> list[Any]:
+  def name_faces(
+    self, faces: Sequence[Any], embeddings: np.ndarray, threshold: Threshold
+  ) -> list[Any]:
     from arcface_jax.faces.recognizer import Identification
+
     scores = self.scores(embeddings)
     answers = []
     for face, row in zip(faces, scores):
@@ -151,11 +178,17 @@ class Gallery:
       best = int(order[0])
       second = int(order[1]) if len(order) > 1 else None
       score = float(row[best])
-      answers.append(Identification(
-          face=face, name=self.names[best] if score > threshold.value else UNKNOWN,
-          score=score, best_match=self.names[best],
+      answers.append(
+        Identification(
+          face=face,
+          name=self.names[best] if score > threshold.value else UNKNOWN,
+          score=score,
+          best_match=self.names[best],
           runner_up=None if second is None else self.names[second],
-          runner_up_score=None if second is None else float(row[second]), threshold=threshold))
+          runner_up_score=None if second is None else float(row[second]),
+          threshold=threshold,
+        )
+      )
     return answers
 
   def check_model(self, info: ModelInfo, model_path: str = '') -> None:
@@ -163,10 +196,11 @@ class Gallery:
     if info.fingerprint != self.fingerprint or info.embedding_dim != self.embedding_dim:
       where = self.path or 'the gallery'
       raise GalleryError(
-          f'{where} was made with model {self.model_name} (fingerprint {self.fingerprint}), not '
-          f'with {model_path or "this model"}: {info.model_name} (fingerprint '
-          f'{info.fingerprint}); embeddings of different models cannot be compared: enrol '
-          'again with this model')
+        f'{where} was made with model {self.model_name} (fingerprint {self.fingerprint}), not '
+        f'with {model_path or "this model"}: {info.model_name} (fingerprint '
+        f'{info.fingerprint}); embeddings of different models cannot be compared: enrol '
+        'again with this model'
+      )
 
   # ------------------------------------------------------------------ files
 
@@ -176,17 +210,27 @@ class Gallery:
       raise GalleryError('the gallery is empty: enrol someone before saving')
     path = os.fspath(path)
     calibration = self.calibration
-    meta = {'format_version': FORMAT_VERSION, 'names': self.names, 'photos': self.photos,
-            'model_name': self.model_name, 'embedding_dim': self.embedding_dim,
-            'fingerprint': self.fingerprint, 'fpir': self.fpir,
-            'calibration_identities': calibration.identities if calibration else None,
-            'calibration_source': calibration.source if calibration else None}
+    meta = {
+      'format_version': FORMAT_VERSION,
+      'names': self.names,
+      'photos': self.photos,
+      'model_name': self.model_name,
+      'embedding_dim': self.embedding_dim,
+      'fingerprint': self.fingerprint,
+      'fpir': self.fpir,
+      'calibration_identities': calibration.identities if calibration else None,
+      'calibration_source': calibration.source if calibration else None,
+    }
     empty = np.zeros((0, self.embedding_dim), np.float32)
     temporary = path + '.tmp'
     with open(temporary, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
-      np.savez(f, meta=np.array(json.dumps(meta)), embeddings=self.embeddings.astype(np.float32),
-               labels=self.labels.astype(np.int32),
-               calibration=calibration.embeddings if calibration else empty)
+      np.savez(
+        f,
+        meta=np.array(json.dumps(meta)),
+        embeddings=self.embeddings.astype(np.float32),
+        labels=self.labels.astype(np.int32),
+        calibration=calibration.embeddings if calibration else empty,
+      )
     os.replace(temporary, path)
     self.path = path
 
@@ -195,8 +239,9 @@ class Gallery:
     """Reads and validates a saved gallery; GalleryError naming the file if it is damaged."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-      raise GalleryError(f'{path}: no such gallery file; make one with '
-                         '`python -m arcface_jax.faces enroll`')
+      raise GalleryError(
+        f'{path}: no such gallery file; make one with `python -m arcface_jax.faces enroll`'
+      )
     try:
       with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in ('meta', 'embeddings', 'labels', 'calibration')}
@@ -214,14 +259,25 @@ class Gallery:
 
     if not isinstance(meta, dict) or meta.get('format_version') != FORMAT_VERSION:
       raise bad(f'format_version is not {FORMAT_VERSION}')
-    keys = ('names', 'photos', 'model_name', 'embedding_dim', 'fingerprint', 'fpir',
-            'calibration_identities', 'calibration_source')
+    keys = (
+      'names',
+      'photos',
+      'model_name',
+      'embedding_dim',
+      'fingerprint',
+      'fpir',
+      'calibration_identities',
+      'calibration_source',
+    )
     missing = [k for k in keys if k not in meta]
     if missing:
       raise bad(f'meta lacks {", ".join(missing)}')
     names, dim = meta['names'], meta['embedding_dim']
-    embeddings, labels, calibration = (arrays['embeddings'], arrays['labels'],
-                                       arrays['calibration'])
+    embeddings, labels, calibration = (
+      arrays['embeddings'],
+      arrays['labels'],
+      arrays['calibration'],
+    )
     if not names:
       raise bad('no people')
     if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.dtype != np.float32:
@@ -239,11 +295,20 @@ class Gallery:
     if cal_ids is not None:
       if calibration.ndim != 2 or calibration.shape != (len(cal_ids), dim):
         raise bad(f'calibration {calibration.shape} for {len(cal_ids)} identities')
-      cal = CalibrationSet(calibration.astype(np.float32), list(cal_ids),
-                           str(meta['calibration_source']))
-    gallery = cls(names=list(names), embeddings=embeddings, labels=labels.astype(np.int32),
-                  photos=list(meta['photos']), model_name=str(meta['model_name']),
-                  embedding_dim=int(dim), fingerprint=str(meta['fingerprint']), calibration=cal,
-                  fpir=float(meta['fpir']), path=path)
+      cal = CalibrationSet(
+        calibration.astype(np.float32), list(cal_ids), str(meta['calibration_source'])
+      )
+    gallery = cls(
+      names=list(names),
+      embeddings=embeddings,
+      labels=labels.astype(np.int32),
+      photos=list(meta['photos']),
+      model_name=str(meta['model_name']),
+      embedding_dim=int(dim),
+      fingerprint=str(meta['fingerprint']),
+      calibration=cal,
+      fpir=float(meta['fpir']),
+      path=path,
+    )
     gallery.recalibrate()
     return gallery

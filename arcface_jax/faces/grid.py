@@ -7,6 +7,7 @@ set: the nearest person template built from every other photo of the folder). Th
 title is over every usable photo of the folder; nine photos, as many people as possible, are
 shown with their true and predicted names, wrong predictions in red.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,10 @@ class GridResult:
     return self.correct / self.total
 
   def describe(self) -> str:
-    return (f'{self.protocol} accuracy {100 * self.accuracy:.1f}% ({self.correct}/{self.total} '
-            f'photos of {self.people} people)')
+    return (
+      f'{self.protocol} accuracy {100 * self.accuracy:.1f}% ({self.correct}/{self.total} '
+      f'photos of {self.people} people)'
+    )
 
 
 def _leave_one_out(embeddings: np.ndarray, identities: list[str]) -> tuple[list[str], list[float]]:
@@ -69,21 +72,31 @@ def _pick_nine(identities: list[str], seed: int) -> list[int]:
   return chosen
 
 
-def write_grid(recognizer: Any, photos: str, out: str, *, gallery: Gallery | None = None,
-               aligned: bool | None = None, seed: int = 0) -> GridResult:
+def write_grid(
+  recognizer: Any,
+  photos: str,
+  out: str,
+  *,
+  gallery: Gallery | None = None,
+  aligned: bool | None = None,
+  seed: int = 0,
+) -> GridResult:
   """Writes the figure to `out`; returns the accuracy over every usable photo of `photos`."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  people = embed_people(recognizer, photos, aligned=aligned, every_face=False, progress=True,
-                        what='test')
+  people = embed_people(
+    recognizer, photos, aligned=aligned, every_face=False, progress=True, what='test'
+  )
   if not len(people.embeddings):
     raise GalleryError(f'no usable face in {photos} ({len(people.skipped)} photos skipped)')
   if gallery is None:
     if len(set(people.identities)) < 2:
-      raise GalleryError(f'{photos}: leave-one-out needs photos of at least two people (or '
-                         'pass --gallery)')
+      raise GalleryError(
+        f'{photos}: leave-one-out needs photos of at least two people (or pass --gallery)'
+      )
     predicted, scores = _leave_one_out(people.embeddings, people.identities)
     protocol = 'leave-one-out (closed set)'
   else:
@@ -92,8 +105,7 @@ def write_grid(recognizer: Any, photos: str, out: str, *, gallery: Gallery | Non
     matrix = gallery.scores(people.embeddings)
     best = matrix.argmax(axis=1)
     scores = [float(matrix[i, b]) for i, b in enumerate(best)]
-    predicted = [gallery.names[b] if s > threshold.value else UNKNOWN
-                 for b, s in zip(best, scores)]
+    predicted = [gallery.names[b] if s > threshold.value else UNKNOWN for b, s in zip(best, scores)]
     protocol = f'gallery {gallery.path} ({threshold.kind} {threshold.rate or threshold.value:g})'
   correct = sum(p == t for p, t in zip(predicted, people.identities))
   result = GridResult(correct, len(predicted), len(set(people.identities)), protocol)
@@ -105,11 +117,15 @@ def write_grid(recognizer: Any, photos: str, out: str, *, gallery: Gallery | Non
   for axis, row in zip(axes.ravel(), chosen):
     axis.imshow(load_image(people.origins[row]))
     x1, y1, x2, y2 = people.boxes[row]
-    axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.5,
-                                 edgecolor='lime'))
+    axis.add_patch(
+      plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.5, edgecolor='lime')
+    )
     right = predicted[row] == people.identities[row]
-    axis.set_title(f'true: {people.identities[row]}\npredicted: {predicted[row]} '
-                   f'({scores[row]:.2f})', color='black' if right else 'red', fontsize=10)
+    axis.set_title(
+      f'true: {people.identities[row]}\npredicted: {predicted[row]} ({scores[row]:.2f})',
+      color='black' if right else 'red',
+      fontsize=10,
+    )
   figure.suptitle(f'{recognizer.model.describe()}\n{result.describe()}', fontsize=10)
   figure.tight_layout(h_pad=1.5)
   figure.savefig(out, dpi=100)

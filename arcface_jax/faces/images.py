@@ -18,6 +18,7 @@ downscale them.
 A file that is missing, not an image, truncated or otherwise undecodable is an `ImageError` naming
 the file; folder runs skip it and count it (`list_photos` + the caller's summary).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,9 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
   if array.dtype == np.uint16:
     array = (array >> 8).astype(np.uint8)
   if array.dtype != np.uint8:
-    raise ImageError(f'image array has dtype {array.dtype}; expected uint8 RGB (H, W, 3) '
-                     '(0..255), or uint16')
+    raise ImageError(
+      f'image array has dtype {array.dtype}; expected uint8 RGB (H, W, 3) (0..255), or uint16'
+    )
   if array.ndim == 2:
     return np.repeat(array[..., None], 3, axis=2)
   if array.ndim == 3 and array.shape[2] == 1:
@@ -75,8 +77,9 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     return np.round(over_white).astype(np.uint8)
   if array.ndim == 3 and array.shape[2] == 3:
     return np.ascontiguousarray(array)
-  raise ImageError(f'image array has shape {array.shape}; expected (H, W, 3) RGB, (H, W) grey '
-                   'or (H, W, 4) RGBA')
+  raise ImageError(
+    f'image array has shape {array.shape}; expected (H, W, 3) RGB, (H, W) grey or (H, W, 4) RGBA'
+  )
 
 
 def load_image(image: ImageInput) -> np.ndarray:
@@ -90,8 +93,9 @@ def load_image(image: ImageInput) -> np.ndarray:
       raise ImageError(f'image array has shape {image.shape}: no pixels')
     return rgb
   if not isinstance(image, (str, os.PathLike)):
-    raise ImageError(f'expected a file path or an (H, W, 3) uint8 array, got '
-                     f'{type(image).__name__}')
+    raise ImageError(
+      f'expected a file path or an (H, W, 3) uint8 array, got {type(image).__name__}'
+    )
   path = os.fspath(image)
   if os.path.isdir(path):
     raise ImageError(f'{path} is a folder, not a photo')
@@ -115,6 +119,7 @@ def load_image(image: ImageInput) -> np.ndarray:
 @dataclasses.dataclass
 class PhotoList:
   """What `list_photos` found: photos (in order) and files passed over."""
+
   photos: list[tuple[str, str]]  # (path, folder relative to the argument it was found under)
   not_photos: list[str]  # files inside folders without a photo extension
 

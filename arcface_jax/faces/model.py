@@ -10,6 +10,7 @@ two are summed and the sum is L2-normalised (float32). Batches are padded to fix
 (`BUCKETS`), so a program compiles once per bucket, never once per number of faces; a line is
 logged before each first compile, which takes seconds on a CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,8 @@ import numpy as np
 from etils import epath
 
 from arcface_jax import model_info
-from arcface_jax.faces import compilation
 from arcface_jax.data.decode import resize
+from arcface_jax.faces import compilation
 from arcface_jax.model_info import ModelInfo
 
 BUCKETS = (1, 8, 32)  # batch sizes compiled; larger inputs are cut into chunks of the largest
@@ -36,6 +37,7 @@ class ModelError(ValueError):
 @dataclasses.dataclass
 class LoadedModel:
   """An embedder with its input contract."""
+
   info: ModelInfo
   path: str
   kind: str  # 'workdir' or 'export'
@@ -52,8 +54,11 @@ class LoadedModel:
     size = self.info.image_size
     if crops.shape[1:3] == (size, size):
       return crops
-    return np.stack([resize(c, (size, size)) for c in crops]) if len(crops) else \
-        np.zeros((0, size, size, 3), np.uint8)
+    return (
+      np.stack([resize(c, (size, size)) for c in crops])
+      if len(crops)
+      else np.zeros((0, size, size, 3), np.uint8)
+    )
 
   def embed_crops(self, crops: np.ndarray) -> np.ndarray:
     """L2-normalised float32 (N, D) embeddings of uint8 RGB crops (N, h, w, 3)."""
@@ -61,36 +66,46 @@ class LoadedModel:
     out = np.zeros((len(crops), self.info.embedding_dim), np.float32)
     largest = BUCKETS[-1]
     for start in range(0, len(crops), largest):
-      chunk = crops[start:start + largest]
+      chunk = crops[start : start + largest]
       bucket = next(b for b in BUCKETS if b >= len(chunk))
       padded = np.zeros((bucket,) + chunk.shape[1:], np.uint8)
-      padded[:len(chunk)] = chunk
+      padded[: len(chunk)] = chunk
       x = (padded.astype(np.float32) - self.info.mean) / self.info.std
       both = np.concatenate([x, x[:, :, ::-1]])  # the crops and their mirror images
       if compilation.first_seen([('embedder', self.info.fingerprint, bucket)]):
-        compilation.log_compile(f'compiling the embedder for batches of {bucket} (first use of '
-                                'this size; seconds on a CPU)')
+        compilation.log_compile(
+          f'compiling the embedder for batches of {bucket} (first use of '
+          'this size; seconds on a CPU)'
+        )
       raw = np.asarray(self.apply(both), np.float32)
       summed = raw[:bucket] + raw[bucket:]
-      out[start:start + len(chunk)] = summed[:len(chunk)]
+      out[start : start + len(chunk)] = summed[: len(chunk)]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return out / np.maximum(norms, 1e-12)
 
 
 def _load_workdir(path: str, step: int | None) -> LoadedModel:
   from arcface_jax import inference, parallel  # the training stack: only for this kind
+
   try:
     # One device: a photo at a time gains nothing from spreading a batch over devices.
     embedder = inference.load_embedder(path, step, mesh=parallel.make_mesh(1))
   except FileNotFoundError as e:
     raise ModelError(f'--model {path}: {e}') from None
   info = model_info.from_config(embedder.config, embedder.variables)
-  return LoadedModel(info=info, path=path, kind='workdir', step=embedder.step,
-                     config=embedder.config, apply=embedder.apply)
+  return LoadedModel(
+    info=info,
+    path=path,
+    kind='workdir',
+    step=embedder.step,
+    config=embedder.config,
+    apply=embedder.apply,
+  )
 
 
 def _load_export(path: str) -> LoadedModel:
   from arcface_jax import export
+
   try:
     info = model_info.read(model_info.sidecar_path(path))
   except ValueError as e:
@@ -98,10 +113,12 @@ def _load_export(path: str) -> LoadedModel:
   try:
     call = export.load(path)
   except Exception as e:  # jax.export raises several types for a damaged or foreign file
-    raise ModelError(f'--model {path}: not a readable exported model ({type(e).__name__}: '
-                     f'{e})') from None
-  return LoadedModel(info=info, path=path, kind='export', step=None, config=None,
-                     apply=jax.jit(call))
+    raise ModelError(
+      f'--model {path}: not a readable exported model ({type(e).__name__}: {e})'
+    ) from None
+  return LoadedModel(
+    info=info, path=path, kind='export', step=None, config=None, apply=jax.jit(call)
+  )
 
 
 def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
@@ -110,11 +127,15 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
   where = epath.Path(path)  # a local path or a gs:// one
   if where.is_dir():
     if not (where / 'config.json').exists():
-      raise ModelError(f'--model {path}: a folder without config.json, so not a training '
-                       'workdir; pass a --workdir of `python -m arcface_jax.train` or an '
-                       f'exported {EXPORT_SUFFIX} file')
+      raise ModelError(
+        f'--model {path}: a folder without config.json, so not a training '
+        'workdir; pass a --workdir of `python -m arcface_jax.train` or an '
+        f'exported {EXPORT_SUFFIX} file'
+      )
     return _load_workdir(path, step)
   if where.is_file():
     return _load_export(path)
-  raise ModelError(f'--model {path}: no such file or folder; pass a training workdir or an '
-                   f'exported {EXPORT_SUFFIX} file (python -m arcface_jax.export)')
+  raise ModelError(
+    f'--model {path}: no such file or folder; pass a training workdir or an '
+    f'exported {EXPORT_SUFFIX} file (python -m arcface_jax.export)'
+  )

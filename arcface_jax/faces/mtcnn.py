@@ -32,6 +32,7 @@ Very large photos are first shrunk (OpenCV area resampling) so their longer side
 keeps every pixel); boxes and landmarks are mapped back to the original pixels. Boxes may extend
 past the image edge.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,7 @@ import cv2
 import jax
 import numpy as np
 
-from arcface_jax.faces import compilation
-from arcface_jax.faces import mtcnn_nets
+from arcface_jax.faces import compilation, mtcnn_nets
 
 CANVAS_MULTIPLE = 32  # P-Net's canvas of pyramid levels is padded to multiples of this
 PACK_LEVELS = True  # False: P-Net on each level alone at its own size (the tests' comparison)
@@ -56,13 +56,15 @@ class Detection:
   """One face. box: float32 (4,) [x1, y1, x2, y2] in image pixels; score: the face probability;
   landmarks: float32 (5, 2) rows (x, y) of the left eye, right eye, nose, left and right mouth
   corner, left/right as seen in the image."""
+
   box: np.ndarray
   score: float
   landmarks: np.ndarray
 
 
-def pyramid_scales(height: int, width: int, min_face_size: float,
-                   scale_factor: float) -> list[float]:
+def pyramid_scales(
+  height: int, width: int, min_face_size: float, scale_factor: float
+) -> list[float]:
   """The P-Net image scales: 12/min_face_size shrunk by scale_factor until the short side < 12."""
   scale = 12.0 / min_face_size
   short_side = min(height, width) * scale
@@ -89,8 +91,14 @@ def _windows(start: np.ndarray, length: np.ndarray, out: int) -> tuple[np.ndarra
   return start[:, None] + i * length // out, start[:, None] + ((i + 1) * length + out - 1) // out
 
 
-def area_resize(table: np.ndarray, top: np.ndarray, left: np.ndarray, height: np.ndarray,
-                width: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+def area_resize(
+  table: np.ndarray,
+  top: np.ndarray,
+  left: np.ndarray,
+  height: np.ndarray,
+  width: np.ndarray,
+  out_hw: tuple[int, int],
+) -> np.ndarray:
   """Crops [top, top+height) × [left, left+width) resized to out_hw by area averaging.
 
   torch's interpolate(mode='area') (adaptive average pooling), from the integral image `table`.
@@ -130,7 +138,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     if suppressed[i]:
       continue
     keep.append(i)
-    rest = order[position + 1:]
+    rest = order[position + 1 :]
     width = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
     height = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
     inter = width * height
@@ -218,9 +226,15 @@ class MTCNN:
     package's). Creating a detector turns the persistent compilation cache on (compilation.py).
   """
 
-  def __init__(self, *, min_face_size: float = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-               scale_factor: float = 0.709, max_side: int | None = 1600,
-               weights_dir: str | None = None):
+  def __init__(
+    self,
+    *,
+    min_face_size: float = 20,
+    thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+    scale_factor: float = 0.709,
+    max_side: int | None = 1600,
+    weights_dir: str | None = None,
+  ):
     thresholds = tuple(float(t) for t in thresholds)
     if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
       raise ValueError(f'thresholds must be three probabilities (P-, R-, O-Net), got {thresholds}')
@@ -235,16 +249,20 @@ class MTCNN:
     self.scale_factor = float(scale_factor)
     self.max_side = max_side
     compilation.enable_persistent_cache()
-    self._variables = {net: jax.device_put(mtcnn_nets.load_weights(net, weights_dir))
-                       for net in ('pnet', 'rnet', 'onet')}
+    self._variables = {
+      net: jax.device_put(mtcnn_nets.load_weights(net, weights_dir))
+      for net in ('pnet', 'rnet', 'onet')
+    }
 
   def detect(self, image: np.ndarray) -> list[Detection]:
     """Faces in an (H, W, 3) uint8 RGB image, highest score first; [] when there are none."""
     if not isinstance(image, np.ndarray):
       raise ValueError(f'expected an (H, W, 3) uint8 RGB numpy array, got {type(image).__name__}')
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-      raise ValueError('expected an (H, W, 3) uint8 RGB image, got an array of shape '
-                       f'{image.shape} and dtype {image.dtype}')
+      raise ValueError(
+        'expected an (H, W, 3) uint8 RGB image, got an array of shape '
+        f'{image.shape} and dtype {image.dtype}'
+      )
     height, width = image.shape[:2]
     shrink = 1.0
     if self.max_side is not None and max(height, width) > self.max_side:
@@ -257,8 +275,10 @@ class MTCNN:
       boxes[:, :4] *= np.tile(to_original, 2)
       points *= to_original
     order = np.argsort(-boxes[:, 4], kind='stable')
-    return [Detection(box=boxes[i, :4].copy(), score=float(boxes[i, 4]),
-                      landmarks=points[i].copy()) for i in order]
+    return [
+      Detection(box=boxes[i, :4].copy(), score=float(boxes[i, 4]), landmarks=points[i].copy())
+      for i in order
+    ]
 
   def _cascade(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (N, 5) [x1, y1, x2, y2, score], landmarks (N, 5, 2)), both float32."""
@@ -284,8 +304,10 @@ class MTCNN:
     offsets, landmarks = offsets[keep], landmarks[keep]
     box_w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
     box_h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-    points = np.stack([box_w * landmarks[:, :5] + boxes[:, 0:1] - 1,
-                       box_h * landmarks[:, 5:] + boxes[:, 1:2] - 1], -1)
+    points = np.stack(
+      [box_w * landmarks[:, :5] + boxes[:, 0:1] - 1, box_h * landmarks[:, 5:] + boxes[:, 1:2] - 1],
+      -1,
+    )
     boxes = regress(boxes, offsets)
     pick = nms_min(boxes[:, :4], boxes[:, 4], 0.7)
     return boxes[pick], points[pick].astype(np.float32)
@@ -304,30 +326,33 @@ class MTCNN:
     new = compilation.first_seen([('mtcnn-pnet', hw) for hw, _ in groups])
     if new:
       compilation.log_compile(
-          f'MTCNN: compiling P-Net for {", ".join(f"{k[1][0]}x{k[1][1]}" for k in new)} '
-          'pixels (photos of other sizes that round to the same reuse it)')
+        f'MTCNN: compiling P-Net for {", ".join(f"{k[1][0]}x{k[1][1]}" for k in new)} '
+        'pixels (photos of other sizes that round to the same reuse it)'
+      )
     results, outputs = [], []
     for (canvas_h, canvas_w), placed in groups:  # dispatch every group before reading any
       canvas = np.zeros((1, canvas_h, canvas_w, 3), np.float32)
       valid = np.zeros((1, canvas_h - 2, canvas_w - 2), bool)
       for (top, left), (level_h, level_w) in placed:
-        canvas[0, top:top + level_h, left:left + level_w] = area_resize_whole(
-            table, (level_h, level_w))
-        valid[0, top:top + level_h - 2, left:left + level_w - 2] = True
+        canvas[0, top : top + level_h, left : left + level_w] = area_resize_whole(
+          table, (level_h, level_w)
+        )
+        valid[0, top : top + level_h - 2, left : left + level_w - 2] = True
       results.append(mtcnn_nets.pnet_forward(self._variables['pnet'], canvas, valid))
       outputs += [(len(results) - 1, top // 2, left // 2) for top, left in (o for o, _ in placed)]
     results = [(np.asarray(offsets)[0], np.asarray(probs)[0]) for offsets, probs in results]
     candidates = []
     for scale, (level_h, level_w), (group, top, left) in zip(scales, sizes, outputs):
       rows, cols = math.ceil((level_h - 2) / 2) - 4, math.ceil((level_w - 2) / 2) - 4
-      offsets = results[group][0][top:top + rows, left:left + cols]
-      probs = results[group][1][top:top + rows, left:left + cols]
+      offsets = results[group][0][top : top + rows, left : left + cols]
+      probs = results[group][1][top : top + rows, left : left + cols]
       ys, xs = np.nonzero(probs >= self.thresholds[0])
       if not len(ys):
         continue
       cells = np.stack([xs, ys], 1).astype(np.float32)
-      corners = np.concatenate([np.floor((2 * cells + 1) / scale),
-                                np.floor((2 * cells + 12) / scale)], 1)
+      corners = np.concatenate(
+        [np.floor((2 * cells + 1) / scale), np.floor((2 * cells + 12) / scale)], 1
+      )
       level_boxes = np.concatenate([corners, probs[ys, xs, None], offsets[ys, xs]], 1)
       candidates.append(level_boxes[nms(level_boxes[:, :4], level_boxes[:, 4], 0.5)])
     if not candidates:
@@ -338,8 +363,9 @@ class MTCNN:
     moved = boxes[:, :4] + boxes[:, 5:9] * np.stack([box_w, box_h, box_w, box_h], 1)
     return square(np.concatenate([moved, boxes[:, 4:5]], 1))
 
-  def _crops(self, table: np.ndarray, boxes: np.ndarray, height: int, width: int,
-             size: int) -> tuple[np.ndarray, np.ndarray]:
+  def _crops(
+    self, table: np.ndarray, boxes: np.ndarray, height: int, width: int, size: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes truncated to integers and clipped to the image, and their crops resized to size²."""
     corners = np.trunc(boxes[:, :4]).astype(np.int64)
     x1, y1 = np.maximum(corners[:, 0], 1), np.maximum(corners[:, 1], 1)
@@ -352,15 +378,19 @@ class MTCNN:
   def _run_batched(self, net: str, crops: np.ndarray) -> tuple[np.ndarray, ...]:
     """R-Net or O-Net over crops in padded batches; outputs as float32 numpy arrays."""
     forward = mtcnn_nets.rnet_forward if net == 'rnet' else mtcnn_nets.onet_forward
-    chunks = [crops[i:i + MAX_BATCH] for i in range(0, len(crops), MAX_BATCH)]
+    chunks = [crops[i : i + MAX_BATCH] for i in range(0, len(crops), MAX_BATCH)]
     new = compilation.first_seen([(f'mtcnn-{net}', _batch_bucket(len(c))) for c in chunks])
     if new:
-      compilation.log_compile(f'MTCNN: compiling {net[0].upper()}-Net for batch size(s) '
-                              f'{", ".join(str(k[1]) for k in new)}')
+      compilation.log_compile(
+        f'MTCNN: compiling {net[0].upper()}-Net for batch size(s) '
+        f'{", ".join(str(k[1]) for k in new)}'
+      )
     results = []
     for chunk in chunks:
       padded = np.zeros((_batch_bucket(len(chunk)),) + chunk.shape[1:], np.float32)
-      padded[:len(chunk)] = chunk
+      padded[: len(chunk)] = chunk
       results.append((len(chunk), forward(self._variables[net], padded)))
-    return tuple(np.concatenate([np.asarray(out[k][:n]) for n, out in results])
-                 for k in range(len(results[0][1])))
+    return tuple(
+      np.concatenate([np.asarray(out[k][:n]) for n, out in results])
+      for k in range(len(results[0][1]))
+    )

@@ -12,6 +12,7 @@ convolutions, max pools with ceil rounding (a window hanging over the bottom/rig
 pixels it covers), PReLU with one slope per channel, and the dense layers flatten (N, W, H, C)
 (the transposed order the weights were trained with).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,27 +24,69 @@ import jax.numpy as jnp
 import numpy as np
 
 WEIGHTS_PACKAGE = 'mtcnn==1.0.0'
-_INSTALL_HINT = (f"install the `mtcnn` package: pip install '{WEIGHTS_PACKAGE}' (it needs only "
-                 "joblib and lz4; TensorFlow is not needed)")
+_INSTALL_HINT = (
+  f"install the `mtcnn` package: pip install '{WEIGHTS_PACKAGE}' (it needs only "
+  "joblib and lz4; TensorFlow is not needed)"
+)
 
 # The Keras weight lists in the .lz4 files, in file order: (layer name, kind).
 _KERAS_LAYOUT = {
-    'pnet': [('conv1', 'kernel'), ('conv1', 'bias'), ('prelu1', 'alpha'),
-             ('conv2', 'kernel'), ('conv2', 'bias'), ('prelu2', 'alpha'),
-             ('conv3', 'kernel'), ('conv3', 'bias'), ('prelu3', 'alpha'),
-             ('box', 'kernel'), ('box', 'bias'), ('face', 'kernel'), ('face', 'bias')],
-    'rnet': [('conv1', 'kernel'), ('conv1', 'bias'), ('prelu1', 'alpha'),
-             ('conv2', 'kernel'), ('conv2', 'bias'), ('prelu2', 'alpha'),
-             ('conv3', 'kernel'), ('conv3', 'bias'), ('prelu3', 'alpha'),
-             ('dense4', 'kernel'), ('dense4', 'bias'), ('prelu4', 'alpha'),
-             ('box', 'kernel'), ('box', 'bias'), ('face', 'kernel'), ('face', 'bias')],
-    'onet': [('conv1', 'kernel'), ('conv1', 'bias'), ('prelu1', 'alpha'),
-             ('conv2', 'kernel'), ('conv2', 'bias'), ('prelu2', 'alpha'),
-             ('conv3', 'kernel'), ('conv3', 'bias'), ('prelu3', 'alpha'),
-             ('conv4', 'kernel'), ('conv4', 'bias'), ('prelu4', 'alpha'),
-             ('dense5', 'kernel'), ('dense5', 'bias'), ('prelu5', 'alpha'),
-             ('box', 'kernel'), ('box', 'bias'), ('landmarks', 'kernel'), ('landmarks', 'bias'),
-             ('face', 'kernel'), ('face', 'bias')],
+  'pnet': [
+    ('conv1', 'kernel'),
+    ('conv1', 'bias'),
+    ('prelu1', 'alpha'),
+    ('conv2', 'kernel'),
+    ('conv2', 'bias'),
+    ('prelu2', 'alpha'),
+    ('conv3', 'kernel'),
+    ('conv3', 'bias'),
+    ('prelu3', 'alpha'),
+    ('box', 'kernel'),
+    ('box', 'bias'),
+    ('face', 'kernel'),
+    ('face', 'bias'),
+  ],
+  'rnet': [
+    ('conv1', 'kernel'),
+    ('conv1', 'bias'),
+    ('prelu1', 'alpha'),
+    ('conv2', 'kernel'),
+    ('conv2', 'bias'),
+    ('prelu2', 'alpha'),
+    ('conv3', 'kernel'),
+    ('conv3', 'bias'),
+    ('prelu3', 'alpha'),
+    ('dense4', 'kernel'),
+    ('dense4', 'bias'),
+    ('prelu4', 'alpha'),
+    ('box', 'kernel'),
+    ('box', 'bias'),
+    ('face', 'kernel'),
+    ('face', 'bias'),
+  ],
+  'onet': [
+    ('conv1', 'kernel'),
+    ('conv1', 'bias'),
+    ('prelu1', 'alpha'),
+    ('conv2', 'kernel'),
+    ('conv2', 'bias'),
+    ('prelu2', 'alpha'),
+    ('conv3', 'kernel'),
+    ('conv3', 'bias'),
+    ('prelu3', 'alpha'),
+    ('conv4', 'kernel'),
+    ('conv4', 'bias'),
+    ('prelu4', 'alpha'),
+    ('dense5', 'kernel'),
+    ('dense5', 'bias'),
+    ('prelu5', 'alpha'),
+    ('box', 'kernel'),
+    ('box', 'bias'),
+    ('landmarks', 'kernel'),
+    ('landmarks', 'bias'),
+    ('face', 'kernel'),
+    ('face', 'bias'),
+  ],
 }
 
 
@@ -63,18 +106,21 @@ def weights_dir() -> str:
 def load_weights(net: str, directory: str | None = None) -> dict:
   """Flax variables {'params': ...} of `net` ('pnet', 'rnet' or 'onet') from its .lz4 file."""
   import joblib  # pylint: disable=import-outside-toplevel  (only needed once, at load time)
+
   path = os.path.join(directory or weights_dir(), f'{net}.lz4')
   if not os.path.isfile(path):
     raise MTCNNWeightsError(f'MTCNN weight file {path} is missing: {_INSTALL_HINT}')
   try:
     arrays = joblib.load(path)
   except Exception as error:  # a truncated or foreign file: say which and how to fix it
-    raise MTCNNWeightsError(f'cannot read MTCNN weight file {path} ({error}); reinstall it: '
-                            f'{_INSTALL_HINT}') from error
+    raise MTCNNWeightsError(
+      f'cannot read MTCNN weight file {path} ({error}); reinstall it: {_INSTALL_HINT}'
+    ) from error
   layout = _KERAS_LAYOUT[net]
   if not isinstance(arrays, list) or len(arrays) != len(layout):
-    raise MTCNNWeightsError(f'{path} does not hold the {len(layout)} arrays of {net}; '
-                            f'{_INSTALL_HINT}')
+    raise MTCNNWeightsError(
+      f'{path} does not hold the {len(layout)} arrays of {net}; {_INSTALL_HINT}'
+    )
   params: dict = {}
   for (layer, kind), array in zip(layout, arrays):
     array = np.asarray(array, np.float32)
@@ -99,8 +145,14 @@ def max_pool_ceil(x: jax.Array, window: int, stride: int) -> jax.Array:
   for size in x.shape[1:3]:
     out = -(-(size - window) // stride) + 1
     pads.append((0, (out - 1) * stride + window - size))
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1), [(0, 0), *pads, (0, 0)])
+  return jax.lax.reduce_window(
+    x,
+    -jnp.inf,
+    jax.lax.max,
+    (1, window, window, 1),
+    (1, stride, stride, 1),
+    [(0, 0), *pads, (0, 0)],
+  )
 
 
 def _conv(features: int, kernel: int, name: str) -> nn.Conv:

@@ -20,6 +20,7 @@ are accepted. With n < 1/r the rate cannot be measured: the threshold is the hig
 score (none accepted, the most conservative threshold the samples give) and `note` says so;
 every answer carries its `Threshold`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ class CalibrationError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Threshold:
   """A cosine threshold and what it means."""
+
   value: float
   kind: str  # 'FAR' (verify), 'FPIR' (identify) or 'given' (set by the user)
   rate: float | None = None  # the requested FAR or FPIR
@@ -57,8 +59,10 @@ class Threshold:
   def describe(self) -> str:
     if self.kind == 'given':
       return f'threshold {self.value:.4f} (given)'
-    text = (f'threshold {self.value:.4f} at {self.kind} {self.rate:g} (measured '
-            f'{self.achieved:g} on {self.samples} calibration scores from {self.source})')
+    text = (
+      f'threshold {self.value:.4f} at {self.kind} {self.rate:g} (measured '
+      f'{self.achieved:g} on {self.samples} calibration scores from {self.source})'
+    )
     return text + (f'; {self.note}' if self.note else '')
 
 
@@ -80,14 +84,23 @@ def threshold_at_rate(scores: np.ndarray, rate: float, kind: str, source: str) -
   note = ''
   if allowed == 0:
     needed = math.ceil(1 / rate - 1e-9)
-    note = (f'only {n} calibration scores; {kind} {rate:g} needs at least {needed}, so the '
-            'highest calibration score is used (the most conservative threshold available)')
+    note = (
+      f'only {n} calibration scores; {kind} {rate:g} needs at least {needed}, so the '
+      'highest calibration score is used (the most conservative threshold available)'
+    )
     value = scores[0]
   else:
     value = scores[allowed]  # the (k+1)-th highest: at most k scores lie strictly above it
   achieved = float(np.count_nonzero(scores > value)) / n
-  return Threshold(value=float(value), kind=kind, rate=float(rate), achieved=achieved,
-                   samples=n, source=source, note=note)
+  return Threshold(
+    value=float(value),
+    kind=kind,
+    rate=float(rate),
+    achieved=achieved,
+    samples=n,
+    source=source,
+    note=note,
+  )
 
 
 def impostor_scores(embeddings: np.ndarray, identities: np.ndarray) -> np.ndarray:
@@ -101,6 +114,7 @@ def impostor_scores(embeddings: np.ndarray, identities: np.ndarray) -> np.ndarra
 @dataclasses.dataclass
 class CalibrationSet:
   """Embeddings of photos of people neither trained on nor (for identify) enrolled."""
+
   embeddings: np.ndarray  # (N, D) float32, L2-normalised
   identities: list[str]  # one per row: the person (folder) each photo shows
   source: str
@@ -112,15 +126,18 @@ class CalibrationSet:
     ids = np.array(self.identities)
     scores = impostor_scores(self.embeddings, ids)
     if len(set(self.identities)) < 2:
-      raise CalibrationError(f'calibration photos from {self.source} show fewer than two people; '
-                             'a FAR threshold needs impostor pairs of different people')
+      raise CalibrationError(
+        f'calibration photos from {self.source} show fewer than two people; '
+        'a FAR threshold needs impostor pairs of different people'
+      )
     return threshold_at_rate(scores, far, 'FAR', self.source)
 
   def without(self, names: set[str]) -> 'CalibrationSet':
     """The rows of people not in `names` (someone enrolled is not a stranger)."""
     keep = np.array([i not in names for i in self.identities], bool)
-    return CalibrationSet(self.embeddings[keep], [i for i, k in zip(self.identities, keep) if k],
-                          self.source)
+    return CalibrationSet(
+      self.embeddings[keep], [i for i, k in zip(self.identities, keep) if k], self.source
+    )
 
 
 def _heldout_images(config: Any) -> tuple[np.ndarray, list[str], str] | None:
@@ -128,15 +145,18 @@ def _heldout_images(config: Any) -> tuple[np.ndarray, list[str], str] | None:
   data = config.data
   if data.source == 'synthetic':
     from arcface_jax.data import synthetic
+
     source = synthetic.load_synthetic(data.synthetic_variant, data.data_dir, 'test')
     where = f'the held-out synthetic identities ({data.synthetic_variant})'
   elif data.source in ('folder', 'tfds') and data.split_by == 'identity' and data.val_fraction > 0:
     from arcface_jax.data import sources
+
     source = sources.get_source(data, 'val')
     where = f'the held-out val identities of {data.path}'
   else:
     return None
   from arcface_jax.data.sources import source_labels
+
   labels = source_labels(source)
   # A deterministic spread over the whole split when it is larger than needed.
   chosen = np.arange(len(source))
@@ -144,6 +164,7 @@ def _heldout_images(config: Any) -> tuple[np.ndarray, list[str], str] | None:
     chosen = np.linspace(0, len(source) - 1, MAX_CALIBRATION_IMAGES).round().astype(int)
   from arcface_jax.data.decode import resize
   from arcface_jax.data.errors import CorruptSampleError
+
   size = data.image_size
   images, identities = [], []
   names = getattr(source, 'identities', None)
@@ -177,23 +198,31 @@ def heldout_calibration(model: Any) -> CalibrationSet | None:
     try:
       with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data['meta']))
-        return CalibrationSet(data['embeddings'].astype(np.float32), meta['identities'],
-                              meta['source'])
+        return CalibrationSet(
+          data['embeddings'].astype(np.float32), meta['identities'], meta['source']
+        )
     except (OSError, ValueError, KeyError) as e:
       logging.warning('%s: unreadable calibration cache (%s); computing it again', path, e)
   found = _heldout_images(model.config)
   if found is None:
     return None
   images, identities, where = found
-  logging.info('calibrating thresholds on %d photos of %d people: %s (once per checkpoint)',
-           len(images), len(set(identities)), where)
+  logging.info(
+    'calibrating thresholds on %d photos of %d people: %s (once per checkpoint)',
+    len(images),
+    len(set(identities)),
+    where,
+  )
   calibration = CalibrationSet(model.embed_crops(images), identities, where)
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = path + '.tmp'
     with open(temporary, 'wb') as f:
-      np.savez(f, embeddings=calibration.embeddings,
-               meta=np.array(json.dumps({'identities': identities, 'source': where})))
+      np.savez(
+        f,
+        embeddings=calibration.embeddings,
+        meta=np.array(json.dumps({'identities': identities, 'source': where})),
+      )
     os.replace(temporary, path)
   except OSError as e:  # a read-only workdir: calibrate again next time
     logging.warning('cannot cache the calibration in %s (%s)', path, e.strerror)

@@ -18,6 +18,7 @@ block of columns can apply (the model-parallel head calls it per device, Partial
 sample); `apply` does both on one device. As in the official code the state is first updated
 with the batch, then used. Everything runs in float32 (float64 inputs stay float64).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from arcface_jax.margins.classic import (as_compute_dtype, gather_target, replace_target,
-                                         safe_sin_from_cos)
+from arcface_jax.margins.classic import (
+  as_compute_dtype,
+  gather_target,
+  replace_target,
+  safe_sin_from_cos,
+)
 
 
 def subcenter_cos(cos: jax.Array) -> jax.Array:
@@ -57,6 +62,7 @@ def _check(name: str, value: float, ok: bool, valid_range: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class BoundMargin:
   """A margin with its per-row parameters fixed: `(cos, labels) -> logits` over any columns."""
+
   margin: Any
   rows: dict[str, jax.Array]
 
@@ -70,15 +76,22 @@ class BoundMargin:
 
 class RowMargin:
   """Shared `bind` and `apply` of the margins below (each defines prepare, logits)."""
+
   uses_norms = False
   needs_rng = False
 
   def bind(self, rows: dict[str, jax.Array]) -> BoundMargin:
     return BoundMargin(self, rows)
 
-  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
-            norms: jax.Array | None = None, rng: jax.Array | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def apply(
+    self,
+    cos: jax.Array,
+    labels: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scaled logits (B, C), new state) for one device holding every class."""
     cos = jnp.clip(as_compute_dtype(cos), -1.0, 1.0)
     target_cos = jax.lax.stop_gradient(gather_target(cos, labels))
@@ -86,19 +99,23 @@ class RowMargin:
     return self.logits(cos, labels, rows), new_state
 
   def __call__(self, cos: jax.Array, labels: jax.Array) -> jax.Array:
-    raise TypeError(f'{type(self).__name__} needs its state, feature norms or a key: call '
-                    'mg.apply(cos, labels, state=mg.init_state(), norms=..., rng=...)')
+    raise TypeError(
+      f'{type(self).__name__} needs its state, feature norms or a key: call '
+      'mg.apply(cos, labels, state=mg.init_state(), norms=..., rng=...)'
+    )
 
   def _need_norms(self, norms):
     if norms is None:
-      raise ValueError(f'{type(self).__name__} needs the un-normalised feature norms: pass '
-                       'norms= (B,)')
+      raise ValueError(
+        f'{type(self).__name__} needs the un-normalised feature norms: pass norms= (B,)'
+      )
     return as_compute_dtype(norms)
 
 
 @dataclasses.dataclass(frozen=True)
 class CurricularFaceMargin(RowMargin):
   """CurricularFace; the official code's fallback below θ = π − m is ArcFace's cos θ − m·sin m."""
+
   scale: float = 64.0
   m: float = 0.5
   momentum: float = 0.99
@@ -120,8 +137,9 @@ class CurricularFaceMargin(RowMargin):
 
   def target_cos(self, cos: jax.Array) -> jax.Array:
     cos = jnp.clip(as_compute_dtype(cos), -1.0, 1.0)
-    return jnp.where(cos > math.cos(math.pi - self.m), _arc(cos, self.m),
-                     cos - math.sin(math.pi - self.m) * self.m)
+    return jnp.where(
+      cos > math.cos(math.pi - self.m), _arc(cos, self.m), cos - math.sin(math.pi - self.m) * self.m
+    )
 
   def target_logit(self, theta: jax.Array) -> jax.Array:
     """Unscaled target logit at angle `theta` (the same curve as ArcFace)."""
@@ -145,6 +163,7 @@ class CurricularFaceMargin(RowMargin):
 class MagFaceMargin(RowMargin):
   """MagFace. The norm a is clipped to [l_a, u_a] for the margin and for g(a), as in the official
   code (so neither pushes a norm outside the bounds); the margin is differentiated through a."""
+
   scale: float = 64.0
   l_a: float = 10.0
   u_a: float = 110.0
@@ -171,7 +190,7 @@ class MagFaceMargin(RowMargin):
   def regularizer(self, norms: jax.Array) -> jax.Array:
     """λ_g · mean g(a), g(a) = 1/a + a/u_a² on the clipped norms: the term MagFace adds."""
     a = jnp.clip(as_compute_dtype(norms), self.l_a, self.u_a)
-    return self.lambda_g * jnp.mean(1.0 / a + a / self.u_a ** 2)
+    return self.lambda_g * jnp.mean(1.0 / a + a / self.u_a**2)
 
   def prepare(self, target_cos, valid, *, state, norms=None, rng=None):
     return {'m': self.margin_at(self._need_norms(norms))}, dict(state)
@@ -198,6 +217,7 @@ class MagFaceMargin(RowMargin):
 class AdaFaceMargin(RowMargin):
   """AdaFace. As the official code: cosines clipped to [−1 + ε, 1 − ε] (ε = 1e-3) in every column,
   norms clipped to [0.001, 100] and detached, the unbiased batch std."""
+
   scale: float = 64.0
   m: float = 0.4
   h: float = 0.333
@@ -253,6 +273,7 @@ class ElasticFaceMargin(RowMargin):
   of the cosines rather than its inverse (sample i gets margin[argsort(−cos)[i]]); we assign by
   rank instead, which is what the paper describes.
   """
+
   kind: str = 'arc'
   scale: float = 64.0
   m: float = 0.5
@@ -290,8 +311,9 @@ class ElasticFaceMargin(RowMargin):
 
   def target_logit(self, theta: jax.Array, m: float | None = None) -> jax.Array:
     """Unscaled target logit at `theta` for the drawn margin `m` (default: the mean)."""
-    return self.target_cos(jnp.cos(as_compute_dtype(theta)),
-                           jnp.asarray(self.m if m is None else m, jnp.float32))
+    return self.target_cos(
+      jnp.cos(as_compute_dtype(theta)), jnp.asarray(self.m if m is None else m, jnp.float32)
+    )
 
   def logits(self, cos, labels, rows):
     cos = jnp.clip(as_compute_dtype(cos), -1.0, 1.0)

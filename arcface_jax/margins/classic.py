@@ -22,6 +22,7 @@ Numerics: everything is computed in float32 (float64 inputs stay float64); the m
 evaluated on the gathered target cosines only (B values, not B×C), and never through an arccos
 whose derivative is infinite at ±1, so value and gradient are finite on all of [−1, 1].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,6 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-
 # Floor on sin²θ in derivatives only: d sinθ / d cosθ = −cosθ / sinθ and d arccos = −1 / sinθ are
 # infinite at cos θ = ±1; flooring sin²θ at 1e-10 caps them at 1e5 while values stay exact.
 _SIN2_FLOOR = 1e-10
@@ -39,31 +39,38 @@ _SIN2_FLOOR = 1e-10
 
 class Margin(Protocol):
   """What every margin offers (the protocol is described in arcface_jax.margins)."""
+
   scale: float
   uses_norms: bool
   needs_rng: bool
 
-  def __call__(self, cos: jax.Array, labels: jax.Array) -> jax.Array:
-    ...
+  def __call__(self, cos: jax.Array, labels: jax.Array) -> jax.Array: ...
 
-  def target_logit(self, theta: jax.Array) -> jax.Array:
-    ...
+  def target_logit(self, theta: jax.Array) -> jax.Array: ...
 
-  def init_state(self) -> dict[str, jax.Array]:
-    ...
+  def init_state(self) -> dict[str, jax.Array]: ...
 
-  def prepare(self, target_cos: jax.Array, valid: jax.Array, *, state: dict,
-              norms: jax.Array | None = None, rng: jax.Array | None = None
-              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    ...
+  def prepare(
+    self,
+    target_cos: jax.Array,
+    valid: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]: ...
 
-  def bind(self, rows: dict[str, jax.Array]) -> Any:
-    ...
+  def bind(self, rows: dict[str, jax.Array]) -> Any: ...
 
-  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
-            norms: jax.Array | None = None, rng: jax.Array | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    ...
+  def apply(
+    self,
+    cos: jax.Array,
+    labels: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
 def as_compute_dtype(x: jax.Array) -> jax.Array:
@@ -123,23 +130,36 @@ class Stateless:
   `prepare` returns no per-row parameters, `bind` the margin itself (so the model-parallel head
   applies it unchanged), and `apply` is `mg(cos, labels)` with the state passed through.
   """
+
   uses_norms = False
   needs_rng = False
 
   def init_state(self) -> dict[str, jax.Array]:
     return {}
 
-  def prepare(self, target_cos: jax.Array, valid: jax.Array, *, state: dict,
-              norms: jax.Array | None = None, rng: jax.Array | None = None
-              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  def prepare(
+    self,
+    target_cos: jax.Array,
+    valid: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     return {}, dict(state)
 
   def bind(self, rows: dict[str, jax.Array]) -> Any:
     return self
 
-  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
-            norms: jax.Array | None = None, rng: jax.Array | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def apply(
+    self,
+    cos: jax.Array,
+    labels: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     return self(cos, labels), dict(state)
 
 
@@ -153,6 +173,7 @@ class CombinedMargin(Stateless):
   `easy_margin` instead applies the angular part only where cos θ > 0 (elsewhere cos θ − m3).
   `straight_through` keeps the value and gives the target logit the gradient of s·cos θ.
   """
+
   scale: float = 64.0
   m1: float = 1.0
   m2: float = 0.0
@@ -219,6 +240,7 @@ class SphereFaceMargin(Stateless):
   target = (λ·cos θ + ψ(θ)) / (1 + λ). `mg(cos, labels, norms=..., lam=...)` takes the norms (B,)
   and λ; without norms the logits are scaled by `scale` (1 by default), without λ the blend is off.
   """
+
   m: int = 4
   scale: float = 1.0
   lambda_base: float = 1000.0
@@ -230,8 +252,10 @@ class SphereFaceMargin(Stateless):
 
   def __post_init__(self):
     if self.m != int(self.m) or self.m < 1:
-      raise ValueError(f'SphereFace (A-softmax) needs an integer margin m >= 1, got {self.m}; '
-                       'the paper\'s real-valued SphereFace 1.35 is combined with m1=1.35')
+      raise ValueError(
+        f'SphereFace (A-softmax) needs an integer margin m >= 1, got {self.m}; '
+        'the paper\'s real-valued SphereFace 1.35 is combined with m1=1.35'
+      )
 
   def lambda_at(self, step: jax.Array) -> jax.Array:
     """The softmax-blend weight λ at training step `step` (float32 scalar)."""
@@ -255,8 +279,14 @@ class SphereFaceMargin(Stateless):
     """Unscaled target logit (per unit feature norm) at angle `theta`, blend weight `lam`."""
     return self.target_cos(jnp.cos(as_compute_dtype(theta)), lam)
 
-  def __call__(self, cos: jax.Array, labels: jax.Array, *, norms: jax.Array | None = None,
-               lam: jax.Array | float = 0.0) -> jax.Array:
+  def __call__(
+    self,
+    cos: jax.Array,
+    labels: jax.Array,
+    *,
+    norms: jax.Array | None = None,
+    lam: jax.Array | float = 0.0,
+  ) -> jax.Array:
     cos = jnp.clip(as_compute_dtype(cos), -1.0, 1.0)
     target = self.target_cos(gather_target(cos, labels), lam)
     logits = replace_target(cos, labels, target)
@@ -264,9 +294,15 @@ class SphereFaceMargin(Stateless):
       return self.scale * logits
     return as_compute_dtype(norms)[:, None] * logits
 
-  def apply(self, cos: jax.Array, labels: jax.Array, *, state: dict,
-            norms: jax.Array | None = None, rng: jax.Array | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def apply(
+    self,
+    cos: jax.Array,
+    labels: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`mg(cos, labels, norms=norms)` without the softmax blend (λ needs the step: the objective
     calls `mg(..., lam=mg.lambda_at(step))` itself)."""
     return self(cos, labels, norms=norms), dict(state)

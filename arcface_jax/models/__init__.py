@@ -8,6 +8,7 @@ multiple of 16) and returns un-normalised float32 embeddings. `dtype` is the tru
 dtype ('float32' or 'bfloat16'); parameters stay float32 and the embedding head computes in
 float32. In training pass `mutable=['batch_stats']` and, with dropout, `rngs={'dropout': key}`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -20,17 +21,17 @@ import ml_collections
 from arcface_jax.models import iresnet, mobilefacenet, resnet, small
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    'iresnet18': iresnet.iresnet18,
-    'iresnet34': iresnet.iresnet34,
-    'iresnet50': iresnet.iresnet50,
-    'iresnet100': iresnet.iresnet100,
-    'iresnet200': iresnet.iresnet200,
-    'iresnet_tiny': iresnet.iresnet_tiny,
-    'mobilefacenet': mobilefacenet.mobilefacenet,
-    'mobilefacenet_x2': mobilefacenet.mobilefacenet_x2,
-    'resnet50': resnet.resnet50,
-    'small_cnn': small.small_cnn,
-    'mini_network': small.mini_network,
+  'iresnet18': iresnet.iresnet18,
+  'iresnet34': iresnet.iresnet34,
+  'iresnet50': iresnet.iresnet50,
+  'iresnet100': iresnet.iresnet100,
+  'iresnet200': iresnet.iresnet200,
+  'iresnet_tiny': iresnet.iresnet_tiny,
+  'mobilefacenet': mobilefacenet.mobilefacenet,
+  'mobilefacenet_x2': mobilefacenet.mobilefacenet_x2,
+  'resnet50': resnet.resnet50,
+  'small_cnn': small.small_cnn,
+  'mini_network': small.mini_network,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -51,8 +52,14 @@ def resolve_dtype(dtype: Any) -> Any:
   return dtype
 
 
-def get(name: str, *, embedding_dim: int = 512, dropout: float = 0.0,
-        dtype: Any = 'float32', **kwargs: Any) -> nn.Module:
+def get(
+  name: str,
+  *,
+  embedding_dim: int = 512,
+  dropout: float = 0.0,
+  dtype: Any = 'float32',
+  **kwargs: Any,
+) -> nn.Module:
   """The backbone `name`; ValueError naming it and the valid names if unknown.
 
   Extra keyword arguments go to the module (e.g. `conv_fn` for the IResNets).
@@ -61,14 +68,19 @@ def get(name: str, *, embedding_dim: int = 512, dropout: float = 0.0,
     raise ValueError(f'unknown model {name!r}; valid names: {names()}')
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f'dropout={dropout} must lie in [0, 1)')
-  return _REGISTRY[name](embedding_dim=embedding_dim, dropout=dropout,
-                         dtype=resolve_dtype(dtype), **kwargs)
+  return _REGISTRY[name](
+    embedding_dim=embedding_dim, dropout=dropout, dtype=resolve_dtype(dtype), **kwargs
+  )
 
 
 def from_config(config: ml_collections.ConfigDict) -> nn.Module:
   """The backbone of `config.model` (name, embedding_dim, dropout, dtype)."""
-  return get(config.model.name, embedding_dim=config.model.embedding_dim,
-             dropout=config.model.dropout, dtype=config.model.dtype)
+  return get(
+    config.model.name,
+    embedding_dim=config.model.embedding_dim,
+    dropout=config.model.dropout,
+    dtype=config.model.dtype,
+  )
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_size: int) -> dict[str, Any]:
@@ -83,6 +95,7 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The backbone of `config` as a run of that config starts: drawn from its seed's 'params' key,
   the same weights the trainer starts from (before config.model.init_from replaces them)."""
   from arcface_jax import seeding
+
   model, size = from_config(config), config.data.image_size
   # Jitted as the trainer's initialisation is: one compilation, not one per operation.
   return jax.jit(lambda key: init_variables(model, key, size))(seeding.keys(config)['params'])

@@ -19,6 +19,7 @@ hand-written matrix-product gradients. bfloat16 inputs accumulate in float32.
 (channels per group other than 1 or all, dilation, layouts other than NHWC/HWIO, padding given
 as a string other than 'VALID') goes to `lax.conv_general_dilated` unchanged.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,9 @@ _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _taps_sum(x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int],
-              padding: Padding) -> jnp.ndarray:
+def _taps_sum(
+  x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding: Padding
+) -> jnp.ndarray:
   """Σ over taps (i, j) of x_padded[:, i::sh, j::sw, :] · w[i, j, 0, :] (the depthwise conv)."""
   kh, kw = w.shape[:2]
   sh, sw = strides
@@ -46,19 +48,25 @@ def _taps_sum(x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int],
   out = None
   for i in range(kh):
     for j in range(kw):
-      tap = lax.slice(xp, (0, i, j, 0), (batch, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
-                                         channels), (1, sh, sw, 1))
+      tap = lax.slice(
+        xp,
+        (0, i, j, 0),
+        (batch, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, channels),
+        (1, sh, sw, 1),
+      )
       term = tap * kernel[i, j, 0]
       out = term if out is None else out + term
   return out.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def depthwise_conv(x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int],
-                   padding: Padding) -> jnp.ndarray:
+def depthwise_conv(
+  x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding: Padding
+) -> jnp.ndarray:
   """Depthwise conv of x (B, H, W, C) with w (kh, kw, 1, C); the convolution primitive itself."""
-  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_LAYOUT,
-                                  feature_group_count=x.shape[-1])
+  return lax.conv_general_dilated(
+    x, w, strides, padding, dimension_numbers=_LAYOUT, feature_group_count=x.shape[-1]
+  )
 
 
 def _forward(x, w, strides, padding):
@@ -83,11 +91,12 @@ def pointwise_conv(x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int]) -> 
 def _subsample(x: jnp.ndarray, strides: tuple[int, int]) -> jnp.ndarray:
   if strides == (1, 1):
     return x
-  return x[:, ::strides[0], ::strides[1], :]
+  return x[:, :: strides[0], :: strides[1], :]
 
 
-def _matmul(a: jnp.ndarray, b: jnp.ndarray, dims: tuple[tuple[int, ...], tuple[int, ...]],
-            dtype: Any) -> jnp.ndarray:
+def _matmul(
+  a: jnp.ndarray, b: jnp.ndarray, dims: tuple[tuple[int, ...], tuple[int, ...]], dtype: Any
+) -> jnp.ndarray:
   accumulate = jnp.promote_types(dtype, jnp.float32)
   return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=accumulate).astype(dtype)
 
@@ -106,8 +115,11 @@ def _pointwise_backward(strides, residuals, dy):
   dw = _matmul(rows, grads, ((0,), (0,)), w.dtype).reshape(w.shape)
   dxs = _matmul(grads, w[0, 0], ((1,), (1,)), xs.dtype).reshape(xs.shape)
   if strides != (1, 1):  # back onto the input grid: zeros between and after the sampled pixels
-    config = [(0, 0, 0)] + [(0, n - ((m - 1) * s + 1), s - 1) for n, m, s in
-                            zip(x.shape[1:3], xs.shape[1:3], strides)] + [(0, 0, 0)]
+    config = (
+      [(0, 0, 0)]
+      + [(0, n - ((m - 1) * s + 1), s - 1) for n, m, s in zip(x.shape[1:3], xs.shape[1:3], strides)]
+      + [(0, 0, 0)]
+    )
     dxs = lax.pad(dxs, jnp.zeros((), dxs.dtype), config)
   return dxs, dw
 
@@ -122,25 +134,47 @@ def _explicit_padding(padding: Any) -> Padding | None:
   return pairs if len(pairs) == 2 and all(len(p) == 2 for p in pairs) else None  # type: ignore
 
 
-def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int],
-                         padding: Any, lhs_dilation: Sequence[int] | None = None,
-                         rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                         feature_group_count: int = 1, **kwargs: Any) -> jnp.ndarray:
+def conv_general_dilated(
+  lhs: jnp.ndarray,
+  rhs: jnp.ndarray,
+  window_strides: Sequence[int],
+  padding: Any,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  **kwargs: Any,
+) -> jnp.ndarray:
   """`lax.conv_general_dilated`, with plain depthwise and unpadded 1×1 NHWC convolutions routed
   through `depthwise_conv` / `pointwise_conv` (same values; faster training on CPU)."""
   pads = _explicit_padding(padding)
   nhwc = dimension_numbers is not None and lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, dimension_numbers) == lax.conv_dimension_numbers(
-          lhs.shape, rhs.shape, _LAYOUT)
+    lhs.shape, rhs.shape, dimension_numbers
+  ) == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _LAYOUT)
   undilated = all(d == 1 for d in (lhs_dilation or (1, 1))) and all(
-      d == 1 for d in (rhs_dilation or (1, 1)))
-  plain = (nhwc and undilated and pads is not None and lhs.ndim == 4
-           and not kwargs.get('precision') and kwargs.get('preferred_element_type') is None)
+    d == 1 for d in (rhs_dilation or (1, 1))
+  )
+  plain = (
+    nhwc
+    and undilated
+    and pads is not None
+    and lhs.ndim == 4
+    and not kwargs.get('precision')
+    and kwargs.get('preferred_element_type') is None
+  )
   strides = tuple(int(s) for s in window_strides)
   if plain and rhs.shape[2] == 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
     return depthwise_conv(lhs, rhs, strides, pads)
-  if (plain and feature_group_count == 1 and rhs.shape[:2] == (1, 1)
-      and pads == ((0, 0), (0, 0))):
+  if plain and feature_group_count == 1 and rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
     return pointwise_conv(lhs, rhs, strides)
-  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                  dimension_numbers, feature_group_count, **kwargs)
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    **kwargs,
+  )

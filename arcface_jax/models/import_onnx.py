@@ -20,6 +20,7 @@ Layout changes: conv kernels OIHW → HWIO; PReLU slopes (C, 1, 1) → (C,); FC 
 (in, out) with the input re-ordered from PyTorch's channel-major flatten (C, H, W) to the
 channel-last flatten (H, W, C) used here. Inputs stay RGB normalised as (x − 127.5) / 127.5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ import numpy as np
 from arcface_jax import models
 from arcface_jax.models.layers import BN_EPSILON, PReLU
 
-ONNX_KINDS = {'Conv': 'conv', 'BatchNormalization': 'bn', 'PRelu': 'prelu', 'Gemm': 'dense',
-              'MatMul': 'dense'}
+ONNX_KINDS = {
+  'Conv': 'conv',
+  'BatchNormalization': 'bn',
+  'PRelu': 'prelu',
+  'Gemm': 'dense',
+  'MatMul': 'dense',
+}
 
 
 @dataclasses.dataclass
@@ -59,6 +65,7 @@ class FlaxLayer:
 def onnx_layers(model: Any) -> list[OnnxLayer]:
   """Parameterised nodes of an `onnx.ModelProto` in graph (execution) order, with weights."""
   from onnx import numpy_helper  # the `compare` extra; only this command needs it
+
   graph = model.graph
   consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
   for node in graph.node:  # some exporters emit weights as Constant nodes instead
@@ -71,7 +78,8 @@ def onnx_layers(model: Any) -> list[OnnxLayer]:
   for node in nodes:  # an unfolded export reshapes e.g. PReLU slopes at run time
     if node.op_type in _CONST_OPS and node.input and all(n in consts for n in node.input if n):
       consts[node.output[0]] = _CONST_OPS[node.op_type](
-          [consts[n] if n else None for n in node.input], attrs(node))
+        [consts[n] if n else None for n in node.input], attrs(node)
+      )
   layers: list[OnnxLayer] = []
   for i, node in enumerate(nodes):
     kind = ONNX_KINDS.get(node.op_type)
@@ -85,8 +93,13 @@ def onnx_layers(model: Any) -> list[OnnxLayer]:
         arrays['bias'] = weights[1]
     elif kind == 'bn':
       scale, bias, mean, var = weights
-      arrays = {'scale': scale, 'bias': bias, 'mean': mean, 'var': var,
-                'epsilon': np.asarray(a.get('epsilon', 1e-5))}
+      arrays = {
+        'scale': scale,
+        'bias': bias,
+        'mean': mean,
+        'var': var,
+        'epsilon': np.asarray(a.get('epsilon', 1e-5)),
+      }
     elif kind == 'prelu':
       arrays = {'slope': weights[0].reshape(-1)}
     elif node.op_type == 'Gemm':  # torch.nn.Linear: Y = alpha·A·B' + beta·C
@@ -120,17 +133,18 @@ def _squeeze(inputs: list[Any], attrs: dict[str, Any]) -> np.ndarray:
 
 # Constant-only subgraphs the exporters leave between an initializer and its layer.
 _CONST_OPS = {
-    'Unsqueeze': _unsqueeze,
-    'Squeeze': _squeeze,
-    'Reshape': lambda i, a: i[0].reshape(tuple(int(d) for d in i[1])),
-    'Identity': lambda i, a: i[0],
-    'Cast': lambda i, a: i[0],  # weights are float already; the model keeps float32
-    'Transpose': lambda i, a: np.transpose(i[0], a.get('perm')),
+  'Unsqueeze': _unsqueeze,
+  'Squeeze': _squeeze,
+  'Reshape': lambda i, a: i[0].reshape(tuple(int(d) for d in i[1])),
+  'Identity': lambda i, a: i[0],
+  'Cast': lambda i, a: i[0],  # weights are float already; the model keeps float32
+  'Transpose': lambda i, a: np.transpose(i[0], a.get('perm')),
 }
 
 
 def onnx_attr(attr: Any) -> Any:
   from onnx import helper
+
   return helper.get_attribute_value(attr)
 
 
@@ -147,17 +161,32 @@ def flax_layers(model: nn.Module, image_size: int) -> tuple[list[FlaxLayer], Any
     shape = tuple(args[0].shape)
     if len(shape) == 4:
       last_map[0] = tuple(out.shape[1:]) if hasattr(out, 'shape') else shape[1:]
-    kind = ('conv' if isinstance(module, nn.Conv) else 'bn' if isinstance(module, nn.BatchNorm)
-            else 'prelu' if isinstance(module, PReLU) else 'dense' if isinstance(module, nn.Dense)
-            else None)
+    kind = (
+      'conv'
+      if isinstance(module, nn.Conv)
+      else 'bn'
+      if isinstance(module, nn.BatchNorm)
+      else 'prelu'
+      if isinstance(module, PReLU)
+      else 'dense'
+      if isinstance(module, nn.Dense)
+      else None
+    )
     if kind is not None:
-      calls.append(FlaxLayer(kind, tuple(module.path), shape,
-                             _pooled_map(last_map[0], shape[-1]) if kind == 'dense' else None))
+      calls.append(
+        FlaxLayer(
+          kind,
+          tuple(module.path),
+          shape,
+          _pooled_map(last_map[0], shape[-1]) if kind == 'dense' else None,
+        )
+      )
     return out
 
   with nn.intercept_methods(record):
-    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                                 jnp.zeros((1, image_size, image_size, 3))))
+    abstract = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)))
+    )
   return calls, abstract
 
 
@@ -175,8 +204,10 @@ def _set(tree: dict, path: Sequence[str], name: str, value: np.ndarray, like: An
   for key in path:
     node = node.setdefault(key, {})
   if tuple(value.shape) != tuple(like.shape):
-    raise ValueError(f'{"/".join(path)}/{name}: ONNX gives shape {value.shape}, the Flax model '
-                     f'expects {like.shape}; is --arch right?')
+    raise ValueError(
+      f'{"/".join(path)}/{name}: ONNX gives shape {value.shape}, the Flax model '
+      f'expects {like.shape}; is --arch right?'
+    )
   node[name] = np.asarray(value, np.float32)
 
 
@@ -186,11 +217,12 @@ def _lookup(tree: Any, path: Sequence[str]) -> Any:
   return tree
 
 
-def convert(onnx_model: Any, arch: str, *, image_size: int | None = None,
-            embedding_dim: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def convert(
+  onnx_model: Any, arch: str, *, image_size: int | None = None, embedding_dim: int | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
   """(Flax module, {'params', 'batch_stats'}) equivalent to the ONNX model's network."""
   layers = onnx_layers(onnx_model)
-  dense = [l for l in layers if l.kind == 'dense']
+  dense = [layer for layer in layers if layer.kind == 'dense']
   if not dense:
     raise ValueError('the ONNX graph has no fully connected layer; is it a face backbone?')
   embedding_dim = embedding_dim or int(dense[-1].arrays['weight'].shape[0])
@@ -208,14 +240,17 @@ def convert(onnx_model: Any, arch: str, *, image_size: int | None = None,
       pending_bias = None
       continue
     if pending_bias is not None:
-      raise ValueError(f'ONNX conv before Flax layer {"/".join(call.path)} has a bias, but the '
-                       'Flax model has no batch norm there to take it')
+      raise ValueError(
+        f'ONNX conv before Flax layer {"/".join(call.path)} has a bias, but the '
+        'Flax model has no batch norm there to take it'
+      )
     layer = next(it, None)
     if layer is None or layer.kind != call.kind:
       raise ValueError(
-          f'layer {index}: the {arch!r} model calls a {call.kind} at {"/".join(call.path)}, but '
-          f'the ONNX graph has {"nothing" if layer is None else layer.kind + " " + layer.name!r}'
-          ' there; is --arch right?')
+        f'layer {index}: the {arch!r} model calls a {call.kind} at {"/".join(call.path)}, but '
+        f'the ONNX graph has {"nothing" if layer is None else layer.kind + " " + layer.name!r}'
+        ' there; is --arch right?'
+      )
     a = layer.arrays
     if call.kind == 'conv':
       _set(params, call.path, 'kernel', a['kernel'].transpose(2, 3, 1, 0), p_like['kernel'])
@@ -240,8 +275,10 @@ def convert(onnx_model: Any, arch: str, *, image_size: int | None = None,
         raise ValueError(f'ONNX {layer.name} has a bias; Flax {"/".join(call.path)} has none')
   leftover = next(it, None)
   if leftover is not None:
-    raise ValueError(f'ONNX layer {leftover.kind} {leftover.name!r} has no Flax counterpart in '
-                     f'{arch!r}; is --arch right?')
+    raise ValueError(
+      f'ONNX layer {leftover.kind} {leftover.name!r} has no Flax counterpart in '
+      f'{arch!r}; is --arch right?'
+    )
   variables = {'params': params, 'batch_stats': stats}
   # Every Flax variable must have been filled, with its dtype.
   expected = jax.tree.structure(dict(abstract))
@@ -251,16 +288,18 @@ def convert(onnx_model: Any, arch: str, *, image_size: int | None = None,
   return model, jax.tree.map(jnp.asarray, {k: variables[k] for k in abstract})
 
 
-def _load_bn(params: dict, stats: dict, call: FlaxLayer, a: dict[str, np.ndarray],
-             abstract: Any) -> None:
+def _load_bn(
+  params: dict, stats: dict, call: FlaxLayer, a: dict[str, np.ndarray], abstract: Any
+) -> None:
   p_like = _lookup(abstract['params'], call.path)
   s_like = _lookup(abstract['batch_stats'], call.path)
   path = '/'.join(call.path)
   if 'scale' in p_like:
     _set(params, call.path, 'scale', a['scale'], p_like['scale'])
   elif not np.allclose(a['scale'], 1.0):
-    raise ValueError(f'{path} has its scale fixed to 1, but the ONNX batch norm scales by '
-                     f'{a["scale"][:4]}...')
+    raise ValueError(
+      f'{path} has its scale fixed to 1, but the ONNX batch norm scales by {a["scale"][:4]}...'
+    )
   _set(params, call.path, 'bias', a['bias'], p_like['bias'])
   _set(stats, call.path, 'mean', a['mean'], s_like['mean'])
   # A different epsilon (2e-5 in the original MXNet models) is absorbed into the variance
@@ -268,12 +307,18 @@ def _load_bn(params: dict, stats: dict, call: FlaxLayer, a: dict[str, np.ndarray
   _set(stats, call.path, 'var', a['var'] + float(a['epsilon']) - BN_EPSILON, s_like['var'])
 
 
-def _identity_bn(params: dict, stats: dict, call: FlaxLayer, bias: np.ndarray,
-                 abstract: Any) -> None:
+def _identity_bn(
+  params: dict, stats: dict, call: FlaxLayer, bias: np.ndarray, abstract: Any
+) -> None:
   """A Flax BatchNorm computing exactly x + bias (its PyTorch twin was folded into a conv)."""
   n = bias.shape[0]
-  arrays = {'scale': np.ones(n), 'bias': bias, 'mean': np.zeros(n),
-            'var': np.full(n, 1.0 - BN_EPSILON), 'epsilon': np.asarray(BN_EPSILON)}
+  arrays = {
+    'scale': np.ones(n),
+    'bias': bias,
+    'mean': np.zeros(n),
+    'var': np.full(n, 1.0 - BN_EPSILON),
+    'epsilon': np.asarray(BN_EPSILON),
+  }
   _load_bn(params, stats, call, arrays, abstract)
 
 
@@ -284,8 +329,9 @@ def _onnx_image_size(onnx_model: Any) -> int | None:
   return None
 
 
-def save(out_dir: str, arch: str, variables: dict[str, Any], *, embedding_dim: int,
-         image_size: int) -> None:
+def save(
+  out_dir: str, arch: str, variables: dict[str, Any], *, embedding_dim: int, image_size: int
+) -> None:
   """DIR/variables.msgpack and DIR/model.json (what `load` reads back)."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'variables.msgpack'), 'wb') as f:
@@ -306,21 +352,29 @@ def load(out_dir: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('onnx_file')
   parser.add_argument('--arch', required=True, choices=models.names())
   parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--image_size', type=int, default=None,
-                      help='input side (default: from the ONNX input, else 112)')
+  parser.add_argument(
+    '--image_size',
+    type=int,
+    default=None,
+    help='input side (default: from the ONNX input, else 112)',
+  )
   args = parser.parse_args(argv)
   import onnx  # the `compare` extra
+
   onnx_model = onnx.load(args.onnx_file)
   image_size = args.image_size or _onnx_image_size(onnx_model) or 112
   model, variables = convert(onnx_model, args.arch, image_size=image_size)
   save(args.out, args.arch, variables, embedding_dim=model.embedding_dim, image_size=image_size)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
-  print(f'{args.arch}: {count:,} parameters, embedding {model.embedding_dim}, '
-        f'{image_size}×{image_size} input → {args.out}')
+  print(
+    f'{args.arch}: {count:,} parameters, embedding {model.embedding_dim}, '
+    f'{image_size}×{image_size} input → {args.out}'
+  )
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ The 1×1 shortcut convs go through `cpu_conv` (a faster CPU training pass, same 
 Module call order equals the PyTorch reference's forward order (the shortcut after the main
 path), which is what `import_onnx` relies on to pair layers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,6 +51,7 @@ class IResNet(nn.Module):
   H and W must be multiples of 16 (four stride-2 stages); the FC's input size follows the
   final feature map (7×7 at 112×112).
   """
+
   stage_sizes: Sequence[int]
   widths: Sequence[int] = (64, 128, 256, 512)
   stem_width: int = 64
@@ -68,8 +70,9 @@ class IResNet(nn.Module):
     x = PReLU()(x)
     for width, blocks in zip(self.widths, self.stage_sizes):
       for i in range(blocks):
-        x = IBasicBlock(width, strides=2 if i == 0 else 1, dtype=self.dtype,
-                        conv_fn=self.conv_fn)(x, train)
+        x = IBasicBlock(width, strides=2 if i == 0 else 1, dtype=self.dtype, conv_fn=self.conv_fn)(
+          x, train
+        )
     x = batch_norm(train, self.dtype)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.reshape(x.shape[0], -1)
@@ -86,5 +89,6 @@ iresnet50 = functools.partial(IResNet, stage_sizes=(3, 4, 14, 3))
 iresnet100 = functools.partial(IResNet, stage_sizes=(3, 13, 30, 3))
 iresnet200 = functools.partial(IResNet, stage_sizes=(6, 26, 60, 6))
 # A CPU demo variant of the same definition: narrow, one block per stage.
-iresnet_tiny = functools.partial(IResNet, stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128),
-                                 stem_width=16)
+iresnet_tiny = functools.partial(
+  IResNet, stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16
+)

@@ -4,6 +4,7 @@ Batch norm follows the PyTorch reference trainer (eps 1e-5, running averages kep
 0.9 on the old value, i.e. PyTorch's momentum 0.1), so statistics imported from its exports
 mean the same thing here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,20 +29,38 @@ class PReLU(nn.Module):
 
 def batch_norm(train: bool, dtype: Any = jnp.float32, **kwargs: Any) -> nn.BatchNorm:
   """A BatchNorm in the reference's settings; `train` picks batch vs running statistics."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, **kwargs)
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, **kwargs
+  )
 
 
-def conv(features: int, kernel: int, *, strides: int = 1, padding: int = 0, groups: int = 1,
-         dtype: Any = jnp.float32, conv_fn: Any = None, **kwargs: Any) -> nn.Conv:
+def conv(
+  features: int,
+  kernel: int,
+  *,
+  strides: int = 1,
+  padding: int = 0,
+  groups: int = 1,
+  dtype: Any = jnp.float32,
+  conv_fn: Any = None,
+  **kwargs: Any,
+) -> nn.Conv:
   """A bias-free square conv with PyTorch-style symmetric integer padding.
 
   `conv_fn` replaces `lax.conv_general_dilated` (e.g. a formulation with a faster weight
   gradient on CPU); None keeps XLA's own.
   """
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding=padding,
-                 feature_group_count=groups, use_bias=False, dtype=dtype,
-                 conv_general_dilated=conv_fn, **kwargs)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=strides,
+    padding=padding,
+    feature_group_count=groups,
+    use_bias=False,
+    dtype=dtype,
+    conv_general_dilated=conv_fn,
+    **kwargs,
+  )
 
 
 dense_fp32 = functools.partial(nn.Dense, dtype=jnp.float32)

@@ -13,6 +13,7 @@ reference trainer's `mbf` uses scale 2 with the same expand widths (128/256/512)
 The depthwise convolutions go through `cpu_conv.conv_general_dilated`: the same values, but a
 training pass XLA:CPU runs an order of magnitude faster than its own depthwise gradients.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,6 +28,7 @@ from arcface_jax.models.layers import PReLU, batch_norm, conv
 
 class ConvUnit(nn.Module):
   """conv → BN (→ PReLU unless `linear`)."""
+
   features: int
   kernel: int = 1
   strides: int = 1
@@ -36,14 +38,22 @@ class ConvUnit(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    x = conv(self.features, self.kernel, strides=self.strides, padding=(self.kernel - 1) // 2,
-             groups=self.groups, dtype=self.dtype, conv_fn=cpu_conv.conv_general_dilated)(x)
+    x = conv(
+      self.features,
+      self.kernel,
+      strides=self.strides,
+      padding=(self.kernel - 1) // 2,
+      groups=self.groups,
+      dtype=self.dtype,
+      conv_fn=cpu_conv.conv_general_dilated,
+    )(x)
     x = batch_norm(train, self.dtype)(x)
     return x if self.linear else PReLU()(x)
 
 
 class DepthWise(nn.Module):
   """Inverted residual: expand 1×1 → depthwise 3×3(stride) → linear project 1×1."""
+
   features: int
   expand: int
   strides: int = 1
@@ -61,6 +71,7 @@ class DepthWise(nn.Module):
 
 class MobileFaceNet(nn.Module):
   """Images (B, H, W, 3), normalised → un-normalised embeddings (B, embedding_dim) in float32."""
+
   blocks: Sequence[int] = (1, 4, 6, 2)
   scale: int = 1
   embedding_dim: int = 512
@@ -80,9 +91,11 @@ class MobileFaceNet(nn.Module):
       for _ in range(self.blocks[0]):
         x = block(c1, 128)(x, train)
     # (output width, expand width, repeats after the stride-2 opener)
-    for out, expand_down, expand, repeats in ((c1, 128, 128, self.blocks[1]),
-                                              (c2, 256, 256, self.blocks[2]),
-                                              (c2, 512, 256, self.blocks[3])):
+    for out, expand_down, expand, repeats in (
+      (c1, 128, 128, self.blocks[1]),
+      (c2, 256, 256, self.blocks[2]),
+      (c2, 512, 256, self.blocks[3]),
+    ):
       x = block(out, expand_down, strides=2)(x, train)
       for _ in range(repeats):
         x = block(out, expand)(x, train)
@@ -90,8 +103,14 @@ class MobileFaceNet(nn.Module):
     x = x.astype(jnp.float32)
     x = ConvUnit(512)(x, train)
     # GDC: a depthwise conv whose kernel covers the whole final feature map.
-    x = nn.Conv(512, x.shape[1:3], padding='VALID', feature_group_count=512, use_bias=False,
-                conv_general_dilated=cpu_conv.conv_general_dilated)(x)
+    x = nn.Conv(
+      512,
+      x.shape[1:3],
+      padding='VALID',
+      feature_group_count=512,
+      use_bias=False,
+      conv_general_dilated=cpu_conv.conv_general_dilated,
+    )(x)
     x = batch_norm(train)(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

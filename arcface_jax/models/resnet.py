@@ -5,6 +5,7 @@ stem conv7×7(64, stride 2) → BN → ReLU → max-pool 3×3 stride 2; bottlene
 the sum); global average pooling → FC(2048 → embedding). The embedding is L2-normalised where
 it is used (by the margin loss and the evaluation), not here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,9 @@ class Bottleneck(nn.Module):
     c = functools.partial(conv, dtype=self.dtype)
     y = nn.relu(batch_norm(train, self.dtype)(c(self.features, 1)(x)))
     # Stride on the 3×3 conv (the "ResNet v1.5" placement used by torchvision).
-    y = nn.relu(batch_norm(train, self.dtype)(c(self.features, 3, strides=self.strides,
-                                                padding=1)(y)))
+    y = nn.relu(
+      batch_norm(train, self.dtype)(c(self.features, 3, strides=self.strides, padding=1)(y))
+    )
     y = c(self.features * 4, 1)(y)
     # Zero-initialised last BN scale would change the seed's behaviour; keep the plain init.
     y = batch_norm(train, self.dtype)(y)
@@ -38,6 +40,7 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
   """Images (B, H, W, 3), normalised → un-normalised embeddings (B, embedding_dim) in float32."""
+
   stage_sizes: Sequence[int]
   embedding_dim: int = 512
   dropout: float = 0.0
@@ -51,8 +54,9 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, blocks in enumerate(self.stage_sizes):
       for i in range(blocks):
-        x = Bottleneck(64 * 2**stage, strides=2 if i == 0 and stage > 0 else 1,
-                       dtype=self.dtype)(x, train)
+        x = Bottleneck(64 * 2**stage, strides=2 if i == 0 and stage > 0 else 1, dtype=self.dtype)(
+          x, train
+        )
     # Pool in float32: a mean over 49+ values is where bf16 rounding would accumulate.
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -5,6 +5,7 @@
 `MiniNetwork` is the seed project's: three conv → ReLU → max-pool layers and an FC, Kaiming-
 (He-) normal initialised as PyTorch's `kaiming_normal_` (fan-in, gain √2, untruncated).
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,6 +22,7 @@ kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 class SmallCNN(nn.Module):
   """Images (B, H, W, 3) → un-normalised embeddings (B, embedding_dim) in float32."""
+
   widths: Sequence[int] = (32, 64, 128)
   embedding_dim: int = 2
   dropout: float = 0.0
@@ -40,6 +42,7 @@ class SmallCNN(nn.Module):
 
 class MiniNetwork(nn.Module):
   """3 conv + FC without batch norm (so it has no `batch_stats`), Kaiming-normal weights."""
+
   widths: Sequence[int] = (32, 64, 128)
   embedding_dim: int = 512
   dropout: float = 0.0

@@ -20,6 +20,7 @@ route needs TensorFlow. The primitives our backbones use are few (convolution, m
 elementwise arithmetic, pooling, reshapes), so translating them here costs less than isolating
 a converter in its own environment, and a new primitive fails loudly, naming itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,9 +46,11 @@ def insightface_routing(image_size: int) -> str | None:
   """Why insightface's `get_model` would not treat this model as a recognition model, or None."""
   if image_size >= 112 and image_size % 16 == 0:
     return None
-  return (f'insightface.model_zoo.get_model routes a model to ArcFaceONNX only when its input '
-          f'side is ≥ 112 and a multiple of 16; this one is {image_size}, so get_model returns '
-          'None for it (onnxruntime and insightface.model_zoo.ArcFaceONNX(path) still work)')
+  return (
+    f'insightface.model_zoo.get_model routes a model to ArcFaceONNX only when its input '
+    f'side is ≥ 112 and a multiple of 16; this one is {image_size}, so get_model returns '
+    'None for it (onnxruntime and insightface.model_zoo.ArcFaceONNX(path) still work)'
+  )
 
 
 def float32_model(model: nn.Module) -> nn.Module:
@@ -57,11 +60,18 @@ def float32_model(model: nn.Module) -> nn.Module:
   return model.clone(**changes) if changes else model
 
 
-def to_onnx(model: nn.Module, variables: Any, image_size: int, *,
-            mean: float | Sequence[float] = 127.5, std: float | Sequence[float] = 127.5,
-            info: ModelInfo | None = None) -> Any:
+def to_onnx(
+  model: nn.Module,
+  variables: Any,
+  image_size: int,
+  *,
+  mean: float | Sequence[float] = 127.5,
+  std: float | Sequence[float] = 127.5,
+  info: ModelInfo | None = None,
+) -> Any:
   """An `onnx.ModelProto` of the eval-mode embedder: raw RGB (B, 3, S, S) → (B, D)."""
   import onnx  # the `export` extra
+
   model = float32_model(model)
   variables = jax.tree.map(jnp.asarray, variables)
 
@@ -72,7 +82,7 @@ def to_onnx(model: nn.Module, variables: Any, image_size: int, *,
   x = builder.node('Sub', [INPUT, builder.const(_per_channel(mean), 'mean')])
   x = builder.node('Mul', [x, builder.const(1.0 / _per_channel(std), 'inv_std')])
   protected = {n.name for n in builder.nodes}
-  batch, = jax.export.symbolic_shape('batch')
+  (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
   out = translate(embed, spec, builder, x, (0, 3, 1, 2))
   embedding_dim = int(out.shape[1])
@@ -92,12 +102,17 @@ def _per_channel(value: float | Sequence[float]) -> np.ndarray:
 
 def _graph(onnx: Any, g: rewrite.Graph, image_size: int, embedding_dim: int) -> Any:
   nodes = [_renamed(onnx, n, g.output, OUTPUT) for n in g.nodes]
-  inputs = [onnx.helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT,
-                                               ['batch', 3, image_size, image_size])]
-  outputs = [onnx.helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT,
-                                                ['batch', embedding_dim])]
-  initializers = [onnx.numpy_helper.from_array(np.ascontiguousarray(v), k)
-                  for k, v in g.initializers.items()]
+  inputs = [
+    onnx.helper.make_tensor_value_info(
+      INPUT, onnx.TensorProto.FLOAT, ['batch', 3, image_size, image_size]
+    )
+  ]
+  outputs = [
+    onnx.helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, ['batch', embedding_dim])
+  ]
+  initializers = [
+    onnx.numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in g.initializers.items()
+  ]
   return onnx.helper.make_graph(nodes, 'arcface_jax', inputs, outputs, initializers)
 
 
@@ -113,37 +128,54 @@ def _renamed(onnx: Any, node: Any, old: str, new: str) -> Any:
   return copy
 
 
-def _model_proto(onnx: Any, g: rewrite.Graph, image_size: int, embedding_dim: int,
-                 info: ModelInfo | None) -> Any:
-  proto = onnx.helper.make_model(_graph(onnx, g, image_size, embedding_dim),
-                                 opset_imports=[onnx.helper.make_opsetid('', OPSET)],
-                                 producer_name='arcface_jax', ir_version=IR_VERSION)
-  proto.doc_string = ('Face embedding: float32 RGB pixels 0-255 (batch, 3, H, W) -> (batch, D); '
-                      'normalisation is inside the graph.')
+def _model_proto(
+  onnx: Any, g: rewrite.Graph, image_size: int, embedding_dim: int, info: ModelInfo | None
+) -> Any:
+  proto = onnx.helper.make_model(
+    _graph(onnx, g, image_size, embedding_dim),
+    opset_imports=[onnx.helper.make_opsetid('', OPSET)],
+    producer_name='arcface_jax',
+    ir_version=IR_VERSION,
+  )
+  proto.doc_string = (
+    'Face embedding: float32 RGB pixels 0-255 (batch, 3, H, W) -> (batch, D); '
+    'normalisation is inside the graph.'
+  )
   if info is not None:
-    onnx.helper.set_model_props(proto, {'arcface_jax.model_info':
-                                        json.dumps(dataclasses.asdict(info))})
+    onnx.helper.set_model_props(
+      proto, {'arcface_jax.model_info': json.dumps(dataclasses.asdict(info))}
+    )
   return proto
 
 
-def _inferred_shapes(onnx: Any, g: rewrite.Graph, image_size: int,
-                     embedding_dim: int) -> dict[str, tuple]:
+def _inferred_shapes(
+  onnx: Any, g: rewrite.Graph, image_size: int, embedding_dim: int
+) -> dict[str, tuple]:
   """Shapes of every value of the graph so far, by onnx's shape inference (batch stays a name)."""
   proto = _model_proto(onnx, g, image_size, embedding_dim, None)
   inferred = onnx.shape_inference.infer_shapes(proto)
   shapes = {}
   for value in list(inferred.graph.value_info) + list(inferred.graph.input):
     dims = value.type.tensor_type.shape.dim
-    shapes[value.name] = tuple(d.dim_value if d.HasField('dim_value') else d.dim_param
-                               for d in dims)
+    shapes[value.name] = tuple(
+      d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims
+    )
   return shapes
 
 
-def save(path: str, model: nn.Module, variables: Any, image_size: int, *,
-         mean: float | Sequence[float] = 127.5, std: float | Sequence[float] = 127.5,
-         info: ModelInfo | None = None) -> int:
+def save(
+  path: str,
+  model: nn.Module,
+  variables: Any,
+  image_size: int,
+  *,
+  mean: float | Sequence[float] = 127.5,
+  std: float | Sequence[float] = 127.5,
+  info: ModelInfo | None = None,
+) -> int:
   """Writes the ONNX file (and `info` to `<path>.json`, as `export.save` does); its size."""
   from arcface_jax import model_info
+
   proto = to_onnx(model, variables, image_size, mean=mean, std=std, info=info)
   data = proto.SerializeToString()
   with open(path, 'wb') as f:
@@ -153,11 +185,20 @@ def save(path: str, model: nn.Module, variables: Any, image_size: int, *,
   return len(data)
 
 
-def max_difference(path: str, model: nn.Module, variables: Any, image_size: int, *,
-                   mean: float | Sequence[float] = 127.5, std: float | Sequence[float] = 127.5,
-                   batch: int = 3, seed: int = 0) -> float:
+def max_difference(
+  path: str,
+  model: nn.Module,
+  variables: Any,
+  image_size: int,
+  *,
+  mean: float | Sequence[float] = 127.5,
+  std: float | Sequence[float] = 127.5,
+  batch: int = 3,
+  seed: int = 0,
+) -> float:
   """max |JAX − onnxruntime| over the embeddings of `batch` random images (needs onnxruntime)."""
   import onnxruntime  # the `export` extra
+
   pixels = np.random.default_rng(seed).uniform(0, 255, (batch, image_size, image_size, 3))
   pixels = pixels.astype(np.float32)
   session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])

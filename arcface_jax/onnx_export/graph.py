@@ -5,6 +5,7 @@ arithmetic batch norm and dense layers do on constants) or a run-time `Tensor`, 
 with its JAX shape and its layout `perm` (ONNX axis i holds JAX axis perm[i]). `GraphBuilder`
 collects nodes and initializers in emission order; `onnx_export/translate.py` drives it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,9 @@ import jax
 import numpy as np
 
 
-def _broadcast_in_dim(x: np.ndarray, shape: Sequence[int], broadcast_dimensions: Sequence[int],
-                      **_: Any) -> np.ndarray:
+def _broadcast_in_dim(
+  x: np.ndarray, shape: Sequence[int], broadcast_dimensions: Sequence[int], **_: Any
+) -> np.ndarray:
   expanded = [1] * len(shape)
   for src, dst in enumerate(broadcast_dimensions):
     expanded[dst] = x.shape[src]
@@ -24,16 +26,20 @@ def _broadcast_in_dim(x: np.ndarray, shape: Sequence[int], broadcast_dimensions:
 
 # Constant folding of the primitives batch norm and dense layers use, in numpy.
 NUMPY_FOLDS: dict[str, Callable[..., np.ndarray]] = {
-    'add': lambda a, b, **_: a + b, 'sub': lambda a, b, **_: a - b,
-    'mul': lambda a, b, **_: a * b, 'div': lambda a, b, **_: a / b,
-    'max': lambda a, b, **_: np.maximum(a, b), 'min': lambda a, b, **_: np.minimum(a, b),
-    'neg': lambda a, **_: -a, 'sqrt': lambda a, **_: np.sqrt(a),
-    'rsqrt': lambda a, **_: 1 / np.sqrt(a),
-    'reshape': lambda a, new_sizes, **_: np.reshape(a, new_sizes),
-    'broadcast_in_dim': _broadcast_in_dim,
-    'convert_element_type': lambda a, new_dtype, **_: np.asarray(a, new_dtype),
-    'transpose': lambda a, permutation, **_: np.transpose(a, permutation),
-    'squeeze': lambda a, dimensions, **_: np.squeeze(a, tuple(dimensions)),
+  'add': lambda a, b, **_: a + b,
+  'sub': lambda a, b, **_: a - b,
+  'mul': lambda a, b, **_: a * b,
+  'div': lambda a, b, **_: a / b,
+  'max': lambda a, b, **_: np.maximum(a, b),
+  'min': lambda a, b, **_: np.minimum(a, b),
+  'neg': lambda a, **_: -a,
+  'sqrt': lambda a, **_: np.sqrt(a),
+  'rsqrt': lambda a, **_: 1 / np.sqrt(a),
+  'reshape': lambda a, new_sizes, **_: np.reshape(a, new_sizes),
+  'broadcast_in_dim': _broadcast_in_dim,
+  'convert_element_type': lambda a, new_dtype, **_: np.asarray(a, new_dtype),
+  'transpose': lambda a, permutation, **_: np.transpose(a, permutation),
+  'squeeze': lambda a, dimensions, **_: np.squeeze(a, tuple(dimensions)),
 }
 
 

@@ -8,6 +8,7 @@ Flatten straight into a MatMul whose rows were permuted), so that the file is sm
 readers that pair layers by kind (`arcface_jax.models.import_onnx`) recognise it. Every rewrite
 is exact up to float32 rounding; anything that does not match a pattern is left as it is.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,8 +22,14 @@ BN_EPSILON = 1e-5  # written into BatchNormalization nodes; the variance absorbs
 class Graph:
   """Nodes (onnx NodeProto, in order), initializers and the graph's output name."""
 
-  def __init__(self, onnx_module: Any, nodes: list[Any], initializers: dict[str, np.ndarray],
-               output: str, protected: set[str]):
+  def __init__(
+    self,
+    onnx_module: Any,
+    nodes: list[Any],
+    initializers: dict[str, np.ndarray],
+    output: str,
+    protected: set[str],
+  ):
     self.onnx = onnx_module
     self.nodes = nodes
     self.initializers = initializers
@@ -98,8 +105,11 @@ def prelu_and_relu(g: Graph) -> None:
     slope = split[1]
     while slope.ndim > 1 and slope.shape[0] == 1:  # (1, C, 1, 1) → (C, 1, 1), PyTorch's shape
       slope = slope[0]
-    g.nodes[i] = g.make('PRelu', [node.input[1], g.add_const(slope.reshape(slope.shape or (1,)),
-                                                             'slope')], node.output[0])
+    g.nodes[i] = g.make(
+      'PRelu',
+      [node.input[1], g.add_const(slope.reshape(slope.shape or (1,)), 'slope')],
+      node.output[0],
+    )
   g.prune()
 
 
@@ -148,8 +158,12 @@ def batch_norms(g: Graph) -> None:
     factor = _channel_vector(split[1])
     mean = g.const(sub.input[1])
     mean = None if mean is None or g.const(sub.input[0]) is not None else _channel_vector(mean)
-    if bias is None or factor is None or mean is None or not (
-        bias.shape == factor.shape == mean.shape):
+    if (
+      bias is None
+      or factor is None
+      or mean is None
+      or not (bias.shape == factor.shape == mean.shape)
+    ):
       continue
     if any(n.name in replaced for n in (add, mul, sub)):
       continue
@@ -162,8 +176,15 @@ def batch_norms(g: Graph) -> None:
       new_bias = (conv_bias.astype(np.float64) - mean) * factor + bias
       attrs = {a.name: g.onnx.helper.get_attribute_value(a) for a in conv.attribute}
       replaced[conv.name] = g.make(
-          'Conv', [conv.input[0], g.add_const(new_kernel.astype(np.float32), 'kernel'),
-                   g.add_const(new_bias.astype(np.float32), 'bias')], add.output[0], **attrs)
+        'Conv',
+        [
+          conv.input[0],
+          g.add_const(new_kernel.astype(np.float32), 'kernel'),
+          g.add_const(new_bias.astype(np.float32), 'bias'),
+        ],
+        add.output[0],
+        **attrs,
+      )
       replaced[add.name] = None
     else:
       # Scale ±1 and variance 1/f² − ε give (x − m)·f exactly, whether or not the layer had a
@@ -173,11 +194,13 @@ def batch_norms(g: Graph) -> None:
       scale = np.sign(factor)
       flat = ~np.isfinite(var) | (factor == 0)
       var, scale = np.where(flat, 1.0 - BN_EPSILON, var), np.where(flat, factor, scale)
-      arrays = [g.add_const(a.astype(np.float32), stem)
-                for a, stem in ((scale, 'bn_scale'), (bias, 'bn_bias'), (mean, 'bn_mean'),
-                                (var, 'bn_var'))]
-      replaced[add.name] = g.make('BatchNormalization', [x] + arrays, add.output[0],
-                                  epsilon=BN_EPSILON)
+      arrays = [
+        g.add_const(a.astype(np.float32), stem)
+        for a, stem in ((scale, 'bn_scale'), (bias, 'bn_bias'), (mean, 'bn_mean'), (var, 'bn_var'))
+      ]
+      replaced[add.name] = g.make(
+        'BatchNormalization', [x] + arrays, add.output[0], epsilon=BN_EPSILON
+      )
     replaced[mul.name] = replaced[sub.name] = None
   nodes = []
   for node in g.nodes:

@@ -12,6 +12,7 @@ The batch dimension is symbolic in the trace (`jax.export.symbolic_shape`), so n
 depends on a batch size. An unsupported primitive is a `ValueError` naming it. The values and the
 graph being written are in `onnx_export/graph.py`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -20,22 +21,65 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from arcface_jax.onnx_export.graph import (NUMPY_FOLDS, Const, GraphBuilder, Tensor, identity,
-                                           is_static)
+from arcface_jax.onnx_export.graph import (
+  NUMPY_FOLDS,
+  Const,
+  GraphBuilder,
+  Tensor,
+  identity,
+  is_static,
+)
 
 # JAX primitive → ONNX op for elementwise work (ONNX broadcasts like numpy, as lax's scalars do).
-BINARY = {'add': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': 'Max', 'min': 'Min',
-          'pow': 'Pow', 'ge': 'GreaterOrEqual', 'gt': 'Greater', 'le': 'LessOrEqual',
-          'lt': 'Less', 'eq': 'Equal', 'and': 'And', 'or': 'Or'}
-UNARY = {'neg': 'Neg', 'exp': 'Exp', 'log': 'Log', 'sqrt': 'Sqrt', 'abs': 'Abs', 'tanh': 'Tanh',
-         'logistic': 'Sigmoid', 'erf': 'Erf', 'sign': 'Sign', 'floor': 'Floor', 'ceil': 'Ceil',
-         'sin': 'Sin', 'cos': 'Cos', 'not': 'Not'}
-ELEMENTWISE = set(BINARY) | set(UNARY) | {'rsqrt', 'integer_pow', 'square', 'select_n', 'ne',
-                                          'convert_element_type', 'clamp'}
+BINARY = {
+  'add': 'Add',
+  'sub': 'Sub',
+  'mul': 'Mul',
+  'div': 'Div',
+  'max': 'Max',
+  'min': 'Min',
+  'pow': 'Pow',
+  'ge': 'GreaterOrEqual',
+  'gt': 'Greater',
+  'le': 'LessOrEqual',
+  'lt': 'Less',
+  'eq': 'Equal',
+  'and': 'And',
+  'or': 'Or',
+}
+UNARY = {
+  'neg': 'Neg',
+  'exp': 'Exp',
+  'log': 'Log',
+  'sqrt': 'Sqrt',
+  'abs': 'Abs',
+  'tanh': 'Tanh',
+  'logistic': 'Sigmoid',
+  'erf': 'Erf',
+  'sign': 'Sign',
+  'floor': 'Floor',
+  'ceil': 'Ceil',
+  'sin': 'Sin',
+  'cos': 'Cos',
+  'not': 'Not',
+}
+ELEMENTWISE = (
+  set(BINARY)
+  | set(UNARY)
+  | {'rsqrt', 'integer_pow', 'square', 'select_n', 'ne', 'convert_element_type', 'clamp'}
+)
 # Primitives that call an inner jaxpr, and the parameter holding it.
-CALLS = {'pjit': 'jaxpr', 'jit': 'jaxpr', 'closed_call': 'call_jaxpr', 'core_call': 'call_jaxpr',
-         'custom_jvp_call': 'call_jaxpr', 'custom_vjp_call': 'call_jaxpr',
-         'custom_vjp_call_jaxpr': 'fun_jaxpr', 'remat': 'jaxpr', 'checkpoint': 'jaxpr'}
+CALLS = {
+  'pjit': 'jaxpr',
+  'jit': 'jaxpr',
+  'closed_call': 'call_jaxpr',
+  'core_call': 'call_jaxpr',
+  'custom_jvp_call': 'call_jaxpr',
+  'custom_vjp_call': 'call_jaxpr',
+  'custom_vjp_call_jaxpr': 'fun_jaxpr',
+  'remat': 'jaxpr',
+  'checkpoint': 'jaxpr',
+}
 PASSTHROUGH = {'copy', 'copy_p', 'optimization_barrier', 'reduce_precision'}
 
 
@@ -92,7 +136,7 @@ class Translator:
       if inner is None:
         raise ValueError(f'cannot export primitive {name!r}: no inner jaxpr in its parameters')
       if name == 'custom_jvp_call' or name == 'custom_vjp_call':
-        ins = ins[:len((inner.jaxpr if hasattr(inner, 'jaxpr') else inner).invars)]
+        ins = ins[: len((inner.jaxpr if hasattr(inner, 'jaxpr') else inner).invars)]
       return self.run(inner, ins)
     out_avals = [v.aval for v in eqn.outvars]
     if all(isinstance(x, Const) for x in ins):
@@ -103,8 +147,10 @@ class Translator:
     if handler is None and name in ELEMENTWISE:
       handler = self.elementwise
     if handler is None:
-      raise ValueError(f'cannot export primitive {name!r} to ONNX (not supported by '
-                       'arcface_jax.onnx_export); it appears in the model\'s inference jaxpr')
+      raise ValueError(
+        f'cannot export primitive {name!r} to ONNX (not supported by '
+        'arcface_jax.onnx_export); it appears in the model\'s inference jaxpr'
+      )
     return [handler(eqn, ins, out_avals[0])]
 
   # ---------------------------------------------------------------- constants
@@ -199,8 +245,9 @@ class Translator:
       else:
         target.append(-1)
     if target.count(-1) > 1:
-      raise ValueError(f'cannot export a reshape {t.shape} → {shape}: more than one axis '
-                       'depends on the batch size')
+      raise ValueError(
+        f'cannot export a reshape {t.shape} → {shape}: more than one axis depends on the batch size'
+      )
     out = self.g.node('Reshape', [t.name, self.g.const(np.asarray(target, np.int64))])
     return Tensor(out, shape, identity(len(shape)))
 
@@ -237,8 +284,11 @@ class Translator:
     for x in ins:
       if isinstance(x, Const) and not is_static(x.shape):
         raise ValueError('cannot export concatenating a constant of batch-dependent shape')
-      args.append(self.as_input(Const(np.broadcast_to(x.value, x.shape), x.shape)
-                                if isinstance(x, Const) else x, perm))
+      args.append(
+        self.as_input(
+          Const(np.broadcast_to(x.value, x.shape), x.shape) if isinstance(x, Const) else x, perm
+        )
+      )
     axis = perm.index(eqn.params['dimension'])
     return Tensor(self.g.node('Concat', args, axis=axis), tuple(aval.shape), perm)
 
@@ -268,17 +318,25 @@ class Translator:
     (t,) = ins
     p = eqn.params
     window, strides, padding = p['window_dimensions'], p['window_strides'], p['padding']
-    pooled = [i for i in range(len(window)) if window[i] != 1 or strides[i] != 1 or
-              tuple(padding[i]) != (0, 0)]
-    if (any(d != 1 for d in p['base_dilation']) or len(t.shape) - len(pooled) != 2):
-      raise ValueError(f'cannot export {eqn.primitive.name} with window {window}, strides '
-                       f'{strides}, padding {padding}: ONNX pools all but two leading axes')
+    pooled = [
+      i
+      for i in range(len(window))
+      if window[i] != 1 or strides[i] != 1 or tuple(padding[i]) != (0, 0)
+    ]
+    if any(d != 1 for d in p['base_dilation']) or len(t.shape) - len(pooled) != 2:
+      raise ValueError(
+        f'cannot export {eqn.primitive.name} with window {window}, strides '
+        f'{strides}, padding {padding}: ONNX pools all but two leading axes'
+      )
     others = [a for a in t.perm if a not in pooled]
     spatial = [a for a in t.perm if a in pooled]
     t = self.to_layout(t, tuple(others + spatial))
-    attrs = dict(kernel_shape=[window[a] for a in spatial], strides=[strides[a] for a in spatial],
-                 pads=[padding[a][0] for a in spatial] + [padding[a][1] for a in spatial],
-                 dilations=[p['window_dilation'][a] for a in spatial])
+    attrs = dict(
+      kernel_shape=[window[a] for a in spatial],
+      strides=[strides[a] for a in spatial],
+      pads=[padding[a][0] for a in spatial] + [padding[a][1] for a in spatial],
+      dilations=[p['window_dilation'][a] for a in spatial],
+    )
     if op == 'AveragePool':
       del attrs['dilations']  # AveragePool has them only from opset 19
       if any(p['window_dilation'][a] != 1 for a in spatial):
@@ -309,18 +367,24 @@ class Translator:
     dn = p['dimension_numbers']
     x = self.to_layout(lhs, tuple(dn.lhs_spec))
     kernel = np.transpose(np.broadcast_to(rhs.value, rhs.shape), dn.rhs_spec)  # → OIHW
-    out = self.g.node('Conv', [x.name, self.g.const(np.ascontiguousarray(kernel), 'kernel')],
-                      kernel_shape=list(kernel.shape[2:]), strides=list(p['window_strides']),
-                      pads=[lo for lo, _ in p['padding']] + [hi for _, hi in p['padding']],
-                      dilations=list(p['rhs_dilation']), group=int(p['feature_group_count']))
+    out = self.g.node(
+      'Conv',
+      [x.name, self.g.const(np.ascontiguousarray(kernel), 'kernel')],
+      kernel_shape=list(kernel.shape[2:]),
+      strides=list(p['window_strides']),
+      pads=[lo for lo, _ in p['padding']] + [hi for _, hi in p['padding']],
+      dilations=list(p['rhs_dilation']),
+      group=int(p['feature_group_count']),
+    )
     return Tensor(out, tuple(aval.shape), tuple(dn.out_spec))
 
   def op_dot_general(self, eqn: Any, ins: list[Const | Tensor], aval: Any) -> Tensor:
     lhs, rhs = ins
     (lc, rc), (lb, rb) = eqn.params['dimension_numbers']
     if not isinstance(lhs, Tensor) or not isinstance(rhs, Const) or lb or rb or len(lc) != 1:
-      raise ValueError('cannot export dot_general other than (activations) · (constant matrix) '
-                       'over one axis')
+      raise ValueError(
+        'cannot export dot_general other than (activations) · (constant matrix) over one axis'
+      )
     free = [a for a in range(len(lhs.shape)) if a != lc[0]]
     x = self.to_layout(lhs, tuple(free) + (lc[0],))
     weight = np.moveaxis(np.broadcast_to(rhs.value, rhs.shape), rc[0], 0)
@@ -330,8 +394,13 @@ class Translator:
     return Tensor(out, tuple(aval.shape), identity(len(aval.shape)))
 
 
-def translate(fn: Callable[[jax.Array], jax.Array], input_spec: jax.ShapeDtypeStruct,
-              builder: GraphBuilder, input_name: str, input_perm: tuple[int, ...]) -> Tensor:
+def translate(
+  fn: Callable[[jax.Array], jax.Array],
+  input_spec: jax.ShapeDtypeStruct,
+  builder: GraphBuilder,
+  input_name: str,
+  input_perm: tuple[int, ...],
+) -> Tensor:
   """Emits `fn`'s graph for the tensor `input_name` (ONNX axis i = `fn`'s axis input_perm[i])."""
   closed = jax.make_jaxpr(fn)(input_spec)
   translator = Translator(builder)

@@ -21,6 +21,7 @@ neither the state nor the draws. Rows are an input of the hand-written backward 
 a row parameter that depends on the features (MagFace's m(‖x‖)) gets its gradient, summed over
 the blocks.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,9 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
-def _logits(x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array, margin: Any
-            ) -> tuple[jax.Array, jax.Array]:
+def _logits(
+  x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array, margin: Any
+) -> tuple[jax.Array, jax.Array]:
   """(cos (B, S), scaled logits with the margin on the targets and −inf on invalid columns).
 
   Sub-centre centres w (S, K, D) give each column the max cosine over its K sub-centres."""
@@ -82,8 +84,9 @@ def _is_target(labels: jax.Array, num_columns: int) -> jax.Array:
   return jnp.arange(num_columns)[None, :] == labels[:, None]
 
 
-def local_stats(x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
-                margin: Any) -> Stats:
+def local_stats(
+  x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array, margin: Any
+) -> Stats:
   """Unchunked: materialises the (B, S) logits; differentiated by autodiff."""
   cos, logits = _logits(x_n, w, labels, valid, margin)
   m = _finite_or_zero(jax.lax.stop_gradient(jnp.max(logits, axis=-1)))
@@ -144,11 +147,13 @@ def _chunked_forward(x_n, w, labels, valid, rows, margin, chunk):
   dtype = jnp.result_type(x_n.dtype, w.dtype, jnp.float32)
   zeros = jnp.zeros((batch,), dtype)
   neg_inf = jnp.full((batch,), -jnp.inf, dtype)
-  init = tuple(_varying_like(v, x_n, w, labels, valid)
-               for v in (neg_inf, zeros, zeros, zeros, neg_inf))
+  init = tuple(
+    _varying_like(v, x_n, w, labels, valid) for v in (neg_inf, zeros, zeros, zeros, neg_inf)
+  )
   (m, total, target, cos_target, hardest), _ = jax.lax.scan(step, init, jnp.arange(num_blocks))
-  lse = jnp.where(total > 0, _finite_or_zero(m) + jnp.log(jnp.where(total > 0, total, 1.0)),
-                  -jnp.inf)
+  lse = jnp.where(
+    total > 0, _finite_or_zero(m) + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf
+  )
   return lse, target, cos_target, hardest
 
 
@@ -181,7 +186,8 @@ def _chunked_bwd(margin, chunk, residuals, cotangents):
     # Add, not overwrite: the shifted last block overlaps the one before, whose rows it leaves at
     # a zero gradient (their columns are masked in this block).
     dw = jax.lax.dynamic_update_slice_in_dim(
-        dw, jax.lax.dynamic_slice_in_dim(dw, start, width, axis=0) + dw_k, start, axis=0)
+      dw, jax.lax.dynamic_slice_in_dim(dw, start, width, axis=0) + dw_k, start, axis=0
+    )
     return (dx + dx_k, dw, jax.tree.map(jnp.add, d_rows, d_rows_k)), None
 
   inputs = (x_n, w, labels, valid, g_lse, g_target)
@@ -194,9 +200,15 @@ def _chunked_bwd(margin, chunk, residuals, cotangents):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def chunked_local_stats(x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
-                        margin: Any, chunk: int, rows: dict[str, jax.Array] | None = None
-                        ) -> Stats:
+def chunked_local_stats(
+  x_n: jax.Array,
+  w: jax.Array,
+  labels: jax.Array,
+  valid: jax.Array,
+  margin: Any,
+  chunk: int,
+  rows: dict[str, jax.Array] | None = None,
+) -> Stats:
   """`local_stats` computed `chunk` columns at a time, forward and backward (see module doc).
 
   rows: a row margin's per-row parameters over this batch (`margin.prepare`), bound in every

@@ -8,6 +8,7 @@ and the same per-row statistics (lse, target logit, cos_target, hardest), for th
 is the one (B, S) residual, the margin is evaluated on the B target cosines, and the backward is
 the two matmuls G·W and Gᵀ·x̂ plus one fused row reduction over (S, D) for the normalisation.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,6 +29,7 @@ def _target_fn(margin):
   def target(c):
     t = margin.target_cos(c)
     return margins.straight_through_target(c, t) if margin.straight_through else t
+
   return target
 
 
@@ -41,15 +43,18 @@ def _forward(x_n, w, labels, valid, margin):
   cos = (x_n @ w.T) * inv_w[None, :]
   is_target = jnp.arange(w.shape[0])[None, :] == labels[:, None]
   owned = labels >= 0
-  c_t = jnp.where(owned, jnp.take_along_axis(cos, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0],
-                  0.0)
+  c_t = jnp.where(
+    owned, jnp.take_along_axis(cos, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0], 0.0
+  )
   t = _target_fn(margin)(jnp.clip(c_t, -1.0, 1.0))
   negative = valid[None, :] & ~is_target
   hardest = jnp.max(jnp.where(negative, cos, -jnp.inf), axis=-1)
-  shift = _finite_or_zero(s * jnp.where(owned, jnp.maximum(jnp.clip(hardest, -1.0, 1.0), t),
-                                        jnp.clip(hardest, -1.0, 1.0)))
-  z = jnp.where(is_target, (s * t)[:, None],
-                jnp.where(valid[None, :], s * jnp.clip(cos, -1.0, 1.0), -jnp.inf))
+  shift = _finite_or_zero(
+    s * jnp.where(owned, jnp.maximum(jnp.clip(hardest, -1.0, 1.0), t), jnp.clip(hardest, -1.0, 1.0))
+  )
+  z = jnp.where(
+    is_target, (s * t)[:, None], jnp.where(valid[None, :], s * jnp.clip(cos, -1.0, 1.0), -jnp.inf)
+  )
   total = jnp.sum(jnp.exp(z - shift[:, None]), axis=-1)
   # No valid column: lse = −inf (the caller's cross-device sum then ignores this device).
   lse = jnp.where(total > 0, shift + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
@@ -94,12 +99,15 @@ def _stats_bwd(margin, residuals, cotangents):
 _stats.defvjp(_stats_fwd, _stats_bwd)
 
 
-def fused_local_stats(x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
-                      margin: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def fused_local_stats(
+  x_n: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array, margin: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """`chunked.local_stats` for a CombinedMargin, with the one-kernel backward (module doc)."""
   if not supports(margin, w):
-    raise ValueError(f'fused_local_stats takes a CombinedMargin and (S, D) centres, got '
-                     f'{margin!r} and centres of shape {w.shape}')
+    raise ValueError(
+      f'fused_local_stats takes a CombinedMargin and (S, D) centres, got '
+      f'{margin!r} and centres of shape {w.shape}'
+    )
   x_n = margins.as_compute_dtype(x_n)
   w = margins.as_compute_dtype(w)
   return _stats(x_n, w, labels.astype(jnp.int32), valid, margin)

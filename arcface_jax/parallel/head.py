@@ -10,6 +10,7 @@ power-of-two device count up to 128 it is then the same number, so a checkpoint 
 devices restores on 4 or 16 (orbax reshards on restore). The at most 127 extra rows (on the last
 devices) are zero, masked out of the softmax, and get no gradient.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from arcface_jax import margins
 from arcface_jax.class_centres import initial_centres
@@ -53,8 +55,12 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
   def choose(path, leaf):
     keys = {k.key for k in path if isinstance(k, jax.tree_util.DictKey)}
     shape = getattr(leaf, 'shape', ())
-    if HEAD_KEY in keys and 'backbone' not in keys and len(shape) >= 1 \
-        and shape[0] == weight.shape[0]:
+    if (
+      HEAD_KEY in keys
+      and 'backbone' not in keys
+      and len(shape) >= 1
+      and shape[0] == weight.shape[0]
+    ):
       return rows
     return replicated(mesh)
 
@@ -66,8 +72,10 @@ def _head_weight(abstract_state: Any) -> Any:
   try:
     return params[HEAD_KEY]['weight']
   except (KeyError, TypeError):
-    raise ValueError('state_shardings expects params with a head subtree holding the centre '
-                     "matrix at ['head']['weight']") from None
+    raise ValueError(
+      'state_shardings expects params with a head subtree holding the centre '
+      "matrix at ['head']['weight']"
+    ) from None
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -83,6 +91,7 @@ class ModelParallelObjective:
   the global batch: the target cosines (a (B, D) gather of the target centres), the embeddings'
   norms and the step's key `rng`; the new state is the same on every device.
   """
+
   margin: Any
   num_classes: int
   embedding_dim: int
@@ -94,8 +103,16 @@ class ModelParallelObjective:
   init_std: float = 0.01
   init_centres: str | None = None
 
-  def __init__(self, loss_config: Any, head_config: Any, *, num_classes: int,
-               embedding_dim: int, mesh: Mesh, seed: int = 0):
+  def __init__(
+    self,
+    loss_config: Any,
+    head_config: Any,
+    *,
+    num_classes: int,
+    embedding_dim: int,
+    mesh: Mesh,
+    seed: int = 0,
+  ):
     _check_loss_config(loss_config)
     margin = margins.from_config(loss_config)
     softmax.check_margin(margin)
@@ -123,17 +140,24 @@ class ModelParallelObjective:
     """Centres ~ N(0, init_std²) for the C real classes (as losses.Objective), zero padding
     rows."""
     sub = (self.subcenters,) if self.subcenters > 1 else ()
-    weight = self.init_std * jax.random.normal(rng, (self.num_classes,) + sub +
-                                               (self.embedding_dim,), jnp.float32)
+    weight = self.init_std * jax.random.normal(
+      rng, (self.num_classes,) + sub + (self.embedding_dim,), jnp.float32
+    )
     if self.init_centres:
       weight = jnp.asarray(initial_centres(self.init_centres, weight.shape))
     pad = ((0, self.num_padded_classes - self.num_classes),) + ((0, 0),) * (weight.ndim - 1)
     margin_state = self.margin.init_state()
     return {'weight': jnp.pad(weight, pad)}, ({'margin': margin_state} if margin_state else {})
 
-  def __call__(self, head_params: dict, head_state: dict, embeddings: jax.Array,
-               labels: jax.Array, step: jax.Array, rng: jax.Array | None = None
-               ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
+  def __call__(
+    self,
+    head_params: dict,
+    head_state: dict,
+    embeddings: jax.Array,
+    labels: jax.Array,
+    step: jax.Array,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
     key = jax.random.fold_in(jax.random.key(self.seed), step)
     embeddings = margins.as_compute_dtype(embeddings)
     labels = labels.astype(jnp.int32)
@@ -141,14 +165,24 @@ class ModelParallelObjective:
     norms = jnp.sqrt(jnp.maximum(jnp.sum(embeddings * embeddings, axis=-1), 1e-12))
     if not isinstance(self.margin, margins.Stateless):
       target_cos = _global_target_cos(head_params['weight'], embeddings, labels)
-      rows, margin_state = self.margin.prepare(target_cos, labels >= 0, state=margin_state,
-                                               norms=norms, rng=rng)
+      rows, margin_state = self.margin.prepare(
+        target_cos, labels >= 0, state=margin_state, norms=norms, rng=rng
+      )
     out = softmax.margin_softmax(
-        head_params['weight'], embeddings, labels, margin=self.margin,
-        mesh=self.mesh, num_classes=self.num_classes, sample_rate=self.sample_rate, key=key,
-        chunk=self.chunk, margin_rows=rows)
-    metrics = dict(out.metrics, softmax_loss=out.loss,
-                   sample_rate=jnp.asarray(self.sample_rate, jnp.float32))
+      head_params['weight'],
+      embeddings,
+      labels,
+      margin=self.margin,
+      mesh=self.mesh,
+      num_classes=self.num_classes,
+      sample_rate=self.sample_rate,
+      key=key,
+      chunk=self.chunk,
+      margin_rows=rows,
+    )
+    metrics = dict(
+      out.metrics, softmax_loss=out.loss, sample_rate=jnp.asarray(self.sample_rate, jnp.float32)
+    )
     loss = out.loss
     if not isinstance(self.margin, margins.Stateless):
       loss, metrics = margins.add_loss_terms(self.margin, margin_state, norms, loss, metrics)
@@ -172,14 +206,23 @@ def _global_target_cos(weight: jax.Array, embeddings: jax.Array, labels: jax.Arr
 def _check_loss_config(loss_config: Any) -> None:
   name = loss_config.name
   if name in ('softmax', 'triplet', 'sphereface'):
-    reason = {'softmax': 'plain softmax has unnormalised centres and a bias',
-              'triplet': 'triplet loss has no class centres',
-              'sphereface': "A-softmax scales logits by each feature's norm"}[name]
-    raise ValueError(f"loss.name={name!r} does not run on the model-parallel head ({reason}): "
-                     'set head.model_parallel=False' +
-                     (", or use loss.name='combined' with m1=1.35" if name == 'sphereface' else ''))
-  auxiliary = [k for k in ('intra_weight', 'inter_weight', 'triplet_weight', 'center_weight')
-               if float(loss_config[k]) > 0]
+    reason = {
+      'softmax': 'plain softmax has unnormalised centres and a bias',
+      'triplet': 'triplet loss has no class centres',
+      'sphereface': "A-softmax scales logits by each feature's norm",
+    }[name]
+    raise ValueError(
+      f"loss.name={name!r} does not run on the model-parallel head ({reason}): "
+      'set head.model_parallel=False'
+      + (", or use loss.name='combined' with m1=1.35" if name == 'sphereface' else '')
+    )
+  auxiliary = [
+    k
+    for k in ('intra_weight', 'inter_weight', 'triplet_weight', 'center_weight')
+    if float(loss_config[k]) > 0
+  ]
   if auxiliary:
-    raise ValueError(f'loss.{", loss.".join(auxiliary)} > 0: auxiliary terms need the whole '
-                     'centre matrix on one device; set head.model_parallel=False')
+    raise ValueError(
+      f'loss.{", loss.".join(auxiliary)} > 0: auxiliary terms need the whole '
+      'centre matrix on one device; set head.model_parallel=False'
+    )

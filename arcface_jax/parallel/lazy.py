@@ -11,6 +11,7 @@ centres: every sampled centre receives the softmax probability of its column, wh
 For used rows the update is torch.optim.SGD's with coupled weight decay, identical to the dense
 chain add_decayed_weights → sgd(momentum), so lazy and dense agree when every row is used.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -33,13 +34,13 @@ def used_rows(grad: jax.Array) -> jax.Array:
   return used.reshape(used.shape + (1,) * (grad.ndim - 1))
 
 
-def lazy_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9,
-             weight_decay: float = 0.0) -> optax.GradientTransformation:
+def lazy_sgd(
+  learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
   """SGD with momentum and coupled weight decay applied only to rows with a non-zero gradient."""
 
   def init(params):
-    return LazySgdState(count=jnp.zeros((), jnp.int32),
-                        trace=jax.tree.map(jnp.zeros_like, params))
+    return LazySgdState(count=jnp.zeros((), jnp.int32), trace=jax.tree.map(jnp.zeros_like, params))
 
   def update(updates, state, params=None):
     # momentum and weight_decay may be traced (runtime hyperparameters): no Python branching on
@@ -59,7 +60,6 @@ def lazy_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9,
     pairs = jax.tree.map(one, updates, state.trace, ps)
     new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
     new_trace = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
-    return new_updates, LazySgdState(count=optax.safe_int32_increment(state.count),
-                                     trace=new_trace)
+    return new_updates, LazySgdState(count=optax.safe_int32_increment(state.count), trace=new_trace)
 
   return optax.GradientTransformation(init, update)

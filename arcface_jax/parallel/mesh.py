@@ -1,11 +1,13 @@
 """The device mesh the trainer uses, and the placement of host batches onto it."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
 
@@ -22,8 +24,9 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     num_devices = len(devices)
   if not 1 <= num_devices <= len(devices):
     raise ValueError(f'num_devices={num_devices} but {len(devices)} devices are available')
-  return jax.make_mesh((num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
-                       devices=devices[:num_devices])
+  return jax.make_mesh(
+    (num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices[:num_devices]
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -41,5 +44,7 @@ def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, An
   With one process this is a device_put; with many, every process passes only the rows it read.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }

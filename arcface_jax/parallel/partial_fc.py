@@ -11,6 +11,7 @@ min(B_g, C_local) positives, and `num_sample = min(C_local, max(int(r · C_local
 holds them all. For the published set-ups (C_local in the tens of thousands, B_g ≈ 1,000) the bound
 is inactive and num_sample is exactly int(r · C_local), as in the reference.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,8 +27,9 @@ def num_sampled(sample_rate: float, num_local: int, global_batch: int) -> int:
   return min(num_local, max(int(sample_rate * num_local), global_batch))
 
 
-def sample_classes(key: jax.Array, local_labels: jax.Array, valid: jax.Array, num_sample: int
-                   ) -> tuple[jax.Array, jax.Array]:
+def sample_classes(
+  key: jax.Array, local_labels: jax.Array, valid: jax.Array, num_sample: int
+) -> tuple[jax.Array, jax.Array]:
   """(indices (num_sample,) into the device's block, sorted; labels re-indexed into them).
 
   local_labels (B_g,): the target's row in this device's block, −1 where another device owns it.
@@ -37,14 +39,18 @@ def sample_classes(key: jax.Array, local_labels: jax.Array, valid: jax.Array, nu
   num_local = valid.shape[0]
   owned = local_labels >= 0
   # Index num_local is out of bounds and dropped; −1 would wrap round to the last row.
-  positive = jnp.zeros((num_local,), bool).at[jnp.where(owned, local_labels, num_local)].set(
-      True, mode='drop')
+  positive = (
+    jnp.zeros((num_local,), bool)
+    .at[jnp.where(owned, local_labels, num_local)]
+    .set(True, mode='drop')
+  )
   score = jax.random.uniform(key, (num_local,), jnp.float32)
   score = jnp.where(positive, 2.0, jnp.where(valid, score, -1.0))
   _, index = jax.lax.top_k(score, num_sample)
   # Sorted indices keep the gather of centres (and the scatter of their gradient) in row order.
   index = jnp.sort(index)
-  position = jnp.full((num_local,), -1, jnp.int32).at[index].set(
-      jnp.arange(num_sample, dtype=jnp.int32))
+  position = (
+    jnp.full((num_local,), -1, jnp.int32).at[index].set(jnp.arange(num_sample, dtype=jnp.int32))
+  )
   labels = jnp.where(owned, position[jnp.maximum(local_labels, 0)], -1)
   return index, labels

@@ -27,6 +27,7 @@ SphereFace's A-softmax scales each row by its feature norm and anneals a blend w
 step; it is not offered here (a clear ValueError) — train it with head.model_parallel=False, or
 use its real-valued variant `combined` m1=1.35, which works.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from arcface_jax.parallel import chunked, fused, partial_fc
 from arcface_jax.parallel.mesh import DATA_AXIS
@@ -55,15 +57,17 @@ def check_margin(margin: Any) -> None:
   """Raises a ValueError for margins the model-parallel softmax cannot apply."""
   if getattr(margin, 'uses_feature_norm', False):
     raise ValueError(
-        'the model-parallel margin softmax uses normalised features and a fixed scale; SphereFace '
-        "(A-softmax) multiplies logits by each feature's norm and is not supported there: set "
-        "head.model_parallel=False, or use loss.name='combined' with m1=1.35 (SphereFace 1.35)")
+      'the model-parallel margin softmax uses normalised features and a fixed scale; SphereFace '
+      "(A-softmax) multiplies logits by each feature's norm and is not supported there: set "
+      "head.model_parallel=False, or use loss.name='combined' with m1=1.35 (SphereFace 1.35)"
+    )
   if not callable(margin) or not hasattr(margin, 'scale'):
     raise ValueError(f'{margin!r} is not a margin from arcface_jax.margins')
 
 
-def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, num_sample, chunk,
-                 axis):
+def _device_loss(
+  w_local, x_local, y_local, key, rows, *, margin, num_classes, num_sample, chunk, axis
+):
   """The per-device body run by shard_map (see the module docstring for the steps)."""
   x = jax.lax.all_gather(x_local, axis, tiled=True)
   y = jax.lax.all_gather(y_local, axis, tiled=True)
@@ -76,8 +80,9 @@ def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, n
 
   if num_sample < num_local:
     # Independent draws per device and per step (the caller folds the step into the key).
-    index, labels = partial_fc.sample_classes(jax.random.fold_in(key, device), labels, valid,
-                                              num_sample)
+    index, labels = partial_fc.sample_classes(
+      jax.random.fold_in(key, device), labels, valid, num_sample
+    )
     w_used, valid = w_local[index], valid[index]
     sampled = jnp.zeros((num_local,), bool).at[index].set(True)
   else:
@@ -90,8 +95,7 @@ def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, n
   elif not rows and fused.supports(margin, w_used):
     stats = fused.fused_local_stats(x_n, w_used, labels, valid, margin)
   else:
-    stats = chunked.local_stats(x_n, w_used, labels, valid,
-                                margin.bind(rows) if rows else margin)
+    stats = chunked.local_stats(x_n, w_used, labels, valid, margin.bind(rows) if rows else margin)
   lse_local, target_local, cos_target_local, hardest_local = stats
 
   # Global log-sum-exp: shift by the largest device's value (pmax has no derivative, and the
@@ -106,18 +110,27 @@ def _device_loss(w_local, x_local, y_local, key, rows, *, margin, num_classes, n
   cos_target = jax.lax.psum(jax.lax.stop_gradient(cos_target_local), axis)
   hardest = jax.lax.pmax(jax.lax.stop_gradient(hardest_local), axis)
   metrics = {
-      'theta_target_deg': jnp.mean(jnp.degrees(jnp.arccos(jnp.clip(cos_target, -1.0, 1.0)))),
-      'cos_target': jnp.mean(cos_target),
-      'cos_hardest_negative': jnp.mean(hardest),
+    'theta_target_deg': jnp.mean(jnp.degrees(jnp.arccos(jnp.clip(cos_target, -1.0, 1.0)))),
+    'cos_target': jnp.mean(cos_target),
+    'cos_hardest_negative': jnp.mean(hardest),
   }
   return loss, metrics, sampled
 
 
-def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, *, margin: Any,
-                   mesh: Mesh, num_classes: int | None = None, sample_rate: float = 1.0,
-                   key: jax.Array | None = None, chunk: int = 0,
-                   axis: str = DATA_AXIS, margin_rows: dict[str, jax.Array] | None = None
-                   ) -> MarginSoftmaxOutput:
+def margin_softmax(
+  weight: jax.Array,
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  margin: Any,
+  mesh: Mesh,
+  num_classes: int | None = None,
+  sample_rate: float = 1.0,
+  key: jax.Array | None = None,
+  chunk: int = 0,
+  axis: str = DATA_AXIS,
+  margin_rows: dict[str, jax.Array] | None = None,
+) -> MarginSoftmaxOutput:
   """The model-parallel margin softmax on an already padded centre matrix.
 
   weight: (C_pad, D) with C_pad a multiple of the mesh size; rows ≥ num_classes are padding.
@@ -132,8 +145,10 @@ def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, 
   num_padded = weight.shape[0]
   num_classes = num_padded if num_classes is None else int(num_classes)
   if num_padded % num_devices or not 0 < num_classes <= num_padded:
-    raise ValueError(f'weight has {num_padded} rows: it must be padded to a multiple of the '
-                     f'{num_devices} devices and hold num_classes={num_classes} (see padded_size)')
+    raise ValueError(
+      f'weight has {num_padded} rows: it must be padded to a multiple of the '
+      f'{num_devices} devices and hold num_classes={num_classes} (see padded_size)'
+    )
   batch = embeddings.shape[0]
   if batch % num_devices:
     raise ValueError(f'global batch {batch} must be a multiple of the {num_devices} devices')
@@ -147,18 +162,35 @@ def margin_softmax(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, 
     key = jax.random.wrap_key_data(key)
 
   rows = dict(margin_rows or {})
-  body = functools.partial(_device_loss, margin=margin, num_classes=num_classes,
-                           num_sample=num_sample, chunk=int(chunk), axis=axis)
-  run = jax.shard_map(body, mesh=mesh,
-                      in_specs=(P(axis), P(axis, None), P(axis), P(), P()),
-                      out_specs=(P(), P(), P(axis)))
+  body = functools.partial(
+    _device_loss,
+    margin=margin,
+    num_classes=num_classes,
+    num_sample=num_sample,
+    chunk=int(chunk),
+    axis=axis,
+  )
+  run = jax.shard_map(
+    body,
+    mesh=mesh,
+    in_specs=(P(axis), P(axis, None), P(axis), P(), P()),
+    out_specs=(P(), P(), P(axis)),
+  )
   loss, metrics, sampled = run(weight, embeddings, labels.astype(jnp.int32), key, rows)
   return MarginSoftmaxOutput(loss, metrics, sampled)
 
 
-def margin_softmax_loss(weight: jax.Array, embeddings: jax.Array, labels: jax.Array, *,
-                        margin: Any, mesh: Mesh, sample_rate: float = 1.0,
-                        key: jax.Array | None = None, chunk: int = 0) -> jax.Array:
+def margin_softmax_loss(
+  weight: jax.Array,
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  margin: Any,
+  mesh: Mesh,
+  sample_rate: float = 1.0,
+  key: jax.Array | None = None,
+  chunk: int = 0,
+) -> jax.Array:
   """Mean margin-softmax loss over the global batch, with the centres split over `mesh`.
 
   weight (C, D) and embeddings (B, D) are plain global arrays; C need not divide by the device
@@ -167,6 +199,14 @@ def margin_softmax_loss(weight: jax.Array, embeddings: jax.Array, labels: jax.Ar
   num_classes = weight.shape[0]
   num_padded = padded_size(num_classes, mesh.shape[DATA_AXIS])
   padded = jnp.pad(weight, ((0, num_padded - num_classes), (0, 0)))
-  return margin_softmax(padded, embeddings, labels, margin=margin, mesh=mesh,
-                        num_classes=num_classes, sample_rate=sample_rate, key=key,
-                        chunk=chunk).loss
+  return margin_softmax(
+    padded,
+    embeddings,
+    labels,
+    margin=margin,
+    mesh=mesh,
+    num_classes=num_classes,
+    sample_rate=sample_rate,
+    key=key,
+    chunk=chunk,
+  ).loss
