@@ -1,5 +1,6 @@
 """README's layout table matches the tree: every listed path exists, and every package, top-level
 module of arcface_jax and top-level folder is listed."""
+
 from __future__ import annotations
 
 import os
@@ -34,13 +35,22 @@ def test_every_listed_path_exists():
 
 def test_every_package_module_and_folder_is_listed():
   listed = _listed_paths()
-  tracked = subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()
+  tracked = subprocess.run(
+    ['git', 'ls-files'], cwd=REPO, capture_output=True, text=True, check=True
+  ).stdout.split()
   wanted = {path.split('/')[0] for path in tracked if '/' in path and not path.startswith('.')}
-  wanted |= {os.path.dirname(path) for path in tracked
-             if path.startswith('arcface_jax/') and path.count('/') == 2
-             and path.endswith('__init__.py')}
-  wanted |= {path for path in tracked if path.startswith('arcface_jax/')
-             and path.count('/') == 1 and path.endswith('.py') and '__' not in path}
+  wanted |= {
+    os.path.dirname(path)
+    for path in tracked
+    if path.startswith('arcface_jax/') and path.count('/') == 2 and path.endswith('__init__.py')
+  }
+  wanted |= {
+    path
+    for path in tracked
+    if path.startswith('arcface_jax/')
+    and path.count('/') == 1
+    and path.endswith('.py')
+    and '__' not in path
+  }
   unlisted = sorted(wanted - listed)
   assert not unlisted, f'README layout table does not list: {unlisted}'
