@@ -12,6 +12,7 @@ match a checkpoint's or the cleaning step's centres. An entry that is not in the
 error, not a warning: the list was made for another dataset or split, and training on the wrong
 exclusion silently would be worse than stopping.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,27 +43,33 @@ class ExcludedSource:
   @property
   def labels(self) -> np.ndarray:
     if self._labels is None:
-      from arcface_jax.data.sources import source_labels
-      self._labels = source_labels(self.base)[self.kept]
+      base_labels = getattr(self.base, 'labels', None)
+      if base_labels is not None:
+        self._labels = np.asarray(base_labels)[self.kept]
+      else:  # a source without a label array: read only the samples kept
+        self._labels = np.array([self.base[int(i)][1] for i in self.kept], np.int64)
     return self._labels
 
 
 def read_exclusion_list(path: str, source: Any) -> np.ndarray:
   """The sorted unique source indices `path` lists; DatasetError naming the file when it fails."""
   if not os.path.isfile(path):
-    raise DatasetError(f'config.data.exclude={path!r}: no such file; point it at a list of '
-                       'images to leave out (e.g. the flagged.tsv of python -m '
-                       "arcface_jax.subcenter_clean), or set --config.data.exclude=''")
+    raise DatasetError(
+      f'config.data.exclude={path!r}: no such file; point it at a list of '
+      'images to leave out (e.g. the flagged.tsv of python -m '
+      "arcface_jax.subcenter_clean), or set --config.data.exclude=''"
+    )
   with open(path) as f:
     lines = [line.split('#', 1)[0].strip() for line in f]
   entries = [(number, line) for number, line in enumerate(lines, 1) if line]
   if entries and 'index' in entries[0][1].split('\t'):  # a TSV: read its index column
     column = entries[0][1].split('\t').index('index')
-    entries = [(number, (line.split('\t') + [''] * column)[column] or line)
-               for number, line in entries[1:]]  # a short row is reported whole
+    entries = [
+      (number, (line.split('\t') + [''] * column)[column] or line) for number, line in entries[1:]
+    ]  # a short row is reported whole
   paths = getattr(source, 'paths', None)
   root = getattr(source, 'root', None)
-  position = ({os.path.normpath(p): i for i, p in enumerate(paths)} if paths is not None else {})
+  position = {os.path.normpath(p): i for i, p in enumerate(paths)} if paths is not None else {}
   indices, unknown = [], []
   for number, entry in entries:
     if entry.lstrip('-').isdigit():
@@ -72,18 +79,22 @@ def read_exclusion_list(path: str, source: Any) -> np.ndarray:
       else:
         unknown.append(f'line {number}: index {index} (the source has {len(source)} images)')
       continue
-    candidate = os.path.normpath(entry if os.path.isabs(entry) or root is None
-                                 else os.path.join(root, entry))
+    candidate = os.path.normpath(
+      entry if os.path.isabs(entry) or root is None else os.path.join(root, entry)
+    )
     if candidate in position:
       indices.append(position[candidate])
     else:
-      unknown.append(f'line {number}: {entry!r}' + ('' if paths is not None else
-                                                     ' (only folder datasets take file paths)'))
+      unknown.append(
+        f'line {number}: {entry!r}'
+        + ('' if paths is not None else ' (only folder datasets take file paths)')
+      )
   if unknown:
-    shown = '; '.join(unknown[:5]) + (f'; and {len(unknown) - 5} more' if len(unknown) > 5
-                                      else '')
-    raise DatasetError(f'config.data.exclude={path!r} names {len(unknown)} images not in the '
-                       f'training set: {shown}. Was the list made for another dataset or split?')
+    shown = '; '.join(unknown[:5]) + (f'; and {len(unknown) - 5} more' if len(unknown) > 5 else '')
+    raise DatasetError(
+      f'config.data.exclude={path!r} names {len(unknown)} images not in the '
+      f'training set: {shown}. Was the list made for another dataset or split?'
+    )
   return np.unique(np.asarray(indices, np.int64))
 
 
