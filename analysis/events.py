@@ -50,7 +50,8 @@ def read_records(path: str) -> list[bytes]:
 
 def _tree(root: epath.Path) -> list[epath.Path]:
   """Every file under `root` (epath's `**` glob is refused on object stores: walked by hand)."""
-  found, pending = [], [root]
+  found: list[epath.Path] = []
+  pending = [root]
   while pending:
     for child in pending.pop().iterdir():
       (pending if child.is_dir() else found).append(child)

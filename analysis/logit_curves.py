@@ -27,9 +27,9 @@ NAME = 'logit_curves'
 def target_logit_and_grad(mg: Any, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(target_logit(θ), d target_logit / dθ) at angles `theta` in radians, float32."""
   fn = lambda t: mg.target_logit(t)
-  theta = jnp.asarray(theta, jnp.float32)
-  value = jax.jit(jax.vmap(fn))(theta)
-  grad = jax.jit(jax.vmap(jax.grad(fn)))(theta)
+  angles = jnp.asarray(theta, jnp.float32)
+  value = jax.jit(jax.vmap(fn))(angles)
+  grad = jax.jit(jax.vmap(jax.grad(fn)))(angles)
   return np.asarray(value, np.float64), np.asarray(grad, np.float64)
 
 

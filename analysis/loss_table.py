@@ -76,7 +76,7 @@ def recipe(config_spec: str, loss: str, seed: int) -> Any:
   return config
 
 
-def score_run(workdir: str, num_pairs: int) -> dict[str, float]:
+def score_run(workdir: str, num_pairs: int) -> dict[str, str | float]:
   """Accuracy (10-fold) and TAR@FAR=1e-3 of the run's last checkpoint on held-out pairs."""
   from analysis.runs import Run
   from arcface_jax.evaluation import verification
@@ -151,7 +151,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     acc = np.array([r['accuracy'] for r in runs])
     tar = np.array([r['tar_at_far'] for r in runs])
     secs = np.array([r['seconds'] for r in runs])
-    cpus = [r.get('cpu_seconds') for r in runs]
+    # CPU time is unknown for runs recorded before it was measured: the mean only when all have it.
+    cpus = [r['cpu_seconds'] for r in runs if r.get('cpu_seconds') is not None]
     rows.append(
       dict(
         loss=loss,
@@ -164,7 +165,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tar_at_far=tar.mean(),
         tar_at_far_std=tar.std(),
         seconds=secs.mean(),
-        cpu_seconds=None if None in cpus else float(np.mean(cpus)),
+        cpu_seconds=float(np.mean(cpus)) if len(cpus) == len(runs) else None,
         set=runs[0]['set'],
         pairs=runs[0]['pairs'],
       )

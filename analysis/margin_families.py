@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -32,11 +32,21 @@ from arcface_jax import margins
 NAME = 'margin_families'
 TARGET_DEG = 60.0
 
+_Kind = TypeVar('_Kind')
+
+
+def _margin(name: str, kind: type[_Kind]) -> _Kind:
+  """margins.get(name) with the paper's defaults, typed as the class that `name` always builds."""
+  margin = margins.get(name)
+  assert isinstance(margin, kind), f'margins.get({name!r}) built a {type(margin).__name__}'
+  return margin
+
 
 def families() -> dict[str, dict[str, Any]]:
   """Per loss: label, parameter name, and (value, member label) pairs."""
-  mag = margins.get('magface')
-  arc, cos = margins.get('elasticface_arc'), margins.get('elasticface_cos')
+  mag = _margin('magface', margins.MagFaceMargin)
+  arc = _margin('elasticface_arc', margins.ElasticFaceMargin)
+  cos = _margin('elasticface_cos', margins.ElasticFaceMargin)
   return {
     'magface': dict(
       label='MagFace: m(a), feature norm a',
@@ -74,13 +84,14 @@ def curve(key: str, value: float, theta: np.ndarray) -> np.ndarray:
   """The family member's target logit at `theta` (radians); curricularface: the negative's logit."""
   t = jnp.asarray(theta, jnp.float32)
   if key == 'magface':
-    out = margins.get('magface').target_logit(t, norm=value)
+    out = _margin('magface', margins.MagFaceMargin).target_logit(t, norm=value)
   elif key == 'adaface':
-    out = margins.get('adaface').target_logit(t, scaler=value)
+    out = _margin('adaface', margins.AdaFaceMargin).target_logit(t, scaler=value)
   elif key.startswith('elasticface'):
-    out = margins.get(key).target_logit(t, m=value)
+    out = _margin(key, margins.ElasticFaceMargin).target_logit(t, m=value)
   else:
-    out = margins.get('curricularface').negative_logit(jnp.cos(t), math.radians(TARGET_DEG), value)
+    curricular = _margin('curricularface', margins.CurricularFaceMargin)
+    out = curricular.negative_logit(jnp.cos(t), math.radians(TARGET_DEG), value)
   return np.asarray(out, np.float64)
 
 

@@ -10,7 +10,7 @@ sample of the training source and the held-out verification pairs.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
@@ -18,6 +18,9 @@ import numpy as np
 
 from arcface_jax import inference, models, parallel, reporting
 from arcface_jax.evaluation.extract import extract_embeddings
+
+if TYPE_CHECKING:
+  from arcface_jax.data.sources import Source
 
 
 def run_label(workdir: str, config: ml_collections.ConfigDict | None = None) -> str:
@@ -46,7 +49,7 @@ class Run:
     self.mesh = parallel.make_mesh() if mesh is None else mesh
     model, self._abstract = inference.abstract_model_variables(self.config, self.mesh)
     self._embed = jax.jit(models.make_embed_fn(model))
-    self._source = None
+    self._source: Source | None = None  # read on first use: opening a dataset can be slow
 
   @property
   def steps(self) -> list[int]:
@@ -78,7 +81,7 @@ class Run:
     return embeddings
 
   @property
-  def source(self) -> Any:
+  def source(self) -> Source:
     if self._source is None:
       from arcface_jax.data.sources import get_train_source
 

@@ -99,8 +99,10 @@ def bench_extract(model_name: str, size: int, num_images: int, batch: int, runs:
   def full() -> None:
     extract_embeddings(forward, images, batch_size=batch, mesh=mesh)
 
-  bare(), full()  # compile both
-  bare_times, full_times = [], []
+  bare()  # compile both
+  full()
+  bare_times: list[float] = []
+  full_times: list[float] = []
   for _ in range(runs):  # interleaved, so drifting load on the shared machine hits both alike
     for fn, times in ((bare, bare_times), (full, full_times)):
       start = time.perf_counter()

@@ -124,7 +124,9 @@ def first_photo(model: str, variables_file: str, photo_file: str) -> None:
   with open(variables_file, 'rb') as f:
     variables = flax.serialization.msgpack_restore(f.read())
   run = pipeline(detect, make_embedder(model, variables))
-  photo = cv2.cvtColor(cv2.imread(photo_file), cv2.COLOR_BGR2RGB)
+  bgr = cv2.imread(photo_file)
+  assert bgr is not None, f'{photo_file}: written by main() as PNG, yet does not read back'
+  photo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
   assert run(photo).shape[0] == 1
   print(f'FIRST_PHOTO_S {time.perf_counter() - _START:.3f} {time.process_time():.3f}', flush=True)
 
@@ -196,7 +198,7 @@ def main() -> None:
   for run in pipelines.values():  # warm-up: compiles, caches
     for image in images:
       run(image)
-  rates = {name: [] for name in pipelines}
+  rates: dict[str, list[float]] = {name: [] for name in pipelines}
   for _ in range(args.runs):
     for name, run in pipelines.items():
       start = time.perf_counter()

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,11 +44,11 @@ from arcface_jax.config_files import load_base  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _median_times(fns: dict, reps: int) -> dict[str, float]:
+def _median_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
   """Median seconds per call of each fn; rounds interleave the fns so load drift hits all alike."""
   for fn in fns.values():
     fn()  # warm-up (compilation, allocator)
-  times = {key: [] for key in fns}
+  times: dict[str, list[float]] = {key: [] for key in fns}
   for _ in range(reps):
     for key, fn in fns.items():
       start = time.perf_counter()
@@ -171,6 +172,11 @@ def main() -> None:
     if args.memory_only:
       break
     analysis = fn.lower(weight, emb).compile().memory_analysis()
+    if analysis is None:
+      raise SystemExit(
+        f'XLA on {jax.default_backend()} gives no memory analysis of compiled programs, '
+        'which this benchmark reports'
+      )
     memory[key + '_xla'] = (analysis.temp_size_in_bytes + analysis.output_size_in_bytes) / 2**20
   if args.memory_only:
     # Child process (see below): one warmed-up step of each, peak RSS added by the step.

@@ -107,13 +107,15 @@ def decode_loop(jpegs: list[bytes], decoder: str) -> None:
     if decoder == 'pil':
       image = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
     else:
-      image = cv2.cvtColor(
-        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
-      )
+      bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+      assert bgr is not None  # the JPEGs make_jpegs encoded: they decode
+      image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     assert image.shape[2] == 3
 
 
-def loader_run(loader: TrainLoader, batches: int, reference: list[np.ndarray]) -> tuple:
+def loader_run(
+  loader: TrainLoader, batches: int, reference: list[np.ndarray]
+) -> tuple[float, float, bool]:
   """(wall, cpu, identical): times `batches` batches after a warm-up of 4 (worker start-up)."""
   iterator = loader.iterate(0)
   warm = [next(iterator) for _ in range(4)]
@@ -141,9 +143,9 @@ def main(args) -> None:
     sample = jpegs[:2048]
     per_cpu_second = {}
     for name in ('pil', 'cv2'):
-      runs = [timed(lambda: decode_loop(sample, name)) for _ in range(args.runs)]
-      wall = statistics.median(r[0] for r in runs)
-      cpu = statistics.median(r[1] for r in runs)
+      decode_runs = [timed(lambda: decode_loop(sample, name)) for _ in range(args.runs)]
+      wall = statistics.median(r[0] for r in decode_runs)
+      cpu = statistics.median(r[1] for r in decode_runs)
       per_cpu_second[name] = len(sample) / cpu
       print(
         f'plain {name.upper():3s} decode loop   : {len(sample) / wall:8.0f} images/s wall '

@@ -117,7 +117,8 @@ def main() -> None:
   key = jax.random.key(3)
 
   candidates = {'r=1.0 chunked': (1.0, ARGS.chunk), 'r=0.1': (0.1, 0)}
-  compiled, state, times = {}, {}, {}
+  compiled, state = {}, {}
+  times: dict[str, list[float]] = {}
   abstract = (jax.ShapeDtypeStruct((num_padded, d), jnp.float32, sharding=rows),) * 2 + (
     x,
     labels,

@@ -81,7 +81,8 @@ def measure(
     raise SystemExit(f'--warmup {warmup} must be a multiple of --window {window}')
   config.train.num_steps = warmup + windows * window
   config.train.log_every = window  # the reporter syncs with the device at every window's end
-  loop_s, bare_s = [], []
+  loop_s: list[float] = []
+  bare_s: list[float] = []
   window_start = None
 
   def at_step(step: int) -> None:

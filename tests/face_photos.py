@@ -21,9 +21,11 @@ def astronaut() -> np.ndarray:
 def grace_hopper() -> np.ndarray:
   import matplotlib.cbook  # pylint: disable=import-outside-toplevel
 
-  with matplotlib.cbook.get_sample_data('grace_hopper.jpg') as f:
+  with open(matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False), 'rb') as f:
     encoded = np.frombuffer(f.read(), np.uint8)
-  return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+  bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+  assert bgr is not None, 'matplotlib sample grace_hopper.jpg does not decode'
+  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _paste(canvas: np.ndarray, photo: np.ndarray, top: int, left: int, height: int) -> None:

@@ -45,20 +45,24 @@ def _batched_nms(boxes, scores, idxs, iou_threshold: float):
     keep.append(members[_torch_nms(boxes[members], scores[members], iou_threshold)])
   if not keep:
     return torch.zeros(0, dtype=torch.int64)
-  keep = torch.cat(keep)
-  return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+  kept = torch.cat(keep)
+  return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+
+
+def _module(name: str, **attributes: object) -> types.ModuleType:
+  module = types.ModuleType(name)
+  vars(module).update(attributes)
+  return module
 
 
 def _install_torchvision_stand_in() -> None:
   if 'torchvision' in sys.modules:
     return
-  root = types.ModuleType('torchvision')
-  ops = types.ModuleType('torchvision.ops')
-  boxes = types.ModuleType('torchvision.ops.boxes')
-  boxes.batched_nms = _batched_nms
-  transforms = types.ModuleType('torchvision.transforms')
-  functional = types.ModuleType('torchvision.transforms.functional')
-  root.ops, ops.boxes, root.transforms, transforms.functional = ops, boxes, transforms, functional
+  boxes = _module('torchvision.ops.boxes', batched_nms=_batched_nms)
+  ops = _module('torchvision.ops', boxes=boxes)
+  functional = _module('torchvision.transforms.functional')
+  transforms = _module('torchvision.transforms', functional=functional)
+  root = _module('torchvision', ops=ops, transforms=transforms)
   sys.modules.update(
     {
       'torchvision': root,

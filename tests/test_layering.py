@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import os
 import textwrap
+from typing import TypeGuard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('arcface_jax', 'analysis')
@@ -73,11 +74,12 @@ def _resolve(name: str, modules: dict[str, str]) -> str | None:
   return None
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-  test = getattr(node, 'test', None)
-  return isinstance(node, ast.If) and (
-    (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING')
-    or (isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING')
+def _is_type_checking(node: ast.AST) -> TypeGuard[ast.If]:
+  if not isinstance(node, ast.If):
+    return False
+  test = node.test
+  return (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or (
+    isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING'
   )
 
 
@@ -103,7 +105,6 @@ def imports(root: str, packages: tuple[str, ...]) -> list[Import]:
     with open(path, encoding='utf-8') as f:
       tree = ast.parse(f.read(), path)
     for node in _runtime_nodes(tree):
-      names = []
       if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
       elif isinstance(node, ast.ImportFrom):
@@ -117,6 +118,8 @@ def imports(root: str, packages: tuple[str, ...]) -> list[Import]:
           f'{base}.{alias.name}' if f'{base}.{alias.name}' in modules else base
           for alias in node.names
         ]
+      else:
+        continue
       for name in names:
         target = _resolve(name, modules)
         if target is not None and target != source:
@@ -137,7 +140,7 @@ def cycles(edges: list[Import], package: str) -> list[list[Import]]:
   found, seen = [], set()
   for start in sorted(graph):
     # Breadth-first from `start`: the shortest chain of imports leading back to it.
-    chains = {start: []}
+    chains: dict[str, list[Import]] = {start: []}
     queue = [start]
     cycle = None
     while queue and cycle is None:

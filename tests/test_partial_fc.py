@@ -9,6 +9,7 @@ restores, still split, on 4.
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +69,8 @@ def _sampled_problem(num_classes=1000, batch=16, dim=8, seed=0):
   return w, x, y
 
 
-_COMPILED = {}
+# (labels bytes, rate, chunk, mesh size) -> the jitted value_and_grad of the sampled loss.
+_COMPILED: dict[tuple[bytes, float, int, int], Callable[..., Any]] = {}
 
 
 def _sampled_step(w, x, y, mesh, key, rate=0.25, chunk=0):
