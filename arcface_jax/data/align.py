@@ -10,6 +10,7 @@ aligns every image listed in FILE, one line per image, either CSV `path,x1,y1,..
 header line is allowed) or whitespace-separated `path x1 y1 ... x5 y5` (the layout is detected
 from the first line). Paths are relative to --images; crops keep the path under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,16 @@ from absl.flags import argparse_flags
 
 from arcface_jax.data.errors import DatasetError
 
-TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                         [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+TEMPLATE_112 = np.array(
+  [
+    [38.2946, 51.6963],
+    [73.5318, 51.5014],
+    [56.0252, 71.7366],
+    [41.5493, 92.3655],
+    [70.7299, 92.2041],
+  ],
+  np.float64,
+)
 _LOGGED_EXAMPLES = 5
 
 
@@ -48,7 +57,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     raise ValueError('landmarks contain NaN or infinity')
   src_mean, dst_mean = src.mean(0), dst.mean(0)
   src_c, dst_c = src - src_mean, dst - dst_mean
-  variance = (src_c ** 2).sum() / len(src)
+  variance = (src_c**2).sum() / len(src)
   if variance < 1e-12:  # all points at one place: no scale or rotation can be recovered
     raise ValueError('source landmarks coincide; cannot estimate a similarity transform')
   covariance = dst_c.T @ src_c / len(src)
@@ -78,8 +87,9 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.
   if landmarks.size != 10:
     raise ValueError(f'expected 5 (x, y) landmarks, got shape {landmarks.shape}')
   matrix = similarity_transform(landmarks.reshape(5, 2), template(size))
-  return cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size),
-                        flags=cv2.INTER_LINEAR, borderValue=0)
+  return cv2.warpAffine(
+    np.ascontiguousarray(image), matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0
+  )
 
 
 def read_landmarks(path: str) -> list[tuple[str, np.ndarray]]:
@@ -113,8 +123,9 @@ def read_landmarks(path: str) -> list[tuple[str, np.ndarray]]:
   return entries
 
 
-def align_folder(images_dir: str, landmarks_file: str, out_dir: str,
-                 size: int = 112) -> tuple[int, list[str]]:
+def align_folder(
+  images_dir: str, landmarks_file: str, out_dir: str, size: int = 112
+) -> tuple[int, list[str]]:
   """Aligns every listed image into out_dir (same relative path); (written, failed paths)."""
   written, failed = 0, []
   for name, points in read_landmarks(landmarks_file):
@@ -139,18 +150,25 @@ def align_folder(images_dir: str, landmarks_file: str, out_dir: str,
       continue
     written += 1
   if failed:
-    logging.warning('%d of %d images could not be aligned (e.g. %s)', len(failed),
-                    written + len(failed), failed[:_LOGGED_EXAMPLES])
+    logging.warning(
+      '%d of %d images could not be aligned (e.g. %s)',
+      len(failed),
+      written + len(failed),
+      failed[:_LOGGED_EXAMPLES],
+    )
   return written, failed
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
-      prog='python -m arcface_jax.data.align',
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog='python -m arcface_jax.data.align',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('--images', required=True, help='folder the listed paths are relative to')
-  parser.add_argument('--landmarks', required=True,
-                      help='CSV "path,x1,y1,...,x5,y5" or text "path x1 y1 ... x5 y5"')
+  parser.add_argument(
+    '--landmarks', required=True, help='CSV "path,x1,y1,...,x5,y5" or text "path x1 y1 ... x5 y5"'
+  )
   parser.add_argument('--out', required=True, help='output folder for the aligned crops')
   parser.add_argument('--size', type=int, default=112, help='crop side in pixels')
   return parser.parse_args(argv[1:])
@@ -162,8 +180,9 @@ def main(args: argparse.Namespace) -> None:
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'aligned {written} images into {args.out}'
-        + (f' ({len(failed)} skipped)' if failed else ''))
+  print(
+    f'aligned {written} images into {args.out}' + (f' ({len(failed)} skipped)' if failed else '')
+  )
 
 
 if __name__ == '__main__':

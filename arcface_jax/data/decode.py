@@ -5,6 +5,7 @@ the decoder; it returns BGR, which is converted here, once, so every source hand
 `resize` is how training, evaluation and the figures bring an image to the model's size, so the
 network sees the same interpolation everywhere.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -22,8 +23,9 @@ def looks_like_image(head: bytes) -> bool:
   return any(head.startswith(signature) for signature in _SIGNATURES)
 
 
-def decode_image(data: bytes | bytearray | memoryview | np.ndarray,
-                 key: object = None) -> np.ndarray:
+def decode_image(
+  data: bytes | bytearray | memoryview | np.ndarray, key: object = None
+) -> np.ndarray:
   """RGB uint8 (H, W, 3) from JPEG/PNG/BMP bytes; grey and RGBA images become 3-channel RGB.
 
   Raises `CorruptSampleError(key, ...)` when the bytes are empty or do not decode.
@@ -44,8 +46,9 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   if image.shape[:2] == tuple(size):
     return image
   shrink = image.shape[0] > size[0] or image.shape[1] > size[1]
-  return cv2.resize(image, (size[1], size[0]),
-                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+  return cv2.resize(
+    image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+  )
 
 
 def center_crop_square(image: np.ndarray) -> np.ndarray:
@@ -62,7 +65,7 @@ def center_crop_square(image: np.ndarray) -> np.ndarray:
     return image
   side = min(height, width)
   top, left = (height - side) // 2, (width - side) // 2
-  return image[top:top + side, left:left + side]
+  return image[top : top + side, left : left + side]
 
 
 def encode_image(image: np.ndarray, extension: str = '.png', quality: int = 95) -> bytes:

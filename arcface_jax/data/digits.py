@@ -9,6 +9,7 @@ Splits are deterministic and stratified: within each class, every fifth image (i
 order) is held out as `test`, the rest is `train`. Held-out images of the same ten classes make
 closed-set verification pairs (`digits_verification_pairs`), LFW-style.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,10 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
   try:
     from sklearn.datasets import load_digits
   except ImportError:
-    raise DatasetError("config.data.source='digits' needs scikit-learn: pip install "
-                       "'arcface_jax[analysis]' (or scikit-learn)") from None
+    raise DatasetError(
+      "config.data.source='digits' needs scikit-learn: pip install "
+      "'arcface_jax[analysis]' (or scikit-learn)"
+    ) from None
   digits = load_digits()
   return digits.images.astype(np.float32), digits.target.astype(np.int64)
 
@@ -85,12 +88,14 @@ class DigitsSource:
     return self._labels
 
 
-def digits_verification_pairs(num_pairs: int, image_size: int = 16, seed: int = 0,
-                              num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def digits_verification_pairs(
+  num_pairs: int, image_size: int = 16, seed: int = 0, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, S, S, 3), issame (N,)) from the held-out split; pair i = rows 2i, 2i+1.
 
   Each of 10 contiguous folds is half positive, half negative, as the synthetic pairs are.
   """
   from arcface_jax.data.pairs import verification_pairs
+
   source = DigitsSource('test', image_size, num_classes)
   return verification_pairs(source, source.labels, num_pairs, seed)

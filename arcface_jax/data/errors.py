@@ -5,6 +5,7 @@ A long run must survive a few bad samples, but not a bad dataset: sources raise
 `DatasetError` for a file or directory that is unusable as a whole (the run stops with that one
 message, which names the path and what to do).
 """
+
 from __future__ import annotations
 
 

@@ -17,6 +17,7 @@ moves at most one other across a split boundary.
   share, rounded up or down by a hash so the totals come out right on average); every identity
   keeps at least one training image, and labels are shared across splits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ _LOGGED_EXAMPLES = 5
 @dataclasses.dataclass
 class FolderScan:
   """What indexing a folder tree found."""
+
   identities: list[tuple[str, list[str]]]  # (name, sorted image paths), non-empty, sorted by name
   skipped_files: list[str]  # entries inside identity folders that are not image files
   empty_identities: list[str]  # identity folders with no image file
@@ -46,8 +48,9 @@ class FolderScan:
 def scan_identities(root: str) -> FolderScan:
   """Indexes `root`; DatasetError if it is not a directory or holds no identity with images."""
   if not os.path.isdir(root):
-    raise DatasetError(f'{root} is not a directory; expected a folder with one sub-folder of '
-                       'images per identity')
+    raise DatasetError(
+      f'{root} is not a directory; expected a folder with one sub-folder of images per identity'
+    )
   identities, skipped, empty = [], [], []
   with os.scandir(root) as entries:
     folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith('.'))
@@ -56,8 +59,11 @@ def scan_identities(root: str) -> FolderScan:
     images = []
     with os.scandir(folder) as entries:
       for entry in entries:
-        if (entry.is_file() and not entry.name.startswith('.')
-            and entry.name.lower().endswith(IMAGE_EXTENSIONS)):
+        if (
+          entry.is_file()
+          and not entry.name.startswith('.')
+          and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+        ):
           images.append(entry.path)
         else:
           skipped.append(entry.path)
@@ -66,12 +72,19 @@ def scan_identities(root: str) -> FolderScan:
     else:
       empty.append(folder)
   if skipped or empty:
-    logging.warning('%s: skipped %d non-image entries (e.g. %s) and %d identity folders without '
-                    'images (e.g. %s)', root, len(skipped), sorted(skipped)[:_LOGGED_EXAMPLES],
-                    len(empty), empty[:_LOGGED_EXAMPLES])
+    logging.warning(
+      '%s: skipped %d non-image entries (e.g. %s) and %d identity folders without images (e.g. %s)',
+      root,
+      len(skipped),
+      sorted(skipped)[:_LOGGED_EXAMPLES],
+      len(empty),
+      empty[:_LOGGED_EXAMPLES],
+    )
   if not identities:
-    raise DatasetError(f'{root} has no identity sub-folders with images '
-                       f'({", ".join(IMAGE_EXTENSIONS)}); expected root/<identity>/<image>')
+    raise DatasetError(
+      f'{root} has no identity sub-folders with images '
+      f'({", ".join(IMAGE_EXTENSIONS)}); expected root/<identity>/<image>'
+    )
   return FolderScan(identities, sorted(skipped), empty)
 
 
@@ -100,22 +113,29 @@ def _image_share(count: int, fraction: float, u: float) -> int:
   return int(math.floor(expected)) + (1 if u < expected - math.floor(expected) else 0)
 
 
-def split_identities(names: list[str], val_fraction: float, test_fraction: float,
-                     seed: int) -> dict[str, list[str]]:
+def split_identities(
+  names: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
   """{'train', 'val', 'test'}: disjoint sets of identity names (each sorted)."""
   order = sorted(names, key=lambda n: (_rank(seed, n), n))
   n_test = _identity_share(len(names), test_fraction)
   n_val = _identity_share(len(names), val_fraction)
   if n_test + n_val >= len(names):
-    raise DatasetError(f'{len(names)} identities cannot be split into val_fraction='
-                       f'{val_fraction} and test_fraction={test_fraction} with any left for '
-                       'training; lower the fractions or add identities')
-  return {'test': sorted(order[:n_test]), 'val': sorted(order[n_test:n_test + n_val]),
-          'train': sorted(order[n_test + n_val:])}
+    raise DatasetError(
+      f'{len(names)} identities cannot be split into val_fraction='
+      f'{val_fraction} and test_fraction={test_fraction} with any left for '
+      'training; lower the fractions or add identities'
+    )
+  return {
+    'test': sorted(order[:n_test]),
+    'val': sorted(order[n_test : n_test + n_val]),
+    'train': sorted(order[n_test + n_val :]),
+  }
 
 
-def split_images(name: str, paths: list[str], val_fraction: float, test_fraction: float,
-                 seed: int) -> dict[str, list[str]]:
+def split_images(
+  name: str, paths: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
   """{'train', 'val', 'test'}: one identity's images, at least one kept for training."""
   order = sorted(paths, key=lambda p: (_rank(seed, f'{name}/{os.path.basename(p)}'), p))
   n_test = _image_share(len(paths), test_fraction, _uniform(seed, f'test\0{name}'))
@@ -125,8 +145,11 @@ def split_images(name: str, paths: list[str], val_fraction: float, test_fraction
     taken = min(excess, n_val)
     n_val -= taken
     n_test -= excess - taken
-  return {'test': sorted(order[:n_test]), 'val': sorted(order[n_test:n_test + n_val]),
-          'train': sorted(order[n_test + n_val:])}
+  return {
+    'test': sorted(order[:n_test]),
+    'val': sorted(order[n_test : n_test + n_val]),
+    'train': sorted(order[n_test + n_val :]),
+  }
 
 
 class FolderDataset:
@@ -136,16 +159,24 @@ class FolderDataset:
   `skipped_files` and `empty_identities` (what indexing passed over, over the whole tree).
   """
 
-  def __init__(self, root: str, split: str = 'train', split_by: str = 'identity',
-               val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0):
+  def __init__(
+    self,
+    root: str,
+    split: str = 'train',
+    split_by: str = 'identity',
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+  ):
     if split not in SPLITS:
       raise ValueError(f'split={split!r}: expected one of {SPLITS}')
     if split_by not in ('identity', 'image'):
       raise ValueError(f"split_by={split_by!r}: expected 'identity' or 'image'")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
-            and val_fraction + test_fraction < 1):
-      raise ValueError(f'val_fraction={val_fraction} and test_fraction={test_fraction} must be '
-                       'in [0, 1) and sum to less than 1')
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+      raise ValueError(
+        f'val_fraction={val_fraction} and test_fraction={test_fraction} must be '
+        'in [0, 1) and sum to less than 1'
+      )
     self.root, self.split, self.split_by = root, split, split_by
     scan = scan_identities(root)
     self.skipped_files, self.empty_identities = scan.skipped_files, scan.empty_identities
@@ -158,8 +189,10 @@ class FolderDataset:
       members = split_identities(names, val_fraction, test_fraction, seed)[split]
       chosen = [(name, by_name[name]) for name in members]
     else:
-      chosen = [(name, split_images(name, by_name[name], val_fraction, test_fraction,
-                                    seed)[split]) for name in names]
+      chosen = [
+        (name, split_images(name, by_name[name], val_fraction, test_fraction, seed)[split])
+        for name in names
+      ]
     if split_by == 'identity' or split == 'all':
       self.identities = [name for name, _ in chosen]
     else:
@@ -169,9 +202,11 @@ class FolderDataset:
     self.labels = np.array([label_of[name] for name, paths in chosen for _ in paths], np.int64)
     self.num_classes = len(self.identities)
     if not self.paths:
-      raise DatasetError(f'{root}: split {split!r} (split_by={split_by!r}, val_fraction='
-                         f'{val_fraction}, test_fraction={test_fraction}) holds no images; '
-                         'raise its fraction')
+      raise DatasetError(
+        f'{root}: split {split!r} (split_by={split_by!r}, val_fraction='
+        f'{val_fraction}, test_fraction={test_fraction}) holds no images; '
+        'raise its fraction'
+      )
 
   @property
   def num_skipped_files(self) -> int:
@@ -212,6 +247,12 @@ def _log_first_crop(root: str, path: str, shape: tuple[int, ...]) -> None:
   if root in _cropped_roots:
     return
   _cropped_roots.add(root)
-  logging.warning('%s holds non-square photos (e.g. %s, %dx%d): they are centre-cropped to a square '
-               '(not stretched) before resizing; align raw photos to 112x112 first for best '
-               'results', root, path, shape[1], shape[0])
+  logging.warning(
+    '%s holds non-square photos (e.g. %s, %dx%d): they are centre-cropped to a square '
+    '(not stretched) before resizing; align raw photos to 112x112 first for best '
+    'results',
+    root,
+    path,
+    shape[1],
+    shape[0],
+  )

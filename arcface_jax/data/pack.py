@@ -8,6 +8,7 @@ record and per-identity ranges that MS1M/Glint360K files have; --no-header write
 files (every key an image). Files whose first bytes are not JPEG/PNG/BMP are skipped and counted;
 --check also decodes every image (slower) and skips those that fail.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,15 @@ __all__ = ['IMAGE_EXTENSIONS', 'list_identities', 'pack_folder', 'PackResult']
 @dataclasses.dataclass(frozen=True)
 class PackResult:
   """What `pack_folder` wrote and passed over."""
+
   num_images: int
   num_classes: int
   skipped: list[str]  # non-image entries and files that failed the checks
 
 
-def pack_folder(image_dir: str, out_dir: str, *, header: bool = True,
-                check: bool = False) -> PackResult:
+def pack_folder(
+  image_dir: str, out_dir: str, *, header: bool = True, check: bool = False
+) -> PackResult:
   """Writes out_dir/train.rec, train.idx and property; DatasetError if nothing can be packed."""
   scan = scan_identities(image_dir)
   skipped = list(scan.skipped_files)
@@ -59,8 +62,9 @@ def pack_folder(image_dir: str, out_dir: str, *, header: bool = True,
         yield label, data
 
   try:
-    count = recordio.write_records(out_dir, samples(), header=header,
-                                   num_classes=len(scan.identities))
+    count = recordio.write_records(
+      out_dir, samples(), header=header, num_classes=len(scan.identities)
+    )
   except ValueError as e:  # e.g. every file was skipped
     raise DatasetError(f'{image_dir}: {e}') from None
   return PackResult(count, len(scan.identities), skipped)
@@ -68,26 +72,35 @@ def pack_folder(image_dir: str, out_dir: str, *, header: bool = True,
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
-      prog='python -m arcface_jax.data.pack',
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog='python -m arcface_jax.data.pack',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('image_dir')
   parser.add_argument('out_dir')
-  parser.add_argument('--no-header', '--no_header', dest='no_header', action='store_true',
-                      help='write im2rec-style files without the header and identity records')
-  parser.add_argument('--check', action='store_true',
-                      help='decode every image and skip those that fail (slower)')
+  parser.add_argument(
+    '--no-header',
+    '--no_header',
+    dest='no_header',
+    action='store_true',
+    help='write im2rec-style files without the header and identity records',
+  )
+  parser.add_argument(
+    '--check', action='store_true', help='decode every image and skip those that fail (slower)'
+  )
   return parser.parse_args(argv[1:])
 
 
 def main(args: argparse.Namespace) -> None:
   try:
-    result = pack_folder(args.image_dir, args.out_dir, header=not args.no_header,
-                         check=args.check)
+    result = pack_folder(args.image_dir, args.out_dir, header=not args.no_header, check=args.check)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'packed {result.num_images} images of {result.num_classes} identities into {args.out_dir}'
-        + (f' (skipped {len(result.skipped)} non-image files)' if result.skipped else ''))
+  print(
+    f'packed {result.num_images} images of {result.num_classes} identities into {args.out_dir}'
+    + (f' (skipped {len(result.skipped)} non-image files)' if result.skipped else '')
+  )
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ The synthetic, digits and folder sources all hold out a split; these functions t
 the evaluator treat every set the same way. Pair i is (images[2i], images[2i + 1]); the folds are
 balanced (`balanced_fold_labels`) and the draw is a pure function of (labels, num_pairs, seed).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -35,8 +36,9 @@ def balanced_fold_labels(num_pairs: int, nfolds: int = 10) -> np.ndarray:
   return issame
 
 
-def sample_pair_indices(labels: np.ndarray, num_pairs: int,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_pair_indices(
+  labels: np.ndarray, num_pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """(pairs int64 (N, 2) of indices into `labels`, issame bool (N,)).
 
   Positive pairs are two different images of one identity (drawn among identities with at least
@@ -49,9 +51,11 @@ def sample_pair_indices(labels: np.ndarray, num_pairs: int,
   by_label = [np.nonzero(labels == c)[0] for c in classes]
   repeated = [members for members in by_label if len(members) >= 2]
   if not repeated or len(by_label) < 2:
-    raise DatasetError(f'{len(labels)} images of {len(by_label)} identities cannot make '
-                       'verification pairs: they need two identities and one identity with two '
-                       'images; hold out more data')
+    raise DatasetError(
+      f'{len(labels)} images of {len(by_label)} identities cannot make '
+      'verification pairs: they need two identities and one identity with two '
+      'images; hold out more data'
+    )
   rng = np.random.default_rng(seed)
   issame = balanced_fold_labels(num_pairs)
   pairs = np.empty((num_pairs, 2), np.int64)
@@ -64,8 +68,9 @@ def sample_pair_indices(labels: np.ndarray, num_pairs: int,
   return pairs, issame
 
 
-def verification_pairs(source: Sequence, labels: np.ndarray, num_pairs: int, seed: int = 0,
-                       image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def verification_pairs(
+  source: Sequence, labels: np.ndarray, num_pairs: int, seed: int = 0, image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, S, S, 3), issame (N,)) from `source[i] → (image, label)`.
 
   `labels` are the source's labels in index order (read without decoding). Images that fail to
@@ -93,6 +98,10 @@ def verification_pairs(source: Sequence, labels: np.ndarray, num_pairs: int, see
     usable[failed] = False
   if bad:
     from absl import logging
-    logging.warning('verification pairs: left out %d unreadable images (e.g. %s)', len(bad),
-                    bad[:_LOGGED_EXAMPLES])
+
+    logging.warning(
+      'verification pairs: left out %d unreadable images (e.g. %s)',
+      len(bad),
+      bad[:_LOGGED_EXAMPLES],
+    )
   return np.stack([images[i] for i in pairs.reshape(-1).tolist()]), issame

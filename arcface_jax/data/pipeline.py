@@ -19,6 +19,7 @@ Batches stay uint8 to the devices: the jitted step normalises them (`normalise.p
 moves a quarter of float32's bytes and takes a pass over every batch off the host's cores.
 `prefetch_to_device` keeps the next batches' transfers in flight while the device computes.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -71,10 +72,22 @@ class _BatchMaker:
   current epoch's permutation, so any copy on any thread computes the same batch.
   """
 
-  def __init__(self, source, *, order: UniformOrder | IdentityBalancedOrder, global_batch: int,
-               local_batch: int, process_index: int, steps_per_epoch: int, seed: int,
-               image_size: int, flip: bool, rotation_degrees: float, color_jitter: float,
-               low_resolution_prob: float):
+  def __init__(
+    self,
+    source,
+    *,
+    order: UniformOrder | IdentityBalancedOrder,
+    global_batch: int,
+    local_batch: int,
+    process_index: int,
+    steps_per_epoch: int,
+    seed: int,
+    image_size: int,
+    flip: bool,
+    rotation_degrees: float,
+    color_jitter: float,
+    low_resolution_prob: float,
+  ):
     self.source = source
     self.order = order
     self.num_samples = order.length  # entries per epoch (identity top-ups included)
@@ -112,8 +125,10 @@ class _BatchMaker:
       except CorruptSampleError as e:
         logging.log_first_n(logging.WARNING, 'skipping unreadable sample %s', _KEYS_KEPT, e)
         last = e
-    raise DatasetError(f'{_MAX_SUBSTITUTIONS} consecutive samples are unreadable (last: {last}); '
-                       'the dataset looks broken as a whole')
+    raise DatasetError(
+      f'{_MAX_SUBSTITUTIONS} consecutive samples are unreadable (last: {last}); '
+      'the dataset looks broken as a whole'
+    )
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, perm, slots = self.slots(step)
@@ -123,8 +138,11 @@ class _BatchMaker:
     images = np.empty((self.local_batch, size, size, 3), np.uint8)
     for row, (image, _, _, _) in enumerate(reads):
       images[row] = self.augment(np.asarray(image), draws[row])
-    return {'image': images, 'label': np.array([r[1] for r in reads], np.int32),
-            'substitutions': np.array([r[3] for r in reads], np.int32)}
+    return {
+      'image': images,
+      'label': np.array([r[1] for r in reads], np.int32),
+      'substitutions': np.array([r[3] for r in reads], np.int32),
+    }
 
   def augment(self, image: np.ndarray, draws: np.ndarray) -> np.ndarray:
     """RGB uint8 → RGB uint8 (S, S, 3), given this sample's `augmentation_draws` row."""
@@ -134,9 +152,14 @@ class _BatchMaker:
     if image.shape[-1] == 1:
       image = np.repeat(image, 3, axis=-1)
     if image.shape[0] != image.shape[1]:  # e.g. a packed folder of raw photos: crop, not stretch
-      logging.log_first_n(logging.WARNING, 'non-square training image (%dx%d): centre-cropped to a '
-                          'square before resizing, not stretched', 1, image.shape[1],
-                          image.shape[0])
+      logging.log_first_n(
+        logging.WARNING,
+        'non-square training image (%dx%d): centre-cropped to a '
+        'square before resizing, not stretched',
+        1,
+        image.shape[1],
+        image.shape[0],
+      )
       image = center_crop_square(image)
     image = resize(image, (size, size))
     if self.flip and draws[0] < 0.5:
@@ -144,8 +167,9 @@ class _BatchMaker:
     if self.rotation > 0:
       angle = (2 * draws[1] - 1) * self.rotation
       matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
-      image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size),
-                             borderMode=cv2.BORDER_REFLECT)
+      image = cv2.warpAffine(
+        np.ascontiguousarray(image), matrix, (size, size), borderMode=cv2.BORDER_REFLECT
+      )
     if self.color_jitter > 0:
       brightness = 1 + (2 * draws[2] - 1) * self.color_jitter
       contrast = 1 + (2 * draws[3] - 1) * self.color_jitter
@@ -155,9 +179,11 @@ class _BatchMaker:
       image = np.clip(as_float, 0, 255).astype(np.uint8)
     if draws[4] < self.low_resolution_prob:
       small = max(4, int(size * (0.25 + 0.5 * draws[5])))
-      image = cv2.resize(cv2.resize(np.ascontiguousarray(image), (small, small),
-                                    interpolation=cv2.INTER_AREA), (size, size),
-                         interpolation=cv2.INTER_LINEAR)
+      image = cv2.resize(
+        cv2.resize(np.ascontiguousarray(image), (small, small), interpolation=cv2.INTER_AREA),
+        (size, size),
+        interpolation=cv2.INTER_LINEAR,
+      )
     return image
 
   def bad_keys(self, step: int, row: int, count: int) -> list[Any]:
@@ -192,21 +218,36 @@ class TrainLoader:
     prefetch: batches prepared ahead of the consumer.
   """
 
-  def __init__(self, source, *, global_batch_size: int, seed: int, image_size: int,
-               flip: bool = True,
-               rotation_degrees: float = 0.0, color_jitter: float = 0.0,
-               low_resolution_prob: float = 0.0, process_index: int = 0, process_count: int = 1,
-               num_workers: int = 0, prefetch: int = 2, images_per_identity: int = 0,
-               labels: np.ndarray | None = None):
+  def __init__(
+    self,
+    source,
+    *,
+    global_batch_size: int,
+    seed: int,
+    image_size: int,
+    flip: bool = True,
+    rotation_degrees: float = 0.0,
+    color_jitter: float = 0.0,
+    low_resolution_prob: float = 0.0,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 0,
+    prefetch: int = 2,
+    images_per_identity: int = 0,
+    labels: np.ndarray | None = None,
+  ):
     if global_batch_size <= 0 or global_batch_size % process_count:
-      raise ValueError(f'global batch {global_batch_size} does not split over {process_count} '
-                       'processes')
+      raise ValueError(
+        f'global batch {global_batch_size} does not split over {process_count} processes'
+      )
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} outside [0, {process_count})')
     if images_per_identity > 0:
       if global_batch_size % images_per_identity:
-        raise ValueError(f'global batch {global_batch_size} is not a multiple of '
-                         f'config.data.images_per_identity={images_per_identity}')
+        raise ValueError(
+          f'global batch {global_batch_size} is not a multiple of '
+          f'config.data.images_per_identity={images_per_identity}'
+        )
       if labels is None or len(labels) != len(source):
         raise ValueError('identity-balanced batches need `labels`, one per sample of the source')
       order = IdentityBalancedOrder(labels, images_per_identity, seed)
@@ -214,19 +255,29 @@ class TrainLoader:
       order = UniformOrder(len(source), seed)
     num_samples = order.length
     if num_samples < global_batch_size:
-      raise DatasetError(f'the dataset has {num_samples} samples, fewer than one global batch '
-                         f'of {global_batch_size}; lower config.train.batch_size')
+      raise DatasetError(
+        f'the dataset has {num_samples} samples, fewer than one global batch '
+        f'of {global_batch_size}; lower config.train.batch_size'
+      )
     self.local_batch = global_batch_size // process_count
     self.global_batch = global_batch_size
     self.steps_per_epoch = num_samples // global_batch_size
     self.num_workers = num_workers
     self.prefetch = max(1, prefetch)
     self._make = _BatchMaker(
-        source, order=order, global_batch=global_batch_size,
-        local_batch=self.local_batch, process_index=process_index,
-        steps_per_epoch=self.steps_per_epoch, seed=seed, image_size=image_size, flip=flip,
-        rotation_degrees=rotation_degrees, color_jitter=color_jitter,
-        low_resolution_prob=low_resolution_prob)
+      source,
+      order=order,
+      global_batch=global_batch_size,
+      local_batch=self.local_batch,
+      process_index=process_index,
+      steps_per_epoch=self.steps_per_epoch,
+      seed=seed,
+      image_size=image_size,
+      flip=flip,
+      rotation_degrees=rotation_degrees,
+      color_jitter=color_jitter,
+      low_resolution_prob=low_resolution_prob,
+    )
     self.bad_samples = 0
     self.bad_keys: list[Any] = []
 
@@ -246,8 +297,9 @@ class TrainLoader:
         break
       for key in self._make.bad_keys(step, int(row), int(substitutions[row])):
         if len(self.bad_keys) < _KEYS_KEPT and key not in self.bad_keys:
-          logging.warning('unreadable sample %s replaced (step %d); %d so far', key, step,
-                          self.bad_samples)
+          logging.warning(
+            'unreadable sample %s replaced (step %d); %d so far', key, step, self.bad_samples
+          )
           self.bad_keys.append(key)
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -256,11 +308,15 @@ class TrainLoader:
     # Reader threads each build whole batches, one per core; the buffer holds `prefetch`
     # finished batches beyond the ones in flight. Decoding (cv2, PNG/JPEG) releases the GIL.
     threads = max(1, min(os.cpu_count() or 1, 16))
-    iterable = dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=threads, prefetch_buffer_size=threads + self.prefetch))
+    iterable = dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads + self.prefetch)
+    )
     if self.num_workers > 0:
-      iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
+      iterable = iterable.mp_prefetch(
+        grain.MultiprocessingOptions(
+          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch
+        )
+      )
     iterator = iter(iterable)
     _OPEN_ITERATORS.add(iterator)
     try:
@@ -276,9 +332,11 @@ class TrainLoader:
 _Placed = TypeVar('_Placed')
 
 
-def prefetch_to_device(batches: Iterator[dict[str, np.ndarray]],
-                       place: Callable[[dict[str, np.ndarray]], _Placed],
-                       depth: int = 2) -> Iterator[_Placed]:
+def prefetch_to_device(
+  batches: Iterator[dict[str, np.ndarray]],
+  place: Callable[[dict[str, np.ndarray]], _Placed],
+  depth: int = 2,
+) -> Iterator[_Placed]:
   """`place(batch)` for each host batch, issued `depth - 1` batches ahead of the consumer.
 
   `place` starts the host-to-device transfer (e.g. `parallel.global_batch`, which puts each

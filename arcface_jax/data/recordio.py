@@ -11,6 +11,7 @@ header and every key is an image. A `property` file `num_classes,height,width` m
 Reads are `os.pread` on a descriptor opened lazily in each process, so one dataset object serves
 many threads, and pickles (without the descriptor) into grain's worker processes.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,12 +22,28 @@ from absl import logging
 
 from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
-from arcface_jax.data.recordio_format import (CHUNK_HEAD, LENGTH_MASK, MAGIC, MAGIC_BYTES,
-                                              pack_payload, split_payload, unpack_payload)
+from arcface_jax.data.recordio_format import (
+  CHUNK_HEAD,
+  LENGTH_MASK,
+  MAGIC,
+  MAGIC_BYTES,
+  pack_payload,
+  split_payload,
+  unpack_payload,
+)
 from arcface_jax.data.recordio_writer import RecordWriter, write_property, write_records
 
-__all__ = ['MAGIC', 'RecordDataset', 'RecordWriter', 'pack_payload', 'read_index',
-           'split_payload', 'unpack_payload', 'write_property', 'write_records']
+__all__ = [
+  'MAGIC',
+  'RecordDataset',
+  'RecordWriter',
+  'pack_payload',
+  'read_index',
+  'split_payload',
+  'unpack_payload',
+  'write_property',
+  'write_records',
+]
 
 # One pread usually fetches a whole record (its extent is known from the next offset); records
 # longer than this are read in a second call rather than trusting a huge extent.
@@ -51,12 +68,15 @@ def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray]:
     for line_number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
       fields = line.split()
       if fields and (len(fields) != 2 or not all(x.isdigit() for x in fields)):
-        raise DatasetError(f'{idx_path}:{line_number}: expected "key<TAB>offset", got '
-                           f'{line.strip()[:60]!r}; is this a RecordIO index?') from None
+        raise DatasetError(
+          f'{idx_path}:{line_number}: expected "key<TAB>offset", got '
+          f'{line.strip()[:60]!r}; is this a RecordIO index?'
+        ) from None
     raise DatasetError(f'{idx_path}: not a RecordIO index') from None
   if len(pairs) == 0:
-    raise DatasetError(f'{idx_path} lists no records; re-create it with '
-                       'python -m arcface_jax.data.pack')
+    raise DatasetError(
+      f'{idx_path} lists no records; re-create it with python -m arcface_jax.data.pack'
+    )
   if len(np.unique(pairs[:, 0])) != len(pairs):
     raise DatasetError(f'{idx_path} lists a key twice; the index is damaged, re-create it')
   return pairs[:, 0], pairs[:, 1]
@@ -76,21 +96,25 @@ class RecordDataset:
     idx_path = os.path.join(directory, name + '.idx')
     for path in (self.rec_path, idx_path):
       if not os.path.isfile(path):
-        raise DatasetError(f'{path} not found: a RecordIO dataset needs {name}.rec and '
-                           f'{name}.idx (pack a folder with python -m arcface_jax.data.pack)')
+        raise DatasetError(
+          f'{path} not found: a RecordIO dataset needs {name}.rec and '
+          f'{name}.idx (pack a folder with python -m arcface_jax.data.pack)'
+        )
     self._fd: int | None = None
     self._pid = -1
     try:
       file_size = os.path.getsize(self.rec_path)
       self._file()
     except OSError as e:
-      raise DatasetError(f'{self.rec_path} cannot be opened ({e.strerror}); check that it '
-                         'exists and is readable') from None
+      raise DatasetError(
+        f'{self.rec_path} cannot be opened ({e.strerror}); check that it exists and is readable'
+      ) from None
     all_keys, all_offsets = read_index(idx_path)
     # Each record's extent ends where the next one (in file order) starts, so one pread reads it.
     file_order = np.unique(np.append(all_offsets, file_size))
-    all_ends = file_order[np.minimum(np.searchsorted(file_order, all_offsets, 'right'),
-                                     len(file_order) - 1)]
+    all_ends = file_order[
+      np.minimum(np.searchsorted(file_order, all_offsets, 'right'), len(file_order) - 1)
+    ]
     order = np.argsort(all_keys)
     all_keys, all_offsets, all_ends = all_keys[order], all_offsets[order], all_ends[order]
     # Probe the records at the start, middle and end of the file: if none parses, the pair is not
@@ -100,13 +124,16 @@ class RecordDataset:
     errors = []
     for position in probes:
       try:
-        self._read_payload(int(all_offsets[position]), int(all_ends[position]),
-                           int(all_keys[position]))
+        self._read_payload(
+          int(all_offsets[position]), int(all_ends[position]), int(all_keys[position])
+        )
       except CorruptSampleError as e:
         errors.append(f'record {e.key}: {e.reason}')
     if len(errors) == len(probes):
-      raise DatasetError(f'{self.rec_path} is not a RecordIO file matching {idx_path} '
-                         f'({errors[0]}); re-copy or re-pack the dataset')
+      raise DatasetError(
+        f'{self.rec_path} is not a RecordIO file matching {idx_path} '
+        f'({errors[0]}); re-copy or re-pack the dataset'
+      )
     # The header, when there is one, is key 0 (our writer puts it at the end of the file).
     read = {}
     if all_keys[0] == 0:
@@ -115,9 +142,12 @@ class RecordDataset:
       except CorruptSampleError as e:
         # Key 0 is the header of the face layout or an im2rec image; unreadable, it cannot tell
         # which, so every key counts as an image (identity records then fail as bad samples).
-        logging.warning('%s: record 0 is unreadable (%s); reading every record as an image. If '
-                        'this is a face-layout file its header is damaged: re-copy it',
-                        self.rec_path, e.reason)
+        logging.warning(
+          '%s: record 0 is unreadable (%s); reading every record as an image. If '
+          'this is a face-layout file its header is damaged: re-copy it',
+          self.rec_path,
+          e.reason,
+        )
     self.has_header = 0 in read and _is_header(*read[0])
     identities = None
     if self.has_header:
@@ -125,8 +155,12 @@ class RecordDataset:
       images = (all_keys >= 1) & (all_keys < identity_start)
       identities = identity_end - identity_start
       if images.sum() != identity_start - 1:
-        logging.warning('%s: header announces %d images, the index lists %d', idx_path,
-                        identity_start - 1, images.sum())
+        logging.warning(
+          '%s: header announces %d images, the index lists %d',
+          idx_path,
+          identity_start - 1,
+          images.sum(),
+        )
       self._identity_keys = np.arange(identity_start, identity_end)
     else:
       images = np.ones(len(all_keys), bool)
@@ -139,17 +173,27 @@ class RecordDataset:
       raise DatasetError(f'{idx_path} lists no image records')
     past_end = int((self._offsets >= file_size).sum())
     if past_end == len(self.keys):
-      raise DatasetError(f'{self.rec_path} ({file_size} bytes) ends before every image record '
-                         f'in {idx_path}; the file is truncated, re-copy it')
+      raise DatasetError(
+        f'{self.rec_path} ({file_size} bytes) ends before every image record '
+        f'in {idx_path}; the file is truncated, re-copy it'
+      )
     if past_end:
-      logging.warning('%s is truncated: %d of %d image records lie past its end and will be '
-                      'skipped as corrupt', self.rec_path, past_end, len(self.keys))
+      logging.warning(
+        '%s is truncated: %d of %d image records lie past its end and will be skipped as corrupt',
+        self.rec_path,
+        past_end,
+        len(self.keys),
+      )
 
     self.image_size = None
     num_classes = self._read_property(directory)
     if num_classes is not None and identities is not None and num_classes != identities:
-      logging.warning('%s/property says %d classes, the header record %d; using the property',
-                      directory, num_classes, identities)
+      logging.warning(
+        '%s/property says %d classes, the header record %d; using the property',
+        directory,
+        num_classes,
+        identities,
+      )
     self.num_classes = num_classes or identities or self._scan_classes()
 
   def _read_property(self, directory: str) -> int | None:
@@ -163,16 +207,21 @@ class RecordDataset:
       if len(fields) not in (1, 3) or min(fields) < 1:
         raise ValueError
     except ValueError:
-      raise DatasetError(f'{path} holds {text[:60]!r}; expected "num_classes,height,width" '
-                         '(e.g. 85742,112,112); fix or delete it') from None
+      raise DatasetError(
+        f'{path} holds {text[:60]!r}; expected "num_classes,height,width" '
+        '(e.g. 85742,112,112); fix or delete it'
+      ) from None
     if len(fields) == 3:
       self.image_size = (fields[1], fields[2])
     return fields[0]
 
   def _scan_classes(self) -> int:
     """max label + 1 over every image record (an im2rec file without a property file)."""
-    logging.info('%s has no property file: scanning %d labels for the class count',
-                 self.rec_path, len(self.keys))
+    logging.info(
+      '%s has no property file: scanning %d labels for the class count',
+      self.rec_path,
+      len(self.keys),
+    )
     largest = int(self._labels_from_records().max())
     if largest < 0:
       raise DatasetError(f'{self.rec_path}: no record has a readable non-negative label')
@@ -188,14 +237,22 @@ class RecordDataset:
         try:
           labels = self._labels_from_ranges()
         except CorruptSampleError as e:
-          logging.warning('%s: identity record %s unreadable (%s); reading every image label',
-                          self.rec_path, e.key, e.reason)
+          logging.warning(
+            '%s: identity record %s unreadable (%s); reading every image label',
+            self.rec_path,
+            e.key,
+            e.reason,
+          )
       self._labels = self._labels_from_records() if labels is None else labels
       unreadable = int((self._labels < 0).sum())
       if unreadable:
-        logging.warning('%s: %d of %d image records have no readable label (e.g. keys %s)',
-                        self.rec_path, unreadable, len(self.keys),
-                        self.keys[self._labels < 0][:5].tolist())
+        logging.warning(
+          '%s: %d of %d image records have no readable label (e.g. keys %s)',
+          self.rec_path,
+          unreadable,
+          len(self.keys),
+          self.keys[self._labels < 0][:5].tolist(),
+        )
     return self._labels
 
   def _labels_from_ranges(self) -> np.ndarray:
@@ -242,8 +299,9 @@ class RecordDataset:
           self._pid = os.getpid()
     return self._fd
 
-  def _read_payload(self, offset: int, end: int, key: object) -> tuple[np.ndarray | float,
-                                                                        memoryview]:
+  def _read_payload(
+    self, offset: int, end: int, key: object
+  ) -> tuple[np.ndarray | float, memoryview]:
     """(label, image bytes) of the record at `offset`, parts rejoined with the magic."""
     fd = self._file()
     try:
@@ -256,21 +314,24 @@ class RecordDataset:
       if stop > len(buffer):
         buffer += os.pread(fd, stop - len(buffer), offset + len(buffer))
         if stop > len(buffer):
-          raise CorruptSampleError(key, f'record truncated at byte {offset + len(buffer)} '
-                                   f'of {self.rec_path}')
+          raise CorruptSampleError(
+            key, f'record truncated at byte {offset + len(buffer)} of {self.rec_path}'
+          )
       magic, lrec = CHUNK_HEAD.unpack_from(buffer, position)
       if magic != MAGIC:
         raise CorruptSampleError(key, f'wrong magic {magic:#010x} at byte {offset + position}')
       cflag, length = lrec >> 29, lrec & LENGTH_MASK
       if (cflag in (0, 1)) != (not parts) or cflag > 3:
-        raise CorruptSampleError(key, f'chunk flag {cflag} out of sequence at byte '
-                                 f'{offset + position}')
+        raise CorruptSampleError(
+          key, f'chunk flag {cflag} out of sequence at byte {offset + position}'
+        )
       start, stop = stop, stop + length
       if stop > len(buffer):
         buffer += os.pread(fd, stop - len(buffer), offset + len(buffer))
         if stop > len(buffer):
-          raise CorruptSampleError(key, f'record truncated at byte {offset + len(buffer)} '
-                                   f'of {self.rec_path}')
+          raise CorruptSampleError(
+            key, f'record truncated at byte {offset + len(buffer)} of {self.rec_path}'
+          )
       parts.append(memoryview(buffer)[start:stop])
       position = stop + (-length % 4)
       if cflag in (0, 3):
@@ -283,8 +344,9 @@ class RecordDataset:
 
   def read_payload(self, index: int) -> tuple[np.ndarray | float, memoryview]:
     """(raw label: a float or the float32 labels, encoded image bytes) of image `index`."""
-    return self._read_payload(int(self._offsets[index]), int(self._ends[index]),
-                              int(self.keys[index]))
+    return self._read_payload(
+      int(self._offsets[index]), int(self._ends[index]), int(self.keys[index])
+    )
 
   def read_record(self, key: int) -> tuple[np.ndarray | float, bytes]:
     """(raw label, payload body) of any record by key (header and identity records included)."""
@@ -299,8 +361,9 @@ class RecordDataset:
     """(K, 2) int64 [start, end) image-key ranges of the face layout's identity records."""
     if not self.has_header:
       raise ValueError(f'{self.rec_path} has no header record, hence no identity records')
-    return np.array([np.ravel(self.read_record(int(k))[0])[:2] for k in self._identity_keys],
-                    np.int64).reshape(-1, 2)
+    return np.array(
+      [np.ravel(self.read_record(int(k))[0])[:2] for k in self._identity_keys], np.int64
+    ).reshape(-1, 2)
 
   @staticmethod
   def _label(label: np.ndarray | float, key: object) -> int:

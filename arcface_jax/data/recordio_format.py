@@ -8,6 +8,7 @@ id2); flag n > 0 means n float32 labels follow; then the image bytes.
 
 Shared by the reader (`data/recordio.py`) and the writer (`data/recordio_writer.py`).
 """
+
 from __future__ import annotations
 
 import struct
@@ -38,11 +39,11 @@ def unpack_payload(payload: bytes | memoryview) -> tuple[np.ndarray | float, mem
   if len(payload) < HEADER.size:
     raise ValueError(f'payload of {len(payload)} bytes is shorter than the 24-byte header')
   flag, label, _, _ = HEADER.unpack_from(payload)
-  body = memoryview(payload)[HEADER.size:]
+  body = memoryview(payload)[HEADER.size :]
   if flag > 0:
     if len(body) < 4 * flag:
       raise ValueError(f'header announces {flag} labels but the payload is too short')
-    return np.frombuffer(body[:4 * flag], np.float32).copy(), body[4 * flag:]
+    return np.frombuffer(body[: 4 * flag], np.float32).copy(), body[4 * flag :]
   return label, body
 
 

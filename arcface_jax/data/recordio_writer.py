@@ -4,6 +4,7 @@
 layout of MS1M, Glint360K, WebFace) record 0 is a header and the identity ranges follow the
 images, as `data/recordio.py` documents and reads. `RecordWriter` appends raw records.
 """
+
 from __future__ import annotations
 
 import array
@@ -13,8 +14,13 @@ from typing import Iterable
 import numpy as np
 
 from arcface_jax.data.decode import decode_image
-from arcface_jax.data.recordio_format import (CHUNK_HEAD, LENGTH_MASK, MAGIC, pack_payload,
-                                              split_payload)
+from arcface_jax.data.recordio_format import (
+  CHUNK_HEAD,
+  LENGTH_MASK,
+  MAGIC,
+  pack_payload,
+  split_payload,
+)
 
 
 class RecordWriter:
@@ -64,9 +70,15 @@ def write_property(directory: str, num_classes: int, height: int, width: int) ->
     f.write(f'{num_classes},{height},{width}\n')
 
 
-def write_records(out_dir: str, samples: Iterable[tuple[int, bytes]], *, header: bool = True,
-                  num_classes: int | None = None, image_size: tuple[int, int] | None = None,
-                  name: str = 'train') -> int:
+def write_records(
+  out_dir: str,
+  samples: Iterable[tuple[int, bytes]],
+  *,
+  header: bool = True,
+  num_classes: int | None = None,
+  image_size: tuple[int, int] | None = None,
+  name: str = 'train',
+) -> int:
   """Writes out_dir/{name}.rec, {name}.idx and property from (label, encoded image) pairs.
 
   With `header` (the face layout), labels must arrive grouped in non-decreasing order so that each
@@ -78,15 +90,18 @@ def write_records(out_dir: str, samples: Iterable[tuple[int, bytes]], *, header:
   key = 1 if header else 0
   first_key = key
   max_label = -1
-  with RecordWriter(os.path.join(out_dir, name + '.rec'),
-                    os.path.join(out_dir, name + '.idx')) as writer:
+  with RecordWriter(
+    os.path.join(out_dir, name + '.rec'), os.path.join(out_dir, name + '.idx')
+  ) as writer:
     for label, image_bytes in samples:
       label = int(label)
       if label < 0:
         raise ValueError(f'record {key}: negative label {label}')
       if header and ranges and label < ranges[-1][0]:
-        raise ValueError(f'record {key}: label {label} after {ranges[-1][0]}; the face layout '
-                         'needs samples grouped by label in increasing order')
+        raise ValueError(
+          f'record {key}: label {label} after {ranges[-1][0]}; the face layout '
+          'needs samples grouped by label in increasing order'
+        )
       if image_size is None:
         height, width = decode_image(image_bytes, key).shape[:2]
         image_size = (height, width)

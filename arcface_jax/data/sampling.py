@@ -11,6 +11,7 @@ pipeline compute any step's batch directly (and a resumed run continue exactly).
   topped up with repeats of its own images drawn at random, so every image is seen once an epoch
   and no block mixes identities. Samples labelled −1 (unreadable) are left out.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,9 @@ class IdentityBalancedOrder:
     if images_per_identity < 1:
       raise ValueError(f'images_per_identity={images_per_identity} must be positive')
     if labels.ndim != 1 or len(labels) == 0:
-      raise DatasetError('identity-balanced sampling needs one label per sample; got '
-                         f'{labels.shape}')
+      raise DatasetError(
+        f'identity-balanced sampling needs one label per sample; got {labels.shape}'
+      )
     self.k = int(images_per_identity)
     self.seed = seed
     # Samples grouped by identity (stable: source order within one), with each group's extent;
@@ -53,8 +55,9 @@ class IdentityBalancedOrder:
     if len(known) == 0:
       raise DatasetError('identity-balanced sampling: no sample has a readable label')
     self._by_label = known[np.argsort(labels[known], kind='stable')]
-    _, self._starts, self._counts = np.unique(labels[self._by_label], return_index=True,
-                                              return_counts=True)
+    _, self._starts, self._counts = np.unique(
+      labels[self._by_label], return_index=True, return_counts=True
+    )
     self._padded = -(-self._counts // self.k) * self.k  # each identity's length, a multiple of K
     self.length = int(self._padded.sum())
     self.num_identities = len(self._counts)
@@ -65,7 +68,8 @@ class IdentityBalancedOrder:
     # Top-ups: `padded − count` extra entries per identity, each one of its images at random.
     extra_group = np.repeat(np.arange(self.num_identities), self._padded - self._counts)
     extra_members = self._starts[extra_group] + np.floor(
-        rng.random(len(extra_group)) * self._counts[extra_group]).astype(np.int64)
+      rng.random(len(extra_group)) * self._counts[extra_group]
+    ).astype(np.int64)
     members = np.concatenate([np.arange(len(self._by_label)), extra_members])
     groups = np.concatenate([group, extra_group])
     # Within each identity: its real images in random order (keys in [0, 1)), then the top-ups

@@ -10,6 +10,7 @@ The protocol every source follows (and the input pipeline relies on): `len(src)`
 (image uint8 (H, W, 3) RGB, int label), `src.num_classes`; one unreadable sample raises
 `CorruptSampleError(key, reason)`, a dataset unusable as a whole raises `DatasetError`.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,23 +27,26 @@ SOURCES = ('synthetic', 'recordio', 'folder', 'tfds', 'digits')
 
 class Source(Protocol):
   """What the input pipeline needs from a dataset."""
+
   num_classes: int
 
-  def __len__(self) -> int:
-    ...
+  def __len__(self) -> int: ...
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    ...
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]: ...
 
 
 def _require_path(data_config: ml_collections.ConfigDict) -> str:
   path = data_config.path
   if not path:
-    raise DatasetError(f'config.data.source={data_config.source!r} needs a dataset directory: '
-                       'set --config.data.path=/path/to/dataset')
+    raise DatasetError(
+      f'config.data.source={data_config.source!r} needs a dataset directory: '
+      'set --config.data.path=/path/to/dataset'
+    )
   if not os.path.exists(path):
-    raise DatasetError(f'config.data.path={path!r} does not exist: point --config.data.path at '
-                       f'the {data_config.source} dataset directory')
+    raise DatasetError(
+      f'config.data.path={path!r} does not exist: point --config.data.path at '
+      f'the {data_config.source} dataset directory'
+    )
   return path
 
 
@@ -53,6 +57,7 @@ def get_train_source(data_config: ml_collections.ConfigDict) -> Source:
   exclude = data_config.get('exclude', '')  # configs saved before the key existed lack it
   if exclude:
     from arcface_jax.data.exclude import exclude_images
+
     source = exclude_images(source, exclude)
   return source
 
@@ -66,34 +71,52 @@ def get_source(data_config: ml_collections.ConfigDict, split: str = 'train') -> 
   """
   source = data_config.source
   if source not in SOURCES:
-    raise DatasetError(f'config.data.source={source!r} is not a known source; valid choices: '
-                       f'{", ".join(SOURCES)}')
+    raise DatasetError(
+      f'config.data.source={source!r} is not a known source; valid choices: {", ".join(SOURCES)}'
+    )
   if split != 'train' and source not in ('folder', 'tfds'):
-    raise DatasetError(f'config.data.source={source!r} has no {split!r} split; held-out splits '
-                       'come from folder trees (config.data.val_fraction / test_fraction) or '
-                       'TFDS datasets')
+    raise DatasetError(
+      f'config.data.source={source!r} has no {split!r} split; held-out splits '
+      'come from folder trees (config.data.val_fraction / test_fraction) or '
+      'TFDS datasets'
+    )
   if source == 'digits':  # scikit-learn's digits, the analysis toy (configs/toy.py)
     from arcface_jax.data.digits import DigitsSource
+
     return DigitsSource('train', data_config.image_size, data_config.num_classes or 10)
   if source == 'synthetic':
     from arcface_jax.data import synthetic
+
     return synthetic.load_synthetic(data_config.synthetic_variant, data_config.data_dir, 'train')
   if source == 'recordio':
     path = _require_path(data_config)
     from arcface_jax.data.recordio import RecordDataset
+
     return RecordDataset(path)
   if source == 'folder':
     path = _require_path(data_config)
     from arcface_jax.data.folder import FolderDataset
-    return FolderDataset(path, split=split, split_by=data_config.split_by,
-                         val_fraction=data_config.val_fraction,
-                         test_fraction=data_config.test_fraction, seed=data_config.split_seed)
+
+    return FolderDataset(
+      path,
+      split=split,
+      split_by=data_config.split_by,
+      val_fraction=data_config.val_fraction,
+      test_fraction=data_config.test_fraction,
+      seed=data_config.split_seed,
+    )
   if not data_config.path:
-    raise DatasetError('config.data.source=tfds needs the dataset name: set '
-                       '--config.data.path=<tfds name>, e.g. synthetic_faces/demo')
+    raise DatasetError(
+      'config.data.source=tfds needs the dataset name: set '
+      '--config.data.path=<tfds name>, e.g. synthetic_faces/demo'
+    )
   # A val/test split has its own class count (open-set splits relabel 0..K−1): read it.
-  return load_tfds(data_config.path, data_config.data_dir, split,
-                   num_classes=data_config.num_classes if split == 'train' else 0)
+  return load_tfds(
+    data_config.path,
+    data_config.data_dir,
+    split,
+    num_classes=data_config.num_classes if split == 'train' else 0,
+  )
 
 
 def source_labels(source: Source) -> np.ndarray:

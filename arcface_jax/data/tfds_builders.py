@@ -18,6 +18,7 @@ deterministic splits as `FolderDataset`; with split_by='identity' labels are 0..
 split, so `label.num_classes` is the largest split's count). RecordIO gives 'train'. Unreadable
 files and records are skipped, counted and logged while converting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,16 +40,22 @@ _LOGGED_EXAMPLES = 5
 
 
 def _features(num_classes: int) -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       # shape (None, None, 3): face datasets mix sizes; the bytes pass through unchanged.
       'image': tfds.features.Image(shape=(None, None, 3)),
       'label': tfds.features.ClassLabel(num_classes=max(num_classes, 1)),
       'identity': tfds.features.Text(),
-  })
+    }
+  )
 
 
-def _examples(dataset: FolderDataset | RecordDataset, keys: Sequence[Any], origin: str,
-              identity: Callable[[int], str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+def _examples(
+  dataset: FolderDataset | RecordDataset,
+  keys: Sequence[Any],
+  origin: str,
+  identity: Callable[[int], str],
+) -> Iterator[tuple[Any, dict[str, Any]]]:
   """(key, example) for every image of `dataset` (`raw(i)` → (bytes, label)) that reads and
   starts like a JPEG/PNG/BMP; the others are skipped, counted and logged."""
   skipped = []
@@ -62,33 +69,50 @@ def _examples(dataset: FolderDataset | RecordDataset, keys: Sequence[Any], origi
       continue
     yield key, {'image': data, 'label': label, 'identity': identity(label)}
   if skipped:
-    logging.warning('%s: skipped %d unreadable samples while converting (e.g. %s)', origin,
-                    len(skipped), skipped[:_LOGGED_EXAMPLES])
+    logging.warning(
+      '%s: skipped %d unreadable samples while converting (e.g. %s)',
+      origin,
+      len(skipped),
+      skipped[:_LOGGED_EXAMPLES],
+    )
 
 
 class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A folder-per-identity tree (see `arcface_jax.data.folder`) as a TFDS dataset."""
+
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
 
-  def __init__(self, *, root: str, name: str = 'default', split_by: str = 'identity',
-               val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
-               **kwargs: Any):
+  def __init__(
+    self,
+    *,
+    root: str,
+    name: str = 'default',
+    split_by: str = 'identity',
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    **kwargs: Any,
+  ):
     self._splits = {}
     for split in ('train', 'val', 'test'):
       if split == 'train' or (val_fraction if split == 'val' else test_fraction) > 0:
-        self._splits[split] = FolderDataset(root, split, split_by, val_fraction, test_fraction,
-                                            seed)
+        self._splits[split] = FolderDataset(
+          root, split, split_by, val_fraction, test_fraction, seed
+        )
     self._root = root
     config = tfds.core.BuilderConfig(
-        name=name, description=f'{root} split_by={split_by} val_fraction={val_fraction} '
-                               f'test_fraction={test_fraction} seed={seed}')
+      name=name,
+      description=f'{root} split_by={split_by} val_fraction={val_fraction} '
+      f'test_fraction={test_fraction} seed={seed}',
+    )
     super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     classes = max(ds.num_classes for ds in self._splits.values())
-    return self.dataset_info_from_configs(features=_features(classes),
-                                          supervised_keys=('image', 'label'))
+    return self.dataset_info_from_configs(
+      features=_features(classes), supervised_keys=('image', 'label')
+    )
 
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager
@@ -101,6 +125,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The images of a RecordIO directory (train.rec, train.idx) as a TFDS dataset."""
+
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
 
@@ -110,8 +135,9 @@ class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(features=_features(self._records.num_classes),
-                                          supervised_keys=('image', 'label'))
+    return self.dataset_info_from_configs(
+      features=_features(self._records.num_classes), supervised_keys=('image', 'label')
+    )
 
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager
@@ -126,24 +152,41 @@ def _prepare(builder: tfds.core.GeneratorBasedBuilder) -> str:
   return f'{builder.name}/{builder.builder_config.name}'
 
 
-def build_folder(root: str, data_dir: str, *, name: str = 'default', split_by: str = 'identity',
-                 val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0) -> str:
+def build_folder(
+  root: str,
+  data_dir: str,
+  *,
+  name: str = 'default',
+  split_by: str = 'identity',
+  val_fraction: float = 0.0,
+  test_fraction: float = 0.0,
+  seed: int = 0,
+) -> str:
   """Converts an identity-folder tree; returns the TFDS name to read it by ('face_folder/NAME')."""
-  return _prepare(FaceFolder(root=root, name=name, split_by=split_by, val_fraction=val_fraction,
-                             test_fraction=test_fraction, seed=seed,
-                             data_dir=os.path.abspath(data_dir)))
+  return _prepare(
+    FaceFolder(
+      root=root,
+      name=name,
+      split_by=split_by,
+      val_fraction=val_fraction,
+      test_fraction=test_fraction,
+      seed=seed,
+      data_dir=os.path.abspath(data_dir),
+    )
+  )
 
 
 def build_recordio(directory: str, data_dir: str, *, name: str = 'default') -> str:
   """Converts a RecordIO directory; returns the TFDS name to read it by ('face_record_io/NAME')."""
-  return _prepare(FaceRecordIO(directory=directory, name=name,
-                               data_dir=os.path.abspath(data_dir)))
+  return _prepare(FaceRecordIO(directory=directory, name=name, data_dir=os.path.abspath(data_dir)))
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
-      prog='python -m arcface_jax.data.tfds_builders',
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog='python -m arcface_jax.data.tfds_builders',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('kind', choices=('folder', 'recordio'))
   parser.add_argument('path', help='identity-folder root, or RecordIO directory')
   parser.add_argument('--data_dir', required=True, help='where TFDS datasets live')
@@ -161,17 +204,25 @@ def main(args: argparse.Namespace) -> None:
   builders = importlib.import_module('arcface_jax.data.tfds_builders')
   try:
     if args.kind == 'folder':
-      name = builders.build_folder(args.path, args.data_dir, name=args.name, split_by=args.split_by,
-                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                          seed=args.seed)
+      name = builders.build_folder(
+        args.path,
+        args.data_dir,
+        name=args.name,
+        split_by=args.split_by,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+      )
     else:
       name = builders.build_recordio(args.path, args.data_dir, name=args.name)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'built {name} in {args.data_dir}: tfds.data_source({name!r}, '
-        f'data_dir={args.data_dir!r}) or --config.data.source=tfds --config.data.path={name} '
-        f'--config.data.data_dir={args.data_dir}')
+  print(
+    f'built {name} in {args.data_dir}: tfds.data_source({name!r}, '
+    f'data_dir={args.data_dir!r}) or --config.data.source=tfds --config.data.path={name} '
+    f'--config.data.data_dir={args.data_dir}'
+  )
 
 
 if __name__ == '__main__':

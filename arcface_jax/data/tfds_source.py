@@ -4,6 +4,7 @@
 downloaded) through `tfds.data_source`; `TfdsSource` adapts its records to the source protocol of
 `data/sources.py`. The embedded synthetic dataset (`data/synthetic.py`) is read the same way.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -22,8 +23,13 @@ class TfdsSource:
   and `labels` reads every label without decoding any image.
   """
 
-  def __init__(self, data_source: Sequence[dict[str, Any]], num_classes: int, name: str = 'tfds',
-               encoded: bool = False):
+  def __init__(
+    self,
+    data_source: Sequence[dict[str, Any]],
+    num_classes: int,
+    name: str = 'tfds',
+    encoded: bool = False,
+  ):
     self._source = data_source
     self.num_classes = int(num_classes)
     self._name = name
@@ -37,8 +43,7 @@ class TfdsSource:
   def labels(self) -> np.ndarray:
     """Every label in index order (records are deserialised; images decoded only if stored raw)."""
     if self._labels is None:
-      self._labels = np.array([int(self._source[i]['label']) for i in range(len(self))],
-                              np.int64)
+      self._labels = np.array([int(self._source[i]['label']) for i in range(len(self))], np.int64)
     return self._labels
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
@@ -62,43 +67,59 @@ class TfdsSource:
     return image, int(record['label'])
 
 
-def open_tfds(name: str, data_dir: str, split: str, num_classes: int,
-              image_feature: Any = None) -> TfdsSource:
+def open_tfds(
+  name: str, data_dir: str, split: str, num_classes: int, image_feature: Any = None
+) -> TfdsSource:
   """`tfds.data_source` as a TfdsSource; PNG/JPEG `Image` features are left encoded for OpenCV."""
   import tensorflow_datasets as tfds
-  encoded = (isinstance(image_feature, tfds.features.Image)
-             and image_feature.encoding_format in (None, 'png', 'jpeg'))
+
+  encoded = isinstance(image_feature, tfds.features.Image) and image_feature.encoding_format in (
+    None,
+    'png',
+    'jpeg',
+  )
   decoders = {'image': tfds.decode.SkipDecoding()} if encoded else None
-  data_source = tfds.data_source(name, data_dir=data_dir, split=split, download=False,
-                                 decoders=decoders)
+  data_source = tfds.data_source(
+    name, data_dir=data_dir, split=split, download=False, decoders=decoders
+  )
   return TfdsSource(data_source, num_classes=num_classes, name=f'{name}/{split}', encoded=encoded)
 
 
-def load_tfds(name: str, data_dir: str, split: str = 'train',
-              num_classes: int = 0) -> TfdsSource:
+def load_tfds(name: str, data_dir: str, split: str = 'train', num_classes: int = 0) -> TfdsSource:
   """A prepared TFDS dataset (array_record format) as a source; never downloads."""
   import tensorflow_datasets as tfds
-  fix = (f'prepare it first with `tfds build {name} --data_dir={data_dir} '
-         '--file_format=array_record`, or set --config.data.data_dir to where it was built')
+
+  fix = (
+    f'prepare it first with `tfds build {name} --data_dir={data_dir} '
+    '--file_format=array_record`, or set --config.data.data_dir to where it was built'
+  )
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError and friends: the name itself is wrong
-    raise DatasetError(f'config.data.path={name!r} is not a known TFDS dataset '
-                       f'({type(e).__name__}); use a registered name such as '
-                       '"synthetic_faces/demo"') from None
+    raise DatasetError(
+      f'config.data.path={name!r} is not a known TFDS dataset '
+      f'({type(e).__name__}); use a registered name such as '
+      '"synthetic_faces/demo"'
+    ) from None
   if not builder.is_prepared():
     raise DatasetError(f'TFDS dataset {name!r} is not prepared in {data_dir!r}: {fix}')
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
-    raise DatasetError(f'TFDS dataset {name!r} has features {sorted(features)}; the training '
-                       "source needs 'image' and 'label'")
+    raise DatasetError(
+      f'TFDS dataset {name!r} has features {sorted(features)}; the training '
+      "source needs 'image' and 'label'"
+    )
   if not num_classes:
     num_classes = getattr(features['label'], 'num_classes', None) or 0
   if not num_classes:
-    raise DatasetError(f'TFDS dataset {name!r}: its label feature does not say how many classes '
-                       'there are; set --config.data.num_classes')
+    raise DatasetError(
+      f'TFDS dataset {name!r}: its label feature does not say how many classes '
+      'there are; set --config.data.num_classes'
+    )
   try:
     return open_tfds(name, data_dir, split, num_classes, features['image'])
   except Exception as e:  # e.g. prepared as tfrecord, which data_source cannot read
-    raise DatasetError(f'TFDS dataset {name!r} split {split!r} cannot be opened for random '
-                       f'access ({type(e).__name__}: {e}); {fix}') from None
+    raise DatasetError(
+      f'TFDS dataset {name!r} split {split!r} cannot be opened for random '
+      f'access ({type(e).__name__}: {e}); {fix}'
+    ) from None

@@ -16,6 +16,7 @@ Pairs list: one pair per line, `path1 path2 1|0` (paths relative to --root), or 
 `pairs.txt` layout (a header line of one or two integers, then `name i j` for a matched pair and
 `name1 i name2 j` for a mismatched one, images at name/name_%04d.jpg).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,14 +54,20 @@ def _plain_dtype(*args: Any) -> np.dtype:
 def _numpy_reconstructors() -> dict[str, Callable[..., Any]]:
   """numpy's own unpickling helpers, found through numpy's public reduce methods."""
   array = np.zeros(1, np.uint8)
-  return {'_reconstruct': array.__reduce_ex__(2)[0], '_frombuffer': array.__reduce_ex__(5)[0],
-          'scalar': np.uint8(0).__reduce__()[0]}
+  return {
+    '_reconstruct': array.__reduce_ex__(2)[0],
+    '_frombuffer': array.__reduce_ex__(5)[0],
+    'scalar': np.uint8(0).__reduce__()[0],
+  }
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
   helpers = _numpy_reconstructors()
-  allowed = {('_codecs', 'encode'): _latin1_only, ('numpy', 'ndarray'): np.ndarray,
-             ('numpy', 'dtype'): _plain_dtype}
+  allowed = {
+    ('_codecs', 'encode'): _latin1_only,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): _plain_dtype,
+  }
   # Protocols 0-2 name the builtins module by its Python 2 name; find_class is given it as is.
   for builtins in ('builtins', '__builtin__'):
     allowed[(builtins, 'bytes')] = bytes
@@ -83,8 +90,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return self._ALLOWED[(module, name)]
     except KeyError:
       raise UnsafePickleError(
-          f'the pickle asks for {module}.{name}, which a verification set never contains; '
-          'refused without running it (the file may be malicious)') from None
+        f'the pickle asks for {module}.{name}, which a verification set never contains; '
+        'refused without running it (the file may be malicious)'
+      ) from None
 
 
 def read_pairs_pickle(path: str) -> tuple[list[bytes], np.ndarray]:
@@ -97,10 +105,21 @@ def read_pairs_pickle(path: str) -> tuple[list[bytes], np.ndarray]:
     content = _RestrictedUnpickler(io.BytesIO(data), encoding='latin1').load()
   except UnsafePickleError as e:
     raise UnsafePickleError(f'{path}: {e}') from None
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-          IndexError, KeyError, MemoryError, OverflowError) as e:
-    raise DatasetError(f'{path} is not a readable verification .bin (a pickle of (images, '
-                       f'issame)); truncated or corrupt? {type(e).__name__}: {e}') from None
+  except (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    MemoryError,
+    OverflowError,
+  ) as e:
+    raise DatasetError(
+      f'{path} is not a readable verification .bin (a pickle of (images, '
+      f'issame)); truncated or corrupt? {type(e).__name__}: {e}'
+    ) from None
   return _validate(path, content)
 
 
@@ -131,8 +150,9 @@ def _validate(path: str, content: Any) -> tuple[list[bytes], np.ndarray]:
   if labels.ndim != 1 or labels.dtype.kind not in 'biu' or not np.isin(labels, (0, 1)).all():
     raise DatasetError(f'{path}: issame must be N booleans, got {labels.dtype} {labels.shape}')
   if len(encoded) != 2 * len(labels):
-    raise DatasetError(f'{path}: {len(encoded)} images for {len(labels)} pairs; expected '
-                       f'{2 * len(labels)}')
+    raise DatasetError(
+      f'{path}: {len(encoded)} images for {len(labels)} pairs; expected {2 * len(labels)}'
+    )
   return encoded, labels.astype(bool)
 
 
@@ -145,8 +165,9 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray
   return rgb if size is None else decode.resize(rgb, size)
 
 
-def load_bin(path: str, image_size: int | tuple[int, int] = (112, 112)
-             ) -> tuple[np.ndarray, np.ndarray]:
+def load_bin(
+  path: str, image_size: int | tuple[int, int] = (112, 112)
+) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, H, W, 3) RGB, issame bool (N,)); images resized to image_size (H, W)."""
   size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   encoded, issame = read_pairs_pickle(path)
@@ -163,8 +184,9 @@ def load_bin(path: str, image_size: int | tuple[int, int] = (112, 112)
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
     ok = list(pool.map(decode_into, range(len(encoded))))
   if not all(ok):
-    raise DatasetError(f'{path}: image {ok.index(False)} (pair {ok.index(False) // 2}) cannot '
-                       'be decoded as JPEG/PNG')
+    raise DatasetError(
+      f'{path}: image {ok.index(False)} (pair {ok.index(False) // 2}) cannot be decoded as JPEG/PNG'
+    )
   return images, issame
 
 
@@ -192,8 +214,7 @@ def _label(token: str, where: str) -> bool:
   raise DatasetError(f'{where}: label {token!r} is not 1 or 0')
 
 
-def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg'
-                ) -> list[tuple[str, str, bool]]:
+def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg') -> list[tuple[str, str, bool]]:
   """[(image path 1, image path 2, issame)] from a pairs list (see the module docstring)."""
   if not os.path.isfile(pairs_path):
     raise FileNotFoundError(f'pairs list {pairs_path} does not exist')
@@ -215,10 +236,11 @@ def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg'
     elif lfw and len(tokens) == 4 and _is_int(tokens[1]) and _is_int(tokens[3]):
       pairs.append((lfw_path(tokens[0], tokens[1]), lfw_path(tokens[2], tokens[3]), False))
     elif not lfw and len(tokens) == 3:
-      pairs.append((os.path.join(root, tokens[0]), os.path.join(root, tokens[1]),
-                    _label(tokens[2], where)))
+      pairs.append(
+        (os.path.join(root, tokens[0]), os.path.join(root, tokens[1]), _label(tokens[2], where))
+      )
     else:
-      layout = ('LFW: "name i j" or "name1 i name2 j"' if lfw else '"path1 path2 1|0"')
+      layout = 'LFW: "name i j" or "name1 i name2 j"' if lfw else '"path1 path2 1|0"'
       raise DatasetError(f'{where}: expected {layout}, got {" ".join(tokens)!r}')
   return pairs
 
@@ -246,13 +268,18 @@ def make_bin(pairs_path: str, root: str, out_path: str, lfw_ext: str = '.jpg') -
 def main(argv: Sequence[str] | None = None) -> None:
   # argparse rather than absl flags: this module is imported by the trainer, and module-level
   # absl flags would claim names (--out, --root) for every program that imports it.
-  parser = argparse.ArgumentParser(prog='python -m arcface_jax.data.verification_bin',
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m arcface_jax.data.verification_bin',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   commands = parser.add_subparsers(dest='command', required=True)
   make = commands.add_parser('make', help='write a .bin from a pairs list over a folder')
-  make.add_argument('--pairs', required=True,
-                    help='pairs list: "path1 path2 1|0" lines, or the LFW pairs.txt layout')
+  make.add_argument(
+    '--pairs',
+    required=True,
+    help='pairs list: "path1 path2 1|0" lines, or the LFW pairs.txt layout',
+  )
   make.add_argument('--root', default='.', help='folder the listed image paths are relative to')
   make.add_argument('--out', required=True, help='the .bin file to write')
   make.add_argument('--lfw_ext', default='.jpg', help='image extension for the LFW layout')
@@ -265,8 +292,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f'{args.out}: {count} pairs')
     else:
       images, issame = load_bin(args.bin, image_size=(112, 112))
-      print(f'{args.bin}: {len(issame)} pairs ({int(issame.sum())} matched), '
-            f'{len(images)} images decoded at 112x112')
+      print(
+        f'{args.bin}: {len(issame)} pairs ({int(issame.sum())} matched), '
+        f'{len(images)} images decoded at 112x112'
+      )
   except (DatasetError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 
