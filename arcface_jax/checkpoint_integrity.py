@@ -61,9 +61,9 @@ def _sha256(path: epath.Path) -> str:
 
 def write_sums(step_dir: paths.PathLike) -> epath.Path:
   """Hashes every file of a finished step into `<step_dir>/SHA256SUMS` (atomically)."""
-  step_dir = epath.Path(step_dir)
-  lines = [f'{_sha256(step_dir / name)}  {name}\n' for name in _relative_files(step_dir)]
-  path = step_dir / SUMS_FILE
+  directory = epath.Path(step_dir)
+  lines = [f'{_sha256(directory / name)}  {name}\n' for name in _relative_files(directory)]
+  path = directory / SUMS_FILE
   paths.write_text_atomic(path, ''.join(lines))
   return path
 
@@ -89,10 +89,10 @@ def verify(step_dir: paths.PathLike, items: Iterable[str] | None = None) -> Dama
 
   A step without SHA256SUMS returns None: see the module docstring.
   """
-  step_dir = epath.Path(step_dir)
-  if not step_dir.is_dir():
-    return Damage('missing', f'{step_dir} is gone')
-  path = step_dir / SUMS_FILE
+  directory = epath.Path(step_dir)
+  if not directory.is_dir():
+    return Damage('missing', f'{directory} is gone')
+  path = directory / SUMS_FILE
   if not path.exists():
     return None
   items = None if items is None else tuple(items)
@@ -110,14 +110,14 @@ def verify(step_dir: paths.PathLike, items: Iterable[str] | None = None) -> Dama
     if not any(name.startswith(item + '/') for name in expected):
       return Damage(f'missing-{item}', f'its {SUMS_FILE} lists no files of item {item!r}')
   expected = {name: digest for name, digest in expected.items() if _in_scope(name, items)}
-  present = {name for name in _relative_files(step_dir) if _in_scope(name, items)}
+  present = {name for name in _relative_files(directory) if _in_scope(name, items)}
   missing = sorted(set(expected) - present)
   if missing:
     items_gone = sorted(
       {
         name.split('/', 1)[0]
         for name in missing
-        if '/' in name and not (step_dir / name.split('/', 1)[0]).is_dir()
+        if '/' in name and not (directory / name.split('/', 1)[0]).is_dir()
       }
     )
     if items_gone:
@@ -130,7 +130,7 @@ def verify(step_dir: paths.PathLike, items: Iterable[str] | None = None) -> Dama
       f'{len(unexpected)} files are not in its {SUMS_FILE}: {_listing(unexpected)}',
     )
   altered = [
-    name for name, digest in sorted(expected.items()) if _sha256(step_dir / name) != digest
+    name for name, digest in sorted(expected.items()) if _sha256(directory / name) != digest
   ]
   if altered:
     return Damage(

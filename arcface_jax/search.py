@@ -157,10 +157,10 @@ def read_scalars(logdir: paths.PathLike) -> dict[str, float]:
   from tensorboardX.proto import event_pb2
 
   last: dict[str, tuple[int, float]] = {}
-  logdir = epath.Path(logdir)
-  if not logdir.is_dir():
+  directory = epath.Path(logdir)
+  if not directory.is_dir():
     return {}
-  for child in sorted(logdir.iterdir(), key=lambda p: p.name):
+  for child in sorted(directory.iterdir(), key=lambda p: p.name):
     if 'tfevents' not in child.name:
       continue
     data = child.read_bytes()
@@ -197,7 +197,7 @@ class CompileCounter(logging_std.Handler):
   _HIT = re.compile(r"Persistent compilation cache hit for '([^']+)'")
   _MISS = re.compile(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'")
 
-  def __init__(self):
+  def __init__(self) -> None:
     super().__init__(logging_std.DEBUG)
     self.compiled: list[str] = []
     self.loaded: list[str] = []
@@ -230,7 +230,9 @@ def enable_compilation_cache(workdir: paths.PathLike) -> str:
   """
   import jax
 
-  directory = jax.config.jax_compilation_cache_dir or os.fspath(epath.Path(workdir) / '.jax_cache')
+  # `values` is the typed way to read an option (the attribute form is dynamic)
+  configured = jax.config.values['jax_compilation_cache_dir']
+  directory = configured or os.fspath(epath.Path(workdir) / '.jax_cache')
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
@@ -257,11 +259,11 @@ def run_search(
   from arcface_jax.data.errors import DatasetError
 
   train_fn = trainer.train_and_evaluate if train_fn is None else train_fn
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  enable_compilation_cache(workdir)
+  root = epath.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  enable_compilation_cache(root)
   for index, cell in enumerate(cells, 1):
-    cell_dir = workdir / cell.name
+    cell_dir = root / cell.name
     previous = _read_marker(cell_dir)
     if previous and previous['status'] in ('finished', 'diverged'):
       logging.info(
@@ -300,7 +302,7 @@ def run_search(
       'loaded_from_cache': counter.loaded,
     }
     (cell_dir / DONE_MARKER).write_text(json.dumps(record, indent=2))
-  return write_results(workdir, cells, metric=metric, higher_is_better=higher_is_better)
+  return write_results(root, cells, metric=metric, higher_is_better=higher_is_better)
 
 
 def _read_marker(cell_dir: epath.Path) -> dict[str, Any] | None:
@@ -313,8 +315,15 @@ def _read_marker(cell_dir: epath.Path) -> dict[str, Any] | None:
 def write_results(
   workdir: paths.PathLike, cells: list[Cell], *, metric: str, higher_is_better: bool
 ) -> dict[str, Any]:
-  workdir = epath.Path(workdir)
-  records = [_read_marker(workdir / cell.name) for cell in cells]
+  root = epath.Path(workdir)
+  records: list[dict[str, Any]] = []
+  for cell in cells:
+    record = _read_marker(root / cell.name)
+    if record is None:  # run_search writes every cell's marker before it gets here
+      raise SearchError(
+        f'{root / cell.name / DONE_MARKER} is missing or unreadable; run the search again'
+      )
+    records.append(record)
   logged = set().union(*[r['metrics'] for r in records])
   tag = resolve_metric(metric, {t: 0.0 for t in logged})
   for record in records:
@@ -330,15 +339,15 @@ def write_results(
     'best': best and {'name': best['name'], 'values': best['values'], 'metric': best['metric']},
     'cells': records,
   }
-  (workdir / 'results.json').write_text(json.dumps(result, indent=2))
+  (root / 'results.json').write_text(json.dumps(result, indent=2))
   table = io.StringIO(newline='')
   writer = csv.writer(table)
   writer.writerow(['cell', *keys, tag, 'status'])
   for r in records:
     writer.writerow([r['name'], *[r['values'][k] for k in keys], r['metric'], r['status']])
-  (workdir / 'results.csv').write_text(table.getvalue())
-  _heatmap(workdir, records, keys, tag, higher_is_better)
-  _log_hparams(workdir, records, tag)
+  (root / 'results.csv').write_text(table.getvalue())
+  _heatmap(root, records, keys, tag, higher_is_better)
+  _log_hparams(root, records, tag)
   return result
 
 

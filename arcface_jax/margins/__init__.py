@@ -185,7 +185,7 @@ def get(
         'sphereface (A-softmax) takes m (integer), s and lambda_*; for the '
         'real-valued SphereFace 1.35 use combined with m1=1.35'
       )
-    params = dict(sphereface_params)
+    params: dict[str, Any] = dict(sphereface_params)
     if m is not None:
       params['m'] = m
     if s is not None:

@@ -49,7 +49,7 @@ def _masked_mean(x: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def _arc(cos: jax.Array, m: jax.Array) -> jax.Array:
+def _arc(cos: jax.Array, m: jax.Array | float) -> jax.Array:
   """cos(θ + m) = cos θ cos m − sin θ sin m, finite in value and slope at cos θ = ±1."""
   return cos * jnp.cos(m) - safe_sin_from_cos(cos) * jnp.sin(m)
 
@@ -79,6 +79,20 @@ class RowMargin:
 
   uses_norms = False
   needs_rng = False
+
+  def prepare(
+    self,
+    target_cos: jax.Array,
+    valid: jax.Array,
+    *,
+    state: dict,
+    norms: jax.Array | None = None,
+    rng: jax.Array | None = None,
+  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    raise NotImplementedError(f'{type(self).__name__} must define prepare')
+
+  def logits(self, cos: jax.Array, labels: jax.Array, rows: dict[str, jax.Array]) -> jax.Array:
+    raise NotImplementedError(f'{type(self).__name__} must define logits')
 
   def bind(self, rows: dict[str, jax.Array]) -> BoundMargin:
     return BoundMargin(self, rows)

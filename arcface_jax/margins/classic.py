@@ -40,9 +40,15 @@ _SIN2_FLOOR = 1e-10
 class Margin(Protocol):
   """What every margin offers (the protocol is described in arcface_jax.margins)."""
 
-  scale: float
-  uses_norms: bool
-  needs_rng: bool
+  # Read-only: the margins are frozen dataclasses.
+  @property
+  def scale(self) -> float: ...
+
+  @property
+  def uses_norms(self) -> bool: ...
+
+  @property
+  def needs_rng(self) -> bool: ...
 
   def __call__(self, cos: jax.Array, labels: jax.Array) -> jax.Array: ...
 
@@ -133,6 +139,9 @@ class Stateless:
 
   uses_norms = False
   needs_rng = False
+
+  def __call__(self, cos: jax.Array, labels: jax.Array) -> jax.Array:
+    raise NotImplementedError(f'{type(self).__name__} must define its logits, __call__')
 
   def init_state(self) -> dict[str, jax.Array]:
     return {}

@@ -11,7 +11,7 @@ float32. In training pass `mutable=['batch_stats']` and, with dropout, `rngs={'d
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import flax.linen as nn
 import jax
@@ -110,6 +110,8 @@ def make_embed_fn(model: nn.Module) -> Callable[[dict[str, Any], jax.Array], jax
   """Inference-mode embeddings (fp32) from {'params', 'batch_stats'} variables."""
 
   def embed(variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    return model.apply(variables, images, train=False).astype(jnp.float32)
+    # apply's result is whatever the module returns: here one array (no mutable collections)
+    embedding = cast(jax.Array, model.apply(variables, images, train=False))
+    return embedding.astype(jnp.float32)
 
   return embed

@@ -56,6 +56,7 @@ def _taps_sum(
       )
       term = tap * kernel[i, j, 0]
       out = term if out is None else out + term
+  assert out is not None, f'depthwise kernel {w.shape} has no taps'
   return out.astype(x.dtype)
 
 

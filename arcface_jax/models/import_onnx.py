@@ -93,6 +93,11 @@ def onnx_layers(model: Any) -> list[OnnxLayer]:
         arrays['bias'] = weights[1]
     elif kind == 'bn':
       scale, bias, mean, var = weights
+      if scale is None or bias is None or mean is None or var is None:
+        raise ValueError(
+          f'ONNX BatchNormalization {node.name or node.output[0]!r}: its scale, bias, mean '
+          'and variance must be constants (initializers), as exported models have them'
+        )
       arrays = {
         'scale': scale,
         'bias': bias,
@@ -120,6 +125,8 @@ def onnx_layers(model: Any) -> list[OnnxLayer]:
 
 def _unsqueeze(inputs: list[Any], attrs: dict[str, Any]) -> np.ndarray:
   axes = attrs.get('axes', inputs[1] if len(inputs) > 1 else None)
+  if axes is None:
+    raise ValueError('ONNX Unsqueeze without axes (neither an attribute nor an input)')
   out = inputs[0]
   for axis in sorted(int(a) % (out.ndim + len(axes)) for a in axes):
     out = np.expand_dims(out, axis)
@@ -281,7 +288,8 @@ def convert(
     )
   variables = {'params': params, 'batch_stats': stats}
   # Every Flax variable must have been filled, with its dtype.
-  expected = jax.tree.structure(dict(abstract))
+  # Any: jax exports PyTreeDef as an alias mypy cannot resolve, so it rejects `!=` on it
+  expected: Any = jax.tree.structure(dict(abstract))
   got = jax.tree.structure({k: variables[k] for k in abstract})
   if expected != got:
     raise ValueError(f'import left Flax variables unset: expected {expected}, got {got}')

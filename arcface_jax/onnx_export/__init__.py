@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -56,7 +56,9 @@ def insightface_routing(image_size: int) -> str | None:
 def float32_model(model: nn.Module) -> nn.Module:
   """The same network computing in float32 with XLA's own convolution (what ONNX runs)."""
   fields = {f.name for f in dataclasses.fields(model)}
-  changes = {k: v for k, v in (('dtype', jnp.float32), ('conv_fn', None)) if k in fields}
+  changes: dict[str, Any] = {
+    k: v for k, v in (('dtype', jnp.float32), ('conv_fn', None)) if k in fields
+  }
   return model.clone(**changes) if changes else model
 
 
@@ -76,7 +78,9 @@ def to_onnx(
   variables = jax.tree.map(jnp.asarray, variables)
 
   def embed(images: jax.Array) -> jax.Array:
-    return model.apply(variables, images, train=False).astype(jnp.float32)
+    # apply's result is whatever the module returns: here one array (no mutable collections)
+    embedding = cast(jax.Array, model.apply(variables, images, train=False))
+    return embedding.astype(jnp.float32)
 
   builder = GraphBuilder(onnx)
   x = builder.node('Sub', [INPUT, builder.const(_per_channel(mean), 'mean')])

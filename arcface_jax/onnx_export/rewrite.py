@@ -63,10 +63,11 @@ class Graph:
   def split_const(self, node: Any) -> tuple[str, np.ndarray] | None:
     """(the tensor input, the constant input) of a two-input node with one of each."""
     a, b = node.input
-    if self.const(b) is not None and self.const(a) is None:
-      return a, self.const(b)
-    if self.const(a) is not None and self.const(b) is None and node.op_type != 'Sub':
-      return b, self.const(a)
+    const_a, const_b = self.const(a), self.const(b)
+    if const_b is not None and const_a is None:
+      return a, const_b
+    if const_a is not None and const_b is None and node.op_type != 'Sub':
+      return b, const_a
     return None
 
   def prune(self) -> None:
@@ -125,14 +126,17 @@ def conv_biases(g: Graph) -> None:
   producers, uses = g.producers(), g.uses()
   for i, add in enumerate(g.nodes):
     split = g.split_const(add) if add.op_type == 'Add' else None
-    conv = producers.get(split[0]) if split else None
-    bias = _channel_vector(split[1]) if split else None
+    if split is None:
+      continue
+    conv, bias = producers.get(split[0]), _channel_vector(split[1])
     if conv is None or conv.op_type != 'Conv' or bias is None or uses[split[0]] != 1:
       continue
     kernel = g.const(conv.input[1])
     if kernel is None or kernel.shape[0] != bias.size:
       continue
     old = g.const(conv.input[2]) if len(conv.input) > 2 else np.zeros(bias.size)
+    if old is None:
+      continue  # a bias computed by other nodes: nothing constant to add to
     attrs = {a.name: g.onnx.helper.get_attribute_value(a) for a in conv.attribute}
     new_bias = g.add_const((old.astype(np.float64) + bias).astype(np.float32), 'bias')
     g.nodes[i] = g.make('Conv', [conv.input[0], conv.input[1], new_bias], add.output[0], **attrs)
@@ -146,16 +150,20 @@ def batch_norms(g: Graph) -> None:
   for add in g.nodes:
     if add.op_type != 'Add':
       continue
-    split = g.split_const(add)
-    mul = producers.get(split[0]) if split else None
+    add_split = g.split_const(add)
+    if add_split is None:
+      continue
+    mul = producers.get(add_split[0])
     if mul is None or mul.op_type != 'Mul' or uses[mul.output[0]] != 1:
       continue
-    bias = _channel_vector(split[1])
-    split = g.split_const(mul)
-    sub = producers.get(split[0]) if split else None
+    bias = _channel_vector(add_split[1])
+    mul_split = g.split_const(mul)
+    if mul_split is None:
+      continue
+    sub = producers.get(mul_split[0])
     if sub is None or sub.op_type != 'Sub' or uses[sub.output[0]] != 1 or sub.name in g.protected:
       continue
-    factor = _channel_vector(split[1])
+    factor = _channel_vector(mul_split[1])
     mean = g.const(sub.input[1])
     mean = None if mean is None or g.const(sub.input[0]) is not None else _channel_vector(mean)
     if (
@@ -169,9 +177,18 @@ def batch_norms(g: Graph) -> None:
       continue
     x = sub.input[0]
     conv = producers.get(x)
-    kernel = g.const(conv.input[1]) if conv is not None and conv.op_type == 'Conv' else None
-    if kernel is not None and uses[x] == 1 and kernel.shape[0] == factor.size:
+    kernel: np.ndarray | None = None
+    conv_bias: np.ndarray | None = None
+    if conv is not None and conv.op_type == 'Conv':
+      kernel = g.const(conv.input[1])
       conv_bias = g.const(conv.input[2]) if len(conv.input) > 2 else np.zeros(factor.size)
+    if (
+      conv is not None
+      and kernel is not None
+      and conv_bias is not None  # a computed bias cannot absorb the shift
+      and uses[x] == 1
+      and kernel.shape[0] == factor.size
+    ):
       new_kernel = kernel.astype(np.float64) * factor[:, None, None, None]
       new_bias = (conv_bias.astype(np.float64) - mean) * factor + bias
       attrs = {a.name: g.onnx.helper.get_attribute_value(a) for a in conv.attribute}
@@ -220,7 +237,10 @@ def flatten_into_matmul(g: Graph, shapes: dict[str, tuple]) -> None:
   """
   producers, uses = g.producers(), g.uses()
   for i, matmul in enumerate(g.nodes):
-    if matmul.op_type != 'MatMul' or g.const(matmul.input[1]) is None:
+    if matmul.op_type != 'MatMul':
+      continue
+    weight = g.const(matmul.input[1])
+    if weight is None:
       continue
     flat = producers.get(matmul.input[0])
     if flat is None or flat.op_type != 'Flatten' or uses[flat.output[0]] != 1:
@@ -232,7 +252,6 @@ def flatten_into_matmul(g: Graph, shapes: dict[str, tuple]) -> None:
     shape = shapes.get(transpose.input[0])
     if perm[0] != 0 or shape is None or not all(isinstance(d, int) for d in shape[1:]):
       continue
-    weight = g.const(matmul.input[1])
     # Rows of W follow the transposed map's flatten order; re-order them to x's own.
     transposed_dims = [shape[p] for p in perm[1:]]
     rows = weight.reshape(*transposed_dims, weight.shape[1])

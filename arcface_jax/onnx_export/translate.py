@@ -119,7 +119,8 @@ class Translator:
 
     def read(v: Any) -> Const | Tensor:
       if isinstance(v, jcore.Literal):
-        return Const(np.asarray(v.val, dtype=v.aval.dtype), tuple(v.aval.shape))
+        aval: Any = v.aval  # a ShapedArray; JAX annotates it as the abstract base class
+        return Const(np.asarray(v.val, dtype=aval.dtype), tuple(aval.shape))
       return env[v]
 
     for eqn in jaxpr.eqns:
@@ -139,8 +140,9 @@ class Translator:
         ins = ins[: len((inner.jaxpr if hasattr(inner, 'jaxpr') else inner).invars)]
       return self.run(inner, ins)
     out_avals = [v.aval for v in eqn.outvars]
-    if all(isinstance(x, Const) for x in ins):
-      return [self.fold(eqn, ins, out_avals)]
+    consts = [x for x in ins if isinstance(x, Const)]
+    if len(consts) == len(ins):
+      return [self.fold(eqn, consts, out_avals)]
     if name in PASSTHROUGH:
       return ins
     handler = getattr(self, 'op_' + name, None)
@@ -331,7 +333,7 @@ class Translator:
     others = [a for a in t.perm if a not in pooled]
     spatial = [a for a in t.perm if a in pooled]
     t = self.to_layout(t, tuple(others + spatial))
-    attrs = dict(
+    attrs: dict[str, Any] = dict(
       kernel_shape=[window[a] for a in spatial],
       strides=[strides[a] for a in spatial],
       pads=[padding[a][0] for a in spatial] + [padding[a][1] for a in spatial],
