@@ -182,7 +182,7 @@ def _square_map_sides(jaxpr: Any) -> list[int]:
   sides = []
   for eqn in jaxpr.eqns:
     for var in eqn.outvars:
-      shape = getattr(var.aval, 'shape', ())
+      shape: tuple[int, ...] = getattr(var.aval, 'shape', ())
       if len(shape) == 4 and shape[0] == 1 and shape[1] == shape[2] > 1:
         sides.append(int(shape[1]))
     for sub in jaxprs_in_params(eqn.params):

@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> None:
 
   mesh = parallel.make_mesh()
   embed = jax.jit(models.make_embed_fn(models.from_config(config)))
-  evaluator = evaluators.get('verification', config)
+  evaluator = evaluators.VerificationEvaluator(config)  # its sets() and score(), beyond run()
   name, images, issame = evaluator.sets()[0]
   # The run's starting point: the trainer's initial weights for the same seed.
   untrained_vars = models.initial_variables(config)

@@ -43,7 +43,7 @@ def requested_evaluators(
   gallery: str | None = None,
   probe: str | None = None,
   test: bool = False,
-  workdir: str | None = None,
+  workdir: paths.PathLike | None = None,
   batch_size: int | None = None,
 ) -> list[Any]:
   """The registry's evaluators the command line names, else those of config.eval.evaluators.

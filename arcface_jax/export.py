@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -49,7 +49,9 @@ def export_embedder(
   variables = jax.tree.map(jnp.asarray, variables)
 
   def embed(images: jax.Array) -> jax.Array:
-    return model.apply(variables, images, train=False).astype(jnp.float32)
+    # Without `mutable` Module.apply returns the output alone (its type also allows the pair).
+    embeddings = cast(jax.Array, model.apply(variables, images, train=False))
+    return embeddings.astype(jnp.float32)
 
   (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from arcface_jax import models, parallel, reporting
+from arcface_jax import models, parallel, paths, reporting
 from arcface_jax.checkpointing import (
   MODEL_ITEM,
   TRAIN_ITEM,
@@ -29,7 +29,8 @@ from arcface_jax.checkpointing import (
 
 @dataclasses.dataclass
 class Embedder:
-  apply: Callable[[jax.Array], jax.Array]  # float32 normalised (B, S, S, 3) -> (B, D) float32
+  # float32 normalised (B, S, S, 3), a numpy or JAX array -> (B, D) float32
+  apply: Callable[[jax.typing.ArrayLike], jax.Array]
   image_size: int
   mean: float
   std: float
@@ -49,7 +50,9 @@ def abstract_model_variables(config: ml_collections.ConfigDict, mesh: jax.shardi
   )
 
 
-def restore_variables(workdir: str, abstract: Any, step: int | None = None) -> tuple[Any, int]:
+def restore_variables(
+  workdir: paths.PathLike, abstract: Any, step: int | None = None
+) -> tuple[Any, int]:
   """The backbone variables of `workdir`'s latest intact (or given) checkpoint, and its step;
   `abstract` from `abstract_model_variables`."""
   return restore_model_variables(workdir, abstract, step)
@@ -57,7 +60,7 @@ def restore_variables(workdir: str, abstract: Any, step: int | None = None) -> t
 
 def embedder_from_variables(
   config: ml_collections.ConfigDict,
-  embed: Callable[[Any, jax.Array], jax.Array],
+  embed: Callable[[Any, jax.typing.ArrayLike], jax.Array],
   variables: Any,
   step: int,
   mesh: jax.sharding.Mesh,
@@ -77,7 +80,7 @@ def embedder_from_variables(
 
 
 def load_embedder(
-  workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
+  workdir: paths.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None
 ) -> Embedder:
   """The backbone of `workdir`'s latest (or given) checkpoint, ready to embed images."""
   config = reporting.read_config(workdir)
@@ -89,7 +92,7 @@ def load_embedder(
   )
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
+def checkpoint_steps(workdir: paths.PathLike) -> list[int]:
   """Steps of `workdir` with a finished checkpoint, ascending (empty before the first)."""
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(MODEL_ITEM, TRAIN_ITEM))
   try:
@@ -99,7 +102,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 def read_class_centres(
-  workdir: str, step: int, num_classes: int | None = None
+  workdir: paths.PathLike, step: int, num_classes: int | None = None
 ) -> np.ndarray | None:
   """The head's class centres (C, D) or (C, K, D) at `step` as host float32, or None when the
   loss has none (loss.name='triplet').

@@ -264,7 +264,7 @@ class Objective:
         params['weight'] = jnp.asarray(initial_centres(self.init_centres, shape))
     if self.name == 'softmax':
       params['bias'] = jnp.zeros((self.num_classes,), jnp.float32)
-    state = {}
+    state: dict[str, Any] = {}  # arrays, and the margin's own state dict
     if self.center_weight > 0:
       state['centres'] = jnp.zeros((self.num_classes, self.embedding_dim), jnp.float32)
     margin_state = self.margin.init_state() if self.margin is not None else {}

@@ -161,7 +161,9 @@ def frozen_paths(train_config: ml_collections.ConfigDict, params: Any) -> set[st
 
 
 class RuntimeHyperparamsState(NamedTuple):
-  count: jax.Array  # int32 updates applied (indexes the schedule)
+  # int32 updates applied (indexes the schedule). The field shadows tuple.count, as in optax's
+  # states; its name is a key of saved optimizer states, so it stays.
+  count: jax.Array  # type: ignore[assignment]
   hyperparams: dict[str, jax.Array]  # float32 scalars: learning_rate (base), momentum, weight_decay
   learning_rate: jax.Array  # float32: the rate the next update applies (base × schedule shape)
   inner_state: Any

@@ -85,9 +85,9 @@ def copy_local_tree(local_dir: PathLike, target: PathLike) -> None:
   For what a library can only write to a local file (tensorboardX's SummaryWriter appends):
   it writes into a temporary directory, and this puts the result where the run's outputs live.
   """
-  target = epath.Path(target)
+  target_path = epath.Path(target)
   for name in relative_files(local_dir):
-    destination = target / name
+    destination = target_path / name
     destination.parent.mkdir(parents=True, exist_ok=True)
     with open(os.path.join(local_dir, name), 'rb') as f:
       destination.write_bytes(f.read())

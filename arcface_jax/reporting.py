@@ -67,13 +67,17 @@ def _is_late_callback_on_closed_loop(unraisable: Any) -> bool:
   )
 
 
-def _quiet_unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
-  def hook(unraisable: Any) -> None:
-    if not _is_late_callback_on_closed_loop(unraisable):
-      previous(unraisable)
+class _QuietUnraisableHook:
+  """sys.unraisablehook that drops the closed-loop noise and passes the rest to `previous`."""
 
-  hook.quiets_closed_loops = True
-  return hook
+  quiets_closed_loops = True  # how quiet_library_logs recognises an installed one
+
+  def __init__(self, previous: Callable[[Any], None]):
+    self._previous = previous
+
+  def __call__(self, unraisable: Any) -> None:
+    if not _is_late_callback_on_closed_loop(unraisable):
+      self._previous(unraisable)
 
 
 def quiet_library_logs() -> None:
@@ -82,7 +86,7 @@ def quiet_library_logs() -> None:
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
   if not getattr(sys.unraisablehook, 'quiets_closed_loops', False):
-    sys.unraisablehook = _quiet_unraisable_hook(sys.unraisablehook)
+    sys.unraisablehook = _QuietUnraisableHook(sys.unraisablehook)
 
 
 def format_duration(seconds: float) -> str:

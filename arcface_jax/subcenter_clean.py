@@ -69,6 +69,7 @@ def embed_training_set(
   from tqdm import tqdm
 
   from arcface_jax import inference, models, parallel
+  from arcface_jax.data.exclude import ExcludedSource
   from arcface_jax.data.sources import get_train_source
   from arcface_jax.evaluation.extract import extract_embeddings
 
@@ -78,7 +79,8 @@ def embed_training_set(
   embed = jax.jit(models.make_embed_fn(model))
   source = get_train_source(config.data)
   size = config.data.image_size
-  embeddings, labels = [], []
+  embeddings: list[np.ndarray] = []
+  labels: list[int] = []
   print(f'embedding {len(source)} training images (the first batch compiles)', file=sys.stderr)
   for start in tqdm(range(0, len(source), CHUNK), unit='chunk', file=sys.stderr):
     samples = [source[i] for i in range(start, min(start + CHUNK, len(source)))]
@@ -97,9 +99,10 @@ def embed_training_set(
     )
     embeddings.append(emb)
     labels.extend(int(label) for _, label in samples)
-  kept = getattr(source, 'kept', None)  # an ExcludedSource: its indices into the full split
-  indices = np.asarray(kept if kept is not None else np.arange(len(source)), np.int64)
-  total = len(source.base) if kept is not None else len(source)
+  if isinstance(source, ExcludedSource):  # its indices into the full split
+    indices, total = np.asarray(source.kept, np.int64), len(source.base)
+  else:
+    indices, total = np.arange(len(source), dtype=np.int64), len(source)
   return np.concatenate(embeddings), np.asarray(labels, np.int64), step, indices, total
 
 

@@ -19,8 +19,7 @@ import optax
 from arcface_jax import models
 
 
-@flax.struct.dataclass
-class TrainState:
+class TrainState(flax.struct.PyTreeNode):  # a frozen dataclass and pytree, typed `replace`
   step: jax.Array  # int32 scalar: number of steps taken (skipped ones included)
   params: dict[str, Any]  # {'backbone': ..., 'head': ...}
   batch_stats: Any  # backbone batch-norm statistics

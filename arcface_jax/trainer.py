@@ -135,7 +135,7 @@ def train_and_evaluate(
 
 def _train(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: paths.PathLike,
   mesh: jax.sharding.Mesh,
   step_callback: Callable[[int], None] | None,
   run_scope: contextlib.ExitStack,
@@ -194,16 +194,16 @@ def _train(
   checkpointer = Checkpointer(
     workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
   )
-  state = checkpointer.restore_latest(_with_shardings(abstract_state, state_shardings))
-  if state is not None:
-    logging.info('resumed from %s at step %d', workdir, int(state.step))
+  restored = checkpointer.restore_latest(_with_shardings(abstract_state, state_shardings))
+  if restored is not None:
+    logging.info('resumed from %s at step %d', workdir, int(restored.step))
     if config.model.init_from:
       logging.info(
         'config.model.init_from=%r ignored: it applies only at the start of a run, '
         'and this one resumes from its own checkpoint',
         config.model.init_from,
       )
-    state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, config.train))
+    state = restored.replace(opt_state=optim.set_hyperparams(restored.opt_state, config.train))
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(keys)
     try:

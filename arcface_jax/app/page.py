@@ -349,11 +349,11 @@ def build_page(service: PageService, examples: Examples | None = None) -> gr.Blo
     ver_threshold.release(
       verify_at_threshold, [model, ver_a, ver_b, aligned, ver_threshold], ver_outputs
     )
-    en_button.click(enrol, [model, en_name, en_photos, aligned], [en_status] + gallery_outputs)
+    en_button.click(enrol, [model, en_name, en_photos, aligned], [en_status, *gallery_outputs])
     # The tab is filled when the page loads and after each enrolment here; Refresh reads the
     # file again (another visitor may have enrolled someone).
     ga_button.click(people, [model], gallery_outputs)
-    model_outputs = [aligned, model_status] + gallery_outputs
+    model_outputs = [aligned, model_status, *gallery_outputs]
     model.change(pick_model, [model], model_outputs)
     page.load(pick_model, [model], model_outputs)
   return page

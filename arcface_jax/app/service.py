@@ -66,8 +66,10 @@ def check_photo(path: str | None, what: str = 'a photo') -> str:
       with Image.open(path) as header:
         width, height = header.size
   except Image.DecompressionBombError:
+    limit = Image.MAX_IMAGE_PIXELS
+    assert limit is not None  # Pillow raises this error only when a limit is set
     raise PageProblem(
-      f'{name} is too large (over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} '
+      f'{name} is too large (over {limit * 2 / 1e6:.0f} '
       f'megapixels); this page takes photos up to {MAX_MEGAPIXELS} '
       'megapixels: downscale it and upload it again.'
     ) from None

@@ -127,7 +127,8 @@ def align_folder(
   images_dir: str, landmarks_file: str, out_dir: str, size: int = 112
 ) -> tuple[int, list[str]]:
   """Aligns every listed image into out_dir (same relative path); (written, failed paths)."""
-  written, failed = 0, []
+  written = 0
+  failed: list[str] = []
   for name, points in read_landmarks(landmarks_file):
     source = name if os.path.isabs(name) else os.path.join(images_dir, name)
     relative = os.path.relpath(source, images_dir)

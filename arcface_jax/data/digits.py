@@ -50,7 +50,7 @@ def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
 
 def to_rgb_uint8(image: np.ndarray, image_size: int) -> np.ndarray:
   """An 8×8 digit with values 0..16 → uint8 (image_size, image_size, 3)."""
-  grey = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+  grey: np.ndarray = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(np.uint8)
   if grey.shape[0] != image_size:
     grey = cv2.resize(grey, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
   return np.repeat(grey[..., None], 3, axis=-1)

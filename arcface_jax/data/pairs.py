@@ -8,12 +8,15 @@ balanced (`balanced_fold_labels`) and the draw is a pure function of (labels, nu
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from arcface_jax.data.decode import resize
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
+
+if TYPE_CHECKING:
+  from arcface_jax.data.sources import Source
 
 _LOGGED_EXAMPLES = 5
 
@@ -69,7 +72,7 @@ def sample_pair_indices(
 
 
 def verification_pairs(
-  source: Sequence, labels: np.ndarray, num_pairs: int, seed: int = 0, image_size: int | None = None
+  source: Source, labels: np.ndarray, num_pairs: int, seed: int = 0, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, S, S, 3), issame (N,)) from `source[i] → (image, label)`.
 

@@ -27,7 +27,7 @@ import collections
 import itertools
 import os
 import weakref
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Generator, Iterator, TypeVar
 
 import cv2
 import grain
@@ -242,6 +242,7 @@ class TrainLoader:
       )
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} outside [0, {process_count})')
+    order: IdentityBalancedOrder | UniformOrder
     if images_per_identity > 0:
       if global_batch_size % images_per_identity:
         raise ValueError(
@@ -336,7 +337,7 @@ def prefetch_to_device(
   batches: Iterator[dict[str, np.ndarray]],
   place: Callable[[dict[str, np.ndarray]], _Placed],
   depth: int = 2,
-) -> Iterator[_Placed]:
+) -> Generator[_Placed, None, None]:
   """`place(batch)` for each host batch, issued `depth - 1` batches ahead of the consumer.
 
   `place` starts the host-to-device transfer (e.g. `parallel.global_batch`, which puts each

@@ -151,7 +151,7 @@ class RecordDataset:
     self.has_header = 0 in read and _is_header(*read[0])
     identities = None
     if self.has_header:
-      identity_start, identity_end = (int(x) for x in read[0][0][:2])
+      identity_start, identity_end = (int(x) for x in np.asarray(read[0][0])[:2])
       images = (all_keys >= 1) & (all_keys < identity_start)
       identities = identity_end - identity_start
       if images.sum() != identity_start - 1:
@@ -185,7 +185,7 @@ class RecordDataset:
         len(self.keys),
       )
 
-    self.image_size = None
+    self.image_size: tuple[int, int] | None = None
     num_classes = self._read_property(directory)
     if num_classes is not None and identities is not None and num_classes != identities:
       logging.warning(
@@ -283,8 +283,9 @@ class RecordDataset:
 
   def close(self) -> None:
     """Closes this process's descriptor (reads reopen it)."""
-    if getattr(self, '_fd', None) is not None and self._pid == os.getpid():
-      os.close(self._fd)
+    fd = getattr(self, '_fd', None)  # absent when __init__ failed before opening
+    if fd is not None and self._pid == os.getpid():
+      os.close(fd)
     self._fd = None
 
   def _file(self) -> int:
@@ -308,7 +309,8 @@ class RecordDataset:
       buffer = os.pread(fd, max(8, min(end - offset, _FIRST_READ)), offset)
     except OSError as e:
       raise CorruptSampleError(key, f'read failed at byte {offset}: {e.strerror}') from None
-    parts, position = [], 0
+    parts: list[memoryview] = []
+    position = 0
     while True:
       stop = position + 8
       if stop > len(buffer):
@@ -399,7 +401,7 @@ class RecordDataset:
 
 def _is_header(label: np.ndarray | float, body: memoryview) -> bool:
   """Record 0 of the face layout: no image, labels [N+1, N+K+1) with N, K ≥ 0 integers."""
-  if np.ndim(label) == 0 or len(label) < 2 or len(body):
+  if not isinstance(label, np.ndarray) or label.ndim == 0 or len(label) < 2 or len(body):
     return False
   start, end = float(label[0]), float(label[1])
   return start == int(start) and end == int(end) and 1 <= start <= end

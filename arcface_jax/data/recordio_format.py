@@ -28,9 +28,10 @@ def pack_payload(label: float | Iterable[float], image_bytes: bytes, key: int = 
 
   A scalar label goes in the header (flag 0); a sequence of n labels sets flag n and follows it.
   """
-  if np.ndim(label) == 0:
-    return HEADER.pack(0, float(label), key, 0) + bytes(image_bytes)
-  labels = np.asarray(label, np.float32).reshape(-1)
+  labels = np.asarray(label, np.float32)
+  if labels.ndim == 0:  # packed as float32 either way, so converting first changes no bit
+    return HEADER.pack(0, float(labels), key, 0) + bytes(image_bytes)
+  labels = labels.reshape(-1)
   return HEADER.pack(len(labels), 0.0, key, 0) + labels.tobytes() + bytes(image_bytes)
 
 

@@ -114,6 +114,7 @@ def write_records(
     num_images = key - first_key
     if num_images == 0:
       raise ValueError(f'no samples to write into {out_dir}')
+    assert image_size is not None  # set from the first sample, and there was one
     num_classes = max_label + 1 if num_classes is None else int(num_classes)
     if max_label >= num_classes:
       raise ValueError(f'label {max_label} does not fit num_classes={num_classes}')

@@ -128,16 +128,16 @@ def render_identity(identity_seed: int, count: int, size: int, image_seed: int) 
   gain = rng.uniform(0.65, 1.25, n)[:, None, None, None]
   direction = rng.uniform(0, 2 * np.pi, n)
   gradient = np.cos(direction)[:, None, None] * xx + np.sin(direction)[:, None, None] * yy
-  image = (
+  lit = (
     image * gain * (1.0 + 0.5 * rng.uniform(0, 1, n)[:, None, None, None] * gradient[..., None])
-  )
+  )  # float64 from here on (gain is)
   # Occlusion: a random grey rectangle on some images.
   for i in np.nonzero(rng.uniform(size=n) < 0.3)[0]:
     h, w = rng.integers(size // 6, size // 3 + 1, 2)
     top, left = rng.integers(0, size - h), rng.integers(0, size - w)
-    image[i, top : top + h, left : left + w] = rng.uniform(0, 255)
-  image += rng.normal(0, 6.0, image.shape)
-  return np.clip(image, 0, 255).astype(np.uint8)
+    lit[i, top : top + h, left : left + w] = rng.uniform(0, 255)
+  lit += rng.normal(0, 6.0, lit.shape)
+  return np.clip(lit, 0, 255).astype(np.uint8)
 
 
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):

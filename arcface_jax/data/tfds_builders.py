@@ -77,7 +77,9 @@ def _examples(
     )
 
 
-class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# tfds.core.RegisteredDataset.__init_subclass__ takes skip_registration, which mypy does not see
+# through tfds (it reports object.__init_subclass__).
+class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
   """A folder-per-identity tree (see `arcface_jax.data.folder`) as a TFDS dataset."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -123,7 +125,8 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return _examples(ds, keys, self._root, ds.identities.__getitem__)
 
 
-class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# skip_registration: as for FaceFolder.
+class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
   """The images of a RecordIO directory (train.rec, train.idx) as a TFDS dataset."""
 
   VERSION = tfds.core.Version('1.0.0')

@@ -25,7 +25,7 @@ import io
 import os
 import pickle
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -54,10 +54,11 @@ def _plain_dtype(*args: Any) -> np.dtype:
 def _numpy_reconstructors() -> dict[str, Callable[..., Any]]:
   """numpy's own unpickling helpers, found through numpy's public reduce methods."""
   array = np.zeros(1, np.uint8)
+  # A reduce value is typed `str | tuple`; numpy's are always (callable, args, ...) tuples.
   return {
-    '_reconstruct': array.__reduce_ex__(2)[0],
-    '_frombuffer': array.__reduce_ex__(5)[0],
-    'scalar': np.uint8(0).__reduce__()[0],
+    '_reconstruct': cast(Callable[..., Any], array.__reduce_ex__(2)[0]),
+    '_frombuffer': cast(Callable[..., Any], array.__reduce_ex__(5)[0]),
+    'scalar': cast(Callable[..., Any], np.uint8(0).__reduce__()[0]),
   }
 
 
@@ -139,10 +140,12 @@ def _validate(path: str, content: Any) -> tuple[list[bytes], np.ndarray]:
   bins, issame = content
   if not isinstance(bins, (list, tuple)):
     raise DatasetError(f'{path}: the images must be a list of encoded images, got {type(bins)}')
-  encoded = [_as_bytes(b) for b in bins]
-  bad = [i for i, b in enumerate(encoded) if b is None]
-  if bad:
-    raise DatasetError(f'{path}: image {bad[0]} is a {type(bins[bad[0]]).__name__}, not bytes')
+  encoded: list[bytes] = []
+  for i, item in enumerate(bins):
+    as_bytes = _as_bytes(item)
+    if as_bytes is None:
+      raise DatasetError(f'{path}: image {i} is a {type(item).__name__}, not bytes')
+    encoded.append(as_bytes)
   try:
     labels = np.asarray(issame)
   except Exception as e:  # a ragged or otherwise odd structure
@@ -169,7 +172,7 @@ def load_bin(
   path: str, image_size: int | tuple[int, int] = (112, 112)
 ) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, H, W, 3) RGB, issame bool (N,)); images resized to image_size (H, W)."""
-  size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  size = (image_size, image_size) if isinstance(image_size, int) else (image_size[0], image_size[1])
   encoded, issame = read_pairs_pickle(path)
   images = np.empty((len(encoded), size[0], size[1], 3), np.uint8)
 

@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from arcface_jax import paths
 from arcface_jax.checkpointing import MODEL_ITEM, TRAIN_ITEM, checkpoint_dir
 
 
@@ -50,7 +51,7 @@ def require_test_split(config: ml_collections.ConfigDict) -> None:
   )
 
 
-def restore_head(workdir: str, step: int) -> dict[str, np.ndarray]:
+def restore_head(workdir: paths.PathLike, step: int) -> dict[str, np.ndarray]:
   """The head parameters of checkpoint `step` ({'weight': (C_stored, D)}, plus 'bias' for softmax)
   as host numpy arrays, read alone from the `train` item (no optimizer state)."""
   manager = ocp.CheckpointManager(
@@ -135,7 +136,7 @@ def _read_split(source: Any, image_size: int, what: str) -> tuple[np.ndarray, np
 def evaluate_test_split(
   embed: Callable[[np.ndarray], np.ndarray],
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: paths.PathLike,
   step: int,
 ) -> dict[str, Any]:
   """Both top-1 accuracies on the run's test split; `embed` maps uint8 images to (N, D), one view.

@@ -54,10 +54,10 @@ _REGISTRY: dict[str, Callable[..., Evaluator]] = {}
 _EVALUATE_COMMAND_ONLY: dict[str, str] = {}
 
 
-def register(name: str, *, command_only: str | None = None) -> Callable[[type], type]:
+def register(name: str, *, command_only: str | None = None) -> Callable[[type[Any]], type[Any]]:
   """Class decorator: `name` in config.eval.evaluators builds this class."""
 
-  def add(cls: type) -> type:
+  def add(cls: type[Any]) -> type[Any]:
     cls.name = name
     _REGISTRY[name] = cls
     if command_only:
@@ -91,7 +91,7 @@ def configured_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return chosen
 
 
-def for_training(config: ml_collections.ConfigDict, workdir: str) -> list[Evaluator]:
+def for_training(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> list[Evaluator]:
   """The trainer's periodic evaluators: config.eval.evaluators, best variables kept in workdir."""
   evaluators = []
   for name in configured_names(config):
@@ -200,7 +200,7 @@ class VerificationEvaluator:
     self._config = config
     self._bins = bins
     self._batch_size = batch_size or config.eval.batch_size
-    self._keep_best_in = keep_best_in
+    self._keep_best_in = keep_best_in or None  # '' means none (it always did for best.json)
     self._sets: list[tuple[str, np.ndarray, np.ndarray]] | None = None
     self.details: dict[str, Any] = {}
     self.best: dict[str, dict[str, float]] = self._read_best()
@@ -274,7 +274,7 @@ class VerificationEvaluator:
     return metrics
 
   def _best_path(self) -> epath.Path | None:
-    return epath.Path(self._keep_best_in) / 'best.json' if self._keep_best_in else None
+    return epath.Path(self._keep_best_in) / 'best.json' if self._keep_best_in is not None else None
 
   def _read_best(self) -> dict[str, dict[str, float]]:
     path = self._best_path()
@@ -294,8 +294,10 @@ class VerificationEvaluator:
     checkpointer.save(target, variables, force=True)
     checkpointer.wait_until_finished()
     checkpointer.close()
+    best_path = self._best_path()
+    assert best_path is not None  # _keep_best_in is not None here
     if jax.process_index() == 0:
-      self._best_path().write_text(json.dumps(self.best, indent=2))
+      best_path.write_text(json.dumps(self.best, indent=2))
     logging.info(
       '[%s][%d] new best accuracy %.5f, variables kept in %s', name, step, accuracy, target
     )
@@ -315,7 +317,7 @@ class IJBEvaluator:
     self,
     config: ml_collections.ConfigDict,
     *,
-    workdir: str | None = None,
+    workdir: paths.PathLike | None = None,
     dir: str | None = None,  # pylint: disable=redefined-builtin
     target: str | None = None,
     batch_size: int | None = None,
@@ -366,7 +368,7 @@ class IdentificationEvaluator:
     self,
     config: ml_collections.ConfigDict,
     *,
-    workdir: str | None = None,
+    workdir: paths.PathLike | None = None,
     gallery: str | None = None,
     probe: str | None = None,
     batch_size: int | None = None,
@@ -428,7 +430,7 @@ class ClosedSetEvaluator:
     self,
     config: ml_collections.ConfigDict,
     *,
-    workdir: str | None = None,
+    workdir: paths.PathLike | None = None,
     batch_size: int | None = None,
   ):
     from arcface_jax.evaluation import closed_set

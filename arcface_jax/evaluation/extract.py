@@ -39,8 +39,8 @@ def _combiner(out_sharding: NamedSharding | None) -> Callable[..., tuple[jax.Arr
   """Jitted (emb + emb_flip, per-row sum of the raw norms); replicated so every host can read."""
 
   def combine(*views: jax.Array) -> tuple[jax.Array, jax.Array]:
-    views = [v.astype(jnp.float32) for v in views]
-    return sum(views[1:], views[0]), sum(jnp.linalg.norm(v, axis=1) for v in views)
+    views32 = [v.astype(jnp.float32) for v in views]
+    return sum(views32[1:], views32[0]), sum(jnp.linalg.norm(v, axis=1) for v in views32)
 
   return jax.jit(combine, out_shardings=out_sharding)
 
@@ -98,7 +98,7 @@ def extract_embeddings(
     embeddings[start : start + real] = rows
     norm_sum += float(np.asarray(norms, np.float64)[:real].sum())
 
-  pending = None
+  pending: tuple[int, int, jax.Array, jax.Array] | None = None
   for start in range(0, num, batch):
     chunk = images[start : start + batch]
     real = len(chunk)
@@ -110,6 +110,7 @@ def extract_embeddings(
     if pending is not None:  # fetch the previous batch only now that this one is queued
       collect(*pending)
     pending = (start, real, summed, norms)
+  assert pending is not None  # num > 0: the loop ran at least once
   collect(*pending)
   assert embeddings is not None
   return embeddings, norm_sum / (num * (2 if flip else 1))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from arcface_jax.evaluation.ijb import threshold_at_far
 
@@ -31,7 +32,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def enroll(embeddings: np.ndarray, labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def enroll(embeddings: np.ndarray, labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   """(identities (K,) sorted, templates (K, D) L2-normalised): per-identity mean of unit vectors."""
   identities, index = np.unique(np.asarray(labels), return_inverse=True)
   templates = np.zeros((len(identities), np.shape(embeddings)[1]))
@@ -41,16 +42,16 @@ def enroll(embeddings: np.ndarray, labels: Sequence[Any]) -> tuple[np.ndarray, n
 
 def score_probes(
   gallery_embeddings: np.ndarray,
-  gallery_labels: Sequence[Any],
+  gallery_labels: npt.ArrayLike,
   probe_embeddings: np.ndarray,
-  probe_labels: Sequence[Any],
+  probe_labels: npt.ArrayLike,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(scores (P, K) cosine, true column (P,) or -1 for non-mated probes, identities (K,))."""
   identities, templates = enroll(gallery_embeddings, gallery_labels)
   scores = _normalise(probe_embeddings) @ templates.T
-  probe_labels = np.asarray(probe_labels)
-  column = np.clip(np.searchsorted(identities, probe_labels), 0, len(identities) - 1)
-  true = np.where(identities[column] == probe_labels, column, -1)
+  probe_array = np.asarray(probe_labels)
+  column = np.clip(np.searchsorted(identities, probe_array), 0, len(identities) - 1)
+  true = np.where(identities[column] == probe_array, column, -1)
   return scores, true, identities
 
 
@@ -94,9 +95,9 @@ def dir_at_far(
 
 def evaluate_identification(
   gallery_embeddings: np.ndarray,
-  gallery_labels: Sequence[Any],
+  gallery_labels: npt.ArrayLike,
   probe_embeddings: np.ndarray,
-  probe_labels: Sequence[Any],
+  probe_labels: npt.ArrayLike,
   *,
   ranks: Sequence[int] = RANKS,
   fars: Sequence[float] = FARS,

@@ -27,7 +27,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from etils import epath
@@ -210,7 +210,7 @@ def evaluate_ijb(
   chunk: int = 8192,
   fars: Sequence[float] = FARS,
   label: str = '',
-) -> dict[str, object]:
+) -> dict[str, Any]:
   """The 1:1 protocol end to end; `embed` maps aligned uint8 images to emb + emb_flip (M, D).
 
   Images are read, aligned and embedded `chunk` at a time (IJB-C's 469k aligned faces would take
@@ -238,18 +238,18 @@ def evaluate_ijb(
     'num_images': int(len(embeddings)),
   }
   if out_dir is not None:  # local or gs:// (a workdir's eval/), through etils.epath
-    out_dir = epath.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = epath.Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
     name = target.upper()
-    with (out_dir / f'{name}_scores.npy').open('wb') as f:
+    with (out_path / f'{name}_scores.npy').open('wb') as f:
       np.save(f, scores)
-    with (out_dir / f'{name}_labels.npy').open('wb') as f:
+    with (out_path / f'{name}_labels.npy').open('wb') as f:
       np.save(f, data.labels)
-    (out_dir / f'{name}_tar_at_far.json').write_text(
+    (out_path / f'{name}_tar_at_far.json').write_text(
       json.dumps({f'{k:g}': v for k, v in table.items()}, indent=2)
     )
     plot_roc(
-      scores, data.labels, out_dir / f'{name}_roc.png', title=f'{name} 1:1', label=label or name
+      scores, data.labels, out_path / f'{name}_roc.png', title=f'{name} 1:1', label=label or name
     )
   return result
 

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import textwrap
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 EXAMPLES = {
   'detect': 'python -m arcface_jax.faces detect raw_photos/ --out my_faces/\n'
@@ -55,7 +55,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-  def error(self, message: str) -> None:  # one line, not argparse's usage block
+  def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
     self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Hashable, Iterable
+from typing import Any, Hashable, Iterable, cast
 
 import jax
 from absl import logging
@@ -38,6 +38,12 @@ def default_cache_dir() -> str:
   return os.path.join(base, 'arcface_jax', 'jax_cache')
 
 
+def _configured_cache_dir() -> str | None:
+  """jax.config's compilation cache folder (None when unset)."""
+  # jax.config's options are attributes made at run time, which its type does not declare.
+  return cast(Any, jax.config).jax_compilation_cache_dir
+
+
 def enable_persistent_cache() -> str | None:
   """Turns JAX's persistent compilation cache on; returns its folder, or None when it is off.
 
@@ -47,7 +53,7 @@ def enable_persistent_cache() -> str | None:
   """
   if os.environ.get(NO_CACHE_ENV, '').strip().lower() not in _FALSE_WORDS:
     return None
-  chosen = jax.config.jax_compilation_cache_dir or os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  chosen = _configured_cache_dir() or os.environ.get('JAX_COMPILATION_CACHE_DIR')
   if chosen:
     return chosen
   directory = default_cache_dir()
@@ -83,7 +89,7 @@ def first_seen(keys: Iterable[Hashable]) -> list:
 
 def log_compile(message: str) -> None:
   """Logs one line before a compile that may take seconds, saying whether a cache will keep it."""
-  cache = jax.config.jax_compilation_cache_dir
+  cache = _configured_cache_dir()
   logging.info(
     '%s%s',
     message,

@@ -43,7 +43,7 @@ class LoadedModel:
   kind: str  # 'workdir' or 'export'
   step: int | None  # the checkpoint step (workdir), None for an export
   config: Any  # the run's ml_collections config (workdir), None for an export
-  apply: Callable[[np.ndarray], Any]  # float32 normalised (B, S, S, 3) -> (B, D)
+  apply: Callable[[jax.typing.ArrayLike], Any]  # float32 normalised (B, S, S, 3) -> (B, D)
 
   def describe(self) -> str:
     where = f'{self.path} (step {self.step})' if self.step is not None else self.path

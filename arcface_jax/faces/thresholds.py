@@ -27,10 +27,13 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import logging
+
+if TYPE_CHECKING:
+  from arcface_jax.data.sources import Source
 
 DEFAULT_FAR = 1e-3
 DEFAULT_FPIR = 1e-2
@@ -143,6 +146,7 @@ class CalibrationSet:
 def _heldout_images(config: Any) -> tuple[np.ndarray, list[str], str] | None:
   """(uint8 images, identity of each, description) of the run's held-out people, or None."""
   data = config.data
+  source: Source
   if data.source == 'synthetic':
     from arcface_jax.data import synthetic
 

@@ -22,7 +22,9 @@ import optax
 
 
 class LazySgdState(NamedTuple):
-  count: jax.Array  # int32 steps taken (indexes the learning-rate schedule)
+  # int32 steps taken (indexes the learning-rate schedule). The field shadows tuple.count, as in
+  # optax's states; its name is a key of saved optimizer states, so it stays.
+  count: jax.Array  # type: ignore[assignment]
   trace: Any  # momentum buffers, one per parameter
 
 
