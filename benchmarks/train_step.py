@@ -101,7 +101,9 @@ def measure(
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--config', default='configs/synthetic.py')
   parser.add_argument('--window', type=int, default=20, help='steps per timed window')
   parser.add_argument('--windows', type=int, default=12, help='timed windows of each kind')

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(
   p
   for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
-  if os.path.basename(p) not in ('base.py', '__init__.py', 'recipes.py')
+  # recipes.py is the recipes' table, from_run.py a finished run's config (test_subcenter_clean)
+  if os.path.basename(p) not in ('base.py', '__init__.py', 'recipes.py', 'from_run.py')
 )
 
 

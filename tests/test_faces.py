@@ -190,7 +190,9 @@ def test_heldout_calibration_is_cached_per_checkpoint(run, recognizer):
     if j > i and calibration.identities[i] != calibration.identities[j]
   ]
   assert verify.kind == 'FAR' and verify.samples == len(impostors)
-  assert np.mean(np.array(impostors) > verify.value) <= thresholds.DEFAULT_FAR
+  # The threshold is one of the impostor scores; computed here pair by pair in float32 it can
+  # differ from the recognizer's matrix product in the last bits, so compare above a rounding.
+  assert np.mean(np.array(impostors) > verify.value + 1e-6) <= thresholds.DEFAULT_FAR
 
 
 def test_fpir_threshold_rises_as_the_gallery_grows(recognizer, people, strangers):
