@@ -22,7 +22,7 @@ TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
 
 # The deep backbones go through the same restore paths as their shallow siblings (the variable
 # trees differ only in depth) but take minutes each to compile on a 2-core CPU: `make test-slow`.
-DEEP = ('iresnet50', 'iresnet100', 'iresnet200', 'resnet50', 'mobilefacenet_x2')
+DEEP = ('iresnet34', 'iresnet50', 'iresnet100', 'iresnet200', 'resnet50', 'mobilefacenet_x2')
 
 
 @pytest.mark.parametrize(
