@@ -62,7 +62,9 @@ def open_page(browser, url: str):
 def upload_and_wait(page, selector: str, path: str, status: str, expected: str) -> str:
   """Sets an upload's file and waits until the status line shows `expected`; returns it."""
   page.locator(f'{selector} input[type=file]').set_input_files(path)
-  page.locator(status).filter(has_text=expected).wait_for()
+  # Gradio prefixes an output with its progress ("processing | 0.1/0.3s") until the event ends,
+  # and the new text can show before the prefix goes: wait for both.
+  page.locator(status).filter(has_text=expected).filter(has_not_text='processing |').wait_for()
   return page.locator(status).inner_text()
 
 
