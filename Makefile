@@ -45,7 +45,7 @@ test: $(STAMP) chromium check
 	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m 'not slow and not heavy'
+	$(PY) -m pytest tests -n 2 -m 'not slow and not heavy'
 
 # The tests marked slow (deep backbones compiled on a CPU; tens of minutes on 2 cores).
 test-slow: $(STAMP)

@@ -50,6 +50,10 @@ HEAVY_MODULES = frozenset(
     'test_subcenter_clean',
     'test_train',
     'test_transfer',
+    'test_verification',
+    'test_seeding',
+    'test_margins_adaptive',
+    'test_margin_head',
   }
 )
 
