@@ -15,7 +15,10 @@ recognition-model interface: float32 RGB pixels (B, 3, S, S) with values 0–255
 inside the graph, to (B, D); for onnxruntime, insightface's `model_zoo.get_model` (which needs
 S ≥ 112 and a multiple of 16; the command warns otherwise) or any ONNX runtime.
 
-Both write the model's `ModelInfo` beside the file (`<out>.json`).
+Both write the model's `ModelInfo` beside the file (`<out>.json`). A StableHLO export of a run
+with held-out people (a synthetic run, or a folder run split by identity) also keeps them,
+embedded, beside it (`<out>.calibration.npz`; `--no-calibration` skips it): the faces commands
+set their "unknown" and "same person" thresholds on them, as they do for the workdir.
 
 Commands:
     python -m arcface_jax.export --workdir runs/ms1m --out backbone.jax_export
@@ -122,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     default=','.join(DEFAULT_PLATFORMS),
     help='StableHLO only: the platforms to lower for',
   )
+  parser.add_argument(
+    '--no-calibration',
+    action='store_true',
+    help="StableHLO from --workdir: do not keep the run's held-out people beside the export",
+  )
   args = parser.parse_args(argv)
   _check_arguments(args)
   if args.workdir:
@@ -150,6 +158,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   n = save(args.out, model, variables, size, platforms=args.platforms.split(','), info=info)
   print(f'wrote {args.out} ({n / 2**20:.1f} MiB): float32 (B, {size}, {size}, 3) → embeddings')
+  if args.workdir and not args.no_calibration:
+    keep_calibration(args.out, embedder, args.workdir)
+
+
+def keep_calibration(out: str, embedder: Any, workdir: str) -> None:
+  """Embeds the run's held-out people (or the calibration kept in the workdir) and stores them
+  beside the export, so the faces commands calibrate its thresholds without a guessed number."""
+  from arcface_jax.faces import model as faces_model
+  from arcface_jax.faces import thresholds
+
+  model = faces_model.from_embedder(embedder, workdir)
+  try:
+    calibration = thresholds.heldout_calibration(model)
+  except (OSError, ValueError) as e:  # the run's data moved or is unreadable here
+    print(
+      f'no calibration kept: the held-out people of {workdir} could not be read ({e}); '
+      f'keep one later with: python -m arcface_jax.faces calibrate --model {out} --photos DIR'
+    )
+    return
+  if calibration is None:
+    print(
+      f'no calibration kept: {workdir} has no held-out people; keep one with: '
+      f'python -m arcface_jax.faces calibrate --model {out} --photos DIR'
+    )
+    return
+  path = out + thresholds.KEPT_SUFFIX
+  thresholds.write_calibration(path, calibration, model.info.fingerprint)
+  print(
+    f'kept {len(calibration)} calibration faces of {len(set(calibration.identities))} people '
+    f'({calibration.source}) in {path}'
+  )
 
 
 def _export_onnx(path: str, model: nn.Module, variables: Any, size: int, info: ModelInfo) -> None:

@@ -2,14 +2,21 @@
 
 astronaut: NASA portrait of Eileen Collins, public domain, in the scikit-image wheel.
 grace_hopper: US Navy portrait of Grace Hopper, public domain, in the matplotlib wheel.
-group: several of those faces at different sizes, mirrored, on one 512×512 canvas (no real group
-  photo with a clear licence ships in a package available here).
+two_people: a real 640×376 photo of two people side by side (tests/data/two_people.jpg, from the
+  MIT-licensed face_recognition repository; provenance in tests/data/README).
+group: several of those faces at different sizes, mirrored, on one 512×512 canvas (more faces,
+  more sizes and mirrored faces than any real photo with a clear licence available here).
 """
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+TWO_PEOPLE = os.path.join(DATA, 'two_people.jpg')
 
 
 def astronaut() -> np.ndarray:
@@ -25,6 +32,13 @@ def grace_hopper() -> np.ndarray:
     encoded = np.frombuffer(f.read(), np.uint8)
   bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
   assert bgr is not None, 'matplotlib sample grace_hopper.jpg does not decode'
+  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def two_people() -> np.ndarray:
+  """Two people, each face about 90 px wide, in one real 640×376 photo."""
+  bgr = cv2.imread(TWO_PEOPLE, cv2.IMREAD_COLOR)
+  assert bgr is not None, f'{TWO_PEOPLE} does not decode'
   return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

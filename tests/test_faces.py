@@ -18,6 +18,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from faces_support import PEOPLE_SEED, STRANGER_SEED, write_people
 
 from arcface_jax import export, models, parallel, trainer
 from arcface_jax.config_files import load_config
@@ -29,22 +30,12 @@ from arcface_jax.faces import (
   Gallery,
   GalleryError,
   ModelError,
-  NoFaceError,
   cli,
   thresholds,
 )
 from arcface_jax.faces.model import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEOPLE_SEED, STRANGER_SEED = 5_000_000, 7_000_000  # neither trained on nor held out
-
-
-def _write_people(root, seed, people, photos, prefix, size=16):
-  for k in range(people):
-    os.makedirs(root / f'{prefix}_{k}', exist_ok=True)
-    for i, image in enumerate(render_identity(seed + k, photos, size, image_seed=1)):
-      cv2.imwrite(str(root / f'{prefix}_{k}' / f'{i}.png'), image[..., ::-1])
-  return root
 
 
 @pytest.fixture(scope='module')
@@ -80,12 +71,12 @@ def face_model(run, recognizer, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def people(tmp_path_factory):
-  return _write_people(tmp_path_factory.mktemp('people'), PEOPLE_SEED, 6, 3, 'person')
+  return write_people(tmp_path_factory.mktemp('people'), PEOPLE_SEED, 6, 3, 'person')
 
 
 @pytest.fixture(scope='module')
 def strangers(tmp_path_factory):
-  return _write_people(tmp_path_factory.mktemp('strangers'), STRANGER_SEED, 10, 4, 'stranger')
+  return write_people(tmp_path_factory.mktemp('strangers'), STRANGER_SEED, 10, 4, 'stranger')
 
 
 @pytest.fixture(scope='module')
@@ -442,116 +433,77 @@ def test_cli_help_says_what_and_shows_an_example(capsys, name):
   assert f'python -m arcface_jax.faces {name}' in out
 
 
-# ------------------------------------------------------------------ real photos, detected
+# ------------------------------------------------------------------ calibration kept with a model
 
 
-def test_detect_real_photos_and_no_face(face_model):
-  from face_photos import astronaut
+def _copy_export(path, folder):
+  """The export and its model info, copied, so a test can add files beside it."""
+  import shutil
 
-  from arcface_jax.data.align import align_face
-
-  recognizer = FaceRecognizer.load(face_model)
-  photo = astronaut()
-  (face,) = recognizer.detect(photo)
-  assert face.score > 0.99 and face.crop.shape == (16, 16, 3)
-  np.testing.assert_array_equal(face.crop, align_face(photo, face.landmarks, 16))
-  x1, y1, x2, y2 = face.box  # Eileen Collins' face, upper middle of the portrait
-  assert 150 < x1 < x2 < 300 and 40 < y1 < y2 < 200
-  (grey,) = recognizer.detect(photo.mean(axis=2).astype(np.uint8))  # (H, W) greyscale array
-  np.testing.assert_allclose(grey.box, face.box, atol=6)
-  assert recognizer.detect(np.full((300, 200, 3), 127, np.uint8)) == []
-  with pytest.raises(NoFaceError, match=r'array\[1\]: no face found'):
-    recognizer.verify(photo, np.full((300, 200, 3), 127, np.uint8), threshold=0.5)
-  itself = recognizer.verify(photo, photo, threshold=0.5)
-  assert itself.same and itself.score == pytest.approx(1.0, abs=1e-5)
-  from face_photos import group
-
-  several = recognizer.verify(photo, group(), threshold=0.5)  # the group's largest face is used
-  assert several.faces[1].area == max(f.area for f in recognizer.detect(group()))
+  target = str(folder / os.path.basename(path))
+  shutil.copy(path, target)
+  shutil.copy(path + '.json', target + '.json')
+  return target
 
 
-def test_identify_every_face_of_a_group_photo(face_model, tmp_path):
-  from face_photos import astronaut, grace_hopper, group, group_regions
-
-  recognizer = FaceRecognizer.load(face_model)
-  gallery = Gallery.enroll(recognizer, {'eileen': [astronaut()], 'grace': [grace_hopper()]})
-  assert gallery.threshold is None  # an export without --calibrate: no "unknown" threshold
-  with pytest.raises(CalibrationError, match='--calibrate'):
-    recognizer.identify(group(), gallery)
-  answers = recognizer.identify(group(), gallery, threshold=-1.0)
-  assert len(answers) == 4
-  for answer in answers:
-    assert answer.name in ('eileen', 'grace') and answer.threshold.kind == 'given'
-    assert {answer.name, answer.runner_up} == {'eileen', 'grace'}
-    x1, y1, x2, y2 = answer.box
-    centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-    assert (
-      sum(
-        left <= centre[0] <= right and top <= centre[1] <= bottom
-        for left, top, right, bottom in group_regions()
-      )
-      == 1
-    )
+def test_export_keeps_the_runs_heldout_calibration(capsys, run, recognizer, people, tmp_path):
+  out = str(tmp_path / 'backbone.jax_export')
+  export.main(['--workdir', run, '--out', out, '--platforms', 'cpu'])
+  assert 'kept 96 calibration faces of 12 people' in capsys.readouterr().out
+  exported = FaceRecognizer.load(out)
+  theirs, ours = recognizer.verify_threshold(), exported.verify_threshold()
+  assert ours.kind == 'FAR' and ours.samples == theirs.samples and ours.source == theirs.source
+  assert ours.value == pytest.approx(theirs.value, abs=1e-5)
+  gallery = Gallery.enroll(exported, str(people))  # identify's FPIR threshold, no --calibrate
+  assert gallery.threshold is not None and gallery.threshold.kind == 'FPIR'
+  plain = str(tmp_path / 'plain.jax_export')
+  export.main(['--workdir', run, '--out', plain, '--platforms', 'cpu', '--no-calibration'])
+  assert not os.path.exists(plain + thresholds.KEPT_SUFFIX)
+  with pytest.raises(CalibrationError, match='faces calibrate'):
+    FaceRecognizer.load(plain).verify_threshold()
 
 
-def test_cli_detect_real_photos_exif_and_layout(capsys, tmp_path):
-  from face_photos import astronaut, iou
-  from PIL import Image
-
-  raw = tmp_path / 'raw'
-  (raw / 'eileen').mkdir(parents=True)
-  photo = astronaut()
-  exif = Image.Exif()
-  exif[0x0112] = 6  # stored sideways, "turn 90° clockwise to view", as phones write it
-  Image.fromarray(np.rot90(photo, 1)).save(raw / 'eileen' / 'phone.jpg', quality=95, exif=exif)
-  Image.fromarray(photo).save(raw / 'eileen' / 'upright.png')
-  Image.fromarray(np.full((120, 90, 3), 200, np.uint8)).save(raw / 'eileen' / 'wall.png')
-  (raw / 'eileen' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 cut short')
-  code, out, err = _cli(capsys, 'detect', raw, '--out', tmp_path / 'crops', '--json')
-  assert code == 0
-  results = {os.path.basename(r['photo']): r['faces'] for r in json.loads(out)}
-  assert set(results) == {'phone.jpg', 'upright.png', 'wall.png'} and results['wall.png'] == []
-  assert iou(results['phone.jpg'][0]['box'], results['upright.png'][0]['box']) > 0.9
-  assert sorted(os.listdir(tmp_path / 'crops' / 'eileen')) == ['phone_0.png', 'upright_0.png']
-  assert cv2.imread(str(tmp_path / 'crops' / 'eileen' / 'phone_0.png')).shape == (112, 112, 3)
-  assert '1 skipped' in err and 'broken.jpg' in err
-
-
-def test_cli_verify_and_identify_with_detection(capsys, face_model, tmp_path):
-  from face_photos import astronaut, grace_hopper
-  from PIL import Image
-
-  (tmp_path / 'people' / 'eileen').mkdir(parents=True)
-  (tmp_path / 'people' / 'grace').mkdir()
-  Image.fromarray(astronaut()).save(tmp_path / 'people' / 'eileen' / 'a.png')
-  Image.fromarray(grace_hopper()).save(tmp_path / 'people' / 'grace' / 'g.jpg')
-  a, g = tmp_path / 'people' / 'eileen' / 'a.png', tmp_path / 'people' / 'grace' / 'g.jpg'
-  code, _, err = _cli(capsys, 'verify', '--model', face_model, a, g)
-  assert code == 2 and '--threshold' in err and len(err.strip().splitlines()) <= 4
-  code, out, _ = _cli(capsys, 'verify', '--model', face_model, '--json', '--threshold', '0.5', a, a)
-  assert code == 0 and json.loads(out)['same'] is True
-  code, _, err = _cli(
-    capsys,
-    'enroll',
-    '--model',
-    face_model,
-    '--photos',
-    tmp_path / 'people',
-    '--out',
-    tmp_path / 'two.gallery',
+def test_calibrate_command_keeps_strangers_beside_an_export(
+  capsys, recognizer, face_model, strangers, tmp_path
+):
+  model = _copy_export(face_model, tmp_path)
+  kept = model + thresholds.KEPT_SUFFIX
+  code, _, err = _cli(capsys, 'calibrate', '--model', model, '--photos', strangers, '--aligned')
+  assert code == 0 and os.path.exists(kept) and 'kept 40 faces of 10 people' in err
+  expected = recognizer.calibration_from(str(strangers), aligned=True).far_threshold()
+  code, out, err = _cli(
+    capsys, 'verify', '--model', model, '--json', '--aligned', strangers / 'stranger_0' / '0.png',
+    strangers / 'stranger_1' / '0.png',
+  )  # fmt: skip
+  assert code == 0 and json.loads(out)['threshold'] == pytest.approx(expected.value, abs=1e-5)
+  assert json.loads(out)['far'] == thresholds.DEFAULT_FAR and 'stranger' in err
+  # Another model's calibration beside the file (the export was replaced) is not used.
+  with np.load(kept) as data:
+    arrays = dict(data)
+  meta = json.loads(str(arrays['meta']))
+  np.savez(
+    kept,
+    embeddings=arrays['embeddings'],
+    meta=np.array(json.dumps({**meta, 'fingerprint': 'other'})),
   )
-  assert code == 0 and 'identify will need --threshold' in err
-  code, out, _ = _cli(
-    capsys,
-    'identify',
-    '--model',
-    face_model,
-    '--gallery',
-    tmp_path / 'two.gallery',
-    '--threshold',
-    '0.5',
-    '--json',
-    a,
-  )
-  (face,) = json.loads(out)[0]['faces']
-  assert face['name'] == 'eileen' and face['score'] == pytest.approx(1.0, abs=1e-4)
+  with pytest.raises(CalibrationError, match='--threshold'):
+    FaceRecognizer.load(model).verify_threshold()
+  with open(kept, 'wb') as f:  # damaged: ignored, and left where it is
+    f.write(b'PK\x03\x04 cut short')
+  with pytest.raises(CalibrationError, match='--threshold'):
+    FaceRecognizer.load(model).verify_threshold()
+  assert os.path.exists(kept)
+
+
+def test_calibrate_command_on_a_workdir_comes_before_the_heldout_people(
+  capsys, run, recognizer, strangers
+):
+  kept = thresholds.kept_path(recognizer.model)
+  try:
+    code, _, err = _cli(capsys, 'calibrate', '--model', run, '--photos', strangers)
+    assert code == 0 and kept.startswith(os.path.join(run, 'faces_calibration'))
+    calibration = FaceRecognizer.load(run).calibration
+    assert len(calibration) == 40 and str(strangers) in calibration.source
+  finally:
+    if os.path.exists(kept):
+      os.remove(kept)  # the other tests of this module calibrate on the held-out people

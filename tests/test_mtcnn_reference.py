@@ -90,6 +90,7 @@ def _photos() -> dict:
     'astronaut': face_photos.astronaut(),
     'grace_hopper': face_photos.grace_hopper()[:512],  # 512x512: programs shared
     'group': face_photos.group(),
+    'two_people': face_photos.two_people(),
   }
 
 
@@ -120,7 +121,7 @@ def test_end_to_end_on_real_photos_meets_the_issue_criteria():
       box_errors.append(np.abs(face.box - box).max())
       assert abs(face.score - score) < 1e-4, name
     extra += sum(face.score >= 0.95 for k, face in enumerate(faces) if k not in matched)
-  assert wanted >= 6  # 1 + 1 + 4 faces
+  assert wanted >= 8  # 1 + 1 + 4 + 2 faces
   assert found >= 0.97 * wanted
   assert landmarks_ok >= 0.95 * found
   assert extra == 0

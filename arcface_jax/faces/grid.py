@@ -19,6 +19,22 @@ from arcface_jax.faces.gallery import UNKNOWN, Gallery, GalleryError
 from arcface_jax.faces.images import load_image
 from arcface_jax.faces.recognizer import embed_people
 
+WRONG_COLOUR, RIGHT_COLOUR = 'red', 'black'  # of each photo's title
+
+
+@dataclasses.dataclass(frozen=True)
+class ShownPhoto:
+  """One of the nine photos in the figure."""
+
+  photo: str
+  true_name: str
+  predicted: str
+  score: float
+
+  @property
+  def wrong(self) -> bool:
+    return self.predicted != self.true_name
+
 
 @dataclasses.dataclass
 class GridResult:
@@ -26,6 +42,7 @@ class GridResult:
   total: int
   people: int
   protocol: str
+  shown: list[ShownPhoto] = dataclasses.field(default_factory=list)  # in reading order
 
   @property
   def accuracy(self) -> float:
@@ -106,7 +123,7 @@ def write_grid(
     best = matrix.argmax(axis=1)
     scores = [float(matrix[i, b]) for i, b in enumerate(best)]
     predicted = [gallery.names[b] if s > threshold.value else UNKNOWN for b, s in zip(best, scores)]
-    protocol = f'gallery {gallery.path} ({threshold.kind} {threshold.rate or threshold.value:g})'
+    protocol = f'gallery {gallery.path or "(in memory)"} ({threshold.kind} {threshold.rate or threshold.value:g})'
   correct = sum(p == t for p, t in zip(predicted, people.identities))
   result = GridResult(correct, len(predicted), len(set(people.identities)), protocol)
 
@@ -115,15 +132,16 @@ def write_grid(
   for axis in axes.ravel():
     axis.axis('off')
   for axis, row in zip(axes.ravel(), chosen):
-    axis.imshow(load_image(people.origins[row]))
+    shown = ShownPhoto(people.origins[row], people.identities[row], predicted[row], scores[row])
+    result.shown.append(shown)
+    axis.imshow(load_image(shown.photo))
     x1, y1, x2, y2 = people.boxes[row]
     axis.add_patch(
       plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.5, edgecolor='lime')
     )
-    right = predicted[row] == people.identities[row]
     axis.set_title(
-      f'true: {people.identities[row]}\npredicted: {predicted[row]} ({scores[row]:.2f})',
-      color='black' if right else 'red',
+      f'true: {shown.true_name}\npredicted: {shown.predicted} ({shown.score:.2f})',
+      color=WRONG_COLOUR if shown.wrong else RIGHT_COLOUR,
       fontsize=10,
     )
   figure.suptitle(f'{recognizer.model.describe()}\n{result.describe()}', fontsize=10)

@@ -92,9 +92,13 @@ def _load_workdir(path: str, step: int | None) -> LoadedModel:
     embedder = inference.load_embedder(path, step, mesh=parallel.make_mesh(1))
   except FileNotFoundError as e:
     raise ModelError(f'--model {path}: {e}') from None
-  info = model_info.from_config(embedder.config, embedder.variables)
+  return from_embedder(embedder, path)
+
+
+def from_embedder(embedder: Any, path: str) -> LoadedModel:
+  """A workdir model from an `inference.Embedder` already restored from `path`."""
   return LoadedModel(
-    info=info,
+    info=model_info.from_config(embedder.config, embedder.variables),
     path=path,
     kind='workdir',
     step=embedder.step,
@@ -104,14 +108,14 @@ def _load_workdir(path: str, step: int | None) -> LoadedModel:
 
 
 def _load_export(path: str) -> LoadedModel:
-  from arcface_jax import export
-
   try:
     info = model_info.read(model_info.sidecar_path(path))
   except ValueError as e:
     raise ModelError(f'--model {path}: {e}') from None
   try:
-    call = export.load(path)
+    # What `arcface_jax.export.load` does; not imported, as the export command imports this
+    # module (to keep the run's calibration beside the file it writes).
+    call = jax.export.deserialize(bytearray(epath.Path(path).read_bytes())).call
   except Exception as e:  # jax.export raises several types for a damaged or foreign file
     raise ModelError(
       f'--model {path}: not a readable exported model ({type(e).__name__}: {e})'

@@ -232,9 +232,10 @@ class FaceRecognizer:
     calibration = self.calibration
     if calibration is None:
       raise CalibrationError(
-        f'{self.model.path} has no held-out people to calibrate a verify threshold on (an '
-        'exported model, or a run without held-out identities); pass --threshold T, or '
-        '--calibrate DIR with photos of people the model was not trained on'
+        f'{self.model.path} has no calibration (an exported model without a kept '
+        'calibration, or a run without held-out identities); pass --threshold T or --calibrate '
+        'DIR (photos of people the model was not trained on), or keep such photos with the '
+        f'model: python -m arcface_jax.faces calibrate --model {self.model.path} --photos DIR'
       )
     return calibration.far_threshold(self.far)
 

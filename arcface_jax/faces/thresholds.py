@@ -5,7 +5,14 @@ impostor pairs of training photos score far lower than pairs of new people do, s
 set on them names strangers. Calibration photos therefore come from identities not used in
 training: the run's held-out identities (the synthetic held-out people, or the val split of a
 folder run split by identity, which training's verification also uses), or photos the user gives
-(`enroll --calibrate DIR`).
+(`enroll --calibrate DIR`, `verify --calibrate DIR`).
+
+A calibration is kept with its model: `faces calibrate --model M --photos DIR` stores one (beside
+an export as `<file>.calibration.npz`, inside a workdir under `faces_calibration/`), and
+`python -m arcface_jax.export` stores the run's held-out people beside the file it writes, so an
+exported model answers "unknown" without a guessed number. A kept calibration is used before the
+held-out people; it records the weight fingerprint and is ignored (with a warning) for any other
+weights.
 
 - verify: the threshold at a false-accept rate (FAR) over every impostor pair of the
   calibration photos (pairs of different people);
@@ -24,13 +31,16 @@ every answer carries its `Threshold`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
+import zipfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 if TYPE_CHECKING:
   from arcface_jax.data.sources import Source
@@ -189,24 +199,91 @@ def cache_path(workdir: str, step: int, fingerprint: str) -> str:
   return os.path.join(workdir, 'faces_calibration', f'step_{step}_{fingerprint}.npz')
 
 
+KEPT_SUFFIX = '.calibration.npz'  # beside an exported model: <file>.jax_export.calibration.npz
+
+
+def kept_path(model: Any) -> str:
+  """Where a calibration kept with `model` lives: beside an export, or inside a workdir (one
+  per weights fingerprint, so a later checkpoint never uses embeddings of an earlier one)."""
+  if model.kind == 'export':
+    return model.path + KEPT_SUFFIX
+  return os.path.join(model.path, 'faces_calibration', f'kept_{model.info.fingerprint}.npz')
+
+
+def write_calibration(path: str, calibration: CalibrationSet, fingerprint: str) -> None:
+  """Stores the embeddings (float32), each row's person, their source and the model's weight
+  fingerprint as a NumPy .npz (no pickle), written whole or not at all."""
+  from arcface_jax import paths
+
+  buffer = io.BytesIO()
+  meta = {
+    'identities': list(calibration.identities),
+    'source': calibration.source,
+    'fingerprint': fingerprint,
+  }
+  np.savez(
+    buffer, embeddings=calibration.embeddings.astype(np.float32), meta=np.array(json.dumps(meta))
+  )
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  paths.write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_calibration(path: str, fingerprint: str) -> CalibrationSet | None:
+  """The calibration at `path` if it is readable and was made with weights `fingerprint`; None
+  (with a warning naming the file) otherwise, so a damaged or stale file is never used."""
+  try:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False) as data:
+      meta = json.loads(str(data['meta']))
+      embeddings = data['embeddings'].astype(np.float32)
+    identities, source = list(meta['identities']), str(meta['source'])
+    made_with = meta.get('fingerprint', fingerprint)  # caches written before it was stored
+  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+    logging.warning('%s: unreadable calibration (%s); not used', path, e)
+    return None
+  if made_with != fingerprint:
+    logging.warning(
+      '%s was calibrated with other weights (fingerprint %s, the model has %s); not used. '
+      'Calibrate again: python -m arcface_jax.faces calibrate --model M --photos DIR',
+      path,
+      made_with,
+      fingerprint,
+    )
+    return None
+  if embeddings.ndim != 2 or len(identities) != len(embeddings):
+    logging.warning(
+      '%s: %d identities for %d embeddings; not used', path, len(identities), len(embeddings)
+    )
+    return None
+  return CalibrationSet(embeddings, identities, source)
+
+
+def kept_calibration(model: Any) -> CalibrationSet | None:
+  """The calibration kept with `model` (`faces calibrate`, or written by the export), or None."""
+  path = kept_path(model)
+  if not epath.Path(path).exists():
+    return None
+  return read_calibration(path, model.info.fingerprint)
+
+
 def heldout_calibration(model: Any) -> CalibrationSet | None:
-  """The run's held-out people embedded by `model` (a workdir model), cached in the workdir.
+  """The calibration kept with `model`, else the run's held-out people embedded by a workdir
+  model, cached in the workdir.
 
   The cache is keyed by the checkpoint step and the weight fingerprint, so it is computed once
-  per checkpoint. None for exported models and for runs without held-out identities.
+  per checkpoint. None for an export without a kept calibration and for runs without held-out
+  identities.
   """
+  kept = kept_calibration(model)
+  if kept is not None:
+    return kept
   if model.kind != 'workdir':
     return None
   path = cache_path(model.path, model.step, model.info.fingerprint)
-  if os.path.exists(path):
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data['meta']))
-        return CalibrationSet(
-          data['embeddings'].astype(np.float32), meta['identities'], meta['source']
-        )
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning('%s: unreadable calibration cache (%s); computing it again', path, e)
+  if epath.Path(path).exists():
+    cached = read_calibration(path, model.info.fingerprint)
+    if cached is not None:
+      return cached
+    logging.warning('computing the calibration again')
   found = _heldout_images(model.config)
   if found is None:
     return None
@@ -219,15 +296,7 @@ def heldout_calibration(model: Any) -> CalibrationSet | None:
   )
   calibration = CalibrationSet(model.embed_crops(images), identities, where)
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = path + '.tmp'
-    with open(temporary, 'wb') as f:
-      np.savez(
-        f,
-        embeddings=calibration.embeddings,
-        meta=np.array(json.dumps({'identities': identities, 'source': where})),
-      )
-    os.replace(temporary, path)
+    write_calibration(path, calibration, model.info.fingerprint)
   except OSError as e:  # a read-only workdir: calibrate again next time
-    logging.warning('cannot cache the calibration in %s (%s)', path, e.strerror)
+    logging.warning('cannot cache the calibration in %s (%s)', path, e)
   return calibration
