@@ -313,7 +313,7 @@ def run_table(
   note: str = '',
 ) -> str:
   """Trains and scores every (loss, seed), writes the table files; returns the .md path."""
-  from arcface_jax.search import enable_compilation_cache
+  from arcface_jax.compilation_cache import enable_compilation_cache
 
   losses = list(losses) if losses else list(LOSSES)
   unknown = sorted(set(losses) - set(LOSSES))
