@@ -17,7 +17,7 @@ class PreemptionFlag:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self) -> None:
     self._event = threading.Event()
     self._previous: dict[int, Any] = {}
 
