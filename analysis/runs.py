@@ -131,7 +131,7 @@ class Run:
       )
       return 'synthetic_heldout', images, issame
     if config.eval.bins:
-      from arcface_jax.evaluation.evaluators import load_sets
+      from arcface_jax.evaluation.verification_evaluator import load_sets
 
       name, images, issame = load_sets(config)[-1]
       if num_pairs:

@@ -10,12 +10,15 @@ Only sound states are saved (finite, nothing blown up: `state_health`), each fin
 a checksum file, and a restore takes the newest step that verifies, reads and is sound, setting
 damaged ones aside (`checkpoint_integrity`). A failed write (disk full) is one
 `WorkdirWriteError`; the earlier checkpoints stay as they are.
+
+This module holds the trainer's side (`Checkpointer`: save, restore a TrainState, set aside);
+the layout and the backbone-only restore that loading a model needs are in `checkpoint_reading`,
+the SIGTERM/SIGINT flag in `preemption`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from typing import Any, Iterator
@@ -26,16 +29,35 @@ from absl import logging
 from etils import epath
 
 from arcface_jax import checkpoint_integrity as integrity
-from arcface_jax import paths, state_health, workdir_lock, write_errors
+from arcface_jax import paths, state_health, write_errors
 from arcface_jax.checkpoint_integrity import Damage
+
+# The layout, the backbone-only restore and the set-aside live in checkpoint_reading (loading a
+# model needs no train state), the signal flag in preemption; all stay importable from here.
+from arcface_jax.checkpoint_reading import (
+  MODEL_ITEM,
+  READ_ERRORS,
+  TRAIN_ITEM,
+  CheckpointError,
+  checkpoint_dir,
+  first_line,
+  report_and_set_aside,
+  restore_model_variables,
+)
+from arcface_jax.preemption import PreemptionFlag
 from arcface_jax.train_state import TrainState
 
-MODEL_ITEM = 'model'
-TRAIN_ITEM = 'train'
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be used or written; the message names the step and what to do."""
+__all__ = [
+  'MODEL_ITEM',
+  'TRAIN_ITEM',
+  'CheckpointError',
+  'Checkpointer',
+  'PreemptionFlag',
+  'UnsoundStateError',
+  'checkpoint_dir',
+  'kept_message',
+  'restore_model_variables',
+]
 
 
 class UnsoundStateError(CheckpointError):
@@ -45,20 +67,6 @@ class UnsoundStateError(CheckpointError):
     super().__init__(f'the state at step {step} was not saved: {"; ".join(problems)}')
     self.step = step
     self.problems = problems
-
-
-def checkpoint_dir(workdir: paths.PathLike) -> epath.Path:
-  """`<workdir>/checkpoints`, absolute when local (orbax needs that), as given when a URI."""
-  return paths.resolve(workdir) / 'checkpoints'
-
-
-def _first_line(error: BaseException) -> str:
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return (lines[0] if lines else type(error).__name__)[:300]
-
-
-# What a damaged checkpoint makes orbax/tensorstore raise on restore.
-_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError)
 
 
 def _sync(name: str) -> None:
@@ -221,14 +229,14 @@ class Checkpointer:
           )
         try:
           state = self.restore(abstract_state, step)
-        except _READ_ERRORS as e:
+        except READ_ERRORS as e:
           if verified:
             raise CheckpointError(
               f'checkpoint step {step} in {self.directory} is intact but does not fit this '
-              f'run\'s config ({_first_line(e)}). Resume with the config it was trained with '
+              f'run\'s config ({first_line(e)}). Resume with the config it was trained with '
               f'({paths.resolve(self.workdir) / "config.json"}) or use a new --workdir.'
             ) from None
-          damage = Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
+          damage = Damage('unreadable', f'orbax cannot read it: {first_line(e)}')
         else:
           problems = state_health.train_state_problems(state)
           if not problems:
@@ -242,7 +250,7 @@ class Checkpointer:
 
   def set_aside(self, step: int, damage: Damage) -> None:
     """Moves a finished step out of the checkpoints (see `checkpoint_integrity.set_aside`)."""
-    _report_and_set_aside(self.workdir, step, damage, move=True)
+    report_and_set_aside(self.workdir, step, damage, move=True)
     _sync(f'checkpoint-set-aside-{step}')
     self.manager.reload()
 
@@ -278,133 +286,3 @@ def kept_message(workdir: paths.PathLike) -> str:
     f'The finished checkpoints in {directory} are kept (newest: step {steps[-1]}); an '
     'unfinished one is removed on the next start.'
   )
-
-
-def _report_and_set_aside(
-  workdir: paths.PathLike, step: int, damage: Damage, *, move: bool
-) -> None:
-  """Warns about a damaged step and moves it aside (process 0 only), or says why it stays."""
-  step_dir = checkpoint_dir(workdir) / str(step)
-  if move and jax.process_index() == 0:
-    try:
-      target = integrity.set_aside(workdir, step_dir, step, damage)
-      where = f'moved it to {target}'
-    except OSError as e:
-      where = f'could not move it aside ({e.strerror}); it is skipped'
-  elif move:
-    where = 'process 0 moves it aside'
-  else:
-    where = 'left in place while a training process holds the workdir'
-  logging.warning(
-    'checkpoint step %d in %s is damaged (%s); %s and falling back to the newest '
-    'earlier checkpoint',
-    step,
-    checkpoint_dir(workdir),
-    damage,
-    where,
-  )
-
-
-def restore_model_variables(
-  workdir: paths.PathLike, abstract_variables: Any, step: int | None = None
-) -> tuple[Any, int]:
-  """Only the backbone variables of a checkpoint (latest by default), and the step they are from.
-
-  The latest step that verifies, reads and holds finite, bounded values is used; damaged ones
-  are skipped with a warning and moved aside unless a training process holds the workdir. A
-  given `step` that is damaged is an error. A backbone without batch norm restores with an empty
-  'batch_stats', as it was saved.
-  """
-  abstract = dict(abstract_variables)
-  abstract.setdefault('batch_stats', {})
-  directory = checkpoint_dir(workdir)
-  manager = ocp.CheckpointManager(directory, item_names=(MODEL_ITEM, TRAIN_ITEM))
-  try:
-    steps = sorted(manager.all_steps(), reverse=True)
-    if not steps:
-      raise FileNotFoundError(
-        f'no checkpoint in {directory}: train first, or pass the --workdir of a run that saved one'
-      )
-    if step is not None and step not in steps:
-      raise FileNotFoundError(
-        f'no checkpoint for step {step} in {directory}; available steps: {sorted(steps)}'
-      )
-    for candidate in [step] if step is not None else steps:
-      variables, damage = _read_model_item(manager, directory, candidate, abstract)
-      if damage is None:
-        return variables, candidate
-      if step is not None:
-        raise CheckpointError(
-          f'checkpoint step {step} in {directory} is damaged ({damage}); '
-          f'choose another step ({sorted(steps)}) or leave --step out to '
-          'use the newest intact one'
-        )
-      holder = workdir_lock.live_holder(workdir)
-      _report_and_set_aside(workdir, candidate, damage, move=holder is None)
-    raise CheckpointError(
-      f'no intact checkpoint in {directory}: every one is damaged (see the warnings above)'
-    )
-  finally:
-    manager.close()
-
-
-def _read_model_item(
-  manager: ocp.CheckpointManager, directory: epath.Path, step: int, abstract: Any
-) -> tuple[Any, Damage | None]:
-  step_dir = directory / str(step)
-  damage = integrity.verify(step_dir, items=(MODEL_ITEM,))
-  if damage is not None:
-    return None, damage
-  try:
-    restored = manager.restore(
-      step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)})
-    )
-  except _READ_ERRORS as e:
-    if integrity.has_sums(step_dir):
-      raise CheckpointError(
-        f'checkpoint step {step} in {directory} is intact but its backbone '
-        f'does not fit the run\'s config.json ({_first_line(e)})'
-      ) from None
-    return None, Damage('unreadable', f'orbax cannot read it: {_first_line(e)}')
-  variables = restored[MODEL_ITEM]
-  problems = state_health.model_variables_problems(variables)
-  if problems:
-    return None, Damage('unsound', 'its backbone holds a diverged state: ' + '; '.join(problems))
-  return variables, None
-
-
-class PreemptionFlag:
-  """Set by SIGTERM/SIGINT; the loop checks it at step boundaries, saves, and exits cleanly.
-
-  The handler only sets a flag: saving inside a signal handler could interrupt a save in progress.
-  A second signal restores the default handler, so a user who insists still stops the process.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self._event = threading.Event()
-    self._previous: dict[int, Any] = {}
-
-  def __enter__(self) -> 'PreemptionFlag':
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous.clear()
-
-  def _handle(self, signum: int, frame: Any) -> None:
-    del frame
-    self._event.set()
-    signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-  def set(self) -> None:
-    self._event.set()
-
-  @property
-  def is_set(self) -> bool:
-    return self._event.is_set()

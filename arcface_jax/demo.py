@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> None:
   from arcface_jax import models, parallel, trainer
   from arcface_jax.config_files import RecipeOptionError, load_config
   from arcface_jax.data.errors import DatasetError
-  from arcface_jax.evaluation import evaluators
+  from arcface_jax.evaluation.verification_evaluator import VerificationEvaluator
   from arcface_jax.inference import embedder_from_variables
 
   workdir = args.workdir
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> None:
 
   mesh = parallel.make_mesh()
   embed = jax.jit(models.make_embed_fn(models.from_config(config)))
-  evaluator = evaluators.VerificationEvaluator(config)  # its sets() and score(), beyond run()
+  evaluator = VerificationEvaluator(config)  # its sets() and score(), beyond run()
   name, images, issame = evaluator.sets()[0]
   # The run's starting point: the trainer's initial weights for the same seed.
   untrained_vars = models.initial_variables(config)

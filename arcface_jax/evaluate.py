@@ -137,13 +137,13 @@ def _write_test_scalars(workdir: paths.PathLike, step: int, outcome: dict[str, A
 def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any) -> dict[str, Any]:
   """Loads `workdir`'s checkpoint (latest or `step`), evaluates it and writes the JSON results."""
   from arcface_jax import reporting
-  from arcface_jax.evaluation import evaluators
+  from arcface_jax.evaluation.verification_evaluator import resolve_bin
 
   # Every named input is checked before the model is restored, so a typo costs no restore.
   bins = kwargs.get('bins')
   if bins is not None:
     bin_dir = reporting.read_config(workdir).eval.bin_dir
-    kwargs['bins'] = [evaluators.resolve_bin(entry, bin_dir) for entry in bins]
+    kwargs['bins'] = [resolve_bin(entry, bin_dir) for entry in bins]
   for flag in ('ijb_dir', 'gallery', 'probe'):
     if kwargs.get(flag) and not os.path.isdir(kwargs[flag]):
       raise FileNotFoundError(f'--{flag.replace("_dir", "")} {kwargs[flag]} is not a directory')

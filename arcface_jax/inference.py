@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from arcface_jax import models, parallel, paths, reporting
-from arcface_jax.checkpointing import (
+from arcface_jax.checkpoint_reading import (
   MODEL_ITEM,
   TRAIN_ITEM,
   checkpoint_dir,

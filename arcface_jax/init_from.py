@@ -120,7 +120,8 @@ def _remove(path: str) -> None:
 
 
 def _from_workdir(workdir: str, abstract: dict[str, Any]) -> dict[str, Any]:
-  from arcface_jax import checkpointing, reporting
+  from arcface_jax import reporting
+  from arcface_jax.checkpoint_reading import restore_model_variables
 
   source_config = reporting.read_config(workdir)
   source_model = models.get(
@@ -131,7 +132,7 @@ def _from_workdir(workdir: str, abstract: dict[str, Any]) -> dict[str, Any]:
   check_compatible(
     abstract, source_shapes, f'{workdir} ({source_config.model.name}, {size}×{size} input)'
   )
-  variables, step = checkpointing.restore_model_variables(workdir, abstract)
+  variables, step = restore_model_variables(workdir, abstract)
   logging.info('init_from: backbone of %s at step %d', workdir, step)
   return variables
 

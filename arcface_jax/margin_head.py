@@ -32,7 +32,7 @@ from arcface_jax import margins
 
 
 def _inv_norm(x: jax.Array) -> jax.Array:
-  """1/‖row‖ with the norm floored at 1e-6 (as `losses.l2_normalize`)."""
+  """1/‖row‖ with the norm floored at 1e-6 (as `loss_terms.l2_normalize`)."""
   return jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1), 1e-12))
 
 
@@ -133,7 +133,7 @@ def margin_head(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(mean margin cross-entropy, angle metrics) of un-normalised embeddings (B, D) against
   centres (C, D); gradients reach both. Metrics (no gradient): 'theta_target_deg', 'cos_target',
-  'cos_hardest_negative', as `losses.angle_metrics`."""
+  'cos_hardest_negative', as `loss_terms.angle_metrics`."""
   if not supports(margin, weight):
     raise ValueError(
       f'margin_head takes a CombinedMargin and (C, D) centres, got {margin!r} and '

@@ -30,16 +30,7 @@ it compiled and how many it loaded.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
-import itertools
 import json
-import logging as logging_std
-import math
-import os
-import re
-import struct
 import sys
 from typing import Any, Callable, Sequence
 
@@ -49,197 +40,32 @@ from etils import epath
 
 from arcface_jax import paths
 from arcface_jax import train as train_cli  # --config (with --config.* overrides) and --workdir
+from arcface_jax.compilation_cache import CompileCounter, enable_compilation_cache
+from arcface_jax.search_grid import Cell, SearchError, metric_direction, parse_grid
+from arcface_jax.search_results import (
+  DONE_MARKER,
+  read_marker,
+  read_scalars,
+  resolve_metric,
+  write_results,
+)
 
-DONE_MARKER = 'search_cell.json'
-HIGHER_IS_BETTER = ('accuracy', 'tar_at_far')
-LOWER_IS_BETTER = ('loss', 'std')
-
-
-class SearchError(ValueError):
-  """A grid or metric the search cannot use; the message names it."""
-
-
-@dataclasses.dataclass
-class Cell:
-  values: dict[str, Any]  # config key → value
-  name: str  # directory name under the search workdir
-
-
-def _parse_value(key: str, text: str, current: Any) -> Any:
-  if isinstance(current, bool):
-    if text.lower() in ('true', 'false'):
-      return text.lower() == 'true'
-    raise SearchError(f'--grid {key}: {text!r} is not true or false')
-  for kind in (int, float):
-    if isinstance(current, kind):
-      try:
-        return kind(text) if kind is float else int(text)
-      except ValueError:
-        raise SearchError(
-          f'--grid {key}: {text!r} is not a{"n int" if kind is int else " float"}'
-          f' (config {key} = {current!r})'
-        ) from None
-  if isinstance(current, str):
-    return text
-  raise SearchError(
-    f'--grid {key}: config values of type {type(current).__name__} cannot be '
-    'searched (use numbers, strings or booleans)'
-  )
-
-
-def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[Cell]:
-  """Every combination of the `--grid KEY=V1,V2` values, checked against `config`."""
-  if not specs:
-    raise SearchError('give at least one --grid KEY=V1,V2,...')
-  axes: list[tuple[str, list[Any]]] = []
-  for spec in specs:
-    key, sep, values = spec.partition('=')
-    key = key.strip()
-    texts = [v.strip() for v in values.split(',')]
-    if not sep or not key or not all(texts):
-      raise SearchError(
-        f'--grid {spec!r}: expected KEY=V1,V2,... e.g. train.learning_rate=1e-3,1e-2'
-      )
-    try:
-      current = _lookup(config, key)
-    except (AttributeError, KeyError):
-      raise SearchError(
-        f'--grid {spec!r}: config has no key {key!r} (every key is declared in configs/base.py)'
-      ) from None
-    if any(key == k for k, _ in axes):
-      raise SearchError(f'--grid {key} is given twice')
-    axes.append((key, [_parse_value(key, t, current) for t in texts]))
-  short = [k.rsplit('.', 1)[-1] for k, _ in axes]
-  labels = short if len(set(short)) == len(short) else [k for k, _ in axes]
-  cells = []
-  for combo in itertools.product(*[values for _, values in axes]):
-    name = ','.join(f'{label}={_safe(v)}' for label, v in zip(labels, combo))
-    cells.append(Cell(dict(zip([k for k, _ in axes], combo)), name))
-  return cells
-
-
-def _lookup(config: ml_collections.ConfigDict, key: str) -> Any:
-  node = config
-  for part in key.split('.'):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise KeyError(key)
-    node = node[part]
-  if isinstance(node, ml_collections.ConfigDict):
-    raise KeyError(key)
-  return node
-
-
-def _safe(value: Any) -> str:
-  return re.sub(r'[^A-Za-z0-9._+-]', '_', str(value))
-
-
-def metric_direction(metric: str, lower: bool | None, higher: bool | None) -> bool:
-  """True when higher is better; SearchError when it cannot be told."""
-  if lower and higher:
-    raise SearchError('give only one of --lower_is_better and --higher_is_better')
-  if lower or higher:
-    return bool(higher)
-  leaf = metric.rsplit('/', 1)[-1]
-  if any(word in leaf for word in HIGHER_IS_BETTER):
-    return True
-  if any(word in leaf for word in LOWER_IS_BETTER):
-    return False
-  raise SearchError(
-    f'--metric {metric}: is higher or lower better? Add --higher_is_better or --lower_is_better'
-  )
-
-
-# ---------------------------------------------------------------- reading the runs' scalars
-
-
-def read_scalars(logdir: paths.PathLike) -> dict[str, float]:
-  """The last value of every scalar in the TensorBoard event files under `logdir`."""
-  from tensorboardX.proto import event_pb2
-
-  last: dict[str, tuple[int, float]] = {}
-  directory = epath.Path(logdir)
-  if not directory.is_dir():
-    return {}
-  for child in sorted(directory.iterdir(), key=lambda p: p.name):
-    if 'tfevents' not in child.name:
-      continue
-    data = child.read_bytes()
-    offset = 0
-    while offset + 12 <= len(data):  # TFRecord: length, crc, payload, crc
-      (length,) = struct.unpack('<Q', data[offset : offset + 8])
-      payload = data[offset + 12 : offset + 12 + length]
-      offset += 12 + length + 4
-      if len(payload) < length:
-        break  # a record still being written
-      event = event_pb2.Event.FromString(payload)
-      for value in event.summary.value:
-        if value.HasField('simple_value') and event.step >= last.get(value.tag, (-1, 0.0))[0]:
-          last[value.tag] = (event.step, float(value.simple_value))
-  return {tag: value for tag, (_, value) in last.items()}
-
-
-def resolve_metric(metric: str, scalars: dict[str, float]) -> str:
-  for candidate in (metric, f'eval/{metric}', f'train/{metric}'):
-    if candidate in scalars:
-      return candidate
-  raise SearchError(
-    f'--metric {metric}: the run logged no such scalar; it logged '
-    f'{", ".join(sorted(scalars)) or "nothing"}'
-  )
-
-
-# ---------------------------------------------------------------- counting compilations
-
-
-class CompileCounter(logging_std.Handler):
-  """Counts the programs XLA compiles and those the persistent cache serves, by name."""
-
-  _HIT = re.compile(r"Persistent compilation cache hit for '([^']+)'")
-  _MISS = re.compile(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'")
-
-  def __init__(self) -> None:
-    super().__init__(logging_std.DEBUG)
-    self.compiled: list[str] = []
-    self.loaded: list[str] = []
-
-  def emit(self, record: logging_std.LogRecord) -> None:
-    message = record.getMessage()
-    for pattern, into in ((self._HIT, self.loaded), (self._MISS, self.compiled)):
-      match = pattern.search(message)
-      if match:
-        into.append(match.group(1))
-
-  def __enter__(self) -> 'CompileCounter':
-    self._logger = logging_std.getLogger('jax._src.compiler')
-    self._saved = (self._logger.level, self._logger.propagate)
-    self._logger.setLevel(logging_std.DEBUG)
-    self._logger.propagate = False  # its DEBUG lines would flood the console
-    self._logger.addHandler(self)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self._logger.removeHandler(self)
-    self._logger.setLevel(self._saved[0])
-    self._logger.propagate = self._saved[1]
-
-
-def enable_compilation_cache(workdir: paths.PathLike) -> str:
-  """JAX's persistent compilation cache (kept if already configured), caching every program.
-
-  JAX reads and writes the cache through etils.epath, so a gs:// workdir holds it too.
-  """
-  import jax
-
-  # `values` is the typed way to read an option (the attribute form is dynamic)
-  configured = jax.config.values['jax_compilation_cache_dir']
-  directory = configured or os.fspath(epath.Path(workdir) / '.jax_cache')
-  jax.config.update('jax_compilation_cache_dir', directory)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  return directory
-
-
-# ---------------------------------------------------------------- the search
+# The names this command's users import from it; they live in the modules above.
+__all__ = [
+  'DONE_MARKER',
+  'Cell',
+  'CompileCounter',
+  'SearchError',
+  'enable_compilation_cache',
+  'main',
+  'metric_direction',
+  'parse_args',
+  'parse_grid',
+  'read_scalars',
+  'resolve_metric',
+  'run_search',
+  'write_results',
+]
 
 
 def run_search(
@@ -264,7 +90,7 @@ def run_search(
   enable_compilation_cache(root)
   for index, cell in enumerate(cells, 1):
     cell_dir = root / cell.name
-    previous = _read_marker(cell_dir)
+    previous = read_marker(cell_dir)
     if previous and previous['status'] in ('finished', 'diverged'):
       logging.info(
         'cell %d/%d %s: %s before, skipped', index, len(cells), cell.name, previous['status']
@@ -303,113 +129,6 @@ def run_search(
     }
     (cell_dir / DONE_MARKER).write_text(json.dumps(record, indent=2))
   return write_results(root, cells, metric=metric, higher_is_better=higher_is_better)
-
-
-def _read_marker(cell_dir: epath.Path) -> dict[str, Any] | None:
-  try:
-    return json.loads((cell_dir / DONE_MARKER).read_text())
-  except (OSError, ValueError):
-    return None
-
-
-def write_results(
-  workdir: paths.PathLike, cells: list[Cell], *, metric: str, higher_is_better: bool
-) -> dict[str, Any]:
-  root = epath.Path(workdir)
-  records: list[dict[str, Any]] = []
-  for cell in cells:
-    record = _read_marker(root / cell.name)
-    if record is None:  # run_search writes every cell's marker before it gets here
-      raise SearchError(
-        f'{root / cell.name / DONE_MARKER} is missing or unreadable; run the search again'
-      )
-    records.append(record)
-  logged = set().union(*[r['metrics'] for r in records])
-  tag = resolve_metric(metric, {t: 0.0 for t in logged})
-  for record in records:
-    value = record['metrics'].get(tag, math.nan)
-    record['metric'] = value if record['status'] == 'finished' else math.nan
-  ranked = [r for r in records if not math.isnan(r['metric'])]
-  best = (max if higher_is_better else min)(ranked, key=lambda r: r['metric']) if ranked else None
-  keys = list(cells[0].values)
-  result = {
-    'metric': tag,
-    'higher_is_better': higher_is_better,
-    'grid': keys,
-    'best': best and {'name': best['name'], 'values': best['values'], 'metric': best['metric']},
-    'cells': records,
-  }
-  (root / 'results.json').write_text(json.dumps(result, indent=2))
-  table = io.StringIO(newline='')
-  writer = csv.writer(table)
-  writer.writerow(['cell', *keys, tag, 'status'])
-  for r in records:
-    writer.writerow([r['name'], *[r['values'][k] for k in keys], r['metric'], r['status']])
-  (root / 'results.csv').write_text(table.getvalue())
-  _heatmap(root, records, keys, tag, higher_is_better)
-  _log_hparams(root, records, tag)
-  return result
-
-
-def _heatmap(
-  workdir: epath.Path, records: list[dict], keys: list[str], tag: str, higher_is_better: bool
-) -> str:
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  rows_key, cols_key = keys[0], (keys[1] if len(keys) > 1 else None)
-  rows = sorted({r['values'][rows_key] for r in records})
-  cols = sorted({r['values'][cols_key] for r in records}) if cols_key else [None]
-  pick = np.nanmax if higher_is_better else np.nanmin
-  grid = np.full((len(rows), len(cols)), np.nan)
-  for i, row in enumerate(rows):
-    for j, col in enumerate(cols):
-      values = [
-        r['metric']
-        for r in records
-        if r['values'][rows_key] == row and (cols_key is None or r['values'][cols_key] == col)
-      ]
-      finite = [v for v in values if not math.isnan(v)]
-      grid[i, j] = pick(finite) if finite else np.nan
-  fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.8 * len(rows)))
-  image = ax.imshow(grid, cmap='viridis' if higher_is_better else 'viridis_r', aspect='auto')
-  fig.colorbar(image, ax=ax)
-  ax.set_xticks(range(len(cols)), [str(c) if c is not None else '' for c in cols])
-  ax.set_yticks(range(len(rows)), [str(r) for r in rows])
-  ax.set_xlabel(cols_key or '')
-  ax.set_ylabel(rows_key)
-  for (i, j), value in np.ndenumerate(grid):
-    ax.text(j, i, 'n/a' if np.isnan(value) else f'{value:.4g}', ha='center', va='center', color='w')
-  reduced = f'; best over {", ".join(keys[2:])}' if len(keys) > 2 else ''
-  ax.set_title(
-    f'{tag} ({"higher" if higher_is_better else "lower"} is better{reduced})', fontsize=9
-  )
-  path = workdir / (_safe(tag.replace('/', '_')) + '.png')
-  fig.tight_layout()
-  with path.open('wb') as f:
-    fig.savefig(f, format='png', dpi=120)
-  plt.close(fig)
-  return os.fspath(path)
-
-
-def _log_hparams(workdir: epath.Path, records: list[dict], tag: str) -> None:
-  import tempfile
-
-  from tensorboardX import SummaryWriter
-
-  logdir = workdir / 'tensorboard'
-  if logdir.exists():
-    logdir.rmtree()  # written afresh with every cell on each start
-  # SummaryWriter appends to local files; the finished files are copied (a gs:// workdir).
-  with tempfile.TemporaryDirectory(prefix='arcface_jax_hparams_') as local:
-    with SummaryWriter(local) as writer:
-      for r in records:
-        hparams = {k: v for k, v in r['values'].items()}
-        writer.add_hparams(hparams, {f'hparam/{tag}': r['metric']}, name=r['name'])
-    paths.copy_local_tree(local, logdir)
 
 
 def parse_args(argv: Sequence[str]) -> Any:

@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
   # Imported here so that `--help` and argument errors do not pay for importing JAX.
   from arcface_jax import background_compile, distributed, trainer
-  from arcface_jax.checkpointing import CheckpointError
+  from arcface_jax.checkpoint_reading import CheckpointError
   from arcface_jax.data.errors import DatasetError
   from arcface_jax.workdir_lock import WorkdirLockedError
   from arcface_jax.write_errors import WorkdirWriteError

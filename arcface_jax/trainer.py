@@ -34,11 +34,12 @@ from arcface_jax import (
   write_errors,
 )
 from arcface_jax.background_compile import BackgroundCompile
-from arcface_jax.checkpointing import Checkpointer, PreemptionFlag, kept_message
+from arcface_jax.checkpointing import Checkpointer, kept_message
 from arcface_jax.data import pipeline, sources
 from arcface_jax.divergence import DivergenceCheck, TrainingDivergedError  # noqa: F401  (API)
 from arcface_jax.evaluation import evaluators
 from arcface_jax.inference import embedder_from_variables
+from arcface_jax.preemption import PreemptionFlag
 from arcface_jax.train_state import TrainState, create_train_state
 from arcface_jax.train_step import make_train_step
 

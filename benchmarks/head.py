@@ -7,7 +7,7 @@ One run measures, on CPU in float32 (embeddings (B, D), class centres (C, D), Ar
     embeddings (the trainer's path: `margin_head.margin_head`, the one-kernel head with the angle
     metrics);
   * jax_margin_ce: the previous path, for comparison: normalise both, matmul, then
-    `losses.fused_margin_cross_entropy` on the (B, C) cosines;
+    `loss_terms.fused_margin_cross_entropy` on the (B, C) cosines;
   * torch: the same computation written here with torch ops (normalize, linear, gather, margin
     with the monotone fallback, scatter, cross_entropy, backward);
   * matmul bound: the three matmuls of the step (x·Wᵀ, G·W, Gᵀ·x, each 2·B·C·D FLOPs) in one
@@ -38,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arcface_jax import losses, margins  # noqa: E402
+from arcface_jax import loss_terms, losses, margins  # noqa: E402
 from arcface_jax.config_files import load_base  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,8 +125,8 @@ def main() -> None:
   margin = margins.get('arcface')
 
   def margin_ce(w, e):
-    cos = losses.l2_normalize(e) @ losses.l2_normalize(w).T
-    return losses.fused_margin_cross_entropy(cos, labels, margin)
+    cos = loss_terms.l2_normalize(e) @ loss_terms.l2_normalize(w).T
+    return loss_terms.fused_margin_cross_entropy(cos, labels, margin)
 
   jax_margin_ce = jax.jit(jax.value_and_grad(margin_ce, argnums=(0, 1)))
 

@@ -1,4 +1,5 @@
-"""analysis.margin_families against the papers' formulas; analysis.loss_table's recipe and table."""
+"""analysis.margin_families against the papers' formulas; analysis.loss_table's recipe and its
+table (analysis.loss_table_writer)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from analysis import loss_table, margin_families
+from analysis import loss_table, loss_table_writer, margin_families
 from arcface_jax import margins
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,13 +92,13 @@ def test_loss_table_summary_and_files(tmp_path):
       tar_at_far=0.6,
     )
   )
-  rows = loss_table.summarise(results)
+  rows = loss_table_writer.summarise(results)
   assert [r['loss'] for r in rows] == ['arcface', 'magface']
   assert rows[0]['accuracy'] == pytest.approx(0.85) and rows[0]['accuracy_std'] == pytest.approx(
     np.std([0.9, 0.8])
   )
   assert rows[0]['tar_at_far'] == pytest.approx(0.4) and rows[0]['seconds'] == pytest.approx(10.5)
-  path = loss_table.write_table(results, 'configs/toy.py:3d', 400, 2, str(tmp_path))
+  path = loss_table_writer.write_table(results, 'configs/toy.py:3d', 400, 2, str(tmp_path))
   text = open(path).read()
   row = (
     '| arcface | name=arcface | ArcFace, Deng et al., CVPR 2019 | 85.00 ± 5.00 | 40.00 ± 10.00 |'
@@ -106,7 +107,7 @@ def test_loss_table_summary_and_files(tmp_path):
   assert os.path.getsize(os.path.join(tmp_path, 'loss_table.png')) > 10_000
   # CPU time beside the wall time ('—' where a run has none), the total, and what is missing.
   results[0]['cpu_seconds'], results[1]['cpu_seconds'] = 30.0, 50.0
-  path = loss_table.write_table(
+  path = loss_table_writer.write_table(
     results,
     'configs/toy.py:3d',
     400,
@@ -121,12 +122,12 @@ def test_loss_table_summary_and_files(tmp_path):
   assert 'Partial: 3 of 4 runs' in text and 'missing: magface seed 1' in text
   assert '--runs somewhere' in text
   # A later invocation keeps these runs (their directories are gone: marked) until retrained.
-  earlier = loss_table.earlier_results(str(tmp_path), 'configs/toy.py:3d', 400)
+  earlier = loss_table_writer.earlier_results(str(tmp_path), 'configs/toy.py:3d', 400)
   assert [(r['loss'], r['seed'], r['earlier']) for r in earlier] == [
     ('arcface', 0, True),
     ('arcface', 1, True),
     ('magface', 0, True),
   ]
-  assert loss_table.earlier_results(str(tmp_path), 'configs/toy.py:3d', 200) == []
+  assert loss_table_writer.earlier_results(str(tmp_path), 'configs/toy.py:3d', 200) == []
   with pytest.raises(SystemExit):
     loss_table.main(['--config', 'configs/nothing.py', '--seeds', '1'])

@@ -9,7 +9,8 @@ import is still a dependency, only a later one); imports under `if TYPE_CHECKING
   loading a model never pulls it in. Training is the modules in `TRAINING`: the commands that train
   runs and the loop itself;
 - `analysis` reads runs through the public loading API (`arcface_jax.inference`,
-  `arcface_jax.reporting.read_config`), not the checkpoint layout (`arcface_jax.checkpointing`).
+  `arcface_jax.reporting.read_config`), not the checkpoint layout (`arcface_jax.checkpointing`,
+  `checkpoint_reading`, `checkpoint_integrity`).
 
 Each failure names the chain of imports with file and line, so the offending line is one click
 away. The checker runs on a tiny planted package too, to show that each rule can fail.
@@ -37,7 +38,11 @@ TRAINING = (
   'analysis.toy_figures',  # `make figures`: trains the digits toy once per loss
   'analysis.loss_table',  # trains one run per loss and seed for the comparison table
 )
-CHECKPOINT_LAYOUT = ('arcface_jax.checkpointing', 'arcface_jax.checkpoint_integrity')
+CHECKPOINT_LAYOUT = (
+  'arcface_jax.checkpointing',
+  'arcface_jax.checkpoint_reading',
+  'arcface_jax.checkpoint_integrity',
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from arcface_jax import checkpoint_integrity, parallel, paths, trainer, workdir_lock
 from arcface_jax.config_files import load_config
-from arcface_jax.search import read_scalars
+from arcface_jax.search_results import read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from arcface_jax import paths
-from arcface_jax.checkpointing import MODEL_ITEM, TRAIN_ITEM, checkpoint_dir
+from arcface_jax.checkpoint_reading import MODEL_ITEM, TRAIN_ITEM, checkpoint_dir
 
 
 class NoTestSplitError(ValueError):

@@ -9,9 +9,9 @@ a file to `ArcFaceONNX` only when S ≥ 112 and S is a multiple of 16; smaller i
 (`insightface_routing` says so, and the export command warns).
 
 How: the eval-mode embedding function, weights included, is traced to a jaxpr with a symbolic
-batch, each primitive becomes ONNX nodes (`translate`), and the result is rewritten into the
-layers a PyTorch export has — Conv with batch norm folded in, BatchNormalization, PRelu, Relu,
-Flatten → MatMul (`rewrite`). It needs only the `onnx` package.
+batch, each primitive becomes ONNX nodes (`translate`, with one rule a primitive in `ops`), and
+the result is rewritten into the layers a PyTorch export has — Conv with batch norm folded in,
+BatchNormalization, PRelu, Relu, Flatten → MatMul (`rewrite`). It needs only the `onnx` package.
 
 Why not a converter: jax2onnx (0.17.1) pins orbax-checkpoint below the version this project
 uses, targets Flax NNX, and writes PReLU as GreaterOrEqual/Mul/Where, which readers that look
