@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -301,6 +302,7 @@ def plot_roc(
   if label:
     axis.legend(loc='lower right')
   figure.tight_layout()
-  with epath.Path(path).open('wb') as f:
-    figure.savefig(f, format='png', dpi=120)
+  png = io.BytesIO()  # drawn in memory, written in one piece (local or gs://)
+  figure.savefig(png, format='png', dpi=120)
+  epath.Path(path).write_bytes(png.getvalue())
   plt.close(figure)
