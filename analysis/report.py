@@ -173,6 +173,11 @@ def write_report(
         )
     configs = ''.join(config_section(w, r['label']) for w, r in zip(workdirs, summary))
     sections.insert(0, f'<section><h2>Runs</h2>{runs_table(summary)}{configs}</section>')
+  return write_page(out_dir, title, sections)
+
+
+def write_page(out_dir: str, title: str, sections: Sequence[str]) -> str:
+  """Writes <out_dir>/index.html (local or gs://) holding `sections`; returns its path."""
   page = (
     f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
     f'</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>'
