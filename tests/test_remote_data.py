@@ -237,7 +237,9 @@ def test_ijb_layout_read_from_gs(fake_gcs):
   assert data.images == ['gs://bucket/ijb/loose_crop/0.jpg', 'gs://bucket/ijb/loose_crop/1.jpg']
   np.testing.assert_allclose(data.detector_scores, [0.9, 0.8])
   aligned = ijb.load_aligned(data.images, data.landmarks)
-  local = ijb.load_aligned([str(root / 'loose_crop' / f'{i}.jpg') for i in range(2)], data.landmarks)
+  local = ijb.load_aligned(
+    [str(root / 'loose_crop' / f'{i}.jpg') for i in range(2)], data.landmarks
+  )
   np.testing.assert_array_equal(aligned, local)
   with pytest.raises(DatasetError, match='gs://bucket/ijb/loose_crop/none.jpg'):
     ijb.load_aligned(['gs://bucket/ijb/loose_crop/none.jpg'], data.landmarks[:1])
