@@ -80,7 +80,7 @@ def list_dir(path: PathLike) -> list[tuple[str, bool, bool]]:
       is_directory = child.is_dir()
       found.append((child.name, is_directory, not is_directory))
     return sorted(found)
-  with os.scandir(path) as entries:
+  with os.scandir(os.fspath(path)) as entries:
     return sorted((entry.name, entry.is_dir(), entry.is_file()) for entry in entries)
 
 

@@ -105,6 +105,7 @@ def read_exclusion_list(path: uri_paths.PathLike, source: Any) -> np.ndarray:
 
 def exclude_images(source: Any, path: uri_paths.PathLike) -> ExcludedSource:
   """`source` without the images listed in `path`; logs how many were left out."""
+  path = os.fspath(path)
   excluded = read_exclusion_list(path, source)
   kept = np.setdiff1d(np.arange(len(source), dtype=np.int64), excluded)
   if not len(kept):
