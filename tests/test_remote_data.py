@@ -279,6 +279,38 @@ def test_analysis_figure_and_report_written_to_gs(fake_gcs):
   assert output.read_text(written) == '| a |\n'
 
 
+def test_align_folder_reads_and_writes_gs(fake_gcs, tmp_path):
+  from arcface_jax.data import align
+
+  points = '30 40 70 40 50 60 35 80 65 80'
+  for root in (tmp_path / 'raw', fake_gcs / 'bucket' / 'raw'):
+    (root / 'ann').mkdir(parents=True)
+    (root / 'ann' / 'a.png').write_bytes(_png(400, size=(100, 100)))
+    (root / 'landmarks.txt').write_text(f'ann/a.png {points}\nann/missing.png {points}\n')
+  local = align.align_folder(tmp_path / 'raw', tmp_path / 'raw' / 'landmarks.txt', tmp_path / 'out')
+  remote = align.align_folder(
+    'gs://bucket/raw', 'gs://bucket/raw/landmarks.txt', 'gs://bucket/out', size=112
+  )
+  assert local[0] == remote[0] == 1
+  assert remote[1] == ['gs://bucket/raw/ann/missing.png']
+  written = fake_gcs / 'bucket' / 'out' / 'ann' / 'a.png'
+  np.testing.assert_array_equal(
+    cv2.imread(str(written)), cv2.imread(str(tmp_path / 'out' / 'ann' / 'a.png'))
+  )
+
+
+def test_initial_centres_from_gs(fake_gcs):
+  from arcface_jax.class_centres import initial_centres
+
+  centres = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
+  (fake_gcs / 'bucket').mkdir()
+  with (fake_gcs / 'bucket' / 'centres.npy').open('wb') as f:
+    np.save(f, centres)
+  np.testing.assert_array_equal(initial_centres('gs://bucket/centres.npy', (3, 4)), centres)
+  with pytest.raises(ValueError, match='gs://bucket/none.npy'):
+    initial_centres('gs://bucket/none.npy', (3, 4))
+
+
 def test_local_paths_keep_their_fast_path(tmp_path):
   # No fake bucket here: local reads must not touch fsspec (os.pread / open, as before).
   recordio.write_records(str(tmp_path / 'rec'), _samples(classes=1, per_class=2))
