@@ -16,13 +16,14 @@ import shutil
 
 import cv2
 import fake_gcs as fake_gcs_module
+import fsspec.spec
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from arcface_jax import paths
-from arcface_jax.data import recordio, sources, verification_bin
+from arcface_jax.data import random_access, recordio, sources, verification_bin
 from arcface_jax.data.errors import DatasetError
 from arcface_jax.data.exclude import exclude_images
 from arcface_jax.data.folder import FolderDataset
@@ -318,3 +319,28 @@ def test_local_paths_keep_their_fast_path(tmp_path):
   assert not dataset._file.remote and len(dataset) == 2
   assert paths.join(tmp_path, 'a', 'b') == str(tmp_path / 'a' / 'b')
   assert paths.join('gs://bucket/x', 'a', 'b') == 'gs://bucket/x/a/b'
+
+
+class _RangedFile(fsspec.spec.AbstractBufferedFile):
+  """An fsspec buffered file over bytes that records each range it fetches (as gcsfs would GET)."""
+
+  def __init__(self, data: bytes):
+    self.data, self.fetched = data, []
+    super().__init__(fsspec.filesystem('memory'), 'ranged', mode='rb', size=len(data))
+
+  def _fetch_range(self, start: int, end: int) -> bytes:
+    self.fetched.append((start, end))
+    return self.data[start:end]
+
+
+def test_remote_streams_fetch_only_the_bytes_of_a_record():
+  data = bytes(range(256)) * 40_000  # 10 MB: larger than the read-ahead block
+  buffered = _RangedFile(data)
+  buffered.seek(1_000_000)
+  assert buffered.read(100) == data[1_000_000:1_000_100]
+  assert buffered.fetched[0][1] - buffered.fetched[0][0] > 1_000_000  # fsspec reads ahead
+  ranged = random_access.no_read_ahead(_RangedFile(data))
+  for offset in (9_000_000, 17, 4_000_000):
+    ranged.seek(offset)
+    assert ranged.read(100) == data[offset : offset + 100]
+  assert ranged.fetched == [(9_000_000, 9_000_100), (17, 117), (4_000_000, 4_000_100)]

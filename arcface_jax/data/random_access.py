@@ -5,6 +5,11 @@ grain's worker processes. Locally that is `os.pread` on a descriptor opened lazi
 process: no seek, so one descriptor serves every thread. A URI (`gs://...`) has no descriptor:
 each thread opens its own `epath.Path.open('rb')` stream (a shared one would need a lock around
 seek + read, serialising the threads' network round trips) and seeks before each read.
+
+fsspec's buffered files (gcsfs, what epath uses for gs:// without TensorFlow) read ahead a whole
+block (5 MB for gcsfs) on every miss: right for streaming a file, but a record of a few KB at a
+random offset would then cost a 5 MB download. Their cache is switched to fsspec's 'none' cache,
+so that each read is one ranged request for exactly the bytes asked for.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class RandomAccessFile:
           self._pid = os.getpid()
     stream = getattr(self._local, 'stream', None)
     if stream is None:
-      stream = epath.Path(self.path).open('rb')
+      stream = no_read_ahead(epath.Path(self.path).open('rb'))
       self._local.stream = stream
       with self._lock:
         self._streams.append(stream)
@@ -105,3 +110,16 @@ class RandomAccessFile:
       self.close()
     except (AttributeError, OSError):  # __init__ failed part-way, or the stream is gone
       pass
+
+
+def no_read_ahead(stream: IO[bytes]) -> IO[bytes]:
+  """`stream`, reading exactly the requested ranges if it is an fsspec buffered file (see the
+  module docstring); any other stream (a local file, TensorFlow's gfile) is returned as is."""
+  try:
+    from fsspec.caching import BaseCache
+    from fsspec.spec import AbstractBufferedFile
+  except ImportError:  # epath without fsspec: nothing to change
+    return stream
+  if isinstance(stream, AbstractBufferedFile):
+    stream.cache = BaseCache(stream.blocksize, stream._fetch_range, stream.size)
+  return stream
