@@ -325,7 +325,8 @@ class _RangedFile(fsspec.spec.AbstractBufferedFile):
   """An fsspec buffered file over bytes that records each range it fetches (as gcsfs would GET)."""
 
   def __init__(self, data: bytes):
-    self.data, self.fetched = data, []
+    self.data = data
+    self.fetched: list[tuple[int, int]] = []
     super().__init__(fsspec.filesystem('memory'), 'ranged', mode='rb', size=len(data))
 
   def _fetch_range(self, start: int, end: int) -> bytes:
