@@ -24,6 +24,7 @@ from PIL import Image
 
 from arcface_jax import paths
 from arcface_jax.data import random_access, recordio, sources, verification_bin
+from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import DatasetError
 from arcface_jax.data.exclude import exclude_images
 from arcface_jax.data.folder import FolderDataset
@@ -89,6 +90,21 @@ def test_recordio_written_and_read_on_gs_matches_local(fake_gcs, tmp_path):
   config.path = 'gs://bucket/data/missing'
   with pytest.raises(DatasetError, match='gs://bucket/data/missing.*does not exist'):
     sources.get_train_source(config)
+
+
+def test_tfds_conversion_of_a_gs_folder(fake_gcs, tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from arcface_jax.data import tfds_builders
+
+  _folder_tree(fake_gcs / 'bucket' / 'faces')
+  data_dir = str(tmp_path / 'tfds')
+  name = tfds_builders.build_folder('gs://bucket/faces', data_dir, name='remote')
+  source = tfds.data_source(name, data_dir=data_dir, split='train')
+  expected = FolderDataset('gs://bucket/faces', split='train')
+  assert len(source) == len(expected) == 12
+  got = sorted((int(s['label']), s['image'].tobytes()) for s in map(source.__getitem__, range(12)))
+  originals = (expected.raw(i) for i in range(len(expected)))  # the builder keeps the bytes
+  assert got == sorted((label, decode_image(data).tobytes()) for data, label in originals)
 
 
 def test_recordio_on_gs_reads_records_longer_than_the_first_read(fake_gcs, monkeypatch):
