@@ -28,7 +28,7 @@ from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import DatasetError
 from arcface_jax.data.exclude import exclude_images
 from arcface_jax.data.folder import FolderDataset
-from arcface_jax.evaluation import ijb
+from arcface_jax.evaluation import evaluators, identification, ijb
 from arcface_jax.faces.gallery import Gallery
 from arcface_jax.faces.images import ImageError, list_photos, load_image
 
@@ -152,6 +152,13 @@ def test_folder_dataset_on_gs_lists_and_reads_the_same_samples(fake_gcs, tmp_pat
     _assert_same(_all(remote), _all(expected))
     assert remote[0][0].shape == (12, 12, 3)
 
+  # Closed-set identification reads gallery and probe folders the same way.
+  images, names = identification.read_identity_folder('gs://bucket/faces', image_size=8)
+  local_images, local_names = identification.read_identity_folder(str(local), image_size=8)
+  np.testing.assert_array_equal(images, local_images)
+  np.testing.assert_array_equal(names, local_names)
+  assert images.shape == (12, 8, 8, 3)
+
   # An exclusion list on gs:// naming an image by its gs:// path and one by index.
   train = FolderDataset('gs://bucket/faces', split='all')
   (fake_gcs / 'bucket' / 'exclude.txt').write_text(f'{train.paths[4]}\n0  # by index\n')
@@ -185,6 +192,11 @@ def test_verification_bin_on_gs(fake_gcs, tmp_path):
   assert (fake_gcs / 'bucket' / 'sets' / 'made.bin').read_bytes() == remote_file.read_bytes()
   with pytest.raises(FileNotFoundError, match='gs://bucket/sets/none.bin does not exist'):
     verification_bin.load_bin('gs://bucket/sets/none.bin')
+  # The evaluator's lookup of config.eval.bins in config.eval.bin_dir.
+  assert evaluators.resolve_bin('tiny', 'gs://bucket/sets') == 'gs://bucket/sets/tiny.bin'
+  assert evaluators.resolve_bin(made, '/elsewhere') == made
+  with pytest.raises(FileNotFoundError, match='gs://bucket/sets/lfw.bin does not exist'):
+    evaluators.resolve_bin('lfw', 'gs://bucket/sets')
 
 
 def test_photos_read_and_listed_from_gs(fake_gcs, tmp_path):
