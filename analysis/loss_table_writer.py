@@ -8,7 +8,6 @@ invocation reads back (`earlier_results`) so the table only grows.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from typing import Any, Sequence
@@ -187,11 +186,10 @@ def plot(rows: list[dict[str, Any]], title: str):
 
 def earlier_results(out_dir: str, config_spec: str, steps: int) -> list[dict[str, Any]]:
   """The runs an earlier invocation recorded in <out>/loss_table.json for the same recipe."""
-  path = os.path.join(out_dir, f'{NAME}.json')
-  if not os.path.exists(path):
+  path = f'{out_dir}/{NAME}.json'
+  if not output.exists(path):
     return []
-  with open(path) as f:
-    recorded = json.load(f)
+  recorded = output.read_json(path)
   if recorded.get('config') != config_spec or recorded.get('steps') != steps:
     return []
   return [
@@ -219,14 +217,9 @@ def write_table(
     results, config_spec, seeds, list(losses or LOSSES), out_dir, runs_dir, note
   )
   output.ensure_dir(out_dir)
-  path = os.path.join(out_dir, f'{NAME}.md')
-  with open(path, 'w') as f:
-    f.write(markdown(rows, config_spec, steps, status))
+  path = output.write_text(markdown(rows, config_spec, steps, status), out_dir, f'{NAME}.md')
   fig = plot(rows, f'{config_spec}: {steps} steps, up to {seeds} seed(s) per loss')
-  fig.savefig(os.path.join(out_dir, f'{NAME}.png'), dpi=120)
-  import matplotlib.pyplot as plt
-
-  plt.close(fig)
+  output.save_figure(fig, out_dir, NAME, dpi=120, tight=False)  # local or gs://
   output.write_csv(
     (
       'loss',

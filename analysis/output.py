@@ -31,12 +31,18 @@ def _in(out_dir: str, name: str) -> epath.Path:
   return epath.Path(ensure_dir(out_dir)) / name
 
 
-def save_figure(fig: 'plt.Figure', out_dir: str, name: str, dpi: int = 120) -> str:
-  """Saves `fig` as <out_dir>/<name>.png, closes it, returns the path."""
+def save_figure(
+  fig: 'plt.Figure', out_dir: str, name: str, dpi: int = 120, *, tight: bool = True
+) -> str:
+  """Saves `fig` as <out_dir>/<name>.png (cropped to its content when `tight`), closes it,
+  returns the path."""
   path = _in(out_dir, f'{name}.png')
-  with path.open('wb') as f:
-    fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight')
+  # Drawn into memory and written in one piece: an object-store stream takes whole uploads, and
+  # savefig on a stream that cannot seek is not guaranteed.
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
   plt.close(fig)
+  path.write_bytes(png.getvalue())
   return os.fspath(path)
 
 
@@ -56,6 +62,21 @@ def _plain(value: Any) -> Any:
   if isinstance(value, np.bool_):
     return bool(value)
   return value
+
+
+def write_text(text: str, out_dir: str, name: str) -> str:
+  """<out_dir>/<name> (a full file name: `table.md`) holding `text`; returns the path."""
+  path = _in(out_dir, name)
+  path.write_text(text)
+  return os.fspath(path)
+
+
+def read_text(path: str) -> str:
+  return epath.Path(path).read_text()
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
 
 
 def write_json(data: Any, out_dir: str, name: str) -> str:

@@ -6,7 +6,8 @@ Draws, into --out: the loss figures (logit curves, decision margins; they depend
 runs' embeddings, their training curves and accuracy side by side, and each run's angle
 distributions over its checkpoints; then writes index.html, which shows every figure with links
 to its data files, a table of the runs (loss settings, last loss, best accuracy) and each run's
-config.json. Paths in the page are relative, so the folder can be moved or served as is.
+config.json. Paths in the page are relative, so the folder can be moved or served as is. The
+workdirs and --out may be local or URIs (`gs://bucket/report`): files go through `etils.epath`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import html
 import os
 import re
 from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 from analysis import (
   angles,
@@ -43,6 +46,7 @@ def safe_name(label: str) -> str:
 
 
 def _rel(path: str, out_dir: str) -> str:
+  # String arithmetic only: the same for a local folder and a gs:// prefix.
   return html.escape(os.path.relpath(path, out_dir))
 
 
@@ -85,11 +89,10 @@ def runs_table(summary: Sequence[Mapping[str, Any]]) -> str:
 
 
 def config_section(workdir: str, label: str) -> str:
-  path = os.path.join(workdir, 'config.json')
-  with open(path) as f:
-    text = f.read()
+  path = epath.Path(workdir) / 'config.json'
+  text = path.read_text()
   return (
-    f'<details><summary>{html.escape(label)}: {html.escape(path)}</summary>'
+    f'<details><summary>{html.escape(label)}: {html.escape(os.fspath(path))}</summary>'
     f'<pre>{html.escape(text)}</pre></details>'
   )
 
@@ -170,16 +173,20 @@ def write_report(
         )
     configs = ''.join(config_section(w, r['label']) for w, r in zip(workdirs, summary))
     sections.insert(0, f'<section><h2>Runs</h2>{runs_table(summary)}{configs}</section>')
+  return write_page(out_dir, title, sections)
+
+
+def write_page(out_dir: str, title: str, sections: Sequence[str]) -> str:
+  """Writes <out_dir>/index.html (local or gs://) holding `sections`; returns its path."""
   page = (
     f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
     f'</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>'
     + ''.join(sections)
     + '</body></html>'
   )
-  path = os.path.join(out_dir, 'index.html')
-  with open(path, 'w') as f:
-    f.write(page)
-  return path
+  path = epath.Path(out_dir) / 'index.html'
+  path.write_text(page)
+  return os.fspath(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

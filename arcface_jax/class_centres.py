@@ -7,13 +7,18 @@ where that file is read and checked, below both heads so neither imports the oth
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
+from arcface_jax import paths
 
-def initial_centres(path: str, shape: tuple[int, ...]) -> np.ndarray:
-  """The centres in the .npy at `path` (config.head.init_centres), checked against `shape`."""
+
+def initial_centres(path: paths.PathLike, shape: tuple[int, ...]) -> np.ndarray:
+  """The centres in the .npy at `path` (config.head.init_centres, local or gs://), checked
+  against `shape`."""
   try:
-    centres = np.load(path)
+    centres = np.load(io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path)
   except (OSError, ValueError) as e:
     raise ValueError(f'config.head.init_centres={path!r}: cannot read it as a .npy ({e})') from None
   if centres.shape != tuple(shape):

@@ -26,6 +26,8 @@ def load_base(recipe_file: str) -> ml_collections.ConfigDict:
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`configs/x.py` or `configs/x.py:arg` → the recipe's config, locked (no new keys)."""
   path, _, arg = spec.partition(':')
+  # Local by nature: a recipe is Python code that runpy executes, so it is read from disk; the
+  # data and workdir paths it names may be gs:// URIs.
   if not os.path.exists(path):
     raise FileNotFoundError(f'config file {path} does not exist')
   module = runpy.run_path(path)

@@ -145,7 +145,7 @@ def evaluate_run(workdir: paths.PathLike, step: int | None = None, **kwargs: Any
     bin_dir = reporting.read_config(workdir).eval.bin_dir
     kwargs['bins'] = [resolve_bin(entry, bin_dir) for entry in bins]
   for flag in ('ijb_dir', 'gallery', 'probe'):
-    if kwargs.get(flag) and not os.path.isdir(kwargs[flag]):
+    if kwargs.get(flag) and not paths.is_dir(kwargs[flag]):  # local or gs://
       raise FileNotFoundError(f'--{flag.replace("_dir", "")} {kwargs[flag]} is not a directory')
 
   # The evaluators check their options (and `test` the split) here, before the restore too.

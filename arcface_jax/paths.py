@@ -7,6 +7,10 @@ events, figures, the lock file) goes through `epath.Path`, whose backend is the 
 for a plain path and fsspec (gcsfs for `gs://`) or TensorFlow's gfile for a URI. `os.path` is kept
 for what is local by nature (the compilation cache, the download cache, temporary files).
 
+Data paths go the same way: a dataset, verification set, photo or gallery may be `gs://...`.
+The helpers below keep the plain `open`/`os` call for a local path (no per-call dispatch cost on
+a million-file tree) and use `epath` only for a URI.
+
 Object stores differ from a disk in ways the callers handle: there is no rename of a directory
 (a move is a copy and a delete), no advisory lock, and no partially written object (an upload
 appears whole or not at all, so atomic writes need no temporary name).
@@ -35,6 +39,49 @@ def resolve(path: PathLike) -> epath.Path:
   if is_remote(path):
     return epath.Path(path)
   return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def join(base: PathLike, *parts: str) -> str:
+  """`base`/`parts` as a string: `os.path.join` locally, '/'-joined for a URI."""
+  if is_remote(base):
+    return os.fspath(epath.Path(base).joinpath(*parts))
+  return os.path.join(os.fspath(base), *parts)
+
+
+def is_file(path: PathLike) -> bool:
+  return epath.Path(path).is_file() if is_remote(path) else os.path.isfile(path)
+
+
+def is_dir(path: PathLike) -> bool:
+  return epath.Path(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def read_bytes(path: PathLike) -> bytes:
+  """The whole file; OSError (FileNotFoundError, PermissionError) as `open` raises it."""
+  if is_remote(path):
+    return epath.Path(path).read_bytes()
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def read_text(path: PathLike) -> str:
+  return read_bytes(path).decode()
+
+
+def list_dir(path: PathLike) -> list[tuple[str, bool, bool]]:
+  """(name, is a directory, is a regular file) of each entry of `path`, sorted by name.
+
+  Locally both flags follow symlinks and a broken link or a socket is neither; an object store
+  holds only objects and the prefixes above them.
+  """
+  if is_remote(path):
+    found = []
+    for child in epath.Path(path).iterdir():
+      is_directory = child.is_dir()
+      found.append((child.name, is_directory, not is_directory))
+    return sorted(found)
+  with os.scandir(os.fspath(path)) as entries:
+    return sorted((entry.name, entry.is_dir(), entry.is_file()) for entry in entries)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

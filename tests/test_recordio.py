@@ -214,7 +214,7 @@ def test_reads_are_safe_across_threads_pickles_and_processes(faces, tmp_path):
   ds = recordio.RecordDataset(str(out))
   expected = _read_all(ds)  # the parent's descriptor is open now
   copy = pickle.loads(pickle.dumps(ds))
-  assert copy._fd is None and _read_all(copy) == expected
+  assert copy._file._fd is None and _read_all(copy) == expected
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     assert list(pool.map(lambda i: (ds[i % 9][0].sum(), ds[i % 9][1]), range(90))) == expected * 10
   context = multiprocessing.get_context('fork')

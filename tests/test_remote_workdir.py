@@ -1,14 +1,10 @@
 """A gs:// workdir trains, checkpoints, evaluates and resumes, with no local path behind it.
 
-There is no network here, so the bucket is a fake at the two places where bytes leave the
-process: fsspec's `gs` filesystem (what `etils.epath` uses for gs:// without TensorFlow) is a
-directory on disk, and the TensorStore kvstore that orbax builds for a gs:// checkpoint is a file
-kvstore on the same directory; orbax's bucket query (hierarchical namespace or not) answers "no".
-Everything above them runs as it would against Cloud Storage: epath's fsspec backend, orbax's
-object-store commit (a commit_success.txt instead of a rename), our lock, checksums, config.json,
-TensorBoard upload and evaluation outputs. The test runs from an empty current directory and
-checks that nothing landed there: a path treated as local (`os.path.abspath('gs://b/run')`) would
-have written `./gs:/b/run`.
+The bucket is `fake_gcs` (tests/fake_gcs.py): fsspec's `gs` filesystem and orbax's TensorStore
+kvstore on a local directory. Everything above them runs as it would against Cloud Storage:
+epath's fsspec backend, orbax's object-store commit (a commit_success.txt instead of a rename),
+our lock, checksums, config.json, TensorBoard upload and evaluation outputs. The test runs from an
+empty current directory and checks that nothing landed there.
 """
 
 from __future__ import annotations
@@ -17,15 +13,12 @@ import importlib
 import json
 import os
 import signal
-import types
 
-import fsspec
+import fake_gcs as fake_gcs_module
 import jax
 import numpy as np
 import pytest
 from etils import epath
-from fsspec.implementations.dirfs import DirFileSystem
-from fsspec.implementations.local import LocalFileSystem
 
 from arcface_jax import checkpoint_integrity, parallel, paths, trainer, workdir_lock
 from arcface_jax.config_files import load_config
@@ -33,58 +26,7 @@ from arcface_jax.search_results import read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
-# The module's dict of registered protocols (the package's `fsspec.registry` is a read-only view).
-_FSSPEC_REGISTRY = importlib.import_module('fsspec.registry')._registry  # pylint: disable=protected-access
-
-
-class _BucketOnDisk(DirFileSystem):
-  """fsspec's `gs` protocol served from a local directory (`root`/<bucket>/<object>)."""
-
-  protocol = ('gs', 'gcs')
-  root = ''
-
-  def __init__(self, *args, **kwargs):  # epath passes gcsfs options (finalize_on_close)
-    del args, kwargs
-    super().__init__(path=self.root, fs=LocalFileSystem(auto_mkdir=True))
-
-
-@pytest.fixture
-def fake_gcs(tmp_path, monkeypatch):
-  """Routes gs:// to tmp_path/bucket_root for epath (fsspec) and orbax (TensorStore)."""
-  from orbax.checkpoint._src.path import gcs_utils
-
-  root = tmp_path / 'bucket_root'
-  root.mkdir()
-  monkeypatch.setattr(_BucketOnDisk, 'root', str(root))
-  saved = {name: _FSSPEC_REGISTRY.get(name) for name in ('gs', 'gcs')}
-  for name in saved:
-    fsspec.register_implementation(name, _BucketOnDisk, clobber=True)
-  _BucketOnDisk.clear_instance_cache()
-  from etils.epath import backend
-
-  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
-
-  def kvstore(path: str) -> dict:
-    bucket, key = gcs_utils.parse_gcs_path(path, add_trailing_slash=False)
-    return {'driver': 'file', 'path': os.path.join(root, bucket, key)}
-
-  monkeypatch.setattr(gcs_utils, 'get_kvstore_for_gcs', kvstore)
-  monkeypatch.setattr(
-    gcs_utils,
-    'get_bucket',
-    lambda name: types.SimpleNamespace(hierarchical_namespace_enabled=False),
-  )
-  cwd = tmp_path / 'cwd'
-  cwd.mkdir()
-  monkeypatch.chdir(cwd)
-  yield root
-  for name, cls in saved.items():
-    if cls is None:
-      _FSSPEC_REGISTRY.pop(name, None)
-    else:
-      fsspec.register_implementation(name, cls, clobber=True)
-  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
-  assert not os.listdir(cwd), f'a gs:// path was written as a local one: {os.listdir(cwd)}'
+fake_gcs = fake_gcs_module.fake_gcs  # the fixture (tests/fake_gcs.py)
 
 
 def test_gs_workdir_trains_checkpoints_and_resumes_like_an_uninterrupted_run(

@@ -8,7 +8,8 @@ OpenCV reads and writes files (warpAffine does not care about channel order).
 
 aligns every image listed in FILE, one line per image, either CSV `path,x1,y1,...,x5,y5` (a
 header line is allowed) or whitespace-separated `path x1 y1 ... x5 y5` (the layout is detected
-from the first line). Paths are relative to --images; crops keep the path under --out.
+from the first line). Paths are relative to --images; crops keep the path under --out. The
+landmarks file and both folders may be local or URIs (`gs://...`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import cv2
 import numpy as np
 from absl import app, logging
 from absl.flags import argparse_flags
+from etils import epath
 
+from arcface_jax import paths
 from arcface_jax.data.errors import DatasetError
 
 TEMPLATE_112 = np.array(
@@ -92,13 +95,13 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.
   )
 
 
-def read_landmarks(path: str) -> list[tuple[str, np.ndarray]]:
+def read_landmarks(path: paths.PathLike) -> list[tuple[str, np.ndarray]]:
   """[(image path as written, (5, 2) landmarks)] from a CSV or whitespace landmarks file."""
   try:
-    with open(path, newline='') as f:
-      lines = [(n, line.strip()) for n, line in enumerate(f, 1)]
+    text = paths.read_text(path)
   except OSError as e:
-    raise DatasetError(f'landmarks file {path} cannot be read ({e.strerror})') from None
+    raise DatasetError(f'landmarks file {path} cannot be read ({e.strerror or e})') from None
+  lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
   lines = [(n, line) for n, line in lines if line and not line.startswith('#')]
   if not lines:
     raise DatasetError(f'landmarks file {path} is empty')
@@ -123,26 +126,54 @@ def read_landmarks(path: str) -> list[tuple[str, np.ndarray]]:
   return entries
 
 
+def _read_bgr(path: str) -> np.ndarray | None:
+  """BGR uint8, or None when missing or undecodable: `cv2.imread` locally, bytes for a URI."""
+  if not paths.is_remote(path):
+    return cv2.imread(path, cv2.IMREAD_COLOR)
+  try:
+    data = np.frombuffer(paths.read_bytes(path), np.uint8)
+  except FileNotFoundError:
+    return None
+  return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
+def _write_bgr(path: str, bgr: np.ndarray) -> bool:
+  """`cv2.imwrite` locally; for a URI encoded by its extension and written whole."""
+  if not paths.is_remote(path):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    return bool(cv2.imwrite(path, bgr))
+  ok, encoded = cv2.imencode(os.path.splitext(path)[1], bgr)
+  if ok:
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_bytes(encoded.tobytes())
+  return bool(ok)
+
+
 def align_folder(
-  images_dir: str, landmarks_file: str, out_dir: str, size: int = 112
+  images_dir: paths.PathLike,
+  landmarks_file: paths.PathLike,
+  out_dir: paths.PathLike,
+  size: int = 112,
 ) -> tuple[int, list[str]]:
   """Aligns every listed image into out_dir (same relative path); (written, failed paths)."""
+  images_dir, out_dir = os.fspath(images_dir), os.fspath(out_dir)
   written = 0
   failed: list[str] = []
   for name, points in read_landmarks(landmarks_file):
-    source = name if os.path.isabs(name) else os.path.join(images_dir, name)
+    given = os.path.isabs(name) or paths.is_remote(name)
+    source = name if given else paths.join(images_dir, name)
+    # String arithmetic, the same for a local path and a URI.
     relative = os.path.relpath(source, images_dir)
     if relative.startswith(os.pardir):  # an absolute path elsewhere: keep just its file name
       relative = os.path.basename(source)
-    bgr = cv2.imread(source, cv2.IMREAD_COLOR)
+    bgr = _read_bgr(source)
     try:
       if bgr is None:
         raise ValueError('missing or not a decodable image')
       rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # align in RGB, as everything downstream
       aligned = align_face(rgb, points, size)
-      target = os.path.join(out_dir, relative)
-      os.makedirs(os.path.dirname(target) or '.', exist_ok=True)
-      if not cv2.imwrite(target, cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR)):
+      target = paths.join(out_dir, relative)
+      if not _write_bgr(target, cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR)):
         raise ValueError(f'cannot write {target}')
     except (ValueError, cv2.error) as e:  # cv2.error: e.g. an extension OpenCV cannot write
       if len(failed) < _LOGGED_EXAMPLES:

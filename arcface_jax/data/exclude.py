@@ -6,7 +6,8 @@ likely label noise. One entry per line, `#` starts a comment:
   - an integer: the image's index in the training source (every source: folder, RecordIO, TFDS,
     synthetic, digits), as in the `index` column of the cleaning step's flagged.tsv (a TSV whose
     header has an `index` column is read by that column);
-  - for folder datasets also a file path, relative to config.data.path or absolute.
+  - for folder datasets also a file path, relative to config.data.path or absolute (or a URI).
+The list itself may be local or a URI (`gs://...`).
 Labels and the class count are unchanged (a class may keep no image), so class indices still
 match a checkpoint's or the cleaning step's centres. An entry that is not in the dataset is an
 error, not a warning: the list was made for another dataset or split, and training on the wrong
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from arcface_jax import paths as uri_paths
 from arcface_jax.data.errors import DatasetError
 
 
@@ -51,16 +53,16 @@ class ExcludedSource:
     return self._labels
 
 
-def read_exclusion_list(path: str, source: Any) -> np.ndarray:
+def read_exclusion_list(path: uri_paths.PathLike, source: Any) -> np.ndarray:
   """The sorted unique source indices `path` lists; DatasetError naming the file when it fails."""
-  if not os.path.isfile(path):
+  path = os.fspath(path)
+  if not uri_paths.is_file(path):
     raise DatasetError(
       f'config.data.exclude={path!r}: no such file; point it at a list of '
       'images to leave out (e.g. the flagged.tsv of python -m '
       "arcface_jax.subcenter_clean), or set --config.data.exclude=''"
     )
-  with open(path) as f:
-    lines = [line.split('#', 1)[0].strip() for line in f]
+  lines = [line.split('#', 1)[0].strip() for line in uri_paths.read_text(path).splitlines()]
   entries = [(number, line) for number, line in enumerate(lines, 1) if line]
   if entries and 'index' in entries[0][1].split('\t'):  # a TSV: read its index column
     column = entries[0][1].split('\t').index('index')
@@ -69,6 +71,7 @@ def read_exclusion_list(path: str, source: Any) -> np.ndarray:
     ]  # a short row is reported whole
   paths = getattr(source, 'paths', None)
   root = getattr(source, 'root', None)
+  # normpath is a comparison key only (it folds gs:// into gs:/, on both sides alike).
   position = {os.path.normpath(p): i for i, p in enumerate(paths)} if paths is not None else {}
   indices, unknown = [], []
   for number, entry in entries:
@@ -80,7 +83,9 @@ def read_exclusion_list(path: str, source: Any) -> np.ndarray:
         unknown.append(f'line {number}: index {index} (the source has {len(source)} images)')
       continue
     candidate = os.path.normpath(
-      entry if os.path.isabs(entry) or root is None else os.path.join(root, entry)
+      entry
+      if os.path.isabs(entry) or uri_paths.is_remote(entry) or root is None
+      else uri_paths.join(root, entry)
     )
     if candidate in position:
       indices.append(position[candidate])
@@ -98,8 +103,9 @@ def read_exclusion_list(path: str, source: Any) -> np.ndarray:
   return np.unique(np.asarray(indices, np.int64))
 
 
-def exclude_images(source: Any, path: str) -> ExcludedSource:
+def exclude_images(source: Any, path: uri_paths.PathLike) -> ExcludedSource:
   """`source` without the images listed in `path`; logs how many were left out."""
+  path = os.fspath(path)
   excluded = read_exclusion_list(path, source)
   kept = np.setdiff1d(np.arange(len(source), dtype=np.int64), excluded)
   if not len(kept):

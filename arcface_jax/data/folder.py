@@ -11,6 +11,9 @@ Non-square photos are centre-cropped to a square when read (logged once per tree
 Splits are deterministic in `seed` and stable as a dataset grows: each identity (or image) is
 ranked by a hash of the seed and its name, not by a shuffled position, so adding one identity
 moves at most one other across a split boundary.
+
+`root` may be local or a URI (`gs://bucket/casia`): listing and reads go through `paths`
+(os.scandir / open locally, `epath` for a URI), and images decode from their bytes.
 - split_by='identity' (open-set, like LFW): whole identities go to val / test; labels are
   re-indexed 0..K_split−1 within each split, in folder-name order.
 - split_by='image' (closed-set): each identity's images are split by the fractions (its expected
@@ -28,6 +31,7 @@ import os
 import numpy as np
 from absl import logging
 
+from arcface_jax import paths as uri_paths
 from arcface_jax.data.decode import center_crop_square, decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
@@ -45,28 +49,26 @@ class FolderScan:
   empty_identities: list[str]  # identity folders with no image file
 
 
-def scan_identities(root: str) -> FolderScan:
+def scan_identities(root: uri_paths.PathLike) -> FolderScan:
   """Indexes `root`; DatasetError if it is not a directory or holds no identity with images."""
-  if not os.path.isdir(root):
+  root = os.fspath(root)
+  if not uri_paths.is_dir(root):
     raise DatasetError(
       f'{root} is not a directory; expected a folder with one sub-folder of images per identity'
     )
   identities, skipped, empty = [], [], []
-  with os.scandir(root) as entries:
-    folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith('.'))
+  folders = [
+    name for name, is_dir, _ in uri_paths.list_dir(root) if is_dir and not name.startswith('.')
+  ]
   for name in folders:
-    folder = os.path.join(root, name)
+    folder = uri_paths.join(root, name)
     images = []
-    with os.scandir(folder) as entries:
-      for entry in entries:
-        if (
-          entry.is_file()
-          and not entry.name.startswith('.')
-          and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-        ):
-          images.append(entry.path)
-        else:
-          skipped.append(entry.path)
+    for entry, _, is_file in uri_paths.list_dir(folder):
+      path = uri_paths.join(folder, entry)
+      if is_file and not entry.startswith('.') and entry.lower().endswith(IMAGE_EXTENSIONS):
+        images.append(path)
+      else:
+        skipped.append(path)
     if images:
       identities.append((name, sorted(images)))
     else:
@@ -88,7 +90,7 @@ def scan_identities(root: str) -> FolderScan:
   return FolderScan(identities, sorted(skipped), empty)
 
 
-def list_identities(root: str) -> list[tuple[str, list[str]]]:
+def list_identities(root: uri_paths.PathLike) -> list[tuple[str, list[str]]]:
   """[(identity name, sorted image paths)] for every non-empty sub-folder, sorted by name."""
   return scan_identities(root).identities
 
@@ -161,7 +163,7 @@ class FolderDataset:
 
   def __init__(
     self,
-    root: str,
+    root: uri_paths.PathLike,
     split: str = 'train',
     split_by: str = 'identity',
     val_fraction: float = 0.0,
@@ -177,7 +179,7 @@ class FolderDataset:
         f'val_fraction={val_fraction} and test_fraction={test_fraction} must be '
         'in [0, 1) and sum to less than 1'
       )
-    self.root, self.split, self.split_by = root, split, split_by
+    self.root, self.split, self.split_by = os.fspath(root), split, split_by
     scan = scan_identities(root)
     self.skipped_files, self.empty_identities = scan.skipped_files, scan.empty_identities
     by_name = dict(scan.identities)
@@ -223,10 +225,9 @@ class FolderDataset:
     """(encoded file bytes, label) of image `index`, not decoded."""
     path = self.paths[index]
     try:
-      with open(path, 'rb') as f:
-        return f.read(), int(self.labels[index])
+      return uri_paths.read_bytes(path), int(self.labels[index])
     except OSError as e:
-      raise CorruptSampleError(path, f'cannot be read ({e.strerror})') from None
+      raise CorruptSampleError(path, f'cannot be read ({e.strerror or e})') from None
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     """(RGB uint8 (S, S, 3), label): a non-square photo is centre-cropped to a square (see

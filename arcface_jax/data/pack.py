@@ -6,7 +6,8 @@ Identities are the sub-folders, labelled 0.. in sorted name order (empty ones ge
 images keep their original encoded bytes (no re-encoding loss). The default layout has the header
 record and per-identity ranges that MS1M/Glint360K files have; --no-header writes im2rec-style
 files (every key an image). Files whose first bytes are not JPEG/PNG/BMP are skipped and counted;
---check also decodes every image (slower) and skips those that fail.
+--check also decodes every image (slower) and skips those that fail. Either directory may be a
+URI (`gs://bucket/faces`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Iterator, Sequence
 from absl import app, logging
 from absl.flags import argparse_flags
 
+from arcface_jax import paths as uri_paths
 from arcface_jax.data import recordio
 from arcface_jax.data.decode import decode_image, looks_like_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
@@ -37,7 +39,11 @@ class PackResult:
 
 
 def pack_folder(
-  image_dir: str, out_dir: str, *, header: bool = True, check: bool = False
+  image_dir: uri_paths.PathLike,
+  out_dir: uri_paths.PathLike,
+  *,
+  header: bool = True,
+  check: bool = False,
 ) -> PackResult:
   """Writes out_dir/train.rec, train.idx and property; DatasetError if nothing can be packed."""
   scan = scan_identities(image_dir)
@@ -48,8 +54,7 @@ def pack_folder(
     for label, (_, paths) in enumerate(scan.identities):
       for path in paths:
         try:
-          with open(path, 'rb') as f:
-            data = f.read()
+          data = uri_paths.read_bytes(path)
           if not looks_like_image(data[:16]):
             raise CorruptSampleError(path, 'not a JPEG, PNG or BMP file')
           if check or not yielded:  # the first image also sets the size in `property`

@@ -6,22 +6,26 @@ are importable from here too.
 
 The face layout (MS1M, Glint360K, WebFace) has record 0 as a header whose labels are [N+1, N+K+1),
 images at keys 1..N and identity ranges [start, end) at N+1..N+K; im2rec-style files have no
-header and every key is an image. A `property` file `num_classes,height,width` may sit beside.
+header and every key is an image. A `property` file `num_classes,height,width` may sit beside
+(parsed, with the index, in `data/recordio_index.py`).
 
-Reads are `os.pread` on a descriptor opened lazily in each process, so one dataset object serves
-many threads, and pickles (without the descriptor) into grain's worker processes.
+The directory may be local or a URI (`gs://bucket/ms1m`). Reads go through
+`data/random_access.RandomAccessFile`: `os.pread` on a descriptor opened lazily in each process
+for a local file, a per-thread `epath` stream for a URI; so one dataset object serves many
+threads, and pickles (without descriptors) into grain's worker processes.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 from absl import logging
 
+from arcface_jax import paths
 from arcface_jax.data.decode import decode_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
+from arcface_jax.data.random_access import RandomAccessFile
 from arcface_jax.data.recordio_format import (
   CHUNK_HEAD,
   LENGTH_MASK,
@@ -31,6 +35,7 @@ from arcface_jax.data.recordio_format import (
   split_payload,
   unpack_payload,
 )
+from arcface_jax.data.recordio_index import read_index, read_property, record_extents
 from arcface_jax.data.recordio_writer import RecordWriter, write_property, write_records
 
 __all__ = [
@@ -48,38 +53,6 @@ __all__ = [
 # One pread usually fetches a whole record (its extent is known from the next offset); records
 # longer than this are read in a second call rather than trusting a huge extent.
 _FIRST_READ = 1 << 20
-_OPEN_LOCK = threading.Lock()
-
-
-def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray]:
-  """(keys, offsets) int64 from a `key<TAB>offset` file; DatasetError naming a bad line."""
-  try:
-    with open(idx_path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise DatasetError(f'{idx_path} cannot be read ({e.strerror}); check its permissions') from None
-  tokens = data.split()
-  try:
-    # Fast path (MS1M's index has millions of lines): numpy parses the tokens in C.
-    if len(tokens) % 2:
-      raise ValueError
-    pairs = np.array(tokens).astype(np.int64).reshape(-1, 2)
-  except ValueError:
-    for line_number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
-      fields = line.split()
-      if fields and (len(fields) != 2 or not all(x.isdigit() for x in fields)):
-        raise DatasetError(
-          f'{idx_path}:{line_number}: expected "key<TAB>offset", got '
-          f'{line.strip()[:60]!r}; is this a RecordIO index?'
-        ) from None
-    raise DatasetError(f'{idx_path}: not a RecordIO index') from None
-  if len(pairs) == 0:
-    raise DatasetError(
-      f'{idx_path} lists no records; re-create it with python -m arcface_jax.data.pack'
-    )
-  if len(np.unique(pairs[:, 0])) != len(pairs):
-    raise DatasetError(f'{idx_path} lists a key twice; the index is damaged, re-create it')
-  return pairs[:, 0], pairs[:, 1]
 
 
 class RecordDataset:
@@ -90,31 +63,28 @@ class RecordDataset:
   bytes and label without decoding. Bad records raise `CorruptSampleError`.
   """
 
-  def __init__(self, directory: str, name: str = 'train'):
-    self.directory = directory
-    self.rec_path = os.path.join(directory, name + '.rec')
-    idx_path = os.path.join(directory, name + '.idx')
+  def __init__(self, directory: paths.PathLike, name: str = 'train'):
+    self.directory = directory = os.fspath(directory)
+    self.rec_path = paths.join(directory, name + '.rec')
+    idx_path = paths.join(directory, name + '.idx')
     for path in (self.rec_path, idx_path):
-      if not os.path.isfile(path):
+      if not paths.is_file(path):
         raise DatasetError(
           f'{path} not found: a RecordIO dataset needs {name}.rec and '
           f'{name}.idx (pack a folder with python -m arcface_jax.data.pack)'
         )
-    self._fd: int | None = None
-    self._pid = -1
+    self._file = RandomAccessFile(self.rec_path)
     try:
-      file_size = os.path.getsize(self.rec_path)
-      self._file()
+      file_size = self._file.size()
+      self._file.open()
     except OSError as e:
       raise DatasetError(
-        f'{self.rec_path} cannot be opened ({e.strerror}); check that it exists and is readable'
+        f'{self.rec_path} cannot be opened ({e.strerror or e}); check that it exists and is '
+        'readable'
       ) from None
     all_keys, all_offsets = read_index(idx_path)
     # Each record's extent ends where the next one (in file order) starts, so one pread reads it.
-    file_order = np.unique(np.append(all_offsets, file_size))
-    all_ends = file_order[
-      np.minimum(np.searchsorted(file_order, all_offsets, 'right'), len(file_order) - 1)
-    ]
+    all_ends = record_extents(all_offsets, file_size)
     order = np.argsort(all_keys)
     all_keys, all_offsets, all_ends = all_keys[order], all_offsets[order], all_ends[order]
     # Probe the records at the start, middle and end of the file: if none parses, the pair is not
@@ -185,8 +155,7 @@ class RecordDataset:
         len(self.keys),
       )
 
-    self.image_size: tuple[int, int] | None = None
-    num_classes = self._read_property(directory)
+    num_classes, self.image_size = read_property(directory)
     if num_classes is not None and identities is not None and num_classes != identities:
       logging.warning(
         '%s/property says %d classes, the header record %d; using the property',
@@ -195,25 +164,6 @@ class RecordDataset:
         identities,
       )
     self.num_classes = num_classes or identities or self._scan_classes()
-
-  def _read_property(self, directory: str) -> int | None:
-    path = os.path.join(directory, 'property')
-    if not os.path.isfile(path):
-      return None
-    with open(path) as f:
-      text = f.read().strip()
-    try:
-      fields = [int(x) for x in text.split(',')]
-      if len(fields) not in (1, 3) or min(fields) < 1:
-        raise ValueError
-    except ValueError:
-      raise DatasetError(
-        f'{path} holds {text[:60]!r}; expected "num_classes,height,width" '
-        '(e.g. 85742,112,112); fix or delete it'
-      ) from None
-    if len(fields) == 3:
-      self.image_size = (fields[1], fields[2])
-    return fields[0]
 
   def _scan_classes(self) -> int:
     """max label + 1 over every image record (an im2rec file without a property file)."""
@@ -273,48 +223,27 @@ class RecordDataset:
         continue  # counted when the pipeline meets it
     return labels
 
-  def __getstate__(self) -> dict:
-    state = dict(self.__dict__)
-    state['_fd'], state['_pid'] = None, -1  # each process opens its own descriptor
-    return state
-
-  def __del__(self) -> None:
-    self.close()
-
   def close(self) -> None:
-    """Closes this process's descriptor (reads reopen it)."""
-    fd = getattr(self, '_fd', None)  # absent when __init__ failed before opening
-    if fd is not None and self._pid == os.getpid():
-      os.close(fd)
-    self._fd = None
-
-  def _file(self) -> int:
-    if self._fd is None or self._pid != os.getpid():
-      with _OPEN_LOCK:  # reader threads of a fresh process would otherwise each open one
-        if self._fd is not None and self._pid != os.getpid():
-          # A forked child's copy of the parent's descriptor: close it and open its own.
-          os.close(self._fd)
-          self._fd = None
-        if self._fd is None:
-          self._fd = os.open(self.rec_path, os.O_RDONLY)
-          self._pid = os.getpid()
-    return self._fd
+    """Closes this process's descriptor or streams (reads reopen them)."""
+    file = getattr(self, '_file', None)  # absent when __init__ failed before opening
+    if file is not None:
+      file.close()
 
   def _read_payload(
     self, offset: int, end: int, key: object
   ) -> tuple[np.ndarray | float, memoryview]:
     """(label, image bytes) of the record at `offset`, parts rejoined with the magic."""
-    fd = self._file()
+    pread = self._file.pread
     try:
-      buffer = os.pread(fd, max(8, min(end - offset, _FIRST_READ)), offset)
+      buffer = pread(max(8, min(end - offset, _FIRST_READ)), offset)
     except OSError as e:
-      raise CorruptSampleError(key, f'read failed at byte {offset}: {e.strerror}') from None
+      raise CorruptSampleError(key, f'read failed at byte {offset}: {e.strerror or e}') from None
     parts: list[memoryview] = []
     position = 0
     while True:
       stop = position + 8
       if stop > len(buffer):
-        buffer += os.pread(fd, stop - len(buffer), offset + len(buffer))
+        buffer += pread(stop - len(buffer), offset + len(buffer))
         if stop > len(buffer):
           raise CorruptSampleError(
             key, f'record truncated at byte {offset + len(buffer)} of {self.rec_path}'
@@ -329,7 +258,7 @@ class RecordDataset:
         )
       start, stop = stop, stop + length
       if stop > len(buffer):
-        buffer += os.pread(fd, stop - len(buffer), offset + len(buffer))
+        buffer += pread(stop - len(buffer), offset + len(buffer))
         if stop > len(buffer):
           raise CorruptSampleError(
             key, f'record truncated at byte {offset + len(buffer)} of {self.rec_path}'

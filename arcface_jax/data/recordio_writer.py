@@ -3,16 +3,18 @@
 `write_records(out_dir, samples)` writes (label, encoded image) pairs; with `header` (the face
 layout of MS1M, Glint360K, WebFace) record 0 is a header and the identity ranges follow the
 images, as `data/recordio.py` documents and reads. `RecordWriter` appends raw records.
+The output directory may be local or a URI (`gs://...`): files are written through `epath`.
 """
 
 from __future__ import annotations
 
 import array
-import os
 from typing import Iterable
 
 import numpy as np
+from etils import epath
 
+from arcface_jax import paths
 from arcface_jax.data.decode import decode_image
 from arcface_jax.data.recordio_format import (
   CHUNK_HEAD,
@@ -31,8 +33,8 @@ class RecordWriter:
   that would pass for a complete dataset.
   """
 
-  def __init__(self, rec_path: str, idx_path: str):
-    self._rec = open(rec_path, 'wb')
+  def __init__(self, rec_path: paths.PathLike, idx_path: paths.PathLike):
+    self._rec = epath.Path(rec_path).open('wb')
     self._idx_path = idx_path
     self._keys = array.array('q')
     self._offsets = array.array('q')
@@ -54,8 +56,9 @@ class RecordWriter:
     if len(np.unique(keys)) != len(keys):
       raise ValueError(f'{self._idx_path}: duplicate record keys')
     order = np.argsort(keys, kind='stable')
-    with open(self._idx_path, 'w') as f:
-      f.writelines(f'{k}\t{o}\n' for k, o in zip(keys[order].tolist(), offsets[order].tolist()))
+    epath.Path(self._idx_path).write_text(
+      ''.join(f'{k}\t{o}\n' for k, o in zip(keys[order].tolist(), offsets[order].tolist()))
+    )
 
   def __enter__(self) -> 'RecordWriter':
     return self
@@ -64,14 +67,13 @@ class RecordWriter:
     self.close()
 
 
-def write_property(directory: str, num_classes: int, height: int, width: int) -> None:
+def write_property(directory: paths.PathLike, num_classes: int, height: int, width: int) -> None:
   """The `property` file insightface's tools read: `num_classes,height,width`."""
-  with open(os.path.join(directory, 'property'), 'w') as f:
-    f.write(f'{num_classes},{height},{width}\n')
+  epath.Path(directory, 'property').write_text(f'{num_classes},{height},{width}\n')
 
 
 def write_records(
-  out_dir: str,
+  out_dir: paths.PathLike,
   samples: Iterable[tuple[int, bytes]],
   *,
   header: bool = True,
@@ -85,13 +87,13 @@ def write_records(
   identity is one contiguous key range. `num_classes` defaults to max label + 1 and `image_size`
   (height, width) to the first image's. Returns the number of images written.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   ranges: list[tuple[int, int, int]] = []  # (label, first key, one past the last key)
   key = 1 if header else 0
   first_key = key
   max_label = -1
   with RecordWriter(
-    os.path.join(out_dir, name + '.rec'), os.path.join(out_dir, name + '.idx')
+    paths.join(out_dir, name + '.rec'), paths.join(out_dir, name + '.idx')
   ) as writer:
     for label, image_bytes in samples:
       label = int(label)

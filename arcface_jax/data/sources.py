@@ -13,11 +13,11 @@ The protocol every source follows (and the input pipeline relies on): `len(src)`
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from arcface_jax.data.errors import DatasetError
 from arcface_jax.data.tfds_source import load_tfds
@@ -42,10 +42,17 @@ def _require_path(data_config: ml_collections.ConfigDict) -> str:
       f'config.data.source={data_config.source!r} needs a dataset directory: '
       'set --config.data.path=/path/to/dataset'
     )
-  if not os.path.exists(path):
+  try:
+    found = epath.Path(path).exists()
+  except ImportError as e:  # no filesystem package for the URI's scheme (gcsfs for gs://)
+    raise DatasetError(
+      f'config.data.path={path!r} cannot be reached ({e}); a gs:// dataset needs '
+      "`pip install 'arcface_jax[gcs]'`"
+    ) from None
+  if not found:
     raise DatasetError(
       f'config.data.path={path!r} does not exist: point --config.data.path at '
-      f'the {data_config.source} dataset directory'
+      f'the {data_config.source} dataset directory (a local path or a gs:// URI)'
     )
   return path
 

@@ -194,6 +194,7 @@ def _builder(variant: str, data_dir: str) -> SyntheticFaces:
       f'unknown synthetic variant {variant!r}; valid: {sorted(VARIANTS)} '
       '(config.data.synthetic_variant)'
     )
+  # Local by nature: a generated cache guarded by an flock, which an object store cannot hold.
   data_dir = os.path.abspath(data_dir)
   builder = SyntheticFaces(data_dir=data_dir, config=variant)
   if builder.is_prepared():

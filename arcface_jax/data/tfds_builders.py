@@ -16,7 +16,8 @@ from here and works in any process.
 Splits: a folder gives 'train' and, when its fractions ask for them, 'val' and 'test' (the same
 deterministic splits as `FolderDataset`; with split_by='identity' labels are 0..K−1 within each
 split, so `label.num_classes` is the largest split's count). RecordIO gives 'train'. Unreadable
-files and records are skipped, counted and logged while converting.
+files and records are skipped, counted and logged while converting. The source and `--data_dir`
+may be local or URIs (`gs://...`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tensorflow_datasets as tfds
 from absl import app, logging
 from absl.flags import argparse_flags
 
+from arcface_jax import paths
 from arcface_jax.data.decode import looks_like_image
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.folder import FolderDataset
@@ -88,7 +90,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # ty
   def __init__(
     self,
     *,
-    root: str,
+    root: paths.PathLike,
     name: str = 'default',
     split_by: str = 'identity',
     val_fraction: float = 0.0,
@@ -102,7 +104,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # ty
         self._splits[split] = FolderDataset(
           root, split, split_by, val_fraction, test_fraction, seed
         )
-    self._root = root
+    self._root = os.fspath(root)
     config = tfds.core.BuilderConfig(
       name=name,
       description=f'{root} split_by={split_by} val_fraction={val_fraction} '
@@ -121,6 +123,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # ty
     return {split: self._generate_examples(ds) for split, ds in self._splits.items()}
 
   def _generate_examples(self, ds: FolderDataset) -> Iterator[tuple[str, dict[str, Any]]]:
+    # Keys relative to the root: string arithmetic, the same for a local path and a URI.
     keys = [os.path.relpath(path, self._root) for path in ds.paths]
     return _examples(ds, keys, self._root, ds.identities.__getitem__)
 
@@ -132,7 +135,7 @@ class FaceRecordIO(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
 
-  def __init__(self, *, directory: str, name: str = 'default', **kwargs: Any):
+  def __init__(self, *, directory: paths.PathLike, name: str = 'default', **kwargs: Any):
     self._records = RecordDataset(directory)
     config = tfds.core.BuilderConfig(name=name, description=f'{directory}')
     super().__init__(config=config, **kwargs)
@@ -156,8 +159,8 @@ def _prepare(builder: tfds.core.GeneratorBasedBuilder) -> str:
 
 
 def build_folder(
-  root: str,
-  data_dir: str,
+  root: paths.PathLike,
+  data_dir: paths.PathLike,
   *,
   name: str = 'default',
   split_by: str = 'identity',
@@ -174,14 +177,17 @@ def build_folder(
       val_fraction=val_fraction,
       test_fraction=test_fraction,
       seed=seed,
-      data_dir=os.path.abspath(data_dir),
+      data_dir=os.fspath(paths.resolve(data_dir)),
     )
   )
 
 
-def build_recordio(directory: str, data_dir: str, *, name: str = 'default') -> str:
+def build_recordio(
+  directory: paths.PathLike, data_dir: paths.PathLike, *, name: str = 'default'
+) -> str:
   """Converts a RecordIO directory; returns the TFDS name to read it by ('face_record_io/NAME')."""
-  return _prepare(FaceRecordIO(directory=directory, name=name, data_dir=os.path.abspath(data_dir)))
+  data_dir = os.fspath(paths.resolve(data_dir))
+  return _prepare(FaceRecordIO(directory=directory, name=name, data_dir=data_dir))
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:

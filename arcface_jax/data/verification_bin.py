@@ -15,6 +15,8 @@ Make your own set from a pairs list over a folder of aligned face crops:
 Pairs list: one pair per line, `path1 path2 1|0` (paths relative to --root), or the LFW
 `pairs.txt` layout (a header line of one or two integers, then `name i j` for a matched pair and
 `name1 i name2 j` for a mismatched one, images at name/name_%04d.jpg).
+
+Every path (the .bin, the pairs list, the image root) may be local or a URI (`gs://...`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
+from arcface_jax import paths
 from arcface_jax.data import decode
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 
@@ -96,12 +99,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
       ) from None
 
 
-def read_pairs_pickle(path: str) -> tuple[list[bytes], np.ndarray]:
+def read_pairs_pickle(path: paths.PathLike) -> tuple[list[bytes], np.ndarray]:
   """(2N encoded images as bytes, issame bool (N,)) from a `.bin` file, safely."""
-  if not os.path.isfile(path):
+  path = os.fspath(path)
+  if not paths.is_file(path):
     raise FileNotFoundError(f'verification set {path} does not exist')
-  with open(path, 'rb') as f:
-    data = f.read()
+  data = paths.read_bytes(path)
   try:
     content = _RestrictedUnpickler(io.BytesIO(data), encoding='latin1').load()
   except UnsafePickleError as e:
@@ -169,7 +172,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray
 
 
 def load_bin(
-  path: str, image_size: int | tuple[int, int] = (112, 112)
+  path: paths.PathLike, image_size: int | tuple[int, int] = (112, 112)
 ) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (2N, H, W, 3) RGB, issame bool (N,)); images resized to image_size (H, W)."""
   size = (image_size, image_size) if isinstance(image_size, int) else (image_size[0], image_size[1])
@@ -193,15 +196,15 @@ def load_bin(
   return images, issame
 
 
-def write_bin(path: str, encoded_images: Sequence[bytes], issame: Sequence[bool]) -> None:
+def write_bin(
+  path: paths.PathLike, encoded_images: Sequence[bytes], issame: Sequence[bool]
+) -> None:
   """Writes a `.bin` readable by this module and by the reference tools (atomically)."""
   issame = [bool(s) for s in issame]
   if len(encoded_images) != 2 * len(issame):
     raise ValueError(f'{len(encoded_images)} images for {len(issame)} pairs')
-  tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
-    pickle.dump(([bytes(b) for b in encoded_images], issame), f, protocol=4)
-  os.replace(tmp, path)
+  content = ([bytes(b) for b in encoded_images], issame)
+  paths.write_bytes_atomic(path, pickle.dumps(content, protocol=4))
 
 
 def _is_int(token: str) -> bool:
@@ -217,12 +220,14 @@ def _label(token: str, where: str) -> bool:
   raise DatasetError(f'{where}: label {token!r} is not 1 or 0')
 
 
-def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg') -> list[tuple[str, str, bool]]:
+def parse_pairs(
+  pairs_path: paths.PathLike, root: paths.PathLike, lfw_ext: str = '.jpg'
+) -> list[tuple[str, str, bool]]:
   """[(image path 1, image path 2, issame)] from a pairs list (see the module docstring)."""
-  if not os.path.isfile(pairs_path):
+  if not paths.is_file(pairs_path):
     raise FileNotFoundError(f'pairs list {pairs_path} does not exist')
-  with open(pairs_path) as f:
-    lines = [(n, line.split()) for n, line in enumerate(f, 1)]
+  text = paths.read_text(pairs_path)
+  lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1)]
   lines = [(n, t) for n, t in lines if t and not t[0].startswith('#')]
   if not lines:
     raise DatasetError(f'{pairs_path} lists no pairs')
@@ -230,7 +235,7 @@ def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg') -> list[tuple
   lfw = len(lines[0][1]) <= 2 and all(_is_int(t) for t in lines[0][1])
   if lfw:
     lines = lines[1:]
-  lfw_path = lambda name, i: os.path.join(root, name, f'{name}_{int(i):04d}{lfw_ext}')
+  lfw_path = lambda name, i: paths.join(root, name, f'{name}_{int(i):04d}{lfw_ext}')
   pairs = []
   for n, tokens in lines:
     where = f'{pairs_path}:{n}'
@@ -240,7 +245,7 @@ def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg') -> list[tuple
       pairs.append((lfw_path(tokens[0], tokens[1]), lfw_path(tokens[2], tokens[3]), False))
     elif not lfw and len(tokens) == 3:
       pairs.append(
-        (os.path.join(root, tokens[0]), os.path.join(root, tokens[1]), _label(tokens[2], where))
+        (paths.join(root, tokens[0]), paths.join(root, tokens[1]), _label(tokens[2], where))
       )
     else:
       layout = 'LFW: "name i j" or "name1 i name2 j"' if lfw else '"path1 path2 1|0"'
@@ -248,7 +253,9 @@ def parse_pairs(pairs_path: str, root: str, lfw_ext: str = '.jpg') -> list[tuple
   return pairs
 
 
-def make_bin(pairs_path: str, root: str, out_path: str, lfw_ext: str = '.jpg') -> int:
+def make_bin(
+  pairs_path: paths.PathLike, root: paths.PathLike, out_path: paths.PathLike, lfw_ext: str = '.jpg'
+) -> int:
   """Writes a `.bin` of the listed pairs with each image's original bytes; returns N pairs."""
   pairs = parse_pairs(pairs_path, root, lfw_ext)
   cache: dict[str, bytes] = {}
@@ -256,10 +263,9 @@ def make_bin(pairs_path: str, root: str, out_path: str, lfw_ext: str = '.jpg') -
   for first, second, _ in pairs:
     for image_path in (first, second):
       if image_path not in cache:
-        if not os.path.isfile(image_path):
+        if not paths.is_file(image_path):
           raise FileNotFoundError(f'{pairs_path} lists {image_path}, which does not exist')
-        with open(image_path, 'rb') as f:
-          data = f.read()
+        data = paths.read_bytes(image_path)
         if decode_image(data) is None:  # refuse now rather than when the set is first evaluated
           raise DatasetError(f'{image_path} cannot be decoded as an image')
         cache[image_path] = data

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from arcface_jax import paths
 from arcface_jax.evaluation.ijb import threshold_at_far
 
 RANKS = (1, 5)
@@ -118,17 +119,16 @@ def evaluate_identification(
   return result
 
 
-def read_identity_folder(root: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def read_identity_folder(root: paths.PathLike, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 RGB (M, S, S, 3), identity names (M,)) from a folder of identity folders."""
   from arcface_jax.data.errors import DatasetError
   from arcface_jax.data.folder import list_identities
   from arcface_jax.data.verification_bin import decode_image
 
   images, labels = [], []
-  for name, paths in list_identities(root):
-    for path in paths:
-      with open(path, 'rb') as f:
-        image = decode_image(f.read(), (image_size, image_size))
+  for name, files in list_identities(root):
+    for path in files:
+      image = decode_image(paths.read_bytes(path), (image_size, image_size))
       if image is None:
         raise DatasetError(f'{path} cannot be decoded as an image')
       images.append(image)

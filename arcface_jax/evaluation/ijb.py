@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -32,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from etils import epath
 
+from arcface_jax import paths as uri_paths
 from arcface_jax.data.errors import DatasetError
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -144,26 +146,26 @@ class IJBSet:
 
 
 def _read_columns(path: str, columns: int) -> list[list[str]]:
-  if not os.path.isfile(path):
+  if not uri_paths.is_file(path):
     raise FileNotFoundError(f'IJB file {path} does not exist')
-  with open(path) as f:
-    rows = [line.split() for line in f if line.strip()]
+  rows = [line.split() for line in uri_paths.read_text(path).splitlines() if line.strip()]
   bad = next((n for n, row in enumerate(rows, 1) if len(row) != columns), None)
   if bad is not None:
     raise DatasetError(f'{path}:{bad}: expected {columns} columns, got {len(rows[bad - 1])}')
   return rows
 
 
-def read_ijb(root: str, target: str = 'IJBC') -> IJBSet:
-  """Reads the standard IJB-B/C 1:1 layout under `root` (see the module docstring)."""
+def read_ijb(root: uri_paths.PathLike, target: str = 'IJBC') -> IJBSet:
+  """Reads the standard IJB-B/C 1:1 layout under `root`, local or gs:// (see the module
+  docstring)."""
   prefix = {'IJBB': 'ijbb', 'IJBC': 'ijbc'}.get(target.upper())
   if prefix is None:
     raise ValueError(f'ijb target must be IJBB or IJBC, got {target!r}')
-  meta = os.path.join(root, 'meta')
-  faces = _read_columns(os.path.join(meta, f'{prefix}_face_tid_mid.txt'), 3)
-  landmark_rows = _read_columns(os.path.join(meta, f'{prefix}_name_5pts_score.txt'), 12)
+  meta = uri_paths.join(root, 'meta')
+  faces = _read_columns(uri_paths.join(meta, f'{prefix}_face_tid_mid.txt'), 3)
+  landmark_rows = _read_columns(uri_paths.join(meta, f'{prefix}_name_5pts_score.txt'), 12)
   pairs = np.array(
-    _read_columns(os.path.join(meta, f'{prefix}_template_pair_label.txt'), 3), np.int64
+    _read_columns(uri_paths.join(meta, f'{prefix}_template_pair_label.txt'), 3), np.int64
   ).reshape(-1, 3)
   by_name = {row[0]: row for row in landmark_rows}
   missing = next((row[0] for row in faces if row[0] not in by_name), None)
@@ -171,7 +173,7 @@ def read_ijb(root: str, target: str = 'IJBC') -> IJBSet:
     raise DatasetError(f'{meta}: image {missing} has a template but no landmarks')
   points = np.array([by_name[row[0]][1:] for row in faces], np.float32).reshape(-1, 11)
   return IJBSet(
-    images=[os.path.join(root, 'loose_crop', row[0]) for row in faces],
+    images=[uri_paths.join(root, 'loose_crop', row[0]) for row in faces],
     landmarks=points[:, :10].reshape(-1, 5, 2),
     detector_scores=points[:, 10],
     templates=np.array([int(row[1]) for row in faces], np.int64),
@@ -187,8 +189,17 @@ def load_aligned(paths: Sequence[str], landmarks: np.ndarray, size: int = 112) -
 
   from arcface_jax.data.align import align_face  # written alongside; imported when first needed
 
+  def read(path: str) -> np.ndarray | None:
+    if not uri_paths.is_remote(path):
+      return cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+      data = np.frombuffer(uri_paths.read_bytes(path), np.uint8)
+    except FileNotFoundError:
+      return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
   def one(index: int) -> np.ndarray:
-    bgr = cv2.imread(paths[index], cv2.IMREAD_COLOR)
+    bgr = read(paths[index])
     if bgr is None:
       raise DatasetError(f'{paths[index]} is missing or cannot be decoded')
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # align in RGB, the order the models expect
@@ -201,7 +212,7 @@ def load_aligned(paths: Sequence[str], landmarks: np.ndarray, size: int = 112) -
 
 def evaluate_ijb(
   embed: Callable[[np.ndarray], np.ndarray],
-  root: str,
+  root: uri_paths.PathLike,
   target: str = 'IJBC',
   *,
   out_dir: str | os.PathLike | None = None,
@@ -291,6 +302,7 @@ def plot_roc(
   if label:
     axis.legend(loc='lower right')
   figure.tight_layout()
-  with epath.Path(path).open('wb') as f:
-    figure.savefig(f, format='png', dpi=120)
+  png = io.BytesIO()  # drawn in memory, written in one piece (local or gs://)
+  figure.savefig(png, format='png', dpi=120)
+  epath.Path(path).write_bytes(png.getvalue())
   plt.close(figure)

@@ -28,9 +28,9 @@ VAL_SET = 'val'  # pairs from the val split of the training dataset
 def resolve_bin(name_or_path: str, bin_dir: str) -> str:
   """`lfw` → <bin_dir>/lfw.bin; anything ending in .bin is taken as a path."""
   path = (
-    name_or_path if name_or_path.endswith('.bin') else os.path.join(bin_dir, name_or_path + '.bin')
+    name_or_path if name_or_path.endswith('.bin') else paths.join(bin_dir, name_or_path + '.bin')
   )
-  if not os.path.exists(path):
+  if not paths.is_file(path):  # local or gs://
     raise FileNotFoundError(
       f'verification set {name_or_path!r}: {path} does not exist; put the .bin file there, set '
       '--config.eval.bin_dir, or remove it from config.eval.bins'

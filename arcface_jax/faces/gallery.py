@@ -19,6 +19,7 @@ with another model (another fingerprint) is refused.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import zipfile
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from arcface_jax import paths as uri_paths
 from arcface_jax.faces import thresholds
 from arcface_jax.faces.thresholds import CalibrationError, CalibrationSet, Threshold
 from arcface_jax.model_info import ModelInfo
@@ -205,7 +207,7 @@ class Gallery:
   # ------------------------------------------------------------------ files
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the gallery (atomically: a crash leaves the old file)."""
+    """Writes the gallery, locally or to a URI (atomically: a crash leaves the old file)."""
     if not self.names:
       raise GalleryError('the gallery is empty: enrol someone before saving')
     path = os.fspath(path)
@@ -222,28 +224,29 @@ class Gallery:
       'calibration_source': calibration.source if calibration else None,
     }
     empty = np.zeros((0, self.embedding_dim), np.float32)
-    temporary = path + '.tmp'
-    with open(temporary, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
-      np.savez(
-        f,
-        meta=np.array(json.dumps(meta)),
-        embeddings=self.embeddings.astype(np.float32),
-        labels=self.labels.astype(np.int32),
-        calibration=calibration.embeddings if calibration else empty,
-      )
-    os.replace(temporary, path)
+    buffer = io.BytesIO()  # a file object: np.savez would append '.npz' to a name
+    np.savez(
+      buffer,
+      meta=np.array(json.dumps(meta)),
+      embeddings=self.embeddings.astype(np.float32),
+      labels=self.labels.astype(np.int32),
+      calibration=calibration.embeddings if calibration else empty,
+    )
+    uri_paths.write_bytes_atomic(path, buffer.getvalue())
     self.path = path
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> 'Gallery':
-    """Reads and validates a saved gallery; GalleryError naming the file if it is damaged."""
+    """Reads and validates a saved gallery (local or a URI); GalleryError naming the file if it
+    is damaged."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not uri_paths.is_file(path):
       raise GalleryError(
         f'{path}: no such gallery file; make one with `python -m arcface_jax.faces enroll`'
       )
     try:
-      with np.load(path, allow_pickle=False) as data:
+      source = io.BytesIO(uri_paths.read_bytes(path)) if uri_paths.is_remote(path) else path
+      with np.load(source, allow_pickle=False) as data:
         arrays = {key: data[key] for key in ('meta', 'embeddings', 'labels', 'calibration')}
       meta = json.loads(str(arrays['meta']))
     except KeyError as e:

@@ -16,18 +16,22 @@ decompression-bomb guard (about 179 megapixels) are refused with an `ImageError`
 downscale them.
 
 A file that is missing, not an image, truncated or otherwise undecodable is an `ImageError` naming
-the file; folder runs skip it and count it (`list_photos` + the caller's summary).
+the file; folder runs skip it and count it (`list_photos` + the caller's summary). Paths may be
+local or URIs (`gs://bucket/photos/a.jpg`): a URI's bytes are read through `epath`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import warnings
 from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from arcface_jax import paths as uri_paths
 
 PHOTO_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 ImageInput = Union[str, os.PathLike, np.ndarray]
@@ -97,12 +101,14 @@ def load_image(image: ImageInput) -> np.ndarray:
       f'expected a file path or an (H, W, 3) uint8 array, got {type(image).__name__}'
     )
   path = os.fspath(image)
-  if os.path.isdir(path):
+  if uri_paths.is_dir(path):
     raise ImageError(f'{path} is a folder, not a photo')
   try:
+    remote = uri_paths.is_remote(path)
+    source = io.BytesIO(uri_paths.read_bytes(path)) if remote else path
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-      with Image.open(path) as opened:
+      with Image.open(source) as opened:
         opened.load()  # decode now, so a truncated file fails here and not later
         upright = ImageOps.exif_transpose(opened)
         return _to_rgb(upright)
@@ -134,24 +140,38 @@ def list_photos(paths: Iterable[str | os.PathLike]) -> PhotoList:
   photos, not_photos = [], []
   for given in paths:
     path = os.fspath(given)
-    if os.path.isfile(path):
+    if uri_paths.is_file(path):
       photos.append((path, ''))
       continue
-    if not os.path.isdir(path):
+    if not uri_paths.is_dir(path):
       raise ImageError(f'{path}: no such file or folder')
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in _walk(path):
       dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
       relative = os.path.relpath(root, path)
       relative = '' if relative == os.curdir else relative
       for name in sorted(files):
         if name.startswith('.'):
           continue
-        full = os.path.join(root, name)
+        full = uri_paths.join(root, name)
         if name.lower().endswith(PHOTO_EXTENSIONS):
           photos.append((full, relative))
         else:
           not_photos.append(full)
   return PhotoList(photos, not_photos)
+
+
+def _walk(top: str) -> Iterable[tuple[str, list[str], list[str]]]:
+  """`os.walk` (top-down: `dirs` may be pruned in place) locally, `epath` listings for a URI."""
+  if not uri_paths.is_remote(top):
+    yield from os.walk(top)
+    return
+  pending = [top]
+  while pending:
+    root = pending.pop(0)
+    entries = uri_paths.list_dir(root)
+    dirs = [name for name, is_dir, _ in entries if is_dir]
+    yield root, dirs, [name for name, is_dir, _ in entries if not is_dir]
+    pending[:0] = [uri_paths.join(root, name) for name in dirs]
 
 
 def describe(image: ImageInput, index: int | None = None) -> str:

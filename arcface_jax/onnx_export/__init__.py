@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from arcface_jax.model_info import ModelInfo
 from arcface_jax.onnx_export import rewrite
@@ -168,7 +169,7 @@ def _inferred_shapes(
 
 
 def save(
-  path: str,
+  path: str | epath.PathLike,
   model: nn.Module,
   variables: Any,
   image_size: int,
@@ -177,20 +178,20 @@ def save(
   std: float | Sequence[float] = 127.5,
   info: ModelInfo | None = None,
 ) -> int:
-  """Writes the ONNX file (and `info` to `<path>.json`, as `export.save` does); its size."""
+  """Writes the ONNX file, local or gs:// (and `info` to `<path>.json`, as `export.save` does);
+  its size."""
   from arcface_jax import model_info
 
   proto = to_onnx(model, variables, image_size, mean=mean, std=std, info=info)
   data = proto.SerializeToString()
-  with open(path, 'wb') as f:
-    f.write(data)
+  epath.Path(path).write_bytes(data)
   if info is not None:
     model_info.write(model_info.sidecar_path(path), info)
   return len(data)
 
 
 def max_difference(
-  path: str,
+  path: str | epath.PathLike,
   model: nn.Module,
   variables: Any,
   image_size: int,
@@ -205,7 +206,8 @@ def max_difference(
 
   pixels = np.random.default_rng(seed).uniform(0, 255, (batch, image_size, image_size, 3))
   pixels = pixels.astype(np.float32)
-  session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+  model_bytes = epath.Path(path).read_bytes()  # onnxruntime opens only local files by name
+  session = onnxruntime.InferenceSession(model_bytes, providers=['CPUExecutionProvider'])
   got = session.run(None, {INPUT: pixels.transpose(0, 3, 1, 2)})[0]
   normalised = (pixels - np.reshape(mean, (-1,))) / np.reshape(std, (-1,))
   apply = jax.jit(lambda v, x: float32_model(model).apply(v, x, train=False))
