@@ -40,6 +40,8 @@ HEAVY_MODULES = frozenset(
     'test_evaluate_closed_set',
     'test_export',
     'test_faces',
+    'test_faces_cli',
+    'test_faces_photos',
     'test_margin_heads',
     'test_model_import',
     'test_mtcnn_reference',

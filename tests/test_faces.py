@@ -1,27 +1,22 @@
-"""arcface_jax.faces on a tiny model trained here: embedding, thresholds, gallery, commands.
+"""arcface_jax.faces on a tiny model trained here: embedding, thresholds, gallery files.
 
-One tiny synthetic run is trained per module. Its inputs are crops, not photos of faces
-(`ModelInfo.detect_faces` is False), so most flows here take photos as aligned crops; the enrolled
-people and strangers are synthetic identities rendered from seeds outside the run's training and
-held-out ranges. The detection flows run on real public-domain photos (tests/face_photos.py)
-through the same backbone exported with a model info that declares photo input.
+The run (one per test session) and the synthetic people come from tests/faces_fixtures.py. The
+run's inputs are crops, not photos of faces (`ModelInfo.detect_faces` is False), so the flows
+here take photos as aligned crops; the enrolled people and strangers are synthetic identities
+rendered from seeds outside the run's training and held-out ranges. The commands are tested in
+test_faces_cli.py, the detection flows on real photos in test_faces_photos.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
+import shutil
 
-import cv2
 import numpy as np
 import pytest
-from faces_support import PEOPLE_SEED, STRANGER_SEED, write_people
+from faces_support import PEOPLE_SEED
 
-from arcface_jax import export, models, parallel, trainer
-from arcface_jax.config_files import load_config
 from arcface_jax.data.synthetic import render_identity
 from arcface_jax.evaluation.extract import extract_embeddings
 from arcface_jax.faces import (
@@ -30,7 +25,6 @@ from arcface_jax.faces import (
   Gallery,
   GalleryError,
   ModelError,
-  cli,
   thresholds,
 )
 from arcface_jax.faces.model import load_model
@@ -38,50 +32,7 @@ from arcface_jax.faces.model import load_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  config = load_config(os.path.join(REPO, 'configs', 'synthetic.py:tiny'))
-  config.data.data_dir = str(tmp_path_factory.getbasetemp() / 'data')
-  workdir = str(tmp_path_factory.mktemp('faces_run'))
-  # One device: the sharded step is test_train's business, and this compiles faster.
-  trainer.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(1))  # steps 2 and 4 kept
-  return workdir
-
-
-@pytest.fixture(scope='module')
-def recognizer(run):
-  return FaceRecognizer.load(run)
-
-
-@pytest.fixture(scope='module')
-def face_model(run, recognizer, tmp_path_factory):
-  """The run's backbone exported with an info saying its inputs are detected, aligned faces."""
-  path = str(tmp_path_factory.mktemp('export') / 'faces.jax_export')
-  info = dataclasses.replace(recognizer.info, detect_faces=True)
-  export.save(
-    path,
-    models.from_config(recognizer.model.config),
-    _variables(run),
-    info.image_size,
-    platforms=('cpu',),
-    info=info,
-  )
-  return path
-
-
-@pytest.fixture(scope='module')
-def people(tmp_path_factory):
-  return write_people(tmp_path_factory.mktemp('people'), PEOPLE_SEED, 6, 3, 'person')
-
-
-@pytest.fixture(scope='module')
-def strangers(tmp_path_factory):
-  return write_people(tmp_path_factory.mktemp('strangers'), STRANGER_SEED, 10, 4, 'stranger')
-
-
-@pytest.fixture(scope='module')
-def gallery(recognizer, people):
-  return Gallery.enroll(recognizer, str(people))
+pytest_plugins = ('faces_fixtures',)  # run, recognizer, face_model, people, strangers, gallery
 
 
 # ------------------------------------------------------------------ model and embeddings
@@ -112,12 +63,6 @@ def test_exported_model_embeds_like_its_workdir(recognizer, face_model):
   with pytest.raises(CalibrationError, match='--threshold'):
     exported.verify(crops[0], crops[1], aligned=True)
   assert exported.verify(crops[0], crops[1], aligned=True, threshold=0.5).threshold.kind == 'given'
-
-
-def _variables(run):
-  from arcface_jax import inference, parallel
-
-  return inference.load_embedder(run, mesh=parallel.make_mesh(1)).variables
 
 
 def test_model_path_errors(tmp_path):
@@ -163,14 +108,16 @@ def test_impostor_scores_are_every_pair_of_different_people():
   np.testing.assert_allclose(got, expected)
 
 
-def test_heldout_calibration_is_cached_per_checkpoint(run, recognizer):
-  calibration = recognizer.calibration
+def test_heldout_calibration_is_cached_per_checkpoint(run, recognizer, tmp_path):
+  mine = str(tmp_path / 'run')
+  shutil.copytree(run, mine)  # the session's run is shared: other workers may write its cache
+  calibration = FaceRecognizer.load(mine).calibration
   assert len(calibration) == 12 * 8 and len(set(calibration.identities)) == 12
   assert 'held-out synthetic' in calibration.source
-  path = thresholds.cache_path(run, recognizer.model.step, recognizer.info.fingerprint)
+  path = thresholds.cache_path(mine, recognizer.model.step, recognizer.info.fingerprint)
   assert os.path.exists(path)
   stamp = os.path.getmtime(path)
-  again = FaceRecognizer.load(run).calibration
+  again = FaceRecognizer.load(mine).calibration
   np.testing.assert_array_equal(again.embeddings, calibration.embeddings)
   assert os.path.getmtime(path) == stamp  # read, not recomputed
   verify = recognizer.verify_threshold()
@@ -284,226 +231,3 @@ def test_empty_gallery_is_an_error(recognizer, tmp_path):
   )
   with pytest.raises(GalleryError, match='empty'):
     empty.save(str(tmp_path / 'empty.gallery'))
-
-
-# ------------------------------------------------------------------ command line
-
-
-def _cli(capsys, *argv):
-  code = cli.main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return code, out, err
-
-
-def test_cli_detect_aligned_writes_the_training_layout(capsys, people, tmp_path):
-  (people / 'person_0' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
-  (people / 'person_0' / 'notes.txt').write_text('not a photo')
-  try:
-    code, out, err = _cli(
-      capsys, 'detect', people, '--aligned', '--json', '--out', tmp_path / 'crops'
-    )
-  finally:
-    os.remove(people / 'person_0' / 'corrupt.png')
-    os.remove(people / 'person_0' / 'notes.txt')
-  assert code == 0
-  results = json.loads(out)
-  assert len(results) == 18
-  (face,) = results[0]['faces']
-  assert set(face) == {'box', 'score', 'landmarks'} and len(face['box']) == 4
-  assert np.array(face['landmarks']).shape == (5, 2)
-  assert sorted(os.listdir(tmp_path / 'crops')) == [f'person_{k}' for k in range(6)]
-  crop = cv2.imread(str(tmp_path / 'crops' / 'person_3' / '2_0.png'))
-  assert crop.shape == (112, 112, 3)
-  assert '1 skipped' in err and 'corrupt.png' in err and '1 files without a photo' in err
-
-
-def test_cli_detect_nothing_readable_exits_1(capsys, tmp_path):
-  (tmp_path / 'bad.jpg').write_bytes(b'not a jpeg')
-  code, out, err = _cli(capsys, 'detect', '--aligned', tmp_path)
-  assert code == 1 and 'bad.jpg' in err
-
-
-def test_cli_enroll_identify_verify_grid(capsys, run, people, strangers, tmp_path):
-  gallery_path = tmp_path / 'people.gallery'
-  code, _, err = _cli(
-    capsys,
-    'enroll',
-    '--model',
-    run,
-    '--photos',
-    people,
-    '--out',
-    gallery_path,
-    '--calibrate',
-    strangers,
-  )
-  assert code == 0 and gallery_path.exists() and '18 photos enrolled (6 people)' in err
-  assert 'FPIR 0.01' in err
-  code, out, _ = _cli(
-    capsys,
-    'identify',
-    '--model',
-    run,
-    '--gallery',
-    gallery_path,
-    '--json',
-    people / 'person_1',
-    strangers / 'stranger_0' / '0.png',
-  )
-  assert code == 0
-  results = json.loads(out)
-  assert [r['photo'] for r in results][-1].endswith('0.png') and len(results) == 4
-  (face,) = results[0]['faces']
-  assert {'box', 'name', 'score', 'runner_up', 'threshold', 'fpir'} <= set(face)
-  assert face['fpir'] == 0.01 and len(face['box']) == 4
-  assert results[-1]['faces'][0]['name'] == 'unknown'
-  code, out, _ = _cli(
-    capsys,
-    'identify',
-    '--model',
-    run,
-    '--gallery',
-    gallery_path,
-    '--json',
-    '--threshold',
-    '-1',
-    people / 'person_1' / '0.png',
-  )
-  assert json.loads(out)[0]['faces'][0]['name'] == 'person_1'  # a given threshold is used
-  code, out, err = _cli(
-    capsys,
-    'verify',
-    '--model',
-    run,
-    '--json',
-    people / 'person_2' / '0.png',
-    people / 'person_2' / '0.png',
-  )
-  answer = json.loads(out)
-  assert code == 0 and answer['same'] is True and answer['score'] == pytest.approx(1, abs=1e-5)
-  assert isinstance(answer['threshold'], float) and answer['far'] == 0.001 and 'FAR' in err
-  code, _, err = _cli(
-    capsys, 'grid', '--model', run, '--photos', people, '--out', tmp_path / 'grid.png'
-  )
-  assert code == 0 and cv2.imread(str(tmp_path / 'grid.png')) is not None
-  assert 'accuracy' in err and '/18 photos of 6 people' in err
-
-
-def test_cli_errors_are_one_line(capsys, run, gallery, tmp_path):
-  code, _, err = _cli(
-    capsys, 'identify', '--model', tmp_path / 'nowhere', '--gallery', tmp_path / 'g', 'x.png'
-  )
-  assert code == 2 and 'no such gallery file' in err and len(err.strip().splitlines()) == 1
-  assert 'Traceback' not in err
-  code, _, err = _cli(capsys, 'verify', '--model', tmp_path / 'nowhere', 'a.png', 'b.png')
-  assert code == 2 and 'nowhere: no such file or folder' in err
-  # A gallery whose model fingerprint is not this model's.
-  path = str(tmp_path / 'foreign.gallery')
-  gallery.save(path)
-  arrays = dict(np.load(path))
-  meta = json.loads(str(arrays['meta']))
-  meta['fingerprint'], meta['model_name'] = '0123456789abcdef', 'iresnet50'
-  arrays['meta'] = np.array(json.dumps(meta))
-  with open(path, 'wb') as f:
-    np.savez(f, **arrays)
-  code, _, err = _cli(capsys, 'identify', '--model', run, '--gallery', path, 'x.png')
-  last = err.strip().splitlines()[-1]  # after the lines naming the model loaded
-  assert code == 2 and 'iresnet50 (fingerprint 0123456789abcdef)' in last
-  assert gallery.fingerprint in last and 'Traceback' not in err
-
-
-def test_cli_usage_error_in_a_fresh_process():
-  result = subprocess.run(
-    [sys.executable, '-m', 'arcface_jax.faces', 'enroll', '--model', 'x'],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=120,
-  )
-  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-  assert '--photos' in result.stderr and 'Traceback' not in result.stderr
-
-
-@pytest.mark.parametrize('name', sorted(cli.RUNNERS))
-def test_cli_help_says_what_and_shows_an_example(capsys, name):
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main([name, '--help'])
-  out = capsys.readouterr().out
-  assert exit_info.value.code == 0 and 'example:' in out
-  assert f'python -m arcface_jax.faces {name}' in out
-
-
-# ------------------------------------------------------------------ calibration kept with a model
-
-
-def _copy_export(path, folder):
-  """The export and its model info, copied, so a test can add files beside it."""
-  import shutil
-
-  target = str(folder / os.path.basename(path))
-  shutil.copy(path, target)
-  shutil.copy(path + '.json', target + '.json')
-  return target
-
-
-def test_export_keeps_the_runs_heldout_calibration(capsys, run, recognizer, people, tmp_path):
-  out = str(tmp_path / 'backbone.jax_export')
-  export.main(['--workdir', run, '--out', out, '--platforms', 'cpu'])
-  assert 'kept 96 calibration faces of 12 people' in capsys.readouterr().out
-  exported = FaceRecognizer.load(out)
-  theirs, ours = recognizer.verify_threshold(), exported.verify_threshold()
-  assert ours.kind == 'FAR' and ours.samples == theirs.samples and ours.source == theirs.source
-  assert ours.value == pytest.approx(theirs.value, abs=1e-5)
-  gallery = Gallery.enroll(exported, str(people))  # identify's FPIR threshold, no --calibrate
-  assert gallery.threshold is not None and gallery.threshold.kind == 'FPIR'
-  plain = str(tmp_path / 'plain.jax_export')
-  export.main(['--workdir', run, '--out', plain, '--platforms', 'cpu', '--no-calibration'])
-  assert not os.path.exists(plain + thresholds.KEPT_SUFFIX)
-  with pytest.raises(CalibrationError, match='faces calibrate'):
-    FaceRecognizer.load(plain).verify_threshold()
-
-
-def test_calibrate_command_keeps_strangers_beside_an_export(
-  capsys, recognizer, face_model, strangers, tmp_path
-):
-  model = _copy_export(face_model, tmp_path)
-  kept = model + thresholds.KEPT_SUFFIX
-  code, _, err = _cli(capsys, 'calibrate', '--model', model, '--photos', strangers, '--aligned')
-  assert code == 0 and os.path.exists(kept) and 'kept 40 faces of 10 people' in err
-  expected = recognizer.calibration_from(str(strangers), aligned=True).far_threshold()
-  code, out, err = _cli(
-    capsys, 'verify', '--model', model, '--json', '--aligned', strangers / 'stranger_0' / '0.png',
-    strangers / 'stranger_1' / '0.png',
-  )  # fmt: skip
-  assert code == 0 and json.loads(out)['threshold'] == pytest.approx(expected.value, abs=1e-5)
-  assert json.loads(out)['far'] == thresholds.DEFAULT_FAR and 'stranger' in err
-  # Another model's calibration beside the file (the export was replaced) is not used.
-  with np.load(kept) as data:
-    arrays = dict(data)
-  meta = json.loads(str(arrays['meta']))
-  np.savez(
-    kept,
-    embeddings=arrays['embeddings'],
-    meta=np.array(json.dumps({**meta, 'fingerprint': 'other'})),
-  )
-  with pytest.raises(CalibrationError, match='--threshold'):
-    FaceRecognizer.load(model).verify_threshold()
-  with open(kept, 'wb') as f:  # damaged: ignored, and left where it is
-    f.write(b'PK\x03\x04 cut short')
-  with pytest.raises(CalibrationError, match='--threshold'):
-    FaceRecognizer.load(model).verify_threshold()
-  assert os.path.exists(kept)
-
-
-def test_calibrate_command_on_a_workdir_comes_before_the_heldout_people(
-  capsys, run, recognizer, strangers
-):
-  kept = thresholds.kept_path(recognizer.model)
-  try:
-    code, _, err = _cli(capsys, 'calibrate', '--model', run, '--photos', strangers)
-    assert code == 0 and kept.startswith(os.path.join(run, 'faces_calibration'))
-    calibration = FaceRecognizer.load(run).calibration
-    assert len(calibration) == 40 and str(strangers) in calibration.source
-  finally:
-    if os.path.exists(kept):
-      os.remove(kept)  # the other tests of this module calibrate on the held-out people
