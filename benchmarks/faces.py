@@ -12,8 +12,13 @@
    embedder's weights (written to a file first, as a trained model would be), decodes one photo
    file and answers it, timed from its start; once with an empty persistent
    compilation cache (cold) and once more with the cache that run filled (warm).
+3. First photo as a user runs it: the same embedder exported (`arcface_jax.export`, with a model
+   info declaring photo input), and the command `python -m arcface_jax.faces verify --model
+   X.jax_export photo.png photo.png --threshold 0.5 --json` in a fresh process, cold then warm;
+   process wall time and its CPU time (user + system, all threads).
 
-Ends with `RESULT faces_vs_reference=<ours/reference photos/s> first_photo_warm_s=<s>`.
+Ends with `RESULT faces_vs_reference=<ours/reference photos/s> first_photo_warm_s=<s>
+first_photo_cli_warm_s=<s> first_photo_cli_warm_cpu_s=<s>`.
 """
 
 from __future__ import annotations
@@ -165,6 +170,43 @@ def time_first_photo(model: str, work_dir: str) -> float:
   return wall
 
 
+def export_embedder(name: str, variables: dict, path: str) -> None:
+  """`variables` of backbone `name` as an exported model of detected, aligned 112×112 faces."""
+  from arcface_jax import export, model_info, models  # pylint: disable=import-outside-toplevel
+
+  info = model_info.ModelInfo(
+    model_name=name,
+    embedding_dim=512,
+    image_size=112,
+    mean=127.5,
+    std=128.0,
+    fingerprint=model_info.fingerprint(variables),
+  )
+  export.save(path, models.get(name), variables, 112, platforms=('cpu',), info=info)
+
+
+def time_cli_first_photo(work_dir: str) -> tuple[float, float]:
+  """(wall, CPU) seconds of `faces verify` on one photo in a fresh process."""
+  import resource  # pylint: disable=import-outside-toplevel
+
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
+  env['ARCFACE_JAX_CACHE_DIR'] = os.path.join(work_dir, 'cli_cache')
+  photo = os.path.join(work_dir, 'photo.png')
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  start = time.perf_counter()
+  result = subprocess.run(
+    [sys.executable, '-m', 'arcface_jax.faces', 'verify', '--model',
+     os.path.join(work_dir, 'model.jax_export'), photo, photo, '--threshold', '0.5', '--json'],
+    env=env, cwd=_ROOT, capture_output=True, text=True, check=True,
+  )  # fmt: skip
+  wall = time.perf_counter() - start
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  assert '"same": true' in result.stdout, result.stdout + result.stderr
+  print(f'  faces verify: wall {wall:.2f} s, CPU {cpu:.2f} s')
+  return wall, cpu
+
+
 def jax_to_numpy(tree):
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -221,8 +263,19 @@ def main() -> None:
     cold = time_first_photo(args.model, work_dir)
     print('first photo, fresh process, warm compilation cache:')
     warm = time_first_photo(args.model, work_dir)
+    export_embedder(args.model, jax_to_numpy(variables), os.path.join(work_dir, 'model.jax_export'))
+    print('faces verify on an exported model, empty compilation cache:')
+    cli_cold, _ = time_cli_first_photo(work_dir)
+    print('faces verify on an exported model, warm compilation cache (3 runs):')
+    cli_runs = [time_cli_first_photo(work_dir) for _ in range(3)]
+  cli_warm = statistics.median(wall for wall, _ in cli_runs)
+  cli_cpu = statistics.median(cpu for _, cpu in cli_runs)
   print(f'first photo: cold {cold:.2f} s, warm {warm:.2f} s')
-  print(f'RESULT faces_vs_reference={ratio:.2f} first_photo_warm_s={warm:.2f}')
+  print(f'faces verify: cold {cli_cold:.2f} s, warm {cli_warm:.2f} s (CPU {cli_cpu:.2f} s)')
+  print(
+    f'RESULT faces_vs_reference={ratio:.2f} first_photo_warm_s={warm:.2f} '
+    f'first_photo_cli_warm_s={cli_warm:.2f} first_photo_cli_warm_cpu_s={cli_cpu:.2f}'
+  )
 
 
 if __name__ == '__main__':

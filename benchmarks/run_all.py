@@ -78,6 +78,8 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
   'pipeline_images_per_cpu_s': at_least(2500),
   'partial_fc_speedup': at_least(3.0),
   'first_photo_warm_s': at_most(5.0),
+  'first_photo_cli_warm_s': at_most(5.0),
+  'faces_vs_reference': at_least(1.0),
 }
 
 RESULT_LINE = re.compile(r'^RESULT((?:\s+[\w.]+=\S+)+)\s*$', re.MULTILINE)

@@ -18,7 +18,9 @@ mild colour jitter because personal datasets are small. Commands:
       --config.data.path=faces   # personal photos on a laptop CPU
 
 Steps: 20,000 of batch 128 is about 40 epochs of 64,000 photos; scale `train.num_steps` with yours.
-That default is sized for a GPU. `:cpu` is sized for a few thousand personal photos on a laptop:
+That default is sized for a GPU (its step needs 10.5 GiB; about 110 hours on a 2-core CPU:
+benchmarks/recipe_memory.py). `:cpu` is sized for a few thousand personal photos on a laptop
+(1.7 GiB, about 2 hours on 2 cores):
 MobileFaceNet at 64 px (the 112-px crops are resized on load; the faces commands align at 64 px),
 128-d embeddings, batch 64, 3,000 steps.
 """
