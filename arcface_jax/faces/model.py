@@ -26,7 +26,7 @@ from arcface_jax.data.decode import resize
 from arcface_jax.faces import compilation
 from arcface_jax.model_info import ModelInfo
 
-BUCKETS = (1, 8, 32)  # batch sizes compiled; larger inputs are cut into chunks of the largest
+BUCKETS = (1, 2, 8, 32)  # batch sizes compiled (2: verify's pair); larger inputs: chunks of 32
 EXPORT_SUFFIX = '.jax_export'
 
 
