@@ -88,3 +88,13 @@ def test_read_identity_folder(tmp_path):
   assert images.shape == (4, 4, 4, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(labels, ['ann', 'ann', 'bob', 'bob'])
   np.testing.assert_array_equal(images[:, 0, 0, 0], [10, 11, 200, 201])
+
+
+def test_read_identity_folder_crops_non_square_images(tmp_path):
+  """A wide photo loses its sides (as in training folders), it is not squeezed."""
+  (tmp_path / 'ann').mkdir()
+  wide = np.zeros((8, 16, 3), np.uint8)
+  wide[:, 4:12] = 255  # the centre square is white, the sides black
+  cv2.imwrite(str(tmp_path / 'ann' / 'wide.png'), wide)
+  images, _ = identification.read_identity_folder(str(tmp_path), image_size=4)
+  np.testing.assert_array_equal(images[0], np.full((4, 4, 3), 255, np.uint8))

@@ -120,7 +120,11 @@ def evaluate_identification(
 
 
 def read_identity_folder(root: paths.PathLike, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 RGB (M, S, S, 3), identity names (M,)) from a folder of identity folders."""
+  """(images uint8 RGB (M, S, S, 3), identity names (M,)) from a folder of identity folders.
+
+  A non-square image is centre-cropped to a square before resizing, as training folders are
+  (`decode.center_crop_square`): never stretched."""
+  from arcface_jax.data.decode import center_crop_square, resize
   from arcface_jax.data.errors import DatasetError
   from arcface_jax.data.folder import list_identities
   from arcface_jax.data.verification_bin import decode_image
@@ -128,9 +132,9 @@ def read_identity_folder(root: paths.PathLike, image_size: int) -> tuple[np.ndar
   images, labels = [], []
   for name, files in list_identities(root):
     for path in files:
-      image = decode_image(paths.read_bytes(path), (image_size, image_size))
+      image = decode_image(paths.read_bytes(path))
       if image is None:
         raise DatasetError(f'{path} cannot be decoded as an image')
-      images.append(image)
+      images.append(resize(center_crop_square(image), (image_size, image_size)))
       labels.append(name)
   return np.stack(images), np.array(labels)
