@@ -50,6 +50,7 @@ HEAVY_MODULES = frozenset(
     'test_subcenter_clean',
     'test_train',
     'test_transfer',
+    'test_init_from',
     'test_evaluate_command',
     'test_seeding',
     'test_margins_adaptive',
