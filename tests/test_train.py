@@ -173,7 +173,12 @@ def test_non_finite_step_is_skipped_and_counted(tiny_config):
   )
   schedule = optim.make_schedule(tiny_config.train)
   tx = optim.make_optimizer(tiny_config.train)
-  step = jax.jit(make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)))
+  # Jitted exactly as `_step_on_mesh` does, so the program compiled there is reused.
+  step = jax.jit(
+    make_train_step(model, objective, tx, schedule, jax.random.PRNGKey(1)),
+    in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+    out_shardings=parallel.replicated(mesh),
+  )
   before = jax.device_get(state)
   after, metrics = step(state, parallel.global_batch(mesh, bad))
   assert not np.isfinite(float(metrics['loss']))
