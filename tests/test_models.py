@@ -20,9 +20,24 @@ PUBLISHED_MILLIONS = {
 }
 PUBLISHED_GMACS = {'iresnet18': 2.6, 'iresnet50': 6.3, 'iresnet100': 12.1, 'iresnet200': 23.5}
 
+# Tracing these at 112×112 takes seconds each on a 2-core CPU: `make test` checks them, `make
+# test-fast` (no deep models) the same code on the shallower IResNets (18, and 34's size).
+DEEP = ('iresnet50', 'iresnet100', 'iresnet200')
+
+
+def _deep_heavy(names):
+  return [pytest.param(n, marks=pytest.mark.heavy) if n in DEEP else n for n in sorted(names)]
+
 
 def _abstract_variables(model, size=112):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))
+
+
+@functools.lru_cache()
+def _published_variables(name):
+  """The variable shapes of registry model `name` at 112×112 (tracing a deep net takes seconds:
+  the size and compute tests share one trace)."""
+  return _abstract_variables(models.get(name))
 
 
 def _count(tree):
@@ -37,7 +52,7 @@ def _padded_conv(lhs, rhs, window_strides, padding, *args, _conv, **kwargs):
   return _conv(jnp.pad(lhs, pads), rhs, window_strides, 'VALID', *args, **kwargs)
 
 
-def _forward_flops(model, monkeypatch, size=112, pad_taps=True):
+def _forward_flops(model, monkeypatch, size=112, pad_taps=True, variables=None):
   """XLA's cost analysis of the lowered forward pass (batch 1), never run."""
   if pad_taps:
     # XLA's HloCostAnalysis skips taps that fall on the padding; the published figures count
@@ -47,31 +62,33 @@ def _forward_flops(model, monkeypatch, size=112, pad_taps=True):
       'conv_general_dilated',
       functools.partial(_padded_conv, _conv=jax.lax.conv_general_dilated),
     )
-  variables = _abstract_variables(model, size)
+  if variables is None:
+    variables = _abstract_variables(model, size)
   lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(
     variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   )
   return lowered.cost_analysis()['flops']
 
 
-@pytest.mark.parametrize('name', sorted(PUBLISHED_MILLIONS))
+@pytest.mark.parametrize('name', _deep_heavy(PUBLISHED_MILLIONS))
 def test_parameter_counts_within_one_percent_of_published(name):
-  count = _count(_abstract_variables(models.get(name))['params']) / 1e6
+  count = _count(_published_variables(name)['params']) / 1e6
   assert abs(count - PUBLISHED_MILLIONS[name]) / PUBLISHED_MILLIONS[name] < 0.01
 
 
-@pytest.mark.parametrize('name', sorted(PUBLISHED_GMACS))
+@pytest.mark.parametrize('name', _deep_heavy(PUBLISHED_GMACS))
 def test_forward_macs_within_five_percent_of_published(name, monkeypatch):
-  gmacs = _forward_flops(models.get(name), monkeypatch) / 2e9
+  gmacs = _forward_flops(models.get(name), monkeypatch, variables=_published_variables(name)) / 2e9
   assert abs(gmacs - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < 0.05
 
 
+@pytest.mark.heavy  # IResNet-50, lowered twice
 def test_xla_cost_analysis_skips_padding_taps(monkeypatch):
   # Why the test above pads explicitly: without it IResNet-50 counts ~7% fewer flops, mostly
   # from the 3×3 convs on 7×7 and 14×14 maps where a large share of taps land on padding.
-  model = models.get('iresnet50')
-  implicit = _forward_flops(model, monkeypatch, pad_taps=False)
-  explicit = _forward_flops(model, monkeypatch)
+  model, variables = models.get('iresnet50'), _published_variables('iresnet50')
+  implicit = _forward_flops(model, monkeypatch, pad_taps=False, variables=variables)
+  explicit = _forward_flops(model, monkeypatch, variables=variables)
   assert 0.90 < implicit / explicit < 0.96
 
 
@@ -98,7 +115,8 @@ def _images(n=4, size=16, seed=1):
 
 @functools.lru_cache()
 def _tiny_variables(size):
-  return models.get('iresnet_tiny', embedding_dim=16).init(
+  # Jitted: one compilation instead of one per layer's operations (eager dispatch compiles each).
+  return jax.jit(models.get('iresnet_tiny', embedding_dim=16).init)(
     jax.random.PRNGKey(0), _images(size=size)
   )
 
@@ -110,13 +128,14 @@ def _tiny_and_variables(dtype='float32', size=16):
 
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not_need_them_mutable():
   model, variables, images = _tiny_and_variables()
-  embeddings, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+  embeddings, updates = train(variables, images)
   assert embeddings.shape == (4, 16) and embeddings.dtype == jnp.float32
   changed = jax.tree.map(
     lambda a, b: not np.array_equal(a, b), updates['batch_stats'], variables['batch_stats']
   )
   assert all(jax.tree.leaves(changed))
-  evaluated = model.apply(variables, images, train=False)
+  evaluated = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
   assert evaluated.shape == (4, 16)
   # Eval uses running statistics, so it differs from the batch-statistics forward.
   assert not np.allclose(evaluated, embeddings, atol=1e-3)
@@ -136,13 +155,14 @@ def test_dropout_acts_only_in_training():
   model = models.get('iresnet_tiny', embedding_dim=16, dropout=0.5)
   images = _images()
   variables = _tiny_variables(16)
-  run = lambda key: model.apply(
-    variables, images, train=True, rngs={'dropout': key}, mutable=['batch_stats']
-  )[0]
+  train = jax.jit(
+    lambda v, x, key: model.apply(v, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])
+  )
+  run = lambda key: train(variables, images, key)[0]
   assert not np.allclose(run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2)))
   np.testing.assert_array_equal(
-    model.apply(variables, images),
-    models.get('iresnet_tiny', embedding_dim=16).apply(variables, images),
+    jax.jit(model.apply)(variables, images),
+    jax.jit(models.get('iresnet_tiny', embedding_dim=16).apply)(variables, images),
   )
 
 
@@ -157,8 +177,8 @@ def test_head_input_follows_the_feature_map(size):
 def test_bf16_trunk_agrees_with_fp32_to_bf16_precision():
   fp32, variables, images = _tiny_and_variables(size=32)
   bf16 = models.get('iresnet_tiny', embedding_dim=16, dtype='bfloat16')
-  a = np.asarray(fp32.apply(variables, images))
-  b = bf16.apply(variables, images)
+  a = np.asarray(jax.jit(fp32.apply)(variables, images))
+  b = jax.jit(bf16.apply)(variables, images)
   assert b.dtype == jnp.float32  # the embedding head stays fp32
   b = np.asarray(b)
   cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
