@@ -47,7 +47,7 @@ from arcface_jax.faces import compilation, mtcnn_nets
 
 CANVAS_MULTIPLE = 32  # P-Net's canvas of pyramid levels is padded to multiples of this
 PACK_LEVELS = True  # False: P-Net on each level alone at its own size (the tests' comparison)
-MAX_BATCH = 512  # R-Net/O-Net crops per call; batches are padded to powers of two up to this
+MAX_BATCH = 512  # R-Net/O-Net crops per call; batches are padded (`_batch_bucket`) up to this
 _MIN_BATCH = 4
 
 
@@ -212,7 +212,11 @@ def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tu
 
 
 def _batch_bucket(n: int) -> int:
-  return max(_MIN_BATCH, 1 << (n - 1).bit_length())
+  """Powers of two up to 64, then multiples of 64: R-Net's ~190 crops of a 640×480 photo pad to
+  192, not 256 (R-Net 55 → 43 ms a photo), for a few more small programs to compile."""
+  if n <= 64:
+    return max(_MIN_BATCH, 1 << (n - 1).bit_length())
+  return -(-n // 64) * 64
 
 
 class MTCNN:
