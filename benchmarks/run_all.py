@@ -77,7 +77,8 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
   'bf16_vs_fp32': at_least(1.0),
   'pipeline_images_per_cpu_s': at_least(2500),
   'partial_fc_speedup': at_least(3.0),
-  'first_photo_warm_s': at_most(5.0),
+  # The user's warm run (`faces verify` until its answer); first_photo_warm_s, a script without
+  # the command's start-up and with a Flax-traced embedder, is reported as a diagnostic.
   'first_photo_cli_warm_s': at_most(5.0),
   'faces_vs_reference': at_least(1.0),
 }
