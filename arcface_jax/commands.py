@@ -57,6 +57,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     'python benchmarks/input_pipeline.py': 'input pipeline images/s: read, decode, flip, normalise, batch',
     'python benchmarks/run_all.py': 'every benchmark at its quick setting (make bench); rewrites the summary table',
     'python benchmarks/partial_fc.py': 'Partial FC r=0.1 against the full softmax: time and memory',
+    'python benchmarks/recipe_memory.py': "a recipe's train-step memory (XLA's analysis) and time on this machine",
     'python benchmarks/train_step.py': "train-step throughput and the loop's overhead over the bare step",
   },
 }
