@@ -1,19 +1,24 @@
 """Convolutions whose training pass XLA:CPU runs fast: a `conv_general_dilated` drop-in.
 
-XLA:CPU computes two kinds of convolution gradient through a slow generic loop (measured at
-batch 32 on the shapes of MobileFaceNet and IResNet, `benchmarks/conv_formulations.py`):
+XLA:CPU computes three kinds of convolution gradient through slow generic loops (measured on
+the shapes of MobileFaceNet and IResNet, `benchmarks/conv_formulations.py`, `backbone.py`):
 - depthwise convolutions (`feature_group_count` = input = output channels): at 56×56×128, 3×3,
-  the weight gradient takes ~17 s and the input gradient of the strided one ~9 s, where the
-  same arithmetic as nine shifted multiply-adds takes ~1.5 s and ~0.2 s;
+  batch 32, the weight gradient takes ~17 s and the input gradient of the strided one ~9 s,
+  where the same arithmetic as nine shifted multiply-adds takes ~1.5 s and ~0.2 s;
 - 1×1 convolutions: the weight gradient is 5–40× slower than the matrix product it is
-  (64→128 at 56×56: 4.4 s against 0.26 s).
+  (64→128 at 56×56: 4.4 s against 0.26 s);
+- dense k×k convolutions: the weight gradient contracts over the batch as if it were the
+  feature axis; at batch 8 it is 1.5–20× slower than one matrix product per kernel row
+  (IResNet's 64→64 at 112×112: ~2 s against ~0.4 s).
 This module keeps the convolution primitive for the plain forward pass — evaluation, inference
 and the ONNX export (which reads the jaxpr and expects a Conv) see exactly
-`lax.conv_general_dilated` — and swaps in, under differentiation only (a `custom_vjp` forward
-rule), a formulation with the same values: for depthwise convs the sum over kernel taps of
-strided slices of the padded input times one kernel row (its gradients are again slices, pads
-and reductions that XLA fuses), for 1×1 convs a (strided slice and) matrix product with
-hand-written matrix-product gradients. bfloat16 inputs accumulate in float32.
+`lax.conv_general_dilated` — and swaps in, under differentiation only (a `custom_vjp` rule), a
+formulation with the same values: for depthwise convs the sum over kernel taps of strided
+slices of the padded input times one kernel row (its gradients are again slices, pads and
+reductions that XLA fuses), for 1×1 convs a (strided slice and) matrix product with
+hand-written matrix-product gradients, and for dense convs XLA's own forward and input
+gradient with a matrix-product weight gradient (on CPU only: `lax.platform_dependent` keeps
+XLA's on other platforms). bfloat16 inputs accumulate in float32.
 
 `conv_general_dilated` takes the arguments Flax's `nn.Conv` passes; any other convolution
 (channels per group other than 1 or all, dilation, layouts other than NHWC/HWIO, padding given
@@ -128,6 +133,86 @@ def _pointwise_backward(strides, residuals, dy):
 pointwise_conv.defvjp(_pointwise_forward, _pointwise_backward)
 
 
+def _xla_conv(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_LAYOUT)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense_conv(
+  x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding: Padding
+) -> jnp.ndarray:
+  """k×k conv of x (B, H, W, Cin) with w (kh, kw, Cin, Cout); the convolution primitive itself."""
+  return _xla_conv(x, w, strides, padding)
+
+
+def _dense_forward(x, w, strides, padding):
+  return _xla_conv(x, w, strides, padding), (x, w)
+
+
+def _channels_first_taps(xt, starts, sizes, strides) -> jnp.ndarray:
+  """Tap inputs xt[:, :, h::sh, w::sw] of `sizes` (Ho, Wo) for each start (h, w), stacked along
+  the channels of xt (Cin, B, Hp, Wp): (taps·Cin, B, Ho, Wo)."""
+  channels, batch = xt.shape[:2]
+  (ho, wo), (sh, sw) = sizes, strides
+  return jnp.concatenate(
+    [
+      lax.slice(
+        xt,
+        (0, 0, h, w),
+        (channels, batch, h + (ho - 1) * sh + 1, w + (wo - 1) * sw + 1),
+        (1, 1, sh, sw),
+      )
+      for h, w in starts
+    ]
+  )
+
+
+def _dense_weight_gradient(x, dy, kernel_shape, strides, padding):
+  """∂L/∂w as one matrix product per kernel row: Σ over B·Ho·Wo of patchesᵀ · dy.
+
+  A row's patches hold tap j's input in channels j·Cin…, channels-first, so that the product
+  reads both operands along the contracted axis B·Ho·Wo without a transposed copy. The padded
+  input is transposed once (XLA:CPU transposes about 2.5× slower than it copies) and every
+  tap is then a plain slice of it. With stride 1 the rows share one set of patches spanning all
+  padded rows, and row i's product takes dy shifted down by i instead (a pad of dy, kw·Cin/Cout
+  times smaller than a row of patches).
+  """
+  kh, kw, cin, cout = kernel_shape
+  xt = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))).transpose(3, 0, 1, 2)
+  ho, wo = dy.shape[1:3]
+  contract = ((1, 2, 3), (0, 1, 2))
+  rows = []
+  if strides == (1, 1):
+    hp = xt.shape[2]
+    patches = _channels_first_taps(xt, [(0, j) for j in range(kw)], (hp, wo), strides)
+    for i in range(kh):
+      shifted = jnp.pad(dy, ((0, 0), (i, hp - ho - i), (0, 0), (0, 0)))
+      rows.append(_matmul(patches, shifted, contract, x.dtype))
+  else:
+    for i in range(kh):
+      patches = _channels_first_taps(xt, [(i, j) for j in range(kw)], (ho, wo), strides)
+      rows.append(_matmul(patches, dy, contract, x.dtype))
+  return jnp.stack(rows).reshape(kernel_shape)
+
+
+def _dense_backward(strides, padding, residuals, dy):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)
+  (dx,) = input_vjp(dy)
+  # XLA:CPU's own weight gradient treats the batch as the contracted feature axis and runs
+  # 1.5–20× slower than these matrix products; other platforms keep it.
+  dw = lax.platform_dependent(
+    x,
+    dy,
+    cpu=lambda x, dy: _dense_weight_gradient(x, dy, w.shape, strides, padding).astype(w.dtype),
+    default=lambda x, dy: jax.vjp(lambda w: _xla_conv(x, w, strides, padding), w)[1](dy)[0],
+  )
+  return dx, dw
+
+
+dense_conv.defvjp(_dense_forward, _dense_backward)
+
+
 def _explicit_padding(padding: Any) -> Padding | None:
   if isinstance(padding, str):
     return ((0, 0), (0, 0)) if padding.upper() == 'VALID' else None
@@ -146,8 +231,9 @@ def conv_general_dilated(
   feature_group_count: int = 1,
   **kwargs: Any,
 ) -> jnp.ndarray:
-  """`lax.conv_general_dilated`, with plain depthwise and unpadded 1×1 NHWC convolutions routed
-  through `depthwise_conv` / `pointwise_conv` (same values; faster training on CPU)."""
+  """`lax.conv_general_dilated`, with plain NHWC depthwise, unpadded 1×1 and dense convolutions
+  routed through `depthwise_conv` / `pointwise_conv` / `dense_conv` (same values; faster
+  training on CPU)."""
   pads = _explicit_padding(padding)
   nhwc = dimension_numbers is not None and lax.conv_dimension_numbers(
     lhs.shape, rhs.shape, dimension_numbers
@@ -168,6 +254,8 @@ def conv_general_dilated(
     return depthwise_conv(lhs, rhs, strides, pads)
   if plain and feature_group_count == 1 and rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
     return pointwise_conv(lhs, rhs, strides)
+  if plain and feature_group_count == 1:
+    return dense_conv(lhs, rhs, strides, pads)
   return lax.conv_general_dilated(
     lhs,
     rhs,

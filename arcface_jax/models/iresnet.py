@@ -6,7 +6,7 @@ channels, each opening with a stride-2 block; block = BN → conv3×3 → BN →
 BN → dropout → FC(flatten → embedding) → BN with its scale fixed to 1. The variants are
 `functools.partial` aliases of one definition.
 
-The 1×1 shortcut convs go through `cpu_conv` (a faster CPU training pass, same values).
+Every conv goes through `cpu_conv` (a faster CPU training pass, same values).
 
 Module call order equals the PyTorch reference's forward order (the shortcut after the main
 path), which is what `import_onnx` relies on to pair layers.
@@ -58,8 +58,8 @@ class IResNet(nn.Module):
   embedding_dim: int = 512
   dropout: float = 0.0
   dtype: Any = jnp.float32  # trunk compute dtype; parameters stay float32
-  # Replacement for lax.conv_general_dilated (see layers.conv): by default the 1×1 shortcut convs
-  # train through matrix products (cpu_conv), the same values with a faster CPU weight gradient.
+  # Replacement for lax.conv_general_dilated (see layers.conv): by default every conv's weight
+  # gradient is computed by matrix products on CPU (cpu_conv): the same values, faster.
   conv_fn: Any = cpu_conv.conv_general_dilated
 
   @nn.compact
