@@ -1,10 +1,14 @@
 """The input pipeline and source selection: exact resume, per-epoch shuffles and augmentation,
 process slices, resizing, bad samples, clear errors for unknown sources and missing paths."""
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 
-from arcface_jax.data import sources
+from arcface_jax.data import sources, thread_priority
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.pipeline import TrainLoader, prefetch_to_device
 
@@ -44,6 +48,33 @@ def test_resume_yields_exactly_the_tail_of_an_uninterrupted_run():
   for a, b in zip(full[7:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
+
+
+class PrioritySource(CountingSource):
+  """Records the scheduling priority (niceness) of each thread that reads a sample."""
+
+  def __init__(self):
+    super().__init__()
+    self.niceness = {}
+
+  def __getitem__(self, i):
+    thread = threading.get_native_id()
+    self.niceness[thread] = os.getpriority(os.PRIO_PROCESS, thread)
+    return super().__getitem__(i)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='per-thread priority is Linux')
+def test_reader_threads_run_nicer_than_the_training_thread():
+  source = PrioritySource()
+  main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+  _take(_loader(source).iterate(0), 6)
+  readers = {t: n for t, n in source.niceness.items() if t != threading.get_native_id()}
+  assert readers and all(
+    n == min(19, main_before + thread_priority.READER_NICENESS) for n in readers.values()
+  )
+  # The consumer's own thread, and batches made in it directly, keep their priority.
+  _loader(source).batch(0)
+  assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
 
 
 def test_every_sample_once_per_epoch_and_epochs_reshuffled():

@@ -12,8 +12,10 @@ Grain layout: MapDataset.range(steps) → map(read, decode, augment and stack on
 batch) → to_iter_dataset(ReadOptions: reader threads build whole batches ahead of the consumer),
 or with worker processes mp_prefetch (each worker produces whole batches, interleaved in step
 order, so the output is identical for any number of workers). The consumer only dequeues
-finished batches. A bad sample (`CorruptSampleError`) is replaced by the next entry of the same
-permutation that reads, counted and logged.
+finished batches; reader threads run nicer than it (`thread_priority.py`), so on a host without
+an accelerator they take the cores the step leaves idle rather than preempt it. A bad sample
+(`CorruptSampleError`) is replaced by the next entry of the same permutation that reads,
+counted and logged.
 
 Batches stay uint8 to the devices: the jitted step normalises them (`normalise.py`), which
 moves a quarter of float32's bytes and takes a pass over every batch off the host's cores.
@@ -37,6 +39,7 @@ from absl import logging
 from arcface_jax.data.decode import center_crop_square, resize
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.sampling import IdentityBalancedOrder, UniformOrder
+from arcface_jax.data.thread_priority import NicerThread
 
 _MAX_SUBSTITUTIONS = 64  # this many unreadable samples in a row means the dataset is broken
 _KEYS_KEPT = 10
@@ -305,7 +308,7 @@ class TrainLoader:
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The batches of steps start_step, start_step + 1, ... (endless)."""
-    dataset = grain.MapDataset.range(start_step, start_step + _ENDLESS).map(self._make)
+    dataset = grain.MapDataset.range(start_step, start_step + _ENDLESS).map(NicerThread(self._make))
     # Reader threads each build whole batches, one per core; the buffer holds `prefetch`
     # finished batches beyond the ones in flight. Decoding (cv2, PNG/JPEG) releases the GIL.
     threads = max(1, min(os.cpu_count() or 1, 16))
