@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-READER_NICENESS = 5  # how much nicer a reader thread runs than the thread that started it
+READER_NICENESS = 15  # how much nicer a reader thread runs than the thread that started it (max 19)
 _this_thread = threading.local()
 
 
