@@ -146,12 +146,24 @@ def machine_line() -> str:
   )
 
 
-def summary_table(rows: list[tuple[Benchmark, dict[str, str], str, float]]) -> str:
-  """The markdown block that goes between the markers."""
+def summary_table(
+  rows: list[tuple[Benchmark, dict[str, str], str, float]],
+  machine: str | None = None,
+  only: tuple[str, ...] = (),
+) -> str:
+  """The markdown block that goes between the markers; `machine` as `machine_line()` read it
+  before the runs, `only` the benchmarks chosen with --only (none: all of them)."""
+  what = (
+    f'`benchmarks/run_all.py --only {",".join(only)}` (the other benchmarks were not run this '
+    'time; their latest figures are in the sections below)'
+    if only
+    else '`make bench`'
+  )
   out = [
     BEGIN,
     '',
-    f'Last `make bench`: {machine_line()}. No accelerator was lent for this run: CPU figures only.',
+    f'Last run: {what}, {machine or machine_line()}. No accelerator was lent for this run: '
+    'CPU figures only.',
     '',
     '| benchmark | key | value | target | met |',
     '|---|---|---:|---|---|',
@@ -200,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
   unknown = sorted(set(names) - known)
   if unknown:
     parser.error(f'unknown benchmark(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  machine = machine_line()  # the load average before the benchmarks add theirs
   rows = [(b, *run_benchmark(b, args.timeout)) for b in BENCHMARKS if not names or b.name in names]
-  block = summary_table(rows)
+  block = summary_table(rows, machine, tuple(names))
   print('\n' + block)
   if not args.dry_run:
     with open(DOC) as f:

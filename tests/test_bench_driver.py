@@ -27,3 +27,12 @@ def test_summary_block_is_replaced_not_appended():
   assert once.count(run_all.BEGIN) == twice.count(run_all.BEGIN) == 1
   assert '0.029' in twice and '0.031' not in twice
   assert twice.endswith('## Section\nold figures\n')
+
+
+def test_summary_says_which_benchmarks_ran_and_keeps_the_machine_line_given():
+  rows = [(run_all.BENCHMARKS[0], {'loop_overhead': '0.031'}, 'ok', 12.0)]
+  machine = '2026-12-01 · some CPU, 2 cores, load average 0.5, 0.5, 0.5 at the start'
+  partial = run_all.summary_table(rows, machine, ('train_step',))
+  assert 'Last run: `benchmarks/run_all.py --only train_step` (the other' in partial
+  assert machine in partial
+  assert 'Last run: `make bench`, ' in run_all.summary_table(rows, machine)

@@ -151,6 +151,23 @@ def test_bfloat16_accumulates_in_float32():
   assert dx.dtype == dw.dtype == jnp.bfloat16
 
 
+def test_dense_bfloat16_gradients_keep_their_dtype_and_sum_in_float32():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(3, 3, 4, 3)), jnp.bfloat16)
+  pads = ((1, 1), (1, 1))
+  y, vjp = jax.vjp(lambda x, w: cpu_conv.dense_conv(x, w, (2, 2), pads), x, w)
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+  dx, dw = vjp(dy)
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+  as32 = lambda a: a.astype(jnp.float32)
+  _, vjp32 = jax.vjp(lambda w: _reference(as32(x), w, (2, 2), pads, 1), as32(w))
+  (exact,) = vjp32(as32(dy))
+  # Summed in float32 and rounded to bf16 once: within one bf16 step (2^-8) of the exact sum.
+  scale = float(jnp.abs(exact).max())
+  np.testing.assert_allclose(as32(dw), exact, rtol=2**-8, atol=2**-8 * scale)
+
+
 def test_other_convolutions_go_to_lax_unchanged():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.float32)
