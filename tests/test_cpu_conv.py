@@ -19,6 +19,18 @@ def _reference(x, w, strides, padding, groups):
   )
 
 
+def _assert_vjp_matches(ours, ref, x, w, rng):
+  """Under differentiation the custom formulation runs: its forward and both gradients equal
+  the reference's (in float64), and they are the derivatives of its own values."""
+  y, vjp = jax.vjp(ours, x, w)
+  y_ref, vjp_ref = jax.vjp(ref, x, w)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+  dy = jnp.asarray(rng.normal(size=y.shape))
+  for got, want in zip(vjp(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  check_grads(ours, (x, w), order=1, modes=['rev'])
+
+
 # (input side, channels, kernel, stride, padding): 3×3 same-size and strided on even and odd
 # sides (the strided slice must stop where XLA's window does), and the GDC head's k×k VALID.
 CASES = [
@@ -42,14 +54,7 @@ def test_values_and_gradients_match_lax_in_float64(side, channels, kernel, strid
     )
     ref = lambda x, w: _reference(x, w, (stride, stride), padding, channels)
     np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
-    # Under differentiation the taps formulation runs: its forward and both gradients.
-    y, vjp = jax.vjp(ours, x, w)
-    y_ref, vjp_ref = jax.vjp(ref, x, w)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    dy = jnp.asarray(rng.normal(size=y.shape))
-    for got, want in zip(vjp(dy), vjp_ref(dy)):
-      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    check_grads(ours, (x, w), order=1, modes=['rev'])
+    _assert_vjp_matches(ours, ref, x, w, rng)
 
 
 # (input side, cin, cout, stride): 1×1 convs, stride 2 on even and odd sides.
@@ -68,13 +73,7 @@ def test_pointwise_values_and_gradients_match_lax_in_float64(side, cin, cout, st
     )
     ref = lambda x, w: _reference(x, w, (stride, stride), ((0, 0), (0, 0)), 1)
     assert 'custom_vjp' in str(jax.make_jaxpr(ours)(x, w))
-    y, vjp = jax.vjp(ours, x, w)
-    y_ref, vjp_ref = jax.vjp(ref, x, w)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    dy = jnp.asarray(rng.normal(size=y.shape))
-    for got, want in zip(vjp(dy), vjp_ref(dy)):
-      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    check_grads(ours, (x, w), order=1, modes=['rev'])
+    _assert_vjp_matches(ours, ref, x, w, rng)
 
 
 # (input side, cin, cout, kernel, stride, padding): 3×3 same-size and strided (odd and even
@@ -103,13 +102,7 @@ def test_dense_values_and_gradients_match_lax_in_float64(side, cin, cout, kernel
     )
     ref = lambda x, w: _reference(x, w, (stride, stride), padding, 1)
     assert 'custom_vjp' in str(jax.make_jaxpr(ours)(x, w))
-    y, vjp = jax.vjp(ours, x, w)
-    y_ref, vjp_ref = jax.vjp(ref, x, w)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    dy = jnp.asarray(rng.normal(size=y.shape))
-    for got, want in zip(vjp(dy), vjp_ref(dy)):
-      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    check_grads(ours, (x, w), order=1, modes=['rev'])
+    _assert_vjp_matches(ours, ref, x, w, rng)
 
 
 def test_dense_weight_gradient_is_matrix_products_on_cpu():
