@@ -8,7 +8,7 @@ the shapes of MobileFaceNet and IResNet, `benchmarks/conv_formulations.py`, `bac
 - 1×1 convolutions: the weight gradient is 5–40× slower than the matrix product it is
   (64→128 at 56×56: 4.4 s against 0.26 s);
 - dense k×k convolutions: the weight gradient contracts over the batch as if it were the
-  feature axis; at batch 8 it is 1.5–20× slower than one matrix product per kernel row
+  feature axis; at batch 8 it is up to 5× slower than one matrix product per kernel row
   (IResNet's 64→64 at 112×112: ~2 s against ~0.4 s).
 This module keeps the convolution primitive for the plain forward pass — evaluation, inference
 and the ONNX export (which reads the jaxpr and expects a Conv) see exactly
@@ -171,11 +171,11 @@ def _dense_weight_gradient(x, dy, kernel_shape, strides, padding):
   """∂L/∂w as one matrix product per kernel row: Σ over B·Ho·Wo of patchesᵀ · dy.
 
   A row's patches hold tap j's input in channels j·Cin…, channels-first, so that the product
-  reads both operands along the contracted axis B·Ho·Wo without a transposed copy. The padded
-  input is transposed once (XLA:CPU transposes about 2.5× slower than it copies) and every
-  tap is then a plain slice of it. With stride 1 the rows share one set of patches spanning all
-  padded rows, and row i's product takes dy shifted down by i instead (a pad of dy, kw·Cin/Cout
-  times smaller than a row of patches).
+  reads both operands along the contracted axis B·Ho·Wo without another transposed copy (XLA
+  fuses the padding, the transpose and the slices into the one pass that writes the patches).
+  With stride 1 the rows share one set of patches spanning all padded rows, and row i's product
+  takes dy shifted down by i instead (a pad of dy, kw·Cin/Cout times smaller than a row of
+  patches).
   """
   kh, kw, cin, cout = kernel_shape
   xt = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))).transpose(3, 0, 1, 2)
@@ -199,8 +199,9 @@ def _dense_backward(strides, padding, residuals, dy):
   x, w = residuals
   _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)
   (dx,) = input_vjp(dy)
-  # XLA:CPU's own weight gradient treats the batch as the contracted feature axis and runs
-  # 1.5–20× slower than these matrix products; other platforms keep it.
+  # XLA:CPU's own weight gradient treats the batch as the contracted feature axis: at batch 8
+  # up to 5× slower than these matrix products, about even on a few shapes, never clearly
+  # faster. Other platforms keep it.
   dw = lax.platform_dependent(
     x,
     dy,
