@@ -32,13 +32,18 @@ def _assert_vjp_matches(ours, ref, x, w, rng):
 
 
 # (input side, channels, kernel, stride, padding): 3×3 same-size and strided on even and odd
-# sides (the strided slice must stop where XLA's window does), and the GDC head's k×k VALID.
+# sides (the strided slice must stop where XLA's window does), the GDC head's k×k VALID, and
+# asymmetric padding and a stride equal to the kernel (the weight gradient's phases and shifts),
+# and a padded window that yields one output pixel (the single-window gradients).
 CASES = [
   (6, 3, 3, 1, ((1, 1), (1, 1))),
   (6, 3, 3, 2, ((1, 1), (1, 1))),
   (7, 2, 3, 2, ((1, 1), (1, 1))),
   (5, 4, 5, 1, 'VALID'),
   (4, 2, 3, 1, ((0, 2), (1, 0))),
+  (7, 2, 3, 2, ((0, 2), (1, 0))),
+  (8, 2, 3, 3, ((1, 1), (0, 1))),
+  (3, 2, 5, 2, ((1, 1), (2, 0))),
 ]
 
 
