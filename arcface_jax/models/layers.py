@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from arcface_jax.models.batch_norm import BatchNorm
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
@@ -28,8 +30,9 @@ class PReLU(nn.Module):
 
 
 def batch_norm(train: bool, dtype: Any = jnp.float32, **kwargs: Any) -> nn.BatchNorm:
-  """A BatchNorm in the reference's settings; `train` picks batch vs running statistics."""
-  return nn.BatchNorm(
+  """A BatchNorm in the reference's settings; `train` picks batch vs running statistics. It
+  is `batch_norm.BatchNorm`: Flax's layer with a fused training-mode gradient."""
+  return BatchNorm(
     use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, **kwargs
   )
 
