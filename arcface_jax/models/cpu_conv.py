@@ -46,7 +46,7 @@ def _taps_sum(
   kh, kw = w.shape[:2]
   sh, sw = strides
   accumulate = jnp.promote_types(x.dtype, jnp.float32)  # bf16 sums nine products in fp32
-  xp = jnp.pad(x.astype(accumulate), ((0, 0), padding[0], padding[1], (0, 0)))
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))  # padded in x's dtype: half the bytes
   batch, hp, wp, channels = xp.shape
   ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
   kernel = w.astype(accumulate)
@@ -59,7 +59,7 @@ def _taps_sum(
         (batch, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, channels),
         (1, sh, sw, 1),
       )
-      term = tap * kernel[i, j, 0]
+      term = tap.astype(accumulate) * kernel[i, j, 0]
       out = term if out is None else out + term
   assert out is not None, f'depthwise kernel {w.shape} has no taps'
   return out.astype(x.dtype)
@@ -98,8 +98,8 @@ def _depthwise_weight_gradient(
   kh, kw = kernel_shape[:2]
   sh, sw = strides
   accumulate = jnp.promote_types(x.dtype, jnp.float32)
-  xp = jnp.pad(x.astype(accumulate), ((0, 0), padding[0], padding[1], (0, 0)))
-  grads = dy.astype(accumulate)
+  # Padded and shifted in their own dtype (bf16: half the bytes), multiplied in float32.
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
   ho, wo = dy.shape[1:3]
   phases: dict[tuple[int, int], jnp.ndarray] = {}
   taps = []
@@ -110,8 +110,8 @@ def _depthwise_weight_gradient(
         phases[key] = xp[:, key[0] :: sh, key[1] :: sw, :] if (sh, sw) != (1, 1) else xp
       phase = phases[key]
       (di, dj), (hq, wq) = (i // sh, j // sw), phase.shape[1:3]
-      shifted = jnp.pad(grads, ((0, 0), (di, hq - ho - di), (dj, wq - wo - dj), (0, 0)))
-      taps.append(jnp.sum(phase * shifted, axis=(0, 1, 2)))
+      shifted = jnp.pad(dy, ((0, 0), (di, hq - ho - di), (dj, wq - wo - dj), (0, 0)))
+      taps.append(jnp.sum(phase.astype(accumulate) * shifted.astype(accumulate), axis=(0, 1, 2)))
   return jnp.stack(taps).reshape(kernel_shape)
 
 
