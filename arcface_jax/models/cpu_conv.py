@@ -14,8 +14,11 @@ This module keeps the convolution primitive for the plain forward pass — evalu
 and the ONNX export (which reads the jaxpr and expects a Conv) see exactly
 `lax.conv_general_dilated` — and swaps in, under differentiation only (a `custom_vjp` rule), a
 formulation with the same values: for depthwise convs the sum over kernel taps of strided
-slices of the padded input times one kernel row (its gradients are again slices, pads and
-reductions that XLA fuses), for 1×1 convs a (strided slice and) matrix product with
+slices of the padded input times one kernel row, whose input gradient is the same kind of sum
+over dy (dilated by the stride, kernel flipped) and whose weight gradient reduces the padded
+input against dy padded into each tap's place — nothing tap-sized is written, which XLA:CPU
+would do for the transposes of the slices (a 1×1 output, the GDC head, has its own single-window
+gradients); for 1×1 convs a (strided slice and) matrix product with
 hand-written matrix-product gradients, and for dense convs XLA's own forward and input
 gradient with a matrix-product weight gradient (on CPU only: `lax.platform_dependent` keeps
 XLA's on other platforms). bfloat16 inputs accumulate in float32.
