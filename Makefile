@@ -41,8 +41,9 @@ install: $(STAMP)
 # Whole files go to one worker, so a module's trained-run fixture is built once.
 PYTEST := $(PY) -m pytest tests -n 2 --dist loadfile
 
+# --durations: the slowest tests are named at the end of every run (the suite's time budget).
 test: $(STAMP) chromium check
-	$(PYTEST)
+	$(PYTEST) --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -n 2 -m 'not slow and not heavy'
