@@ -10,10 +10,11 @@ the shapes of MobileFaceNet and IResNet, `benchmarks/conv_formulations.py`, `bac
 - dense k×k convolutions: the weight gradient contracts over the batch as if it were the
   feature axis; at batch 8 it is up to 5× slower than one matrix product per kernel row
   (IResNet's 64→64 at 112×112: ~2 s against ~0.4 s).
-This module keeps the convolution primitive for the plain forward pass — evaluation, inference
-and the ONNX export (which reads the jaxpr and expects a Conv) see exactly
-`lax.conv_general_dilated` — and swaps in, under differentiation only (a `custom_vjp` rule), a
-formulation with the same values: for depthwise convs the sum over kernel taps of strided
+This module keeps the convolution primitive for the plain forward pass of 1×1 and dense convs
+(and of depthwise convs off CPU, and inside `convolution_primitives()`, which the ONNX export
+uses: it reads the jaxpr and expects a Conv; on CPU a depthwise forward is the taps sum below),
+and swaps in, under differentiation only (a `custom_vjp` rule), a formulation with the same
+values: for depthwise convs the sum over kernel taps of strided
 slices of the padded input times one kernel row, whose input gradient is the same kind of sum
 over dy (dilated by the stride, kernel flipped) and whose weight gradient reduces the padded
 input against dy padded into each tap's place — nothing tap-sized is written, which XLA:CPU
@@ -30,8 +31,10 @@ as a string other than 'VALID') goes to `lax.conv_general_dilated` unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -68,13 +71,44 @@ def _taps_sum(
   return out.astype(x.dtype)
 
 
+_PRIMITIVES_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+  'cpu_conv_primitives_only', default=False
+)
+
+
+@contextlib.contextmanager
+def convolution_primitives() -> Iterator[None]:
+  """While tracing inside this block, every forward pass is the convolution primitive itself
+  (the ONNX export translates the jaxpr and expects a Conv)."""
+  token = _PRIMITIVES_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _PRIMITIVES_ONLY.reset(token)
+
+
+def _depthwise_primitive(x, w, strides, padding):
+  return lax.conv_general_dilated(
+    x, w, strides, padding, dimension_numbers=_LAYOUT, feature_group_count=x.shape[-1]
+  )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_conv(
   x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding: Padding
 ) -> jnp.ndarray:
-  """Depthwise conv of x (B, H, W, C) with w (kh, kw, 1, C); the convolution primitive itself."""
-  return lax.conv_general_dilated(
-    x, w, strides, padding, dimension_numbers=_LAYOUT, feature_group_count=x.shape[-1]
+  """Depthwise conv of x (B, H, W, C) with w (kh, kw, 1, C).
+
+  Outside differentiation: on CPU the taps sum (XLA:CPU's depthwise convolution is ~10× slower:
+  780 against 77 ms at 56×56×128, batch 32), elsewhere — and always inside
+  `convolution_primitives()` — the convolution primitive."""
+  if _PRIMITIVES_ONLY.get():
+    return _depthwise_primitive(x, w, strides, padding)
+  return lax.platform_dependent(
+    x,
+    w,
+    cpu=lambda x, w: _taps_sum(x, w, strides, padding),
+    default=lambda x, w: _depthwise_primitive(x, w, strides, padding),
   )
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from etils import epath
 
 from arcface_jax.model_info import ModelInfo
+from arcface_jax.models import cpu_conv
 from arcface_jax.onnx_export import rewrite
 from arcface_jax.onnx_export.graph import GraphBuilder
 from arcface_jax.onnx_export.translate import translate
@@ -89,7 +90,8 @@ def to_onnx(
   protected = {n.name for n in builder.nodes}
   (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-  out = translate(embed, spec, builder, x, (0, 3, 1, 2))
+  with cpu_conv.convolution_primitives():  # a Conv node per convolution, on every platform
+    out = translate(embed, spec, builder, x, (0, 3, 1, 2))
   embedding_dim = int(out.shape[1])
 
   g = rewrite.Graph(onnx, builder.nodes, builder.initializers, out.name, protected)
