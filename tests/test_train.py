@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -188,6 +189,49 @@ def test_non_finite_step_is_skipped_and_counted(tiny_config):
     np.testing.assert_array_equal(np.asarray(a), b)
   for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(before.opt_state)):
     np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.parametrize('where', ['backbone', 'head'])
+def test_a_nan_gradient_under_a_finite_loss_is_skipped(tiny_config, where):
+  """The loss is finite, but sqrt's derivative at 0 (+Inf, times 0) makes the `where` gradient
+  NaN: the step must be skipped all the same."""
+  mesh = parallel.make_mesh(1)
+  state, _ = _step_on_mesh(tiny_config, mesh, _random_batch(tiny_config), num_steps=1)
+  model = models.from_config(tiny_config)
+  objective = losses.build_objective(
+    tiny_config.loss, num_classes=10, embedding_dim=tiny_config.model.embedding_dim
+  )
+
+  def poisoned(params, head_state, embeddings, labels, step, rng=None):
+    loss, head_state, metrics = objective(params, head_state, embeddings, labels, step, rng=rng)
+    source = embeddings if where == 'backbone' else jax.tree.leaves(params)[0]
+    return loss + 0.0 * jnp.sqrt(0.0 * jnp.sum(source)), head_state, metrics
+
+  tx = optim.make_optimizer(tiny_config.train)
+  step = jax.jit(
+    make_train_step(
+      model, poisoned, tx, optim.make_schedule(tiny_config.train), jax.random.PRNGKey(1)
+    )
+  )
+  before = jax.device_get(state)
+  after, metrics = step(state, _random_batch(tiny_config))
+  assert np.isfinite(float(metrics['loss']))
+  assert int(after.skipped_steps) == 1 and float(metrics['skipped']) == 1.0
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_finite_norm_flags_nan_inf_and_an_overflowing_norm():
+  from arcface_jax.train_step import _finite_norm
+
+  sound = {'a': jnp.ones((3, 2)), 'b': {'c': jnp.full((4,), 1e18)}}
+  norm, finite = _finite_norm(sound)
+  assert bool(finite)
+  np.testing.assert_allclose(float(norm), np.sqrt(6 + 4 * 1e36), rtol=1e-6)
+  for bad in (np.nan, np.inf, -np.inf, 1e20):  # 1e20² overflows float32: no sound update
+    tree = {'a': jnp.ones((3, 2)), 'b': {'c': jnp.array([0.0, bad, 1.0, 2.0], jnp.float32)}}
+    assert not bool(_finite_norm(tree)[1]), bad
+  assert bool(_finite_norm({})[1])  # a model without batch statistics
 
 
 def test_keep_checkpoints_below_one_is_refused(tiny_config):
