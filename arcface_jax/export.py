@@ -133,9 +133,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   _check_arguments(args)
   if args.workdir:
-    from arcface_jax import inference, models  # JAX and orbax, only for this source
+    from arcface_jax import inference, models, parallel  # JAX and orbax, only for this source
 
-    embedder = inference.load_embedder(args.workdir, args.step)
+    # One device: the calibration faces are a few batches, and an embedder over every device
+    # would compute each of them on all of them (the variables and images are replicated).
+    embedder = inference.load_embedder(args.workdir, args.step, mesh=parallel.make_mesh(1))
     model = models.from_config(embedder.config)
     variables, size = embedder.variables, embedder.image_size
     info = model_info.from_config(embedder.config, variables)
