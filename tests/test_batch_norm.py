@@ -54,11 +54,35 @@ def test_normalize_batch_gradients_are_its_own_derivatives():
     rng = np.random.default_rng(1)
     x, scale, bias = (jnp.asarray(rng.normal(size=s)) for s in ((4, 3, 2, 5), (5,), (5,)))
     check_grads(
-      lambda x, s, b: batch_norm.normalize_batch(x, s, b, 1e-5, jnp.dtype(jnp.float64)),
+      lambda x, s, b: batch_norm.normalize_batch(x, s, b, 1e-5, jnp.dtype(jnp.float64))[0],
       (x, scale, bias),
       order=1,
       modes=['rev'],
     )
+
+
+def _count_primitive(jaxpr, name: str) -> int:
+  from jax.extend.core import jaxprs_in_params
+
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == name
+    count += sum(_count_primitive(inner, name) for inner in jaxprs_in_params(eqn.params))
+  return count
+
+
+def test_a_training_step_reduces_each_statistic_once():
+  """Forward: Σx and Σx² (the running averages reuse them); backward: Σdy and Σdy·(x − mean);
+  and the loss's own sum. Statistics computed again for the running averages would be two more
+  reductions for XLA to merge."""
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(4, 3, 3, 8)), jnp.float32)
+  module = batch_norm.BatchNorm(**SETTINGS)
+  variables = module.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  step = lambda params, x: jax.grad(_loss_and_updates, argnums=(1, 3), has_aux=True)(
+    module, params, variables['batch_stats'], x
+  )
+  jaxpr = jax.make_jaxpr(step)(variables['params'], x)
+  assert _count_primitive(jaxpr.jaxpr, 'reduce_sum') == 2 + 2 + 1
 
 
 def test_evaluation_and_unfused_options_are_flax_itself():

@@ -39,9 +39,14 @@ def _statistics(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def normalize_batch(
   x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float, out_dtype: Any
-) -> jnp.ndarray:
-  """(x − mean) · rsqrt(var + ε) · scale + bias with the batch's own statistics (over every axis
-  but the last), in float32, cast to `out_dtype`."""
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """(y, mean, var): y = (x − mean) · rsqrt(var + ε) · scale + bias with the batch's own
+  statistics (over every axis but the last), in float32, cast to `out_dtype`.
+
+  The statistics come out for the running averages, reduced once with y's (rather than a second
+  time beside this call, for XLA to merge). They carry no gradient: the backward pass ignores
+  their cotangents, and the caller stops their gradient.
+  """
   return _normalize_forward(x, scale, bias, epsilon, out_dtype)[0]
 
 
@@ -50,16 +55,17 @@ def _normalize_forward(x, scale, bias, epsilon, out_dtype):
   inverse = lax.rsqrt(var + epsilon)
   gain = scale * inverse
   y = x.astype(gain.dtype) * gain + (bias - mean * gain)
-  return y.astype(out_dtype), (x, mean, inverse, scale)
+  return (y.astype(out_dtype), mean, var), (x, mean, inverse, scale)
 
 
-def _normalize_backward(epsilon, out_dtype, residuals, dy):
+def _normalize_backward(epsilon, out_dtype, residuals, cotangents):
   del epsilon, out_dtype
+  dy = cotangents[0]  # the statistics' cotangents are ignored (see normalize_batch)
   x, mean, inverse, scale = residuals
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
   dy32 = dy.astype(mean.dtype)
-  # Σ dy·(x − mean) rather than Σ dy·x − mean·Σ dy: no cancellation when |mean| ≫ std.
+  # Σ dy·(x − mean) rather than Σ dy·x − mean·Σ dy: the centring is done before the sum.
   grad_bias = jnp.sum(dy32, axes)
   grad_centred = jnp.sum(dy32 * (x.astype(mean.dtype) - mean), axes)
   grad_scale = grad_centred * inverse
@@ -118,16 +124,16 @@ class BatchNorm(nn.BatchNorm):
     if self.use_bias:
       bias = self.param('bias', self.bias_init, channels, self.param_dtype)
       arguments.append(bias)
-    if not self.is_initializing():
-      # The same reductions as normalize_batch's forward: XLA computes them once.
-      mean, var = jax.lax.stop_gradient(_statistics(x))
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     out_dtype = dtypes.canonicalize_dtype(*arguments, dtype=self.dtype)
-    return normalize_batch(
+    y, mean, var = normalize_batch(
       x,
       scale.astype(compute),
       bias.astype(compute),
       float(self.epsilon),
       jnp.dtype(out_dtype),
     )
+    if not self.is_initializing():
+      mean, var = lax.stop_gradient((mean, var))
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
