@@ -14,15 +14,16 @@ This module keeps the convolution primitive for the plain forward pass of 1×1 a
 (and of depthwise convs off CPU, and inside `convolution_primitives()`, which the ONNX export
 uses: it reads the jaxpr and expects a Conv; on CPU a depthwise forward is the taps sum below),
 and swaps in, under differentiation only (a `custom_vjp` rule), a formulation with the same
-values: for depthwise convs the sum over kernel taps of strided
-slices of the padded input times one kernel row, whose input gradient is the same kind of sum
-over dy (dilated by the stride, kernel flipped) and whose weight gradient reduces the padded
-input against dy padded into each tap's place — nothing tap-sized is written, which XLA:CPU
-would do for the transposes of the slices (a 1×1 output, the GDC head, has its own single-window
-gradients); for 1×1 convs a (strided slice and) matrix product with
-hand-written matrix-product gradients, and for dense convs XLA's own forward and input
-gradient with a matrix-product weight gradient (on CPU only: `lax.platform_dependent` keeps
-XLA's on other platforms). bfloat16 inputs accumulate in float32.
+values:
+- depthwise convs: the sum over kernel taps of strided slices of the padded input times one
+  kernel row; its input gradient is the same kind of sum over dy (dilated by the stride, kernel
+  flipped), and its weight gradient reduces the padded input against dy padded into each tap's
+  place, so nothing tap-sized is written (XLA:CPU would write the transposes of the slices);
+  a 1×1 output (the GDC head) has its own single-window gradients;
+- 1×1 convs: a (strided slice and) matrix product with hand-written matrix-product gradients;
+- dense convs: XLA's own forward and input gradient with a matrix-product weight gradient (on
+  CPU only: `lax.platform_dependent` keeps XLA's on other platforms).
+bfloat16 inputs accumulate in float32.
 
 `conv_general_dilated` takes the arguments Flax's `nn.Conv` passes; any other convolution
 (channels per group other than 1 or all, dilation, layouts other than NHWC/HWIO, padding given
@@ -79,7 +80,10 @@ _PRIMITIVES_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
 @contextlib.contextmanager
 def convolution_primitives() -> Iterator[None]:
   """While tracing inside this block, every forward pass is the convolution primitive itself
-  (the ONNX export translates the jaxpr and expects a Conv)."""
+  (the ONNX export translates the jaxpr and expects a Conv).
+
+  It acts at trace time only: `jax.jit`'s cache does not key on it, so a jitted function traced
+  before at the same shapes keeps its earlier body. Trace a fresh function (or a jaxpr) here."""
   token = _PRIMITIVES_ONLY.set(True)
   try:
     yield
