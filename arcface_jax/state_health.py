@@ -23,8 +23,14 @@ MAGNITUDE_LIMIT = 1e10
 
 
 @jax.jit
-def _summaries(groups: dict[str, Any]) -> dict[str, tuple[jax.Array, jax.Array]]:
-  """Per group: (all finite, largest finite magnitude), in one device round trip."""
+def _summaries(groups: dict[str, Any]) -> dict[str, jax.Array]:
+  """Per group: the largest magnitude, NaN or Inf when any value is (max propagates NaN), in
+  one device round trip.
+
+  One reduction per leaf: programs with a few hundred leaves (a MobileFaceNet's train state
+  has 476) compile in proportion to the reductions, and a separate `all(isfinite)` per leaf
+  doubled a 6-second compile.
+  """
   out = {}
   for name, tree in groups.items():
     leaves = [
@@ -32,14 +38,11 @@ def _summaries(groups: dict[str, Any]) -> dict[str, tuple[jax.Array, jax.Array]]
       for x in jax.tree.leaves(tree)
       if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
     ]
-    if not leaves:
-      out[name] = (jnp.array(True), jnp.array(0.0, jnp.float32))
-      continue
-    finite = jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
-    largest = jnp.stack(
-      [jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0)).astype(jnp.float32) for x in leaves]
-    ).max()
-    out[name] = (finite, largest)
+    out[name] = (
+      jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves if x.size]).max()
+      if any(x.size for x in leaves)
+      else jnp.array(0.0, jnp.float32)
+    )
   return out
 
 
@@ -51,8 +54,8 @@ def problems(groups: dict[str, Any], *, bounded: tuple[str, ...] = ()) -> list[s
   """
   summaries = jax.device_get(_summaries(groups))
   found = []
-  for name, (finite, largest) in summaries.items():
-    if not bool(finite):
+  for name, largest in summaries.items():
+    if not np.isfinite(largest):
       found.append(f'{name}: not finite (NaN or Inf)')
     elif name in bounded and float(largest) > MAGNITUDE_LIMIT:
       found.append(
