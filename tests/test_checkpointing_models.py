@@ -2,7 +2,8 @@
 
 Each model trains one step at the smallest input it takes (16×16 for most) on the synthetic
 identities, so a model without batch norm (`mini_network`: no `batch_stats`) and the deep ones
-go through the same restore paths as the demo's. The deepest are marked `slow` (`make test-slow`).
+go through the same restore paths as the demo's. The deeper ones are marked `slow`
+(`make test-slow`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'synthetic.py:tiny')
 
 
-# The deep backbones go through the same restore paths as their shallow siblings (the variable
-# trees differ only in depth) but take minutes each to compile on a 2-core CPU: `make test-slow`.
-DEEP = ('iresnet34', 'iresnet50', 'iresnet100', 'iresnet200', 'resnet50', 'mobilefacenet_x2')
+# The deeper backbones go through the same restore paths as their shallow siblings (iresnet_tiny
+# and mobilefacenet: the variable trees differ only in depth and width) but take one to several
+# minutes each on a 2-core CPU: `make test-slow`.
+DEEP = (
+  'iresnet18',
+  'iresnet34',
+  'iresnet50',
+  'iresnet100',
+  'iresnet200',
+  'resnet50',
+  'mobilefacenet_x2',
+)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +65,9 @@ def test_every_model_trains_checkpoints_evaluates_exports_and_embeds(
   assert embedder.step == 1
   images = np.random.default_rng(0).normal(size=(3, size, size, 3)).astype(np.float32)
   embedded = np.asarray(embedder.apply(images))
-  expected = np.asarray(models.from_config(config).apply(trained, images, train=False))
+  # Jitted: op by op, a MobileFaceNet's forward dispatches (and compiles) hundreds of small ops.
+  model = models.from_config(config)
+  expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(trained, images))
   np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-5)
 
   path = str(tmp_path / 'backbone.jax_export')
