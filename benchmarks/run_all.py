@@ -59,7 +59,11 @@ BENCHMARKS = (
     ('--classes=100000', '--reps=2'),
     'Partial FC r=0.1 vs the full chunked softmax (8 virtual devices)',
   ),
-  Benchmark('finetune', ('--steps=5', '--runs=3'), 'frozen-backbone fine-tuning vs full training'),
+  Benchmark(
+    'finetune',
+    ('--steps=5', '--runs=3', '--batch_size=32'),
+    'frozen-backbone fine-tuning vs full training',
+  ),
   Benchmark('faces', ('--photos=4', '--runs=3'), 'detect + align + embed vs the reference MTCNN'),
 )
 
