@@ -28,8 +28,8 @@ def _summaries(groups: dict[str, Any]) -> dict[str, jax.Array]:
   one device round trip.
 
   One reduction per leaf: programs with a few hundred leaves (a MobileFaceNet's train state
-  has 476) compile in proportion to the reductions, and a separate `all(isfinite)` per leaf
-  doubled a 6-second compile.
+  has 476) compile in proportion to the reductions, and with a separate `all(isfinite)` per
+  leaf this one compiled in 5.8 s instead of 1.7 (at the tests' optimisation level).
   """
   out = {}
   for name, tree in groups.items():
