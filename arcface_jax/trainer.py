@@ -20,6 +20,7 @@ import ml_collections
 from absl import logging
 
 from arcface_jax import (
+  compiler_options,
   config_checks,
   freezing,
   init_from,
@@ -225,6 +226,7 @@ def _train(
     in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
     out_shardings=(state_shardings, parallel.replicated(mesh)),
     donate_argnums=(0,),
+    compiler_options=compiler_options.for_devices(mesh.devices.flat),
   )
   # From here a stop signal is a flag the run checks, while the step compiles too; during the
   # setup above it still ends the process at once (nothing can be lost there).

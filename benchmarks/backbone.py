@@ -17,6 +17,7 @@ JAX / PyTorch in images per second.
 `--breakdown` times every distinct convolution of the network on its own in both frameworks
 (forward, input gradient, weight gradient; batch and shapes as in the step), weighted by how
 often it occurs, to show which part of the backward pass makes the difference.
+Every JAX function here is compiled with `arcface_jax.compiler_options`, as the trainer's step is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -37,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from arcface_jax import models  # noqa: E402
+from arcface_jax import compiler_options, models  # noqa: E402
 
 STAGES = {
   'iresnet18': (2, 2, 2, 2),
@@ -130,7 +132,7 @@ def jax_step_fn(arch, batch, size, dtype='float32'):
   tx = optax.sgd(0.01, momentum=0.9)
   state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compiler_options.for_devices())  # as the trainer
   def step(state, images):
     params, stats, opt = state
 
@@ -264,10 +266,11 @@ def breakdown(args):
       x, w, (s, s), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
     )
     dy = jnp.ones(jax.eval_shape(conv, x, w).shape)
+    jit = functools.partial(jax.jit, compiler_options=compiler_options.for_devices())
     fns = {
-      'jax fwd': jax.jit(conv),
-      'jax dx': jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]),
-      'jax dw': jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
+      'jax fwd': jit(conv),
+      'jax dx': jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]),
+      'jax dw': jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
     }
     row = {}
     row['jax fwd'] = median_time(lambda: fns['jax fwd'](x, w).block_until_ready(), args.repeats)

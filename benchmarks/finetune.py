@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from arcface_jax import freezing, losses, models, optim, parallel, seeding  # noqa: E402
+from arcface_jax import compiler_options, freezing, losses, models, optim, parallel, seeding  # noqa: E402
 from arcface_jax.config_files import load_config  # noqa: E402
 from arcface_jax.train_state import create_train_state  # noqa: E402
 from arcface_jax.train_step import make_train_step  # noqa: E402
@@ -59,6 +59,7 @@ def build_step(config, mesh, num_classes: int):
     in_shardings=(replicated, batch_sharding),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
+    compiler_options=compiler_options.for_devices(mesh.devices.flat),
   )
   batch = config.train.batch_size
   spec = {

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from arcface_jax import losses, models, optim, seeding  # noqa: E402
+from arcface_jax import compiler_options, losses, models, optim, seeding  # noqa: E402
 from arcface_jax.config_files import load_config  # noqa: E402
 from arcface_jax.train_state import create_train_state  # noqa: E402
 from arcface_jax.train_step import make_train_step  # noqa: E402
@@ -59,6 +59,7 @@ def compiled_step(config, num_classes: int, batch: int):
       image_std=config.data.std,
     ),
     donate_argnums=(0,),
+    compiler_options=compiler_options.for_devices(),
   )
   batch_spec = {
     'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),

@@ -26,7 +26,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from arcface_jax import losses, models, optim, parallel, seeding, trainer  # noqa: E402
+from arcface_jax import compiler_options, losses, models, optim, parallel, seeding, trainer  # noqa: E402
 from arcface_jax.config_files import load_config  # noqa: E402
 from arcface_jax.data import pipeline, sources  # noqa: E402
 from arcface_jax.train_state import create_train_state  # noqa: E402
@@ -60,6 +60,7 @@ class BareStep:
       in_shardings=(replicated, parallel.batch_sharding(mesh)),
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),
+      compiler_options=compiler_options.for_devices(mesh.devices.flat),
     )
     self.batches = [parallel.global_batch(mesh, b) for b in host_batches]
     assert self.batches[0]['image'].dtype == 'uint8'

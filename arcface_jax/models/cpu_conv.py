@@ -8,9 +8,11 @@ the shapes of MobileFaceNet and IResNet, `benchmarks/conv_formulations.py`, `bac
 - 1×1 convolutions: the weight gradient is 5–40× slower than the matrix product it is
   (64→128 at 56×56: 4.4 s against 0.26 s);
 - dense k×k convolutions: the weight gradient contracts over the batch as if it were the
-  feature axis; at batch 8 it is up to 5× slower than one matrix product per kernel row
-  (IResNet's 64→64 at 112×112: ~2 s against ~0.4 s).
-This module keeps the convolution primitive for the plain forward pass of 1×1 and dense convs
+  feature axis, up to 20× slower than PyTorch's (IResNet's 64→64 at 112×112: ~2 s against
+  84 ms) when YNNPACK runs it. Dense convs stay the convolution primitive: compiled with
+  `arcface_jax.compiler_options` (XLA's own convolutions, not YNNPACK's), all three of their
+  passes are as fast as PyTorch's.
+This module keeps the convolution primitive for the plain forward pass of 1×1 convs
 (and of depthwise convs off CPU, and inside `convolution_primitives()`, which the ONNX export
 uses: it reads the jaxpr and expects a Conv; on CPU a depthwise forward is the taps sum below),
 and swaps in, under differentiation only (a `custom_vjp` rule), a formulation with the same
@@ -20,9 +22,7 @@ values:
   flipped), and its weight gradient reduces the padded input against dy padded into each tap's
   place, so nothing tap-sized is written (XLA:CPU would write the transposes of the slices);
   a 1×1 output (the GDC head) has its own single-window gradients;
-- 1×1 convs: a (strided slice and) matrix product with hand-written matrix-product gradients;
-- dense convs: XLA's own forward and input gradient with a matrix-product weight gradient (on
-  CPU only: `lax.platform_dependent` keeps XLA's on other platforms).
+- 1×1 convs: a (strided slice and) matrix product with hand-written matrix-product gradients.
 bfloat16 inputs accumulate in float32.
 
 `conv_general_dilated` takes the arguments Flax's `nn.Conv` passes; any other convolution
@@ -261,87 +261,6 @@ def _pointwise_backward(strides, residuals, dy):
 pointwise_conv.defvjp(_pointwise_forward, _pointwise_backward)
 
 
-def _xla_conv(x, w, strides, padding):
-  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_LAYOUT)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def dense_conv(
-  x: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding: Padding
-) -> jnp.ndarray:
-  """k×k conv of x (B, H, W, Cin) with w (kh, kw, Cin, Cout); the convolution primitive itself."""
-  return _xla_conv(x, w, strides, padding)
-
-
-def _dense_forward(x, w, strides, padding):
-  return _xla_conv(x, w, strides, padding), (x, w)
-
-
-def _channels_first_taps(xt, starts, sizes, strides) -> jnp.ndarray:
-  """Tap inputs xt[:, :, h::sh, w::sw] of `sizes` (Ho, Wo) for each start (h, w), stacked along
-  the channels of xt (Cin, B, Hp, Wp): (taps·Cin, B, Ho, Wo)."""
-  channels, batch = xt.shape[:2]
-  (ho, wo), (sh, sw) = sizes, strides
-  return jnp.concatenate(
-    [
-      lax.slice(
-        xt,
-        (0, 0, h, w),
-        (channels, batch, h + (ho - 1) * sh + 1, w + (wo - 1) * sw + 1),
-        (1, 1, sh, sw),
-      )
-      for h, w in starts
-    ]
-  )
-
-
-def _dense_weight_gradient(x, dy, kernel_shape, strides, padding):
-  """∂L/∂w as one matrix product per kernel row: Σ over B·Ho·Wo of patchesᵀ · dy.
-
-  A row's patches hold tap j's input in channels j·Cin…, channels-first, so that the product
-  reads both operands along the contracted axis B·Ho·Wo without another transposed copy (XLA
-  fuses the padding, the transpose and the slices into the one pass that writes the patches).
-  With stride 1 the rows share one set of patches spanning all padded rows, and row i's product
-  takes dy shifted down by i instead (a pad of dy, kw·Cin/Cout times smaller than a row of
-  patches).
-  """
-  kh, kw, cin, cout = kernel_shape
-  xt = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))).transpose(3, 0, 1, 2)
-  ho, wo = dy.shape[1:3]
-  contract = ((1, 2, 3), (0, 1, 2))
-  rows = []
-  if strides == (1, 1):
-    hp = xt.shape[2]
-    patches = _channels_first_taps(xt, [(0, j) for j in range(kw)], (hp, wo), strides)
-    for i in range(kh):
-      shifted = jnp.pad(dy, ((0, 0), (i, hp - ho - i), (0, 0), (0, 0)))
-      rows.append(_matmul(patches, shifted, contract, x.dtype))
-  else:
-    for i in range(kh):
-      patches = _channels_first_taps(xt, [(i, j) for j in range(kw)], (ho, wo), strides)
-      rows.append(_matmul(patches, dy, contract, x.dtype))
-  return jnp.stack(rows).reshape(kernel_shape)
-
-
-def _dense_backward(strides, padding, residuals, dy):
-  x, w = residuals
-  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)
-  (dx,) = input_vjp(dy)
-  # XLA:CPU's own weight gradient treats the batch as the contracted feature axis: at batch 8
-  # up to 5× slower than these matrix products, about even on a few shapes, never clearly
-  # faster. Other platforms keep it.
-  dw = lax.platform_dependent(
-    x,
-    dy,
-    cpu=lambda x, dy: _dense_weight_gradient(x, dy, w.shape, strides, padding).astype(w.dtype),
-    default=lambda x, dy: jax.vjp(lambda w: _xla_conv(x, w, strides, padding), w)[1](dy)[0],
-  )
-  return dx, dw
-
-
-dense_conv.defvjp(_dense_forward, _dense_backward)
-
-
 def _explicit_padding(padding: Any) -> Padding | None:
   if isinstance(padding, str):
     return ((0, 0), (0, 0)) if padding.upper() == 'VALID' else None
@@ -360,9 +279,8 @@ def conv_general_dilated(
   feature_group_count: int = 1,
   **kwargs: Any,
 ) -> jnp.ndarray:
-  """`lax.conv_general_dilated`, with plain NHWC depthwise, unpadded 1×1 and dense convolutions
-  routed through `depthwise_conv` / `pointwise_conv` / `dense_conv` (same values; faster
-  training on CPU)."""
+  """`lax.conv_general_dilated`, with plain NHWC depthwise and unpadded 1×1 convolutions routed
+  through `depthwise_conv` / `pointwise_conv` (same values; faster training on CPU)."""
   pads = _explicit_padding(padding)
   nhwc = dimension_numbers is not None and lax.conv_dimension_numbers(
     lhs.shape, rhs.shape, dimension_numbers
@@ -383,8 +301,6 @@ def conv_general_dilated(
     return depthwise_conv(lhs, rhs, strides, pads)
   if plain and feature_group_count == 1 and rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
     return pointwise_conv(lhs, rhs, strides)
-  if plain and feature_group_count == 1:
-    return dense_conv(lhs, rhs, strides, pads)
   return lax.conv_general_dilated(
     lhs,
     rhs,
