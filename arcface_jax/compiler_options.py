@@ -1,15 +1,18 @@
-"""XLA compiler options for the jitted steps that train on CPU: dense convolutions off YNNPACK.
+"""XLA compiler options for jitting the models on CPU: dense convolutions off YNNPACK.
 
 XLA:CPU hands three kinds of work to its YNNPACK library by default: matrix products, reductions
 (with the elementwise ops around them) and convolutions. For the dense k×k convolutions of
 IResNet its own convolution runtime is faster: IResNet-50's 3×3 64→64 convolution at 56×56,
-batch 8, takes ~15 ms forward against YNNPACK's ~35 ms, and its weight gradient computed by XLA
-as a convolution is as fast as PyTorch's, where YNNPACK's is up to 20× slower. Dropping the
+batch 8, takes ~15 ms forward against YNNPACK's ~35 ms; summed over IResNet-50's convolutions
+its weight gradients take 961 ms against PyTorch's 1,152 ms, where YNNPACK's took ~2 s for the
+64→64 at 112×112 alone (`benchmarks/backbone.py --breakdown`). Dropping the
 convolutions from YNNPACK's share (`xla_cpu_experimental_ynn_fusion_type` without
 `INDIVIDUAL_CONVOLUTION`) made the IResNet-50 train step 1.24× faster and its XLA temporaries
 837 → 503 MiB, and left MobileFaceNet's step (depthwise convolutions as sums of products, 1×1
 convolutions as matrix products, `models/cpu_conv.py`) as it was (`benchmarks/backbone.py`,
-docs/benchmarks.md).
+docs/benchmarks.md). Embedding (`models.jit_embed_fn`) is 1.3–1.8× faster with them
+(IResNet-50, MobileFaceNet and iresnet_tiny at 112 px, batch 1 and 32).
+The trainer's step, every embedder and the benchmarks' steps compile with these options.
 
 The options are per compilation (`jax.jit(..., compiler_options=...)`), so they change nothing
 for code that jits the models itself, nor on other platforms. A jaxlib that does not know the
@@ -36,7 +39,7 @@ _CPU_OPTIONS: dict[str, str | bool] = {
 
 @functools.cache
 def for_platform(platform: str) -> dict[str, str | bool]:
-  """Compiler options for a jitted train step on `platform` ('cpu', 'gpu', 'tpu'); {} off CPU."""
+  """Compiler options for a jitted model on `platform` ('cpu', 'gpu', 'tpu'); {} off CPU."""
   if platform != 'cpu':
     return {}
   try:
@@ -45,8 +48,7 @@ def for_platform(platform: str) -> dict[str, str | bool]:
     )
   except jax.errors.JaxRuntimeError as e:
     logging.warning(
-      'XLA:CPU rejected %s (%s); the train step compiles with XLA defaults, slower for dense '
-      'convolutions',
+      'XLA:CPU rejected %s (%s); models compile with XLA defaults, slower for dense convolutions',
       sorted(_CPU_OPTIONS),
       str(e).splitlines()[0],
     )

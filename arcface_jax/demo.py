@@ -15,7 +15,6 @@ import argparse
 import sys
 from typing import Sequence
 
-import jax
 from absl import app, logging
 
 from arcface_jax import commands
@@ -50,7 +49,7 @@ def main(args: argparse.Namespace) -> None:
     _usage_error(e)
 
   mesh = parallel.make_mesh()
-  embed = jax.jit(models.make_embed_fn(models.from_config(config)))
+  embed = models.jit_embed_fn(models.from_config(config))
   evaluator = VerificationEvaluator(config)  # its sets() and score(), beyond run()
   name, images, issame = evaluator.sets()[0]
   # The run's starting point: the trainer's initial weights for the same seed.

@@ -88,7 +88,7 @@ def load_embedder(
   model, abstract = abstract_model_variables(config, mesh)
   variables, step = restore_variables(workdir, abstract, step)
   return embedder_from_variables(
-    config, jax.jit(models.make_embed_fn(model)), variables, step, mesh
+    config, models.jit_embed_fn(model, mesh.devices.flat), variables, step, mesh
   )
 
 

@@ -65,7 +65,6 @@ def embed_training_set(
   """(embeddings (N, D), labels (N,), step, indices (N,), total) of every image the run trained
   on: indices are into the full training split of `total` images (they skip what
   config.data.exclude left out)."""
-  import jax
   from tqdm import tqdm
 
   from arcface_jax import inference, models, parallel
@@ -76,7 +75,7 @@ def embed_training_set(
   mesh = parallel.make_mesh()
   model, abstract = inference.abstract_model_variables(config, mesh)
   variables, step = inference.restore_variables(workdir, abstract, step)
-  embed = jax.jit(models.make_embed_fn(model))
+  embed = models.jit_embed_fn(model, mesh.devices.flat)
   source = get_train_source(config.data)
   size = config.data.image_size
   embeddings: list[np.ndarray] = []

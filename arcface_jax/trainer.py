@@ -244,7 +244,7 @@ def _train(
     checkpointer.close()
     return state
   periodic_evaluators = evaluators.for_training(config, workdir)
-  embed = jax.jit(models.make_embed_fn(model))
+  embed = models.jit_embed_fn(model, mesh.devices.flat)
   first_step = int(jax.device_get(state.step))
   total = config.train.num_steps
   divergence = DivergenceCheck(config, checkpointer, first_step)

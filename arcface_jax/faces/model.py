@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from arcface_jax import model_info
+from arcface_jax import compiler_options, model_info
 from arcface_jax.data.decode import resize
 from arcface_jax.faces import compilation
 from arcface_jax.model_info import ModelInfo
@@ -121,7 +121,12 @@ def _load_export(path: str) -> LoadedModel:
       f'--model {path}: not a readable exported model ({type(e).__name__}: {e})'
     ) from None
   return LoadedModel(
-    info=info, path=path, kind='export', step=None, config=None, apply=jax.jit(call)
+    info=info,
+    path=path,
+    kind='export',
+    step=None,
+    config=None,
+    apply=jax.jit(call, compiler_options=compiler_options.for_devices()),
   )
 
 
