@@ -11,7 +11,8 @@ convolutions from YNNPACK's share (`xla_cpu_experimental_ynn_fusion_type` withou
 837 → 503 MiB, and left MobileFaceNet's step (depthwise convolutions as sums of products, 1×1
 convolutions as matrix products, `models/cpu_conv.py`) as it was (`benchmarks/backbone.py`,
 docs/benchmarks.md). Embedding (`models.jit_embed_fn`) is 1.3–1.8× faster with them
-(IResNet-50, MobileFaceNet and iresnet_tiny at 112 px, batch 1 and 32).
+(IResNet-50, MobileFaceNet and iresnet_tiny at 112 px, batch 1 and 32): outside
+differentiation 1×1 convolutions are the convolution primitive too.
 The trainer's step, every embedder and the benchmarks' steps compile with these options.
 
 The options are per compilation (`jax.jit(..., compiler_options=...)`), so they change nothing
