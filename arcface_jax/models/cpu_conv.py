@@ -10,8 +10,8 @@ the shapes of MobileFaceNet and IResNet, `benchmarks/conv_formulations.py`, `bac
 - dense k×k convolutions: the weight gradient contracts over the batch as if it were the
   feature axis, up to 20× slower than PyTorch's (IResNet's 64→64 at 112×112: ~2 s against
   84 ms) when YNNPACK runs it. Dense convs stay the convolution primitive: compiled with
-  `arcface_jax.compiler_options` (XLA's own convolutions, not YNNPACK's), all three of their
-  passes are as fast as PyTorch's.
+  `arcface_jax.compiler_options` (XLA's own convolutions, not YNNPACK's), each of their three
+  passes, summed over IResNet-50's convolutions at batch 8, is faster than PyTorch's.
 This module keeps the convolution primitive for the plain forward pass of 1×1 convs
 (and of depthwise convs off CPU, and inside `convolution_primitives()`, which the ONNX export
 uses: it reads the jaxpr and expects a Conv; on CPU a depthwise forward is the taps sum below),
