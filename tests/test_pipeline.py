@@ -168,6 +168,34 @@ def test_corrupt_samples_are_substituted_and_counted():
   assert set(loader.bad_keys) == {'sample-3', 'sample-4', 'sample-17'}
 
 
+class BatchReadingSource(CountingSource):
+  """CountingSource with `read_many` (as TfdsSource): the first try of every row in one call."""
+
+  def __init__(self, **kw):
+    super().__init__(**kw)
+    self.batch_calls = 0
+
+  def read_many(self, indices):
+    self.batch_calls += 1
+    out = []
+    for i in indices:
+      try:
+        out.append(self[i])
+      except CorruptSampleError as e:
+        out.append(e)
+    return out
+
+
+def test_batch_reads_give_the_same_batches_substitutions_and_counts():
+  single, batched = CountingSource(corrupt={3, 4, 17}), BatchReadingSource(corrupt={3, 4, 17})
+  loaders = _loader(single), _loader(batched)
+  for a, b in zip(*(_take(loader.iterate(0), 10) for loader in loaders)):
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+  assert batched.batch_calls >= 10
+  assert loaders[0].bad_samples == loaders[1].bad_samples >= 6
+  assert sorted(loaders[0].bad_keys) == sorted(loaders[1].bad_keys)
+
+
 def test_a_dataset_smaller_than_a_batch_is_refused():
   with pytest.raises(DatasetError, match='fewer than one global batch'):
     _loader(CountingSource(n=4))
@@ -284,6 +312,61 @@ def test_synthetic_and_tfds_sources_by_config(tmp_path):
   config.path = ''
   with pytest.raises(DatasetError, match='config.data.path'):
     sources.get_train_source(config)
+
+
+def test_tfds_records_read_directly_equal_tfds_parser_and_damage_is_a_corrupt_sample(tmp_path):
+  import ml_collections
+
+  config = ml_collections.ConfigDict(
+    dict(
+      source='synthetic',
+      path='',
+      data_dir=str(tmp_path),
+      synthetic_variant='tiny',
+      num_classes=0,
+      split_by='identity',
+      val_fraction=0.0,
+      test_fraction=0.0,
+    )
+  )
+  source = sources.get_train_source(config)
+  raw_records = source._raw_records
+  assert raw_records is not None  # the synthetic set stores PNGs: the direct path is taken
+  direct = [source[i] for i in range(len(source))]
+  source._raw_records = None  # TFDS's own parser, as for sources without raw records
+  for i, (image, label) in enumerate(direct):
+    expected_image, expected_label = source[i]
+    np.testing.assert_array_equal(image, expected_image)
+    assert label == expected_label
+  source._raw_records = raw_records
+  for (image, label), (expected_image, expected_label) in zip(
+    source.read_many(range(len(source))), direct
+  ):
+    np.testing.assert_array_equal(image, expected_image)
+    assert label == expected_label
+
+  class Damaged(dict):
+    def __getitems__(self, keys):
+      return [self[k] for k in keys]
+
+  damaged = Damaged({0: b'not a tf.train.Example', 1: raw_records[1][: len(raw_records[1]) // 2]})
+  damaged[2] = raw_records[2]
+  source._raw_records = damaged
+  for index in (0, 1):
+    with pytest.raises(CorruptSampleError, match=rf'\[{index}\]'):
+      source[index]
+  bad0, bad1, good = source.read_many([0, 1, 2])
+  assert isinstance(bad0, CorruptSampleError) and isinstance(bad1, CorruptSampleError)
+  np.testing.assert_array_equal(good[0], direct[2][0])
+
+  class FailsAsBatch(Damaged):
+    def __getitems__(self, keys):
+      raise ValueError('one record of the batch is damaged')
+
+  source._raw_records = FailsAsBatch(damaged)  # the batch call fails: single reads instead
+  bad0, good = source.read_many([0, 2])
+  assert isinstance(bad0, CorruptSampleError)
+  np.testing.assert_array_equal(good[0], direct[2][0])
 
 
 def test_recordio_without_path_names_the_setting():

@@ -116,14 +116,22 @@ class _BatchMaker:
     first = batch_in_epoch * self.global_batch + self.process_index * self.local_batch
     return epoch, self.permutation(epoch), np.arange(first, first + self.local_batch)
 
-  def read(self, perm: np.ndarray, slot: int) -> tuple[np.ndarray, int, int, int]:
-    """(image, label, sample index, substitutions) for position `slot` of `perm`."""
+  def read(
+    self, perm: np.ndarray, slot: int, first: Any = None
+  ) -> tuple[np.ndarray, int, int, int]:
+    """(image, label, sample index, substitutions) for position `slot` of `perm`; `first` is
+    the source's answer for that position when it was read already (`read_many`)."""
     for substitutions in range(_MAX_SUBSTITUTIONS):
       # Substitute the next entry of the same permutation: deterministic, so a resumed run reads
       # the same substitute, and the batch keeps its shape.
       index = int(perm[(slot + substitutions) % self.num_samples])
       try:
-        image, label = self.source[index]
+        if substitutions == 0 and first is not None:
+          if isinstance(first, CorruptSampleError):
+            raise first
+          image, label = first
+        else:
+          image, label = self.source[index]
         return image, int(label), index, substitutions
       except CorruptSampleError as e:
         logging.log_first_n(logging.WARNING, 'skipping unreadable sample %s', _KEYS_KEPT, e)
@@ -135,7 +143,11 @@ class _BatchMaker:
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, perm, slots = self.slots(step)
-    reads = [self.read(perm, int(slot)) for slot in slots]
+    firsts: list[Any] = [None] * len(slots)
+    read_many = getattr(self.source, 'read_many', None)
+    if read_many is not None:  # one call for the whole batch (TFDS: half the CPU of single reads)
+      firsts = read_many([int(perm[int(slot) % self.num_samples]) for slot in slots])
+    reads = [self.read(perm, int(slot), first) for slot, first in zip(slots, firsts)]
     draws = augmentation_draws(self.seed, epoch, np.array([r[2] for r in reads]))
     size = self.image_size
     images = np.empty((self.local_batch, size, size, 3), np.uint8)

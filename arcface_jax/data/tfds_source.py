@@ -35,6 +35,10 @@ class TfdsSource:
     self._name = name
     self._encoded = encoded
     self._labels: np.ndarray | None = None
+    # Encoded records are parsed here from the stored tf.train.Example: TFDS's generic NumPy
+    # parser costs 11–12 ms per 128 records, reading the two fields directly 4.5 ms (of which
+    # the array_record read is 4). Sources without the raw records keep TFDS's path.
+    self._raw_records = getattr(data_source, 'data_source', None) if encoded else None
 
   def __len__(self) -> int:
     return len(self._source)
@@ -46,15 +50,43 @@ class TfdsSource:
       self._labels = np.array([int(self._source[i]['label']) for i in range(len(self))], np.int64)
     return self._labels
 
+  def read_many(self, indices: Sequence[int]) -> list[tuple[np.ndarray, int] | CorruptSampleError]:
+    """`self[i]` for each index, the records fetched in one array_record call (about half the
+    CPU time of single reads); an unreadable sample is its CorruptSampleError in the list."""
+    if self._raw_records is None:
+      return [self._read_or_error(index) for index in indices]
+    try:
+      records = self._raw_records.__getitems__([int(i) for i in indices])
+    except Exception:  # one bad record fails the whole call: read them one by one instead
+      return [self._read_or_error(index) for index in indices]
+    results: list[tuple[np.ndarray, int] | CorruptSampleError] = []
+    for index, record in zip(indices, records):
+      try:
+        results.append(_read_one(self, int(index), record))
+      except CorruptSampleError as e:
+        results.append(e)
+    return results
+
+  def _read_or_error(self, index: int) -> tuple[np.ndarray, int] | CorruptSampleError:
+    try:
+      return self[index]
+    except CorruptSampleError as e:
+      return e
+
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     index = int(index)
     key = f'{self._name}[{index}]'
     try:
-      record = self._source[index]
+      if self._raw_records is not None:
+        encoded_image, label = _image_and_label(self._raw_records[index])
+      else:
+        record = self._source[index]
     except (IndexError, KeyError):
       raise
     except Exception as e:  # the decoder's own error types vary (PIL, cv2, protobuf)
       raise CorruptSampleError(key, f'{type(e).__name__}: {e}') from e
+    if self._raw_records is not None:
+      return decode_image(encoded_image, key), label
     if self._encoded:
       return decode_image(record['image'], key), int(record['label'])
     image = np.asarray(record['image'])
@@ -65,6 +97,27 @@ class TfdsSource:
     if image.shape[-1] == 1:  # grey datasets: the backbones expect three channels
       image = np.repeat(image, 3, axis=-1)
     return image, int(record['label'])
+
+
+def _read_one(source: TfdsSource, index: int, record: bytes) -> tuple[np.ndarray, int]:
+  key = f'{source._name}[{index}]'
+  try:
+    encoded_image, label = _image_and_label(record)
+  except Exception as e:  # protobuf's DecodeError, or a record without the two fields
+    raise CorruptSampleError(key, f'{type(e).__name__}: {e}') from e
+  return decode_image(encoded_image, key), label
+
+
+def _image_and_label(serialized: bytes) -> tuple[bytes, int]:
+  """The `image` bytes and `label` of one stored tf.train.Example (the record TFDS writes)."""
+  from tensorflow_datasets.proto import tf_example_pb2
+
+  feature = tf_example_pb2.Example.FromString(serialized).features.feature
+  if 'image' not in feature or 'label' not in feature:
+    raise ValueError(f'the record has features {sorted(feature)}, not image and label')
+  (image,) = feature['image'].bytes_list.value
+  (label,) = feature['label'].int64_list.value
+  return image, int(label)
 
 
 def open_tfds(
