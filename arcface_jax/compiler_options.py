@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 # XLA:CPU's default set is REDUCE, INDIVIDUAL_DOT and INDIVIDUAL_CONVOLUTION (jaxlib 0.10.2:
-# compiling a model with exactly these three gives the default executable).
+# compiling IResNet-18's gradient with these three, with or without DOT, gives the default
+# executable).
 _YNN_FUSION_TYPES = ('LIBRARY_FUSION_TYPE_REDUCE', 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT')
 _CPU_OPTIONS: dict[str, str | bool] = {
   'xla_cpu_experimental_ynn_fusion_type': ','.join(_YNN_FUSION_TYPES)
