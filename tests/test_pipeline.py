@@ -280,10 +280,10 @@ def test_uneven_process_split_is_refused():
     _loader(CountingSource(), global_batch_size=9, process_count=2)
 
 
-def test_synthetic_and_tfds_sources_by_config(tmp_path):
+def _synthetic_tiny_config(tmp_path):
   import ml_collections
 
-  config = ml_collections.ConfigDict(
+  return ml_collections.ConfigDict(
     dict(
       source='synthetic',
       path='',
@@ -295,6 +295,10 @@ def test_synthetic_and_tfds_sources_by_config(tmp_path):
       test_fraction=0.0,
     )
   )
+
+
+def test_synthetic_and_tfds_sources_by_config(tmp_path):
+  config = _synthetic_tiny_config(tmp_path)
   synthetic = sources.get_train_source(config)
   assert (len(synthetic), synthetic.num_classes) == (128, 16)
   image, label = synthetic[0]
@@ -315,20 +319,7 @@ def test_synthetic_and_tfds_sources_by_config(tmp_path):
 
 
 def test_tfds_records_read_directly_equal_tfds_parser_and_damage_is_a_corrupt_sample(tmp_path):
-  import ml_collections
-
-  config = ml_collections.ConfigDict(
-    dict(
-      source='synthetic',
-      path='',
-      data_dir=str(tmp_path),
-      synthetic_variant='tiny',
-      num_classes=0,
-      split_by='identity',
-      val_fraction=0.0,
-      test_fraction=0.0,
-    )
-  )
+  config = _synthetic_tiny_config(tmp_path)
   source = sources.get_train_source(config)
   raw_records = source._raw_records
   assert raw_records is not None  # the synthetic set stores PNGs: the direct path is taken

@@ -62,7 +62,7 @@ class TfdsSource:
     results: list[tuple[np.ndarray, int] | CorruptSampleError] = []
     for index, record in zip(indices, records):
       try:
-        results.append(_read_one(self, int(index), record))
+        results.append(self._from_stored_example(int(index), record))
       except CorruptSampleError as e:
         results.append(e)
     return results
@@ -73,20 +73,27 @@ class TfdsSource:
     except CorruptSampleError as e:
       return e
 
+  def _from_stored_example(self, index: int, record: bytes) -> tuple[np.ndarray, int]:
+    """The decoded image and label of a stored record; a damaged one is a CorruptSampleError."""
+    key = f'{self._name}[{index}]'
+    try:
+      encoded_image, label = _image_and_label(record)
+    except Exception as e:  # protobuf's DecodeError, or a record without the two fields
+      raise CorruptSampleError(key, f'{type(e).__name__}: {e}') from e
+    return decode_image(encoded_image, key), label
+
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     index = int(index)
     key = f'{self._name}[{index}]'
+    records = self._raw_records if self._raw_records is not None else self._source
     try:
-      if self._raw_records is not None:
-        encoded_image, label = _image_and_label(self._raw_records[index])
-      else:
-        record = self._source[index]
+      record = records[index]
     except (IndexError, KeyError):
       raise
     except Exception as e:  # the decoder's own error types vary (PIL, cv2, protobuf)
       raise CorruptSampleError(key, f'{type(e).__name__}: {e}') from e
     if self._raw_records is not None:
-      return decode_image(encoded_image, key), label
+      return self._from_stored_example(index, record)
     if self._encoded:
       return decode_image(record['image'], key), int(record['label'])
     image = np.asarray(record['image'])
@@ -97,15 +104,6 @@ class TfdsSource:
     if image.shape[-1] == 1:  # grey datasets: the backbones expect three channels
       image = np.repeat(image, 3, axis=-1)
     return image, int(record['label'])
-
-
-def _read_one(source: TfdsSource, index: int, record: bytes) -> tuple[np.ndarray, int]:
-  key = f'{source._name}[{index}]'
-  try:
-    encoded_image, label = _image_and_label(record)
-  except Exception as e:  # protobuf's DecodeError, or a record without the two fields
-    raise CorruptSampleError(key, f'{type(e).__name__}: {e}') from e
-  return decode_image(encoded_image, key), label
 
 
 def _image_and_label(serialized: bytes) -> tuple[bytes, int]:
