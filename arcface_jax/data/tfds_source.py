@@ -85,7 +85,7 @@ class TfdsSource:
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     index = int(index)
     key = f'{self._name}[{index}]'
-    records = self._raw_records if self._raw_records is not None else self._source
+    records: Any = self._raw_records if self._raw_records is not None else self._source
     try:
       record = records[index]
     except (IndexError, KeyError):
