@@ -118,6 +118,13 @@ def _check_data(data: ml_collections.ConfigDict) -> None:
       f"config.data.split_by={data.split_by!r}: expected 'identity' (open set) "
       "or 'image' (closed set)"
     )
+  cache = data.cache_mib
+  if not (isinstance(cache, (int, float)) and math.isfinite(cache) and cache >= 0):
+    raise ConfigError(
+      f'config.data.cache_mib={cache} must be a number of MiB >= 0: the memory for decoded '
+      'images when the whole dataset fits (0 = decode every time), e.g. '
+      '--config.data.cache_mib=1024'
+    )
   if not (isinstance(data.num_classes, int) and data.num_classes >= 0):
     raise ConfigError(
       f'config.data.num_classes={data.num_classes} must be 0 (read from the '

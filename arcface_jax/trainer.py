@@ -162,6 +162,7 @@ def _train(
     process_count=jax.process_count(),
     num_workers=config.data.num_workers,
     prefetch=config.data.prefetch,
+    cache_bytes=int(config.data.cache_mib * 2**20),
     images_per_identity=per_identity,
     labels=sources.source_labels(source) if per_identity else None,
   )

@@ -43,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.std = 127.5
   data.num_workers = 0  # grain worker processes (0 = threads in this process)
   data.prefetch = 2  # batches prepared ahead of the device
+  # Decoded images kept in memory when the whole dataset fits in this many MiB (the demo's, a
+  # fine-tuning set): decoded in the first epoch only. 0 = decode every time. Reader threads only.
+  data.cache_mib = 1024
   # K > 0: batches of P identities x K images each (triplet / intra / inter need positives)
   data.images_per_identity = 0
   # Folder datasets: deterministic stratified splits.

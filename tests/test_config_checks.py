@@ -93,6 +93,7 @@ def config():
     ('data.val_fraction', 1.0, ('config.data.val_fraction=1.0', '[0, 1)')),
     ('data.val_fraction', -0.1, ('config.data.val_fraction=-0.1', '[0, 1)')),
     ('data.test_fraction', 1.5, ('config.data.test_fraction=1.5', '[0, 1)')),
+    ('data.cache_mib', -1, ('config.data.cache_mib=-1', '>= 0', '--config.data.cache_mib=1024')),
     ('model.embedding_dim', 0, ('config.model.embedding_dim=0', 'positive')),
     ('model.embedding_dim', -8, ('config.model.embedding_dim=-8', 'positive')),
     ('data.image_size', 8, ('config.data.image_size=8', 'iresnet_tiny', 'downsamples by 16')),

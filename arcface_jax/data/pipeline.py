@@ -15,7 +15,8 @@ order, so the output is identical for any number of workers). The consumer only 
 finished batches; reader threads run nicer than it (`thread_priority.py`), so on a host without
 an accelerator they take the cores the step leaves idle rather than preempt it. A bad sample
 (`CorruptSampleError`) is replaced by the next entry of the same permutation that reads,
-counted and logged.
+counted and logged. A dataset whose decoded images fit in `cache_bytes` is decoded in its first
+epoch only (`decoded_cache.py`); the batches are the same either way.
 
 Batches stay uint8 to the devices: the jitted step normalises them (`normalise.py`), which
 moves a quarter of float32's bytes and takes a pass over every batch off the host's cores.
@@ -37,6 +38,7 @@ import numpy as np
 from absl import logging
 
 from arcface_jax.data.decode import center_crop_square, resize
+from arcface_jax.data.decoded_cache import DecodedCache
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
 from arcface_jax.data.sampling import IdentityBalancedOrder, UniformOrder
 from arcface_jax.data.thread_priority import NicerThread
@@ -231,6 +233,9 @@ class TrainLoader:
     labels: every sample's label in source order, for identity-balanced batches.
     num_workers: grain worker processes (0 = reader threads in this process).
     prefetch: batches prepared ahead of the consumer.
+    cache_bytes: keep the decoded images in memory when they all fit in this many bytes
+      (`decoded_cache.py`); 0 = decode every time. Reader threads only: with worker processes
+      each would hold its own copy, so the cache is off there.
   """
 
   def __init__(
@@ -250,6 +255,7 @@ class TrainLoader:
     prefetch: int = 2,
     images_per_identity: int = 0,
     labels: np.ndarray | None = None,
+    cache_bytes: int = 0,
   ):
     if global_batch_size <= 0 or global_batch_size % process_count:
       raise ValueError(
@@ -280,6 +286,8 @@ class TrainLoader:
     self.steps_per_epoch = num_samples // global_batch_size
     self.num_workers = num_workers
     self.prefetch = max(1, prefetch)
+    if cache_bytes > 0 and num_workers == 0:
+      source = DecodedCache(source, cache_bytes)
     self._make = _BatchMaker(
       source,
       order=order,
