@@ -1,4 +1,5 @@
-"""The train step's XLA:CPU options: dense convolutions leave YNNPACK, values stay the same."""
+"""XLA:CPU options of the train step and the face detector: dense convolutions leave YNNPACK,
+values stay the same."""
 
 import logging
 import re
@@ -60,3 +61,19 @@ def test_a_jaxlib_without_the_option_compiles_with_defaults_once_warned(monkeypa
     compiler_options.for_platform.cache_clear()
   warnings = [r for r in caplog.records if 'xla_cpu_no_such_option' in r.getMessage()]
   assert len(warnings) == 1
+
+
+def test_the_face_detector_nets_compile_with_the_options():
+  from arcface_jax.faces import mtcnn_nets
+
+  crops = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 3)).astype(np.float32)
+  variables = mtcnn_nets.load_weights('onet')
+  forward = mtcnn_nets.onet_forward
+  default = jax.jit(forward.__wrapped__).lower(variables, crops).compile()
+  tuned = forward.jitted().lower(variables, crops).compile()
+  # XLA's defaults give YNNPACK (almost) all four convolutions; under the options it keeps at
+  # most the 2×2 one on a 3×3 map (which its product fusions take as well).
+  assert _ynn_fusions_with_convolutions(default.as_text()) >= 3
+  assert _ynn_fusions_with_convolutions(tuned.as_text()) <= 1
+  for got, want in zip(forward(variables, crops), default(variables, crops)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
