@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from source_support import read_each
 
 from arcface_jax.data.decoded_cache import DecodedCache
 from arcface_jax.data.errors import CorruptSampleError
@@ -37,13 +38,7 @@ class ReadCountingSource:
 
   def _read_many(self, indices):
     self.batch_calls += 1
-    out = []
-    for i in indices:
-      try:
-        out.append(self[i])
-      except CorruptSampleError as e:
-        out.append(e)
-    return out
+    return read_each(self, indices)
 
 
 def _loader(source, cache_bytes):

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from source_support import read_each
 
 from arcface_jax.data import sources, thread_priority
 from arcface_jax.data.errors import CorruptSampleError, DatasetError
@@ -177,13 +178,7 @@ class BatchReadingSource(CountingSource):
 
   def read_many(self, indices):
     self.batch_calls += 1
-    out = []
-    for i in indices:
-      try:
-        out.append(self[i])
-      except CorruptSampleError as e:
-        out.append(e)
-    return out
+    return read_each(self, indices)
 
 
 def test_batch_reads_give_the_same_batches_substitutions_and_counts():
