@@ -143,7 +143,7 @@ def main() -> None:
   variants = [('as configured', config.data.cache_mib)]
   if not args.skip_decoding:
     variants.append(('decoding every batch', 0))
-  results = {}
+  results: dict[str, str] = {}
   for name, cache_mib in variants:
     config.data.cache_mib = cache_mib
     loop_s, bare_s = measure(
@@ -171,7 +171,7 @@ def main() -> None:
         loop_overhead=f'{overhead:.4f}',
         bare_ms=f'{bare_med * 1e3:.1f}',
         loop_ms=f'{loop_med * 1e3:.1f}',
-        windows=len(ratios),
+        windows=str(len(ratios)),
       )
     else:
       results['loop_overhead_decoding'] = f'{overhead:.4f}'

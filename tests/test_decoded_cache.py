@@ -22,7 +22,7 @@ class ReadCountingSource:
 
   def __init__(self, n=40, corrupt=(), batch_reads=False):
     self.n, self.corrupt = n, set(corrupt)
-    self.reads: collections.Counter = collections.Counter()
+    self.reads = collections.Counter()
     self.batch_calls = 0
     if batch_reads:
       self.read_many = self._read_many
