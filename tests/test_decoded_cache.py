@@ -114,3 +114,17 @@ def test_a_corrupt_sample_is_remembered_and_raised_again():
     with pytest.raises(CorruptSampleError, match='sample-2'):
       cache[2]
   assert source.reads[2] == 1
+
+
+def test_the_sources_own_array_stays_writable():
+  stored = np.zeros((SIDE, SIDE, 3), np.uint8)
+
+  class StoringSource:
+    def __len__(self):
+      return 1
+
+    def __getitem__(self, i):
+      return stored, 0
+
+  image, _ = DecodedCache(StoringSource(), budget_bytes=10**6)[0]
+  assert not image.flags.writeable and stored.flags.writeable

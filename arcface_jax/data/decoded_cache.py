@@ -90,8 +90,9 @@ class DecodedCache:
           return sample
       if self._bytes + image.nbytes > self.budget_bytes:  # larger images than the first one
         return (image, int(label))
-      image.setflags(write=False)
-      kept = (image, int(label))
+      frozen = image.view()  # read-only for the cache's users, the source's own array untouched
+      frozen.setflags(write=False)
+      kept = (frozen, int(label))
       if index not in self._samples:
         self._bytes += image.nbytes
       self._samples[index] = kept
