@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from source_support import read_each
 
 from arcface_jax.data.decoded_cache import DecodedCache
-from arcface_jax.data.errors import CorruptSampleError
+from arcface_jax.data.errors import CorruptSampleError, read_or_error
 from arcface_jax.data.pipeline import TrainLoader
 
 SIDE = 8
@@ -38,7 +37,7 @@ class ReadCountingSource:
 
   def _read_many(self, indices):
     self.batch_calls += 1
-    return read_each(self, indices)
+    return [read_or_error(self, i) for i in indices]
 
 
 def _loader(source, cache_bytes):

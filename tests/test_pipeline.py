@@ -7,10 +7,9 @@ import threading
 
 import numpy as np
 import pytest
-from source_support import read_each
 
 from arcface_jax.data import sources, thread_priority
-from arcface_jax.data.errors import CorruptSampleError, DatasetError
+from arcface_jax.data.errors import CorruptSampleError, DatasetError, read_or_error
 from arcface_jax.data.pipeline import TrainLoader, prefetch_to_device
 
 
@@ -178,7 +177,7 @@ class BatchReadingSource(CountingSource):
 
   def read_many(self, indices):
     self.batch_calls += 1
-    return read_each(self, indices)
+    return [read_or_error(self, i) for i in indices]
 
 
 def test_batch_reads_give_the_same_batches_substitutions_and_counts():

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from arcface_jax.data.errors import CorruptSampleError
+from arcface_jax.data.errors import CorruptSampleError, read_or_error
 
 Sample = tuple[np.ndarray, int]
 
@@ -54,7 +54,7 @@ class DecodedCache:
   def __getitem__(self, index: int) -> Sample:
     found = self._samples.get(index)
     if found is None:
-      found = self._keep(index, _read(self.source, index))
+      found = self._keep(index, read_or_error(self.source, index))
     if isinstance(found, CorruptSampleError):
       raise found
     return found
@@ -69,7 +69,7 @@ class DecodedCache:
       fetched = (
         read_many(missing)
         if read_many is not None
-        else [_read(self.source, index) for index in missing]
+        else [read_or_error(self.source, index) for index in missing]
       )
       kept = iter([self._keep(index, sample) for index, sample in zip(missing, fetched)])
       found = [sample if sample is not None else next(kept) for sample in found]
@@ -121,11 +121,3 @@ class DecodedCache:
       mib(expected),
       mib(self.budget_bytes),
     )
-
-
-def _read(source: Any, index: int) -> Sample | CorruptSampleError:
-  try:
-    image, label = source[index]
-  except CorruptSampleError as e:
-    return e
-  return image, int(label)

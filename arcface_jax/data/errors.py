@@ -8,6 +8,8 @@ message, which names the path and what to do).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DatasetError(ValueError):
   """A dataset file or directory is unusable as a whole; the message names it and the fix."""
@@ -20,3 +22,13 @@ class CorruptSampleError(Exception):
     super().__init__(f'{key}: {reason}')
     self.key = key
     self.reason = reason
+
+
+def read_or_error(source: Any, index: int) -> tuple[Any, int] | CorruptSampleError:
+  """`source[index]` as (image, int label), or its CorruptSampleError returned rather than
+  raised: the element type of a source's `read_many` list."""
+  try:
+    image, label = source[index]
+  except CorruptSampleError as e:
+    return e
+  return image, int(label)

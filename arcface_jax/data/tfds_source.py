@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from arcface_jax.data.decode import decode_image
-from arcface_jax.data.errors import CorruptSampleError, DatasetError
+from arcface_jax.data.errors import CorruptSampleError, DatasetError, read_or_error
 
 
 class TfdsSource:
@@ -54,11 +54,11 @@ class TfdsSource:
     """`self[i]` for each index, the records fetched in one array_record call (about half the
     CPU time of single reads); an unreadable sample is its CorruptSampleError in the list."""
     if self._raw_records is None:
-      return [self._read_or_error(index) for index in indices]
+      return [read_or_error(self, index) for index in indices]
     try:
       records = self._raw_records.__getitems__([int(i) for i in indices])
     except Exception:  # one bad record fails the whole call: read them one by one instead
-      return [self._read_or_error(index) for index in indices]
+      return [read_or_error(self, index) for index in indices]
     results: list[tuple[np.ndarray, int] | CorruptSampleError] = []
     for index, record in zip(indices, records):
       try:
@@ -66,12 +66,6 @@ class TfdsSource:
       except CorruptSampleError as e:
         results.append(e)
     return results
-
-  def _read_or_error(self, index: int) -> tuple[np.ndarray, int] | CorruptSampleError:
-    try:
-      return self[index]
-    except CorruptSampleError as e:
-      return e
 
   def _from_stored_example(self, index: int, record: bytes) -> tuple[np.ndarray, int]:
     """The decoded image and label of a stored record; a damaged one is a CorruptSampleError."""
